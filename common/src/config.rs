@@ -1,0 +1,418 @@
+//! TOML configuration: the shared sections every daemon embeds (design.md "Config",
+//! style.md P9) and the loader that reports every problem at once.
+//!
+//! A daemon defines its own `#[serde(deny_unknown_fields)]` struct made of these sections
+//! plus its own, implements [`Validate`], and calls [`load`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ConfigError;
+
+/// A value that must never be printed (database URLs with passwords).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    /// The wrapped value; do not log it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Problems found while validating a config, collected so that all are shown at once.
+#[derive(Debug, Default)]
+pub struct Problems {
+    list: Vec<String>,
+    /// Whether the config file can be read by users other than its owner and group.
+    pub world_readable: bool,
+}
+
+impl Problems {
+    /// Records a problem with `key` (as `section.key`).
+    pub fn add(&mut self, key: &str, message: impl fmt::Display) {
+        self.list.push(format!("{key}: {message}"));
+    }
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// Semantic checks after parsing; implementations push every problem into `problems`.
+pub trait Validate {
+    /// Records every unusable value.
+    fn validate(&self, problems: &mut Problems);
+}
+
+/// `[server]`: who this server says it is.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Host name used in greetings, `Received:` fields and logs.
+    pub name: String,
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self, p: &mut Problems) {
+        if !crate::address::is_domain(&self.name) {
+            p.add("server.name", format_args!("{:?} is not a host name", self.name));
+        }
+    }
+}
+
+/// `[database]`: where the shared SQL store lives.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…`, `mysql://…` or `sqlite:///path/to/mmmail.db`.
+    pub url: Secret<String>,
+    /// Connection pool size (connections).
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+    /// Seconds to wait for a connection from the pool before a temporary failure.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout: u64,
+    /// Run pending migrations at start (`true`), or refuse to start when the schema is
+    /// behind (`false`).
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+}
+
+fn default_pool() -> u32 {
+    8
+}
+fn default_acquire_timeout() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+impl DatabaseConfig {
+    /// A config for `url` with default pool settings.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url.into()),
+            max_connections: default_pool(),
+            acquire_timeout: default_acquire_timeout(),
+            migrate: true,
+        }
+    }
+
+    /// Whether the URL carries a password (`user:pass@` or a `password=` parameter).
+    pub fn has_password(&self) -> bool {
+        let url = self.url.expose();
+        let Some((_, rest)) = url.split_once("://") else {
+            return false;
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let userinfo_pw = authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, pw)| !pw.is_empty()));
+        userinfo_pw || url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("password=")))
+    }
+}
+
+impl Validate for DatabaseConfig {
+    fn validate(&self, p: &mut Problems) {
+        let url = self.url.expose();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("mysql://")
+            || url.starts_with("mariadb://")
+            || url.starts_with("sqlite:"))
+        {
+            p.add("database.url", "must start with postgres://, mysql:// or sqlite:");
+        }
+        if self.max_connections == 0 {
+            p.add("database.max_connections", "must be at least 1");
+        }
+        if self.has_password() && p.world_readable {
+            p.add(
+                "database.url",
+                "holds a password but the file is readable by others; chmod o-r it (0640 root:mmmail)",
+            );
+        }
+    }
+}
+
+/// `[listen]`: the sockets to accept clients on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain listeners (STARTTLS/STLS offered on them when `[tls]` is set).
+    #[serde(default)]
+    pub addresses: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (need `[tls]`).
+    #[serde(default)]
+    pub tls_addresses: Vec<SocketAddr>,
+}
+
+impl ListenConfig {
+    /// Checks the section; `tls` tells whether `[tls]` is configured.
+    pub fn validate_with(&self, tls: bool, p: &mut Problems) {
+        if self.addresses.is_empty() && self.tls_addresses.is_empty() {
+            p.add("listen.addresses", "no listener configured");
+        }
+        if !self.tls_addresses.is_empty() && !tls {
+            p.add("listen.tls_addresses", "implicit-TLS listeners need a [tls] section");
+        }
+    }
+}
+
+/// `[tls]`: certificate chain and key, PEM.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl Validate for TlsConfig {
+    fn validate(&self, p: &mut Problems) {
+        if let Err(e) = crate::net::tls::load_server_config(&self.cert, &self.key) {
+            p.add("tls", e);
+        }
+    }
+}
+
+/// `[limits]`: per-connection limits shared by the daemons (spec/mail.md §3.2).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Maximum simultaneous client connections; one more gets a refusal line and is closed.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Seconds of client silence before the session is closed.
+    #[serde(default = "default_input_timeout")]
+    pub input_timeout: u64,
+    /// Seconds a whole session may last.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: u64,
+    /// Error replies after which the session is closed.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+}
+
+fn default_max_clients() -> usize {
+    128
+}
+fn default_input_timeout() -> u64 {
+    300
+}
+fn default_session_timeout() -> u64 {
+    3600
+}
+fn default_max_errors() -> u32 {
+    16
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_clients: default_max_clients(),
+            input_timeout: default_input_timeout(),
+            session_timeout: default_session_timeout(),
+            max_errors: default_max_errors(),
+        }
+    }
+}
+
+impl Validate for LimitsConfig {
+    fn validate(&self, p: &mut Problems) {
+        if self.max_clients == 0 {
+            p.add("limits.max_clients", "must be at least 1");
+        }
+        if self.input_timeout == 0 {
+            p.add("limits.input_timeout", "must be at least 1 second");
+        }
+        if self.session_timeout < self.input_timeout {
+            p.add("limits.session_timeout", "must not be shorter than limits.input_timeout");
+        }
+        if self.max_errors == 0 {
+            p.add("limits.max_errors", "must be at least 1");
+        }
+    }
+}
+
+/// `[log]`: what to log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or directives such as
+    /// `info,smtpd=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: default_level() }
+    }
+}
+
+impl Validate for LogConfig {
+    fn validate(&self, p: &mut Problems) {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            p.add("log.level", e);
+        }
+    }
+}
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// # Errors
+/// [`ConfigError::Read`] if unreadable, [`ConfigError::Parse`] for TOML syntax, unknown
+/// keys or wrong types (with line and column), [`ConfigError::Invalid`] listing every
+/// semantic problem.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let (text, world_readable) = read(path)?;
+    let value: T = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    let mut problems = Problems { world_readable, ..Problems::default() };
+    value.validate(&mut problems);
+    if problems.is_empty() {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid { path: path.into(), problems: problems.list })
+    }
+}
+
+/// Reads only the `[database]` section of a daemon's config file (for tools such as
+/// mmpasswd that share the daemons' files but not their other sections).
+///
+/// # Errors
+/// As [`load`]; a file without `[database]` is [`ConfigError::Invalid`].
+pub fn load_database(path: &Path) -> Result<DatabaseConfig, ConfigError> {
+    let (text, world_readable) = read(path)?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    let Some(section) = table.get("database") else {
+        return Err(ConfigError::Invalid { path: path.into(), problems: vec!["database: section missing".into()] });
+    };
+    let db: DatabaseConfig = section
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: format!("[database]: {e}") })?;
+    let mut problems = Problems { world_readable, ..Problems::default() };
+    db.validate(&mut problems);
+    if problems.is_empty() {
+        Ok(db)
+    } else {
+        Err(ConfigError::Invalid { path: path.into(), problems: problems.list })
+    }
+}
+
+fn read(path: &Path) -> Result<(String, bool), ConfigError> {
+    let err = |source| ConfigError::Read { path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    Ok((text, meta.permissions().mode() & 0o004 != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        server: ServerConfig,
+        database: DatabaseConfig,
+        #[serde(default)]
+        limits: LimitsConfig,
+    }
+    impl Validate for Sample {
+        fn validate(&self, p: &mut Problems) {
+            self.server.validate(p);
+            self.database.validate(p);
+            self.limits.validate(p);
+        }
+    }
+
+    fn write(text: &str, mode: u32) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        f
+    }
+
+    #[test]
+    fn good_file_loads_with_defaults() {
+        let f = write("[server]\nname = \"mx.example.org\"\n[database]\nurl = \"sqlite:///tmp/x.db\"\n", 0o644);
+        let c: Sample = load(f.path()).unwrap();
+        assert_eq!(c.server.name, "mx.example.org");
+        assert_eq!(c.database.max_connections, 8);
+        assert_eq!(c.limits.input_timeout, 300);
+        assert!(format!("{:?}", c.database).contains("redacted"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let f = write("[server]\nname = \"mx\"\nnmae = 1\n[database]\nurl = \"sqlite:x\"\n", 0o600);
+        let e = load::<Sample>(f.path()).unwrap_err().to_string();
+        assert!(e.contains("nmae"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let f = write(
+            "[server]\nname = \"bad name!\"\n[database]\nurl = \"oracle://x\"\nmax_connections = 0\n[limits]\nmax_errors = 0\n",
+            0o600,
+        );
+        let ConfigError::Invalid { problems, .. } = load::<Sample>(f.path()).unwrap_err() else { panic!() };
+        let all = problems.join("\n");
+        for key in ["server.name", "database.url", "database.max_connections", "limits.max_errors"] {
+            assert!(all.contains(key), "{key} missing in {all}");
+        }
+    }
+
+    #[test]
+    fn world_readable_password_is_refused() {
+        let text = "[server]\nname = \"mx\"\n[database]\nurl = \"postgres://mm:s3cret@db/mmmail\"\n";
+        let e = load::<Sample>(write(text, 0o644).path()).unwrap_err().to_string();
+        assert!(e.contains("readable by others"), "{e}");
+        assert!(!e.contains("s3cret"), "password leaked: {e}");
+        assert!(load::<Sample>(write(text, 0o640).path()).is_ok());
+        let nopw = "[server]\nname = \"mx\"\n[database]\nurl = \"postgres://mm@db/mmmail\"\n";
+        assert!(load::<Sample>(write(nopw, 0o644).path()).is_ok());
+    }
+
+    #[test]
+    fn password_detection() {
+        let has = |u: &str| DatabaseConfig::from_url(u).has_password();
+        assert!(has("mysql://root:pw@127.0.0.1/test"));
+        assert!(has("postgres://u@h/db?password=x"));
+        assert!(!has("mysql://root@127.0.0.1/test"));
+        assert!(!has("mysql://root:@127.0.0.1/test"));
+        assert!(!has("sqlite:///var/lib/mmmail/mmmail.db"));
+    }
+
+    #[test]
+    fn database_section_alone() {
+        let f = write("[server]\nname = \"mx\"\n[smtpd]\nwhatever = 1\n[database]\nurl = \"sqlite:///tmp/y.db\"\n", 0o600);
+        assert_eq!(load_database(f.path()).unwrap().url.expose(), "sqlite:///tmp/y.db");
+    }
+}

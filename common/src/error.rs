@@ -1,0 +1,68 @@
+//! Error types of the shared layers (style.md P8). Protocol failures are replies, not
+//! errors: these only reach a session as "answer with a temporary failure".
+
+use std::path::PathBuf;
+
+/// A configuration file could not be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this program (syntax, unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// The file parsed but some values are unusable; all problems are listed.
+    #[error("{path}: {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// One `section.key: what is wrong` line per problem.
+        problems: Vec<String>,
+    },
+}
+
+/// A database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row that the operation needs does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The database URL is not one of `postgres://`, `mysql://`, `sqlite:`.
+    #[error("unsupported database url (want postgres://, mysql:// or sqlite:)")]
+    UnsupportedUrl,
+    /// `migrate = false` and the schema lacks migrations this program needs.
+    #[error("database schema is behind this program (missing migration {0}); run with migrate = true once")]
+    SchemaBehind(i64),
+    /// The database reported an error or could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether retrying the same transaction may succeed (deadlock, serialization
+    /// failure, SQLite busy/locked).
+    pub fn is_retryable(&self) -> bool {
+        let Self::Db(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        // SQLSTATE 40001 (serialization failure; MySQL/MariaDB deadlock 1213 maps to it),
+        // 40P01 (PostgreSQL deadlock); SQLite primary codes 5 BUSY, 6 LOCKED and the
+        // extended BUSY_SNAPSHOT (517) and LOCKED_SHAREDCACHE (262).
+        matches!(e.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517" | "262"))
+    }
+}

@@ -1,0 +1,66 @@
+//! Embedded migrations, one folder per backend with identical file names (style.md P7).
+
+use sqlx::migrate::Migrator;
+
+use super::Store;
+use crate::error::StoreError;
+
+pub(crate) static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
+pub(crate) static MYSQL: Migrator = sqlx::migrate!("../migrations/mysql");
+pub(crate) static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Applies pending migrations. Idempotent; sqlx takes a database lock so several daemons
+/// starting at once on one database apply each migration once.
+///
+/// # Errors
+/// [`StoreError::Migrate`] if a migration fails or an applied one was changed.
+pub async fn migrate(store: &Store) -> Result<(), StoreError> {
+    match store {
+        Store::Postgres(p) => POSTGRES.run(p).await?,
+        Store::MySql(p) => MYSQL.run(p).await?,
+        Store::Sqlite(p) => SQLITE.run(p).await?,
+    }
+    Ok(())
+}
+
+/// Checks that every embedded migration has been applied (for `migrate = false`).
+///
+/// # Errors
+/// [`StoreError::SchemaBehind`] naming the first missing migration version.
+pub async fn check_current(store: &Store) -> Result<(), StoreError> {
+    const Q: &str = "SELECT version FROM _sqlx_migrations WHERE success = TRUE";
+    let (migrator, applied): (&Migrator, Result<Vec<(i64,)>, sqlx::Error>) = match store {
+        Store::Postgres(p) => (&POSTGRES, sqlx::query_as(Q).fetch_all(p).await),
+        Store::MySql(p) => (&MYSQL, sqlx::query_as(Q).fetch_all(p).await),
+        Store::Sqlite(p) => (&SQLITE, sqlx::query_as(Q).fetch_all(p).await),
+    };
+    let applied: Vec<i64> = applied.unwrap_or_default().into_iter().map(|r| r.0).collect();
+    match migrator.iter().find(|m| !applied.contains(&m.version)) {
+        Some(m) => Err(StoreError::SchemaBehind(m.version)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn names(backend: &str) -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(backend);
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_three_folders_hold_the_same_file_names() {
+        let pg = names("postgres");
+        assert!(!pg.is_empty());
+        assert_eq!(pg, names("mysql"), "postgres vs mysql");
+        assert_eq!(pg, names("sqlite"), "postgres vs sqlite");
+        assert_eq!(super::POSTGRES.iter().count(), pg.len());
+    }
+}

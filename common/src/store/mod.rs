@@ -1,0 +1,302 @@
+//! The SQL store shared by every daemon: a closed enum over three sqlx pools with the SQL
+//! text per backend (style.md P6), the schema of design.md, and the mail rules that need
+//! it (recipient resolution, box limits, `nofrom`).
+
+mod backend;
+pub mod migrate;
+pub mod model;
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
+
+pub use model::{BoxInfo, DeliverError, Delivery, MailCopy, MailEntry, Resolution};
+
+use crate::address::Address;
+use crate::config::DatabaseConfig;
+use crate::error::StoreError;
+use crate::pattern;
+
+/// Attempts of a delivery transaction that hit a deadlock or busy database.
+const DELIVER_ATTEMPTS: u32 = 5;
+
+/// Handle to the database; cheap to clone (the pools are reference-counted).
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// MySQL or MariaDB.
+    MySql(MySqlPool),
+    /// SQLite (WAL mode).
+    Sqlite(SqlitePool),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $f:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Postgres(p) => postgres::$f(p, $($arg),*).await,
+            Store::MySql(p) => mysql::$f(p, $($arg),*).await,
+            Store::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens a pool for `cfg.url` (`postgres://`, `mysql://` or `mariadb://`, `sqlite:`),
+    /// creating a missing SQLite file. Does not migrate: see [`Store::prepare`].
+    ///
+    /// # Errors
+    /// [`StoreError::UnsupportedUrl`] for another scheme; [`StoreError::Db`] when the
+    /// database cannot be reached within `acquire_timeout` seconds.
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
+        let url = cfg.url.expose().as_str();
+        let timeout = Duration::from_secs(cfg.acquire_timeout.max(1));
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections)
+                .acquire_timeout(timeout)
+                .connect(url)
+                .await?;
+            Ok(Self::Postgres(pool))
+        } else if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
+            let opts = MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4");
+            let pool = MySqlPoolOptions::new()
+                .max_connections(cfg.max_connections)
+                .acquire_timeout(timeout)
+                .connect_with(opts)
+                .await?;
+            Ok(Self::MySql(pool))
+        } else if url.starts_with("sqlite:") {
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            let opts = if memory { opts } else { opts.journal_mode(SqliteJournalMode::Wal) };
+            // An in-memory database exists once per connection: keep exactly one, forever.
+            let mut pool = SqlitePoolOptions::new().acquire_timeout(timeout);
+            pool = if memory {
+                pool.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
+            } else {
+                pool.max_connections(cfg.max_connections)
+            };
+            Ok(Self::Sqlite(pool.connect_with(opts).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    /// [`Store::connect`], then migrate (`cfg.migrate`) or check that the schema is
+    /// current: what every daemon does at start (design.md "Databases").
+    ///
+    /// # Errors
+    /// As [`Store::connect`], [`migrate::migrate`] and [`migrate::check_current`].
+    pub async fn prepare(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
+        let store = Self::connect(cfg).await?;
+        if cfg.migrate {
+            migrate::migrate(&store).await?;
+        } else {
+            migrate::check_current(&store).await?;
+        }
+        Ok(store)
+    }
+
+    /// The backend's name, for logs: `postgres`, `mysql` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::MySql(_) => "mysql",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(p) => p.close().await,
+            Self::MySql(p) => p.close().await,
+            Self::Sqlite(p) => p.close().await,
+        }
+    }
+
+    /// The box with exactly this (lowercase) address.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn find_box(&self, address: &str) -> Result<Option<BoxInfo>, StoreError> {
+        Ok(dispatch!(self, find_box(address))?)
+    }
+
+    /// Resolves a recipient (design.md "Mail rules"): the address as a box; else the most
+    /// specific matching alias pattern ([`pattern::specificity_order`]) and each of its
+    /// `alias_box` values that is a box (aliases do not chain); else whether the domain is
+    /// served here at all (some box at it, or some alias pattern whose domain part
+    /// matches it).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn resolve(&self, address: &Address) -> Result<Resolution, StoreError> {
+        let full = address.to_string();
+        if let Some(b) = self.find_box(&full).await? {
+            return Ok(Resolution::Boxes(vec![b]));
+        }
+        let aliases: Vec<(String, String)> = dispatch!(self, aliases())?;
+        let winner = aliases
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .filter(|p| pattern::matches(p, &full))
+            .min_by(|a, b| pattern::specificity_order(a, b));
+        if let Some(winner) = winner {
+            let mut boxes: Vec<BoxInfo> = Vec::new();
+            for (_, target) in aliases.iter().filter(|(p, _)| p == winner) {
+                if let Some(b) = self.find_box(&target.to_lowercase()).await? {
+                    if !boxes.iter().any(|x| x.address == b.address) {
+                        boxes.push(b);
+                    }
+                }
+            }
+            if !boxes.is_empty() {
+                return Ok(Resolution::Boxes(boxes));
+            }
+            return Ok(Resolution::UnknownUser);
+        }
+        let domain = address.domain();
+        let served_by_alias = aliases.iter().any(|(p, _)| {
+            let domain_part = p.rsplit_once('@').map_or(p.as_str(), |(_, d)| d);
+            pattern::matches(domain_part, domain)
+        });
+        if served_by_alias || dispatch!(self, domain_has_box(&like_suffix(domain)))? {
+            Ok(Resolution::UnknownUser)
+        } else {
+            Ok(Resolution::NotLocal)
+        }
+    }
+
+    /// Whether a client known as any of `names` (its address, and its host name when
+    /// resolved) may use the null reverse-path: some `nofrom_pattern` matches one of them.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn nofrom_allows(&self, names: &[&str]) -> Result<bool, StoreError> {
+        let patterns: Vec<String> = dispatch!(self, nofrom())?;
+        Ok(patterns.iter().any(|p| names.iter().any(|n| pattern::matches(p, n))))
+    }
+
+    /// Stores a message: the body once, a `mail` row per copy, and each box's `box_size`,
+    /// `box_mails` and `box_in` updated, all in one transaction. Each box is re-checked
+    /// atomically: it must still be under both limits (so concurrent deliveries overrun a
+    /// limit by at most the message being committed). Deadlocks and busy errors are
+    /// retried a few times.
+    ///
+    /// # Errors
+    /// [`DeliverError::NoRoom`] if a box is full (nothing stored anywhere);
+    /// [`DeliverError::Store`] on a database failure (nothing stored).
+    pub async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliverError> {
+        let now = unix_now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match dispatch!(self, deliver(delivery, now)) {
+                Err(DeliverError::Store(e)) if e.is_retryable() && attempt < DELIVER_ATTEMPTS => {
+                    tracing::debug!(attempt, cause = %e, "delivery transaction retried");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The messages of a box in delivery order.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn maildrop(&self, box_address: &str) -> Result<Vec<MailEntry>, StoreError> {
+        Ok(dispatch!(self, maildrop(box_address))?)
+    }
+
+    /// One stored message of `box_address` as retrieved: trace fields, then the body.
+    /// `None` if no such `mail_id` in that box.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn retrieve(&self, box_address: &str, mail_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(dispatch!(self, retrieve(box_address, mail_id))?)
+    }
+
+    /// `(bytes, messages)` of a box counted from its `mail` rows, to compare with the
+    /// `box_size`/`box_mails` counters.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn recount(&self, box_address: &str) -> Result<(i64, i64), StoreError> {
+        Ok(dispatch!(self, recount(box_address))?)
+    }
+
+    /// `(user_id, user_passwd)` of the user called `name`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn user_password(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(dispatch!(self, user_password(name))?)
+    }
+
+    /// Replaces the `user_passwd` of the user called `name` by `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such user; [`StoreError::Db`].
+    pub async fn set_user_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
+        if dispatch!(self, set_user_password(name, hash))? {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    /// Runs SQL text with no parameters (several statements allowed on MySQL and
+    /// SQLite). For tests and administrative scripts; never with client input.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn execute_admin_sql(&self, sql: &str) -> Result<(), StoreError> {
+        use sqlx::{AssertSqlSafe, Executor};
+        let sql = AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Postgres(p) => p.execute(sql).await.map(drop)?,
+            Self::MySql(p) => p.execute(sql).await.map(drop)?,
+            Self::Sqlite(p) => p.execute(sql).await.map(drop)?,
+        }
+        Ok(())
+    }
+}
+
+/// `%@domain` as a LIKE pattern with `!` as the escape character.
+fn like_suffix(domain: &str) -> String {
+    let mut s = String::from("%@");
+    for c in domain.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            s.push('!');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_suffix_escapes_wildcards() {
+        assert_eq!(super::like_suffix("ex_am%ple!.org"), "%@ex!_am!%ple!!.org");
+    }
+}

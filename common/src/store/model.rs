@@ -1,0 +1,90 @@
+//! Plain data passed in and out of the [`Store`](super::Store).
+
+/// A row of the `box` table: a maildrop with its limits and counters (design.md "Schema").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoxInfo {
+    /// `box_address`, lowercase.
+    pub address: String,
+    /// `box_user`: the owning `user.user_id`.
+    pub user: i64,
+    /// `box_max_size`: byte limit, 0 = unlimited.
+    pub max_size: i64,
+    /// `box_size`: bytes stored.
+    pub size: i64,
+    /// `box_max_mails`: message limit, 0 = unlimited.
+    pub max_mails: i64,
+    /// `box_mails`: messages stored.
+    pub mails: i64,
+}
+
+impl BoxInfo {
+    /// Whether the box refuses a new message at RCPT time (spec/mail.md §3.5): the count
+    /// or the size limit is already reached, or the announced `SIZE=` (bytes, 0 if none)
+    /// would take it over the size limit.
+    pub fn is_full(&self, announced: u64) -> bool {
+        let announced = i64::try_from(announced).unwrap_or(i64::MAX);
+        (self.max_mails > 0 && self.mails >= self.max_mails)
+            || (self.max_size > 0 && self.size >= self.max_size)
+            || (self.max_size > 0 && announced > 0 && self.size.saturating_add(announced) > self.max_size)
+    }
+}
+
+/// Where a recipient address leads (design.md "Mail rules", spec/mail.md §3.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The address is a box, or the most specific matching alias names these boxes.
+    Boxes(Vec<BoxInfo>),
+    /// The domain is served here but nothing matches the address: `550 5.1.1`.
+    UnknownUser,
+    /// No box or alias serves the domain: relaying denied, `550 5.7.1`.
+    NotLocal,
+}
+
+/// One copy of a message to store in one box.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailCopy {
+    /// The target `box_address`.
+    pub box_address: String,
+    /// The POP3 UIDL for this copy: 1–70 printable ASCII characters, unique.
+    pub uid: String,
+    /// Trace fields for this copy (`Return-Path:`, `Received: … for <rcpt>`), CRLF-ended.
+    pub trace: Vec<u8>,
+}
+
+/// A message to store: the body once, one [`MailCopy`] per distinct box.
+#[derive(Clone, Debug)]
+pub struct Delivery<'a> {
+    /// The message as received (CRLF line ends, dot-unstuffed), without trace fields.
+    pub body: &'a [u8],
+    /// One entry per distinct target box.
+    pub copies: Vec<MailCopy>,
+}
+
+/// An entry of a maildrop listing, in delivery order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailEntry {
+    /// `mail_id`, the row key.
+    pub id: i64,
+    /// `mail_uid`, the UIDL.
+    pub uid: String,
+    /// Octets of the message as retrieved (trace fields + body).
+    pub size: i64,
+}
+
+/// Why [`Store::deliver`](super::Store::deliver) stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// This box reached its count or size limit (or vanished) since RCPT; nothing was
+    /// stored anywhere. SMTP answers `452 4.2.2`.
+    #[error("box {0} is full")]
+    NoRoom(String),
+    /// The database failed; nothing was stored.
+    #[error(transparent)]
+    Store(#[from] crate::error::StoreError),
+}
+
+impl From<sqlx::Error> for DeliverError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}

@@ -1,0 +1,236 @@
+//! Test helpers (feature `test-util`): a throw-away database per test on each backend
+//! (style.md P11 (d)).
+//!
+//! Backends: SQLite always (a temporary file). PostgreSQL and MySQL/MariaDB through admin
+//! URLs from the environment, defaulting to the local services:
+//!
+//! | variable | default |
+//! | --- | --- |
+//! | `MMMAIL_TEST_POSTGRES` | `postgres://postgres@127.0.0.1:5432/postgres` |
+//! | `MMMAIL_TEST_MYSQL` | `mysql://root@127.0.0.1:3306/mysql` |
+//!
+//! Set a variable to `skip` to leave that backend out. An unreachable backend is skipped
+//! with a note on stderr, except when `CI=true`, where it fails the test.
+
+use std::path::PathBuf;
+
+use crate::config::DatabaseConfig;
+use crate::store::Store;
+
+/// The three backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+    /// MySQL or MariaDB server.
+    MySql,
+}
+
+impl Backend {
+    /// All three.
+    pub const ALL: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::MySql];
+
+    /// The table name `user` spelled for this backend's SQL.
+    pub fn user_table(self) -> &'static str {
+        match self {
+            Backend::MySql => "`user`",
+            _ => "\"user\"",
+        }
+    }
+
+    /// The SQL for "now" that fits the admin tables' timestamp columns.
+    pub fn now(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "CURRENT_TIMESTAMP",
+            _ => "NOW()",
+        }
+    }
+}
+
+/// A migrated database that exists for one test and is dropped with this value.
+pub struct TestDb {
+    /// Which backend.
+    pub backend: Backend,
+    /// The database URL (give it to a daemon's config).
+    pub url: String,
+    /// A store connected to it.
+    pub store: Store,
+    admin_url: Option<String>,
+    name: String,
+    _dir: Option<tempfile_dir::Dir>,
+}
+
+mod tempfile_dir {
+    /// A temporary directory removed on drop (kept tiny to avoid a dependency).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn random_name() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("mmmail_t_{hex}")
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn admin_url(backend: Backend) -> Option<String> {
+    let (var, default) = match backend {
+        Backend::Sqlite => return None,
+        Backend::Postgres => ("MMMAIL_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres"),
+        Backend::MySql => ("MMMAIL_TEST_MYSQL", "mysql://root@127.0.0.1:3306/mysql"),
+    };
+    match std::env::var(var) {
+        Ok(v) if v == "skip" => {
+            assert!(!ci(), "{var}=skip is not allowed with CI=true");
+            None
+        }
+        Ok(v) => Some(v),
+        Err(_) => Some(default.into()),
+    }
+}
+
+/// Replaces the database name (the path) of a server URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl TestDb {
+    /// Creates and migrates a fresh database on `backend`; `None` when that backend is
+    /// skipped (see the module docs).
+    ///
+    /// # Panics
+    /// When the backend is unreachable under `CI=true`, or migrations fail.
+    pub async fn create(backend: Backend) -> Option<TestDb> {
+        let name = random_name();
+        let (url, admin, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let path: PathBuf = dir.join("mmmail.db");
+                (format!("sqlite://{}", path.display()), None, Some(tempfile_dir::Dir(dir)))
+            }
+            _ => {
+                let admin = admin_url(backend)?;
+                let created = match Store::connect(&DatabaseConfig::from_url(admin.clone())).await {
+                    Ok(s) => {
+                        let r = s.execute_admin_sql(&format!("CREATE DATABASE {name}")).await;
+                        s.close().await;
+                        r.map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = created {
+                    assert!(!ci(), "{backend:?} test database unavailable with CI=true: {e}");
+                    eprintln!("note: skipping {backend:?}: {e}");
+                    return None;
+                }
+                (with_database(&admin, &name), Some(admin), None)
+            }
+        };
+        let mut cfg = DatabaseConfig::from_url(url.clone());
+        cfg.max_connections = 16;
+        let store = Store::prepare(&cfg).await.expect("connect and migrate test database");
+        Some(TestDb { backend, url, store, admin_url: admin, name, _dir: dir })
+    }
+
+    /// [`TestDb::create`] for every backend that is not skipped.
+    pub async fn all() -> Vec<TestDb> {
+        let mut v = Vec::new();
+        for b in Backend::ALL {
+            if let Some(db) = TestDb::create(b).await {
+                v.push(db);
+            }
+        }
+        v
+    }
+
+    /// Runs admin SQL, panicking on failure (tests only).
+    pub async fn sql(&self, sql: &str) {
+        self.store.execute_admin_sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Adds a user with the given `user_passwd` value; returns its id.
+    pub async fn add_user(&self, name: &str, passwd: &str) -> i64 {
+        let (t, now) = (self.backend.user_table(), self.backend.now());
+        self.sql(&format!("INSERT INTO {t} (user_name, user_passwd, user_created) VALUES ('{name}', '{passwd}', {now})")).await;
+        self.store.user_password(name).await.expect("query").expect("user just added").0
+    }
+
+    /// Adds a box owned by `user` with limits in bytes and messages (0 = unlimited).
+    pub async fn add_box(&self, address: &str, user: i64, max_size: i64, max_mails: i64) {
+        let now = self.backend.now();
+        self.sql(&format!("INSERT INTO box VALUES ('{address}', {user}, {max_size}, 0, {max_mails}, 0, {now}, {now}, {now})")).await;
+    }
+
+    /// Adds an alias row.
+    pub async fn add_alias(&self, pattern: &str, target: &str, user: i64) {
+        let now = self.backend.now();
+        self.sql(&format!("INSERT INTO alias VALUES ('{pattern}', '{target}', {user}, {now})")).await;
+    }
+
+    /// Adds a `nofrom` row.
+    pub async fn add_nofrom(&self, pattern: &str) {
+        self.sql(&format!("INSERT INTO nofrom VALUES ('{pattern}')")).await;
+    }
+
+    /// `(box_size, box_mails)` counters of a box.
+    pub async fn counters(&self, address: &str) -> (i64, i64) {
+        let b = self.store.find_box(address).await.expect("query").expect("box exists");
+        (b.size, b.mails)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(admin) = self.admin_url.clone() else { return };
+        let (name, backend) = (self.name.clone(), self.backend);
+        // Drop runs inside a test's runtime, which is blocked while we join: do the
+        // cleanup on a thread and runtime of its own, without touching the test's pool
+        // (its connections belong to the blocked runtime). PostgreSQL's FORCE ends them;
+        // MySQL drops a database under idle connections.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(s) = Store::connect(&DatabaseConfig::from_url(admin)).await {
+                    let sql = match backend {
+                        Backend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                        _ => format!("DROP DATABASE IF EXISTS {name}"),
+                    };
+                    if let Err(e) = s.execute_admin_sql(&sql).await {
+                        eprintln!("warning: could not drop test database {name}: {e}");
+                    }
+                    s.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_name_replaced() {
+        assert_eq!(super::with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(super::with_database("mysql://root@h/mysql?ssl-mode=disabled", "x"), "mysql://root@h/x?ssl-mode=disabled");
+        assert_eq!(super::with_database("mysql://root@h", "x"), "mysql://root@h/x");
+    }
+}

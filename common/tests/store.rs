@@ -1,0 +1,202 @@
+//! Store conformance: the same assertions on SQLite, PostgreSQL and MySQL/MariaDB
+//! (style.md P11 (d)). See `common::testing` for the backend environment variables.
+
+use common::address::Address;
+use common::store::{DeliverError, Delivery, MailCopy, Resolution};
+use common::testing::TestDb;
+
+fn addr(s: &str) -> Address {
+    Address::parse(s, true).unwrap()
+}
+
+fn copy(box_address: &str, uid: &str) -> MailCopy {
+    MailCopy { box_address: box_address.into(), uid: uid.into(), trace: format!("X-For: {box_address}\r\n").into_bytes() }
+}
+
+async fn seeded(db: &TestDb) -> i64 {
+    let u = db.add_user("mmondor", "5ed6dfd210b419415eb054a9bee92e57").await;
+    db.add_box("mmondor@example.org", u, 0, 0).await;
+    db.add_box("sales@example.org", u, 0, 0).await;
+    db.add_box("small@example.org", u, 100, 2).await;
+    db.add_box("postmaster@example.org", u, 0, 0).await;
+    db.add_alias("*@example.org", "mmondor@example.org", u).await;
+    db.add_alias("sales-*@example.org", "sales@example.org", u).await;
+    db.add_alias("team@example.org", "sales@example.org", u).await;
+    db.add_alias("team@example.org", "mmondor@example.org", u).await;
+    db.add_alias("*@*.example.net", "sales@example.org", u).await;
+    db.add_alias("ghost@example.com", "mmondor@example.org", u).await;
+    db.add_nofrom("127.0.0.*").await;
+    db.add_nofrom("localhost").await;
+    u
+}
+
+fn boxes(r: Resolution) -> Vec<String> {
+    match r {
+        Resolution::Boxes(b) => {
+            let mut v: Vec<String> = b.into_iter().map(|b| b.address).collect();
+            v.sort();
+            v
+        }
+        other => panic!("expected boxes, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn recipient_resolution() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        assert_eq!(boxes(s.resolve(&addr("mmondor@example.org")).await.unwrap()), ["mmondor@example.org"], "{b:?}");
+        // A box wins over any alias.
+        assert_eq!(boxes(s.resolve(&addr("sales@example.org")).await.unwrap()), ["sales@example.org"], "{b:?}");
+        // The most specific alias wins.
+        assert_eq!(boxes(s.resolve(&addr("sales-eu@example.org")).await.unwrap()), ["sales@example.org"], "{b:?}");
+        assert_eq!(boxes(s.resolve(&addr("anyone@example.org")).await.unwrap()), ["mmondor@example.org"], "{b:?}");
+        // A pattern naming two boxes reaches both.
+        assert_eq!(
+            boxes(s.resolve(&addr("team@example.org")).await.unwrap()),
+            ["mmondor@example.org", "sales@example.org"],
+            "{b:?}"
+        );
+        assert_eq!(boxes(s.resolve(&addr("x@deep.example.net")).await.unwrap()), ["sales@example.org"], "{b:?}");
+        // A domain served by an alias only: unknown user, not relaying.
+        assert_eq!(s.resolve(&addr("other@example.com")).await.unwrap(), Resolution::UnknownUser, "{b:?}");
+        assert_eq!(s.resolve(&addr("x@example.net")).await.unwrap(), Resolution::NotLocal, "{b:?}");
+        assert_eq!(s.resolve(&addr("bob@elsewhere.test")).await.unwrap(), Resolution::NotLocal, "{b:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_user_at_a_box_only_domain() {
+    for db in TestDb::all().await {
+        let u = db.add_user("u", "").await;
+        db.add_box("a@only.test", u, 0, 0).await;
+        assert_eq!(db.store.resolve(&addr("b@only.test")).await.unwrap(), Resolution::UnknownUser, "{:?}", db.backend);
+        assert_eq!(db.store.resolve(&addr("b@not.only.test")).await.unwrap(), Resolution::NotLocal, "{:?}", db.backend);
+    }
+}
+
+#[tokio::test]
+async fn nofrom_patterns() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        assert!(s.nofrom_allows(&["127.0.0.1"]).await.unwrap());
+        assert!(s.nofrom_allows(&["192.0.2.1", "localhost"]).await.unwrap());
+        assert!(!s.nofrom_allows(&["192.0.2.1"]).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn deliver_stores_body_once_and_updates_counters() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let body = b"Subject: hi\r\n\r\nhello\r\n";
+        let d = Delivery {
+            body,
+            copies: vec![copy("mmondor@example.org", "uid-a"), copy("sales@example.org", "uid-b")],
+        };
+        s.deliver(&d).await.unwrap();
+        for (bx, uid) in [("mmondor@example.org", "uid-a"), ("sales@example.org", "uid-b")] {
+            let drop = s.maildrop(bx).await.unwrap();
+            assert_eq!(drop.len(), 1, "{:?}", db.backend);
+            assert_eq!(drop[0].uid, uid);
+            let got = s.retrieve(bx, drop[0].id).await.unwrap().unwrap();
+            let want = [format!("X-For: {bx}\r\n").as_bytes(), body].concat();
+            assert_eq!(got, want);
+            assert_eq!(drop[0].size as usize, want.len());
+            assert_eq!(db.counters(bx).await, (want.len() as i64, 1));
+            assert_eq!(s.recount(bx).await.unwrap(), (want.len() as i64, 1));
+            // Never by id alone: another box cannot read this row.
+            let other = if bx.starts_with('m') { "sales@example.org" } else { "mmondor@example.org" };
+            assert_eq!(s.retrieve(other, drop[0].id).await.unwrap(), None);
+        }
+        assert_eq!(count(&db, "message").await, 1, "body stored once on {:?}", db.backend);
+    }
+}
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+    let q = sqlx::query_as::<_, (i64,)>;
+    let (n,) = match &db.store {
+        common::Store::Postgres(p) => q(sql).fetch_one(p).await.unwrap(),
+        common::Store::MySql(p) => sqlx::query_as::<_, (i64,)>(sql).fetch_one(p).await.unwrap(),
+        common::Store::Sqlite(p) => sqlx::query_as::<_, (i64,)>(sql).fetch_one(p).await.unwrap(),
+    };
+    n
+}
+
+#[tokio::test]
+async fn full_box_stores_nothing_anywhere() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let one = |uid: &str| Delivery { body: b"x\r\n", copies: vec![copy("small@example.org", uid)] };
+        s.deliver(&one("s1")).await.unwrap();
+        s.deliver(&one("s2")).await.unwrap();
+        let both = Delivery {
+            body: b"x\r\n",
+            copies: vec![copy("mmondor@example.org", "m1"), copy("small@example.org", "s3")],
+        };
+        match s.deliver(&both).await {
+            Err(DeliverError::NoRoom(b)) => assert_eq!(b, "small@example.org"),
+            other => panic!("{:?}: {other:?}", db.backend),
+        }
+        assert_eq!(s.maildrop("mmondor@example.org").await.unwrap().len(), 0, "{:?}", db.backend);
+        assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
+        assert_eq!(db.counters("small@example.org").await.1, 2);
+        assert_eq!(count(&db, "message").await, 2, "no orphan body on {:?}", db.backend);
+    }
+}
+
+#[tokio::test]
+async fn size_limit_allows_overrun_by_one_message_only() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        // 40-byte body + 26-byte trace = 66 bytes a copy; the limit is 100 bytes.
+        let big = vec![b'a'; 40];
+        let d = |uid: &str| Delivery { body: &big, copies: vec![copy("small@example.org", uid)] };
+        s.deliver(&d("b1")).await.unwrap(); // 0 -> 66 bytes
+        s.deliver(&d("b2")).await.unwrap(); // 66 is under 100: accepted, 132 now
+        assert!(matches!(s.deliver(&d("b3")).await, Err(DeliverError::NoRoom(_))), "{:?}", db.backend);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_insert_rolls_everything_back() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        s.deliver(&Delivery { body: b"x", copies: vec![copy("mmondor@example.org", "dup")] }).await.unwrap();
+        let r = s.deliver(&Delivery { body: b"y", copies: vec![copy("sales@example.org", "dup")] }).await;
+        assert!(matches!(r, Err(DeliverError::Store(_))), "{:?}", db.backend);
+        assert_eq!(db.counters("sales@example.org").await, (0, 0), "{:?}", db.backend);
+        assert_eq!(count(&db, "message").await, 1, "{:?}", db.backend);
+    }
+}
+
+#[tokio::test]
+async fn user_passwords() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let (id, pw) = s.user_password("mmondor").await.unwrap().unwrap();
+        assert!(id > 0);
+        assert_eq!(pw, "5ed6dfd210b419415eb054a9bee92e57");
+        s.set_user_password("mmondor", "$argon2id$new").await.unwrap();
+        assert_eq!(s.user_password("mmondor").await.unwrap().unwrap().1, "$argon2id$new");
+        assert!(matches!(s.set_user_password("nobody", "x").await, Err(common::StoreError::NotFound)));
+        assert_eq!(s.user_password("nobody").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_checked() {
+    for db in TestDb::all().await {
+        common::store::migrate::migrate(&db.store).await.unwrap();
+        common::store::migrate::check_current(&db.store).await.unwrap();
+    }
+}
