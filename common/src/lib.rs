@@ -18,3 +18,19 @@ pub mod testing;
 
 pub use error::{ConfigError, StoreError};
 pub use store::Store;
+
+/// `bytes` random bytes from the operating system as lowercase hex (ids, UIDLs, names).
+/// Should the OS source ever fail, the clock is mixed in instead, so ids still differ;
+/// uniqueness where it matters is also enforced by the database.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (nanos >> ((i % 16) * 8)) as u8;
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,6 +1,8 @@
 //! tracing setup (style.md P12): human-readable lines on stderr, filtered by `[log] level`
 //! or `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
@@ -13,6 +15,7 @@ pub fn init(cfg: &LogConfig) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

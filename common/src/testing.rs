@@ -73,10 +73,7 @@ mod tempfile_dir {
 }
 
 fn random_name() -> String {
-    let mut b = [0u8; 6];
-    let _ = getrandom::fill(&mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("mmmail_t_{hex}")
+    format!("mmmail_t_{}", crate::random_hex(6))
 }
 
 fn ci() -> bool {
@@ -232,5 +229,45 @@ mod tests {
         assert_eq!(super::with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
         assert_eq!(super::with_database("mysql://root@h/mysql?ssl-mode=disabled", "x"), "mysql://root@h/x?ssl-mode=disabled");
         assert_eq!(super::with_database("mysql://root@h", "x"), "mysql://root@h/x");
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files.
+pub struct TestCert {
+    /// Path of the PEM certificate.
+    pub cert: PathBuf,
+    /// Path of the PEM private key.
+    pub key: PathBuf,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    /// Generates a fresh certificate into `dir`.
+    ///
+    /// # Panics
+    /// If generation or writing fails.
+    pub fn generate(dir: &std::path::Path) -> TestCert {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("rcgen");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+        TestCert { cert, key, der: ck.cert.der().to_vec() }
+    }
+
+    /// A TLS connector that trusts exactly this certificate.
+    ///
+    /// # Panics
+    /// If the certificate is unusable.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+        let mut roots = RootCertStore::empty();
+        roots.add(rustls_pki_types::CertificateDer::from(self.der.clone())).expect("root");
+        let cfg = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
     }
 }

@@ -1,0 +1,138 @@
+//! `mmsmtpd.toml`: the shared sections of `common::config` plus `[smtpd]`
+//! (spec/mail.md §3.2, design.md "Config"). `etc/mmsmtpd.toml` documents every key.
+
+use common::address::Address;
+use common::config::{
+    DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Problems, ServerConfig, TlsConfig, Validate,
+};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[listen]`.
+    pub listen: ListenConfig,
+    /// `[tls]`: when present, STARTTLS is offered and `tls_addresses` may be used.
+    pub tls: Option<TlsConfig>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[smtpd]`.
+    #[serde(default)]
+    pub smtpd: SmtpdConfig,
+}
+
+/// Who may send with the null reverse-path `MAIL FROM:<>` (spec/mail.md §3.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NullSender {
+    /// Only clients whose address matches a `nofrom` row (mmmail's behaviour).
+    #[default]
+    Nofrom,
+    /// Everyone, as RFC 5321 §4.5.5 expects of a public MX (bounces use `<>`).
+    Accept,
+}
+
+/// `[smtpd]`: SMTP protocol limits and policies.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpdConfig {
+    /// Recipients accepted per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Maximum message size in bytes, after dot-unstuffing, CRLFs included, before the
+    /// trace fields are added; advertised as `SIZE` (RFC 1870).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Maximum number of lines in a message.
+    #[serde(default = "default_max_message_lines")]
+    pub max_message_lines: usize,
+    /// Maximum `Received:` fields already in a message (mail loop guard, RFC 5321 §6.3).
+    #[serde(default = "default_max_hops")]
+    pub max_hops: usize,
+    /// Refuse MAIL before HELO/EHLO.
+    #[serde(default = "default_true")]
+    pub require_helo: bool,
+    /// `"nofrom"` or `"accept"`.
+    #[serde(default)]
+    pub null_sender: NullSender,
+    /// Box for `RCPT TO:<postmaster>` without a domain; empty = `postmaster@<server.name>`.
+    #[serde(default)]
+    pub postmaster: String,
+}
+
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_message_size() -> usize {
+    10_485_760
+}
+fn default_max_message_lines() -> usize {
+    200_000
+}
+fn default_max_hops() -> usize {
+    30
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SmtpdConfig {
+    fn default() -> Self {
+        Self {
+            max_recipients: default_max_recipients(),
+            max_message_size: default_max_message_size(),
+            max_message_lines: default_max_message_lines(),
+            max_hops: default_max_hops(),
+            require_helo: true,
+            null_sender: NullSender::default(),
+            postmaster: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The postmaster box: `[smtpd] postmaster`, or `postmaster@<server.name>`.
+    pub fn postmaster(&self) -> Option<Address> {
+        let text = if self.smtpd.postmaster.is_empty() {
+            format!("postmaster@{}", self.server.name)
+        } else {
+            self.smtpd.postmaster.clone()
+        };
+        Address::parse(&text, true).ok()
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, p: &mut Problems) {
+        self.server.validate(p);
+        self.database.validate(p);
+        self.listen.validate_with(self.tls.is_some(), p);
+        if let Some(tls) = &self.tls {
+            tls.validate(p);
+        }
+        self.limits.validate(p);
+        self.log.validate(p);
+        let s = &self.smtpd;
+        if s.max_recipients == 0 {
+            p.add("smtpd.max_recipients", "must be at least 1");
+        }
+        if s.max_message_size == 0 {
+            p.add("smtpd.max_message_size", "must be at least 1 byte");
+        }
+        if s.max_message_lines == 0 {
+            p.add("smtpd.max_message_lines", "must be at least 1");
+        }
+        if self.postmaster().is_none() {
+            p.add("smtpd.postmaster", format_args!("{:?} is not a mailbox", s.postmaster));
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The DATA receiver (RFC 5321 §4.1.1.4, §4.5.2): finds the end of data, removes
+//! dot-stuffing, and enforces the message limits, fed with whatever chunks the network
+//! delivers. Pure and incremental: feeding the input in any split gives the same result.
+//!
+//! Smuggling defence (spec/mail.md §3.3): the end of data is only `CRLF . CRLF` where
+//! both line ends are real CRLF pairs (the line opened by DATA counts as after a CRLF).
+//! A bare LF or bare CR anywhere marks the message bad: it is read to its real end and
+//! then refused, so nothing a client hides behind `<LF>.<LF>` or `<CR><LF>.<LF>` is ever
+//! taken as a new command or stored.
+
+/// Limits for one message.
+#[derive(Clone, Copy, Debug)]
+pub struct DataLimits {
+    /// Maximum octets after dot-unstuffing, CRLFs included.
+    pub max_size: usize,
+    /// Maximum number of lines.
+    pub max_lines: usize,
+}
+
+/// What [`DataReceiver`] found once the end of data was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The message, CRLF line ends, unstuffed; empty when `too_big`.
+    pub message: Vec<u8>,
+    /// Size or line limit exceeded (the rest was read and discarded).
+    pub too_big: bool,
+    /// A bare CR or LF was seen.
+    pub bare_line_end: bool,
+}
+
+/// Incremental DATA parser.
+#[derive(Debug)]
+pub struct DataReceiver {
+    limits: DataLimits,
+    message: Vec<u8>,
+    lines: usize,
+    too_big: bool,
+    bare: bool,
+    /// At the start of a line (after a real CRLF, or at the start of data).
+    line_start: bool,
+    /// The current line began with a '.' that was removed.
+    dot_line: bool,
+    /// Octets of the current line after its leading dot.
+    line_len: usize,
+    /// A CR was seen and its successor is not yet known.
+    pending_cr: bool,
+}
+
+impl DataReceiver {
+    /// A receiver for a message right after the `354` reply.
+    pub fn new(limits: DataLimits) -> Self {
+        Self {
+            limits,
+            message: Vec::new(),
+            lines: 0,
+            too_big: false,
+            bare: false,
+            line_start: true,
+            dot_line: false,
+            line_len: 0,
+            pending_cr: false,
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.too_big {
+            return;
+        }
+        if self.message.len() + bytes.len() > self.limits.max_size {
+            self.too_big = true;
+            self.message = Vec::new();
+            return;
+        }
+        self.message.extend_from_slice(bytes);
+    }
+
+    /// Consumes input. Returns how many bytes of `input` belong to the message (all of
+    /// them unless the end of data was found) and, once the end was found, the result.
+    /// Bytes after the end marker are not consumed: they are the next commands.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Received>) {
+        for (i, &b) in input.iter().enumerate() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b == b'\n' {
+                    if self.dot_line && self.line_len == 0 {
+                        return (i + 1, Some(self.finish()));
+                    }
+                    self.emit(b"\r\n");
+                    self.lines += 1;
+                    if self.lines > self.limits.max_lines && !self.too_big {
+                        self.too_big = true;
+                        self.message = Vec::new();
+                    }
+                    self.line_start = true;
+                    self.dot_line = false;
+                    self.line_len = 0;
+                    continue;
+                }
+                // A CR not followed by LF.
+                self.bare = true;
+                self.emit(b"\r");
+                self.line_len += 1;
+            }
+            if self.line_start {
+                self.line_start = false;
+                if b == b'.' {
+                    self.dot_line = true;
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => {
+                    // A bare LF does not end a line: nothing after it can be an end marker
+                    // until a real CRLF comes.
+                    self.bare = true;
+                    self.emit(b"\n");
+                    self.line_len += 1;
+                }
+                _ => {
+                    self.emit(&[b]);
+                    self.line_len += 1;
+                }
+            }
+        }
+        (input.len(), None)
+    }
+
+    fn finish(&mut self) -> Received {
+        Received {
+            message: std::mem::take(&mut self.message),
+            too_big: self.too_big,
+            bare_line_end: self.bare,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DataLimits = DataLimits { max_size: 1 << 20, max_lines: 1000 };
+
+    /// Feeds `input` split at `split`; returns the result and the unconsumed rest.
+    fn run(input: &[u8], split: usize, limits: DataLimits) -> Option<(Received, Vec<u8>)> {
+        let mut r = DataReceiver::new(limits);
+        let mut offset = 0;
+        for chunk in [&input[..split], &input[split..]] {
+            let (n, done) = r.feed(chunk);
+            offset += n;
+            if let Some(d) = done {
+                return Some((d, input[offset..].to_vec()));
+            }
+        }
+        None
+    }
+
+    fn every_split(input: &[u8], limits: DataLimits) -> Option<(Received, Vec<u8>)> {
+        let first = run(input, 0, limits);
+        for split in 1..=input.len() {
+            assert_eq!(run(input, split, limits), first, "split at {split}");
+        }
+        first
+    }
+
+    #[test]
+    fn plain_message_and_pipelined_rest() {
+        let (r, rest) = every_split(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n", LIMITS).unwrap();
+        assert_eq!(r.message, b"Subject: x\r\n\r\nhello\r\n");
+        assert!(!r.too_big && !r.bare_line_end);
+        assert_eq!(rest, b"QUIT\r\n");
+    }
+
+    #[test]
+    fn empty_message() {
+        let (r, rest) = every_split(b".\r\n", LIMITS).unwrap();
+        assert_eq!(r.message, b"");
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn dot_unstuffing() {
+        let (r, _) = every_split(b"..leading\r\n...\r\n.x\r\n.\r\n", LIMITS).unwrap();
+        assert_eq!(r.message, b".leading\r\n..\r\nx\r\n");
+    }
+
+    #[test]
+    fn smuggling_variants_do_not_end_data() {
+        // Each hides an end marker and a second transaction behind bare line ends; the
+        // real end comes later and the message is refused as a whole.
+        let variants: &[&[u8]] = &[
+            b"a\n.\nMAIL FROM:<x@y>\r\n",
+            b"a\r\n.\nMAIL FROM:<x@y>\r\n",
+            b"a\n.\r\nMAIL FROM:<x@y>\r\n",
+            b"a\r.\rMAIL FROM:<x@y>\r\n",
+            b"a\r\n.\rMAIL FROM:<x@y>\r\n",
+            b"a\r.\r\nMAIL FROM:<x@y>\r\n",
+        ];
+        for v in variants {
+            let input = [*v, b"tail\r\n.\r\n"].concat();
+            let (r, rest) = every_split(&input, LIMITS).unwrap_or_else(|| panic!("no end for {v:?}"));
+            assert!(r.bare_line_end, "{v:?}");
+            assert!(rest.is_empty(), "{v:?} left {rest:?}");
+        }
+    }
+
+    #[test]
+    fn no_end_without_real_crlf_dot_crlf() {
+        assert!(every_split(b"a\r\n.\n", LIMITS).is_none());
+        assert!(every_split(b"a\n.\r\n", LIMITS).is_none());
+        assert!(every_split(b"a\r\n. \r\n", LIMITS).is_none());
+    }
+
+    #[test]
+    fn binary_and_nul_are_data() {
+        let (r, _) = every_split(b"\0\xff\xfe\x01\r\n.\r\n", LIMITS).unwrap();
+        assert_eq!(r.message, b"\0\xff\xfe\x01\r\n");
+        assert!(!r.bare_line_end);
+    }
+
+    #[test]
+    fn size_limit_counts_unstuffed_octets_with_crlf() {
+        let exact = DataLimits { max_size: 7, max_lines: 100 };
+        let (r, _) = every_split(b"..abcd\r\n.\r\n", exact).unwrap(); // ".abcd\r\n" = 7
+        assert!(!r.too_big);
+        assert_eq!(r.message, b".abcd\r\n");
+        let (r, rest) = every_split(b"..abcde\r\n.\r\nNOOP\r\n", exact).unwrap();
+        assert!(r.too_big);
+        assert!(r.message.is_empty());
+        assert_eq!(rest, b"NOOP\r\n");
+    }
+
+    #[test]
+    fn line_limit() {
+        let two = DataLimits { max_size: 1000, max_lines: 2 };
+        assert!(!every_split(b"a\r\nb\r\n.\r\n", two).unwrap().0.too_big);
+        assert!(every_split(b"a\r\nb\r\nc\r\n.\r\n", two).unwrap().0.too_big);
+    }
+}

@@ -1,0 +1,451 @@
+//! One SMTP session as a state machine that never touches a socket (style.md P1, P2):
+//! the connection loop feeds it commands and DATA results, it returns replies.
+//!
+//! RFC 5321 §4.1 (commands and their order), §4.4 (trace fields), §4.5.3 (limits);
+//! RFC 3207 (STARTTLS: forget everything learnt before TLS); mmmail's mail rules from
+//! design.md (recipient resolution, box limits, `nofrom`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use common::address::Address;
+use common::store::{DeliverError, Delivery, MailCopy, Resolution, Store};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+use crate::config::{Config, NullSender};
+use crate::proto::command::{Command, ForwardPath, MailParams, SyntaxError, parse};
+use crate::proto::data::{DataLimits, Received};
+use crate::proto::reply::{Reply, texts};
+
+/// What the connection loop must do after a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send the reply, read the next command.
+    Reply(Reply),
+    /// Send the reply, close the connection.
+    Close(Reply),
+    /// Send the reply, discard buffered input, run the TLS handshake, call
+    /// [`Session::tls_started`], and go on.
+    StartTls(Reply),
+    /// Send the `354` reply, read the message with a
+    /// [`DataReceiver`](crate::proto::data::DataReceiver) using [`Session::data_limits`],
+    /// then call [`Session::data_end`].
+    Data(Reply),
+}
+
+/// The settings a session needs, derived once from the config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `[server] name`.
+    pub name: String,
+    /// `[smtpd]` section.
+    pub smtpd: crate::config::SmtpdConfig,
+    /// `[limits] max_errors`.
+    pub max_errors: u32,
+    /// The postmaster box.
+    pub postmaster: Address,
+    /// Whether STARTTLS can be offered (a `[tls]` section exists).
+    pub tls_available: bool,
+}
+
+impl Settings {
+    /// Derives the settings from a validated config.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            name: cfg.server.name.clone(),
+            smtpd: cfg.smtpd.clone(),
+            max_errors: cfg.limits.max_errors,
+            postmaster: cfg
+                .postmaster()
+                .unwrap_or_else(|| Address::parse("postmaster@localhost", false).expect("constant mailbox")),
+            tls_available: cfg.tls.is_some(),
+        }
+    }
+}
+
+/// The client's greeting.
+#[derive(Clone, Debug)]
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+/// One accepted RCPT: the forward-path as given and the boxes it reaches.
+#[derive(Clone, Debug)]
+struct Recipient {
+    forward_path: String,
+    boxes: Vec<String>,
+}
+
+/// A mail transaction in progress (after MAIL).
+#[derive(Clone, Debug)]
+struct Transaction {
+    id: String,
+    from: Option<Address>,
+    params: MailParams,
+    rcpts: Vec<Recipient>,
+}
+
+/// Where the session stands (RFC 5321 §4.1.4).
+#[derive(Clone, Debug)]
+enum State {
+    /// No transaction: before or between transactions.
+    Idle,
+    /// After MAIL, collecting RCPTs; DATA when at least one was accepted.
+    Mail(Transaction),
+}
+
+/// One SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    settings: Arc<Settings>,
+    peer: IpAddr,
+    tls: bool,
+    helo: Option<Helo>,
+    state: State,
+    errors: u32,
+}
+
+/// 16 lowercase hex digits from the OS random source: transaction ids (spec/mail.md §3.7).
+pub fn random_id() -> String {
+    common::random_hex(8)
+}
+
+impl Session {
+    /// A session for a client at `peer`; `tls` is true on implicit-TLS listeners.
+    pub fn new(settings: Arc<Settings>, peer: IpAddr, tls: bool) -> Self {
+        Self { settings, peer, tls, helo: None, state: State::Idle, errors: 0 }
+    }
+
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The `220` greeting.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, format!("{} ESMTP mmsmtpd-rs ready", self.name()))
+    }
+
+    /// `421` for an input or session timeout.
+    pub fn timeout_reply(&self) -> Reply {
+        Reply::new(421, format!("4.4.2 {} Timeout, closing connection", self.name()))
+    }
+
+    /// `421` when the daemon is shutting down.
+    pub fn shutdown_reply(&self) -> Reply {
+        Reply::new(421, format!("4.3.2 {} Service shutting down", self.name()))
+    }
+
+    /// `421` when the daemon has no free client slot.
+    pub fn too_many_clients(name: &str) -> Reply {
+        Reply::new(421, format!("4.7.0 {name} Too many clients, try again later"))
+    }
+
+    /// The limits for the message after a [`Outcome::Data`].
+    pub fn data_limits(&self) -> DataLimits {
+        DataLimits { max_size: self.settings.smtpd.max_message_size, max_lines: self.settings.smtpd.max_message_lines }
+    }
+
+    /// Whether TLS is active.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Called after a STARTTLS handshake: RFC 3207 §4.2, the client must greet again and
+    /// nothing learnt before TLS is kept.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.state = State::Idle;
+    }
+
+    /// A command line over [`MAX_COMMAND_LINE`](crate::proto::command::MAX_COMMAND_LINE).
+    pub fn line_too_long(&mut self) -> Outcome {
+        self.count(Outcome::Reply(texts::LINE_TOO_LONG.into()))
+    }
+
+    /// Parses and handles one command line (without CRLF).
+    pub async fn handle_line(&mut self, line: &[u8], store: &Store) -> Outcome {
+        let outcome = match parse(line) {
+            Ok(cmd) => self.dispatch(cmd, store).await,
+            Err(e) => Outcome::Reply(syntax_reply(e)),
+        };
+        self.count(outcome)
+    }
+
+    /// Handles one parsed command.
+    pub async fn handle(&mut self, cmd: Command, store: &Store) -> Outcome {
+        let outcome = self.dispatch(cmd, store).await;
+        self.count(outcome)
+    }
+
+    /// Counts error replies; at `max_errors` the session ends with `421`.
+    fn count(&mut self, outcome: Outcome) -> Outcome {
+        if let Outcome::Reply(r) = &outcome {
+            if r.is_error() {
+                self.errors += 1;
+                if self.errors >= self.settings.max_errors {
+                    let bye = Reply::new(421, format!("4.7.0 {} Too many errors, closing connection", self.name()));
+                    return Outcome::Close(bye);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn dispatch(&mut self, cmd: Command, store: &Store) -> Outcome {
+        use Outcome::Reply as R;
+        match (&mut self.state, cmd) {
+            (_, Command::Helo(name)) => R(self.greet(name, false)),
+            (_, Command::Ehlo(name)) => R(self.greet(name, true)),
+            (_, Command::Quit) => Outcome::Close(Reply::new(221, format!("2.0.0 {} closing connection", self.name()))),
+            (_, Command::Rset) => {
+                self.state = State::Idle;
+                R(texts::OK.into())
+            }
+            (_, Command::Noop) => R(texts::OK.into()),
+            (_, Command::Help) => R(Reply::multi(
+                214,
+                vec![
+                    "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS".into(),
+                    "2.0.0 End of HELP".into(),
+                ],
+            )),
+            (_, Command::Vrfy) => R(texts::CANNOT_VRFY.into()),
+            (_, Command::Expn) => R(texts::NOT_IMPLEMENTED.into()),
+            (_, Command::StartTls) if !self.settings.tls_available => R(texts::NOT_IMPLEMENTED.into()),
+            (_, Command::StartTls) if self.tls => R(texts::TLS_ACTIVE.into()),
+            (_, Command::StartTls) => {
+                self.state = State::Idle;
+                Outcome::StartTls(texts::READY_TLS.into())
+            }
+            (State::Mail(_), Command::Mail { .. }) => R(texts::SENDER_ALREADY.into()),
+            (State::Idle, Command::Mail { from, params }) => R(self.mail(from, params, store).await),
+            (State::Idle, Command::Rcpt(_)) => R(texts::NEED_MAIL.into()),
+            (State::Mail(_), Command::Rcpt(to)) => R(self.rcpt(to, store).await),
+            (State::Mail(tx), Command::Data) if !tx.rcpts.is_empty() => Outcome::Data(texts::START_DATA.into()),
+            (_, Command::Data) => R(texts::NEED_RCPT.into()),
+        }
+    }
+
+    fn greet(&mut self, name: String, extended: bool) -> Reply {
+        self.state = State::Idle;
+        let first = format!("{} Hello {} [{}]", self.name(), name, self.peer);
+        self.helo = Some(Helo { name, extended });
+        if !extended {
+            return Reply::new(250, first);
+        }
+        let mut lines = vec![
+            first,
+            format!("SIZE {}", self.settings.smtpd.max_message_size),
+            "8BITMIME".into(),
+            "PIPELINING".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+        ];
+        if self.settings.tls_available && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        Reply::multi(250, lines)
+    }
+
+    async fn mail(&mut self, from: Option<Address>, params: MailParams, store: &Store) -> Reply {
+        if self.settings.smtpd.require_helo && self.helo.is_none() {
+            return texts::SEND_HELO_FIRST.into();
+        }
+        if params.size > self.settings.smtpd.max_message_size as u64 {
+            return texts::SIZE_TOO_BIG.into();
+        }
+        if from.is_none() && self.settings.smtpd.null_sender == NullSender::Nofrom {
+            let ip = self.peer.to_string();
+            match store.nofrom_allows(&[&ip]).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(peer = %self.peer, "null sender refused (nofrom)");
+                    return texts::NULL_SENDER_REFUSED.into();
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "nofrom lookup failed");
+                    return texts::LOCAL_ERROR.into();
+                }
+            }
+        }
+        self.state = State::Mail(Transaction { id: random_id(), from, params, rcpts: Vec::new() });
+        texts::SENDER_OK.into()
+    }
+
+    async fn rcpt(&mut self, to: ForwardPath, store: &Store) -> Reply {
+        let State::Mail(tx) = &mut self.state else {
+            return texts::NEED_MAIL.into();
+        };
+        if tx.rcpts.len() >= self.settings.smtpd.max_recipients {
+            return texts::TOO_MANY_RCPTS.into();
+        }
+        let address = match to {
+            ForwardPath::Address(a) => a,
+            ForwardPath::Postmaster => self.settings.postmaster.clone(),
+        };
+        if !address.to_string().is_ascii() && !tx.params.smtputf8 {
+            return texts::NEED_SMTPUTF8.into();
+        }
+        let resolution = match store.resolve(&address).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(cause = %e, "recipient lookup failed");
+                return texts::LOCAL_ERROR.into();
+            }
+        };
+        match resolution {
+            Resolution::NotLocal => {
+                tracing::info!(peer = %self.peer, rcpt = %address, "relaying denied");
+                texts::RELAY_DENIED.into()
+            }
+            Resolution::UnknownUser => {
+                tracing::info!(peer = %self.peer, rcpt = %address, "unknown recipient");
+                texts::USER_UNKNOWN.into()
+            }
+            Resolution::Boxes(boxes) => {
+                let (room, full): (Vec<_>, Vec<_>) = boxes.into_iter().partition(|b| !b.is_full(tx.params.size));
+                for b in &full {
+                    tracing::info!(r#box = %b.address, "box full");
+                }
+                if room.is_empty() {
+                    return texts::MAILBOX_FULL.into();
+                }
+                tx.rcpts.push(Recipient {
+                    forward_path: address.to_string(),
+                    boxes: room.into_iter().map(|b| b.address).collect(),
+                });
+                texts::RCPT_OK.into()
+            }
+        }
+    }
+
+    /// Ends a DATA phase: checks what was received and stores it (design.md
+    /// "Durability": `250` only after the commit). The transaction ends whatever happens.
+    pub async fn data_end(&mut self, received: Received, store: &Store) -> Outcome {
+        let outcome = Outcome::Reply(self.store_message(received, store).await);
+        self.count(outcome)
+    }
+
+    async fn store_message(&mut self, received: Received, store: &Store) -> Reply {
+        let State::Mail(tx) = std::mem::replace(&mut self.state, State::Idle) else {
+            return texts::NEED_RCPT.into();
+        };
+        if received.bare_line_end {
+            tracing::info!(peer = %self.peer, id = %tx.id, "bare CR or LF in DATA");
+            return texts::BARE_CR_LF.into();
+        }
+        if received.too_big {
+            tracing::info!(peer = %self.peer, id = %tx.id, "message over the size or line limit");
+            return texts::TOO_BIG.into();
+        }
+        let hops = count_received(&received.message);
+        if hops > self.settings.smtpd.max_hops {
+            tracing::info!(peer = %self.peer, id = %tx.id, hops, "too many hops");
+            return texts::TOO_MANY_HOPS.into();
+        }
+        let copies = self.copies(&tx);
+        let delivery = Delivery { body: &received.message, copies };
+        match store.deliver(&delivery).await {
+            Ok(()) => {
+                tracing::info!(
+                    id = %tx.id,
+                    from = %tx.from.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    boxes = delivery.copies.len(),
+                    size = received.message.len(),
+                    "stored"
+                );
+                Reply::new(250, format!("2.0.0 Ok, queued as {}", tx.id))
+            }
+            Err(DeliverError::NoRoom(b)) => {
+                tracing::info!(id = %tx.id, r#box = %b, "box filled up before commit; nothing stored");
+                texts::MAILBOX_FULL.into()
+            }
+            Err(DeliverError::Store(e)) => {
+                tracing::error!(id = %tx.id, cause = %e, "storing failed; nothing stored");
+                texts::LOCAL_ERROR.into()
+            }
+        }
+    }
+
+    /// One copy per distinct box; its trace names the first RCPT that reached it.
+    fn copies(&self, tx: &Transaction) -> Vec<MailCopy> {
+        let mut copies: Vec<MailCopy> = Vec::new();
+        for r in &tx.rcpts {
+            for b in &r.boxes {
+                if copies.iter().any(|c| &c.box_address == b) {
+                    continue;
+                }
+                copies.push(MailCopy {
+                    box_address: b.clone(),
+                    uid: format!("{}{}", tx.id, random_id()),
+                    trace: self.trace(tx, &r.forward_path),
+                });
+            }
+        }
+        copies
+    }
+
+    /// `Return-Path:` and `Received:` (RFC 5321 §4.4, RFC 3848 protocol names, RFC 6531
+    /// §4.3 UTF8 variants), CRLF-ended.
+    fn trace(&self, tx: &Transaction, forward_path: &str) -> Vec<u8> {
+        let helo = self.helo.as_ref().map_or("unknown", |h| h.name.as_str());
+        let extended = self.helo.as_ref().is_some_and(|h| h.extended);
+        let protocol = match (tx.params.smtputf8, extended, self.tls) {
+            (true, _, true) => "UTF8SMTPS",
+            (true, _, false) => "UTF8SMTP",
+            (false, true, true) => "ESMTPS",
+            (false, true, false) => "ESMTP",
+            (false, false, _) => "SMTP",
+        };
+        let ip = match self.peer {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("IPv6:{v6}"),
+        };
+        let date = OffsetDateTime::now_utc().format(&Rfc2822).unwrap_or_default();
+        let from = tx.from.as_ref().map(ToString::to_string).unwrap_or_default();
+        format!(
+            "Return-Path: <{from}>\r\nReceived: from {helo} (unknown [{ip}])\r\n\tby {name} (mmsmtpd-rs) with {protocol}\r\n\tid {id}\r\n\tfor <{forward_path}>; {date}\r\n",
+            name = self.name(),
+            id = tx.id,
+        )
+        .into_bytes()
+    }
+}
+
+/// Number of `Received:` fields in the header of `message` (mail-parser does the header
+/// parsing; a message without a header section has none).
+fn count_received(message: &[u8]) -> usize {
+    mail_parser::MessageParser::new()
+        .parse_headers(message)
+        .map_or(0, |m| m.headers().iter().filter(|h| h.name == mail_parser::HeaderName::Received).count())
+}
+
+fn syntax_reply(e: SyntaxError) -> Reply {
+    match e {
+        SyntaxError::Unrecognized => texts::UNRECOGNIZED,
+        SyntaxError::Arguments => texts::BAD_ARGS,
+        SyntaxError::Helo => texts::BAD_HELO,
+        SyntaxError::Sender => texts::BAD_SENDER,
+        SyntaxError::Recipient => texts::BAD_RCPT,
+        SyntaxError::MailParam => texts::BAD_PARAM,
+        SyntaxError::RcptParam => texts::BAD_RCPT_PARAM,
+        SyntaxError::NeedsUtf8 => texts::NEED_SMTPUTF8,
+    }
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_received;
+
+    #[test]
+    fn hop_count_reads_header_only() {
+        let m = b"Received: from a\r\n\tby b; date\r\nreceived: from c by d\r\nSubject: x\r\n\r\nReceived: body line\r\n";
+        assert_eq!(count_received(m), 2);
+        assert_eq!(count_received(b""), 0);
+        assert_eq!(count_received(b"no header at all"), 0);
+    }
+}
