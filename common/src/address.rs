@@ -183,10 +183,7 @@ fn parse_local_part(s: &str) -> Result<String, AddressError> {
     if is_dot_string(s) {
         return Ok(s.to_owned());
     }
-    let inner = s
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .ok_or(AddressError::Syntax)?;
+    let inner = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')).ok_or(AddressError::Syntax)?;
     let mut content = String::new();
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -200,11 +197,7 @@ fn parse_local_part(s: &str) -> Result<String, AddressError> {
             _ => return Err(AddressError::Syntax),
         }
     }
-    if is_dot_string(&content) {
-        Ok(content)
-    } else {
-        Ok(s.to_owned())
-    }
+    if is_dot_string(&content) { Ok(content) } else { Ok(s.to_owned()) }
 }
 
 /// RFC 5321 `Domain` (with RFC 6531 U-labels): dot-separated labels of letters, digits and
@@ -254,9 +247,24 @@ mod tests {
             assert_eq!(Address::parse(input, false).map(|a| a.to_string()).as_deref(), Ok(*want), "{input}");
         }
         let bad = [
-            "", "bob", "@example.org", "bob@", "bob@@x", "bob..x@y", ".bob@y", "bob.@y", "bob@-x.org",
-            "bob@x-.org", "bob@x..org", "bob@x.org.", "bo b@x", "\"unterminated@x", "bob@[1.2.3]",
-            "bob@[tag:stuff]", "b\0b@x", "bob@ex ample",
+            "",
+            "bob",
+            "@example.org",
+            "bob@",
+            "bob@@x",
+            "bob..x@y",
+            ".bob@y",
+            "bob.@y",
+            "bob@-x.org",
+            "bob@x-.org",
+            "bob@x..org",
+            "bob@x.org.",
+            "bo b@x",
+            "\"unterminated@x",
+            "bob@[1.2.3]",
+            "bob@[tag:stuff]",
+            "b\0b@x",
+            "bob@ex ample",
         ];
         for input in bad {
             assert_eq!(Address::parse(input, false), Err(AddressError::Syntax), "{input:?}");

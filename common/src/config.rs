@@ -290,7 +290,8 @@ impl Validate for LogConfig {
 /// semantic problem.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
     let (text, world_readable) = read(path)?;
-    let value: T = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    let value: T =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
     let mut problems = Problems { world_readable, ..Problems::default() };
     value.validate(&mut problems);
     if problems.is_empty() {
@@ -307,7 +308,8 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
 /// As [`load`]; a file without `[database]` is [`ConfigError::Invalid`].
 pub fn load_database(path: &Path) -> Result<DatabaseConfig, ConfigError> {
     let (text, world_readable) = read(path)?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
     let Some(section) = table.get("database") else {
         return Err(ConfigError::Invalid { path: path.into(), problems: vec!["database: section missing".into()] });
     };
@@ -317,11 +319,7 @@ pub fn load_database(path: &Path) -> Result<DatabaseConfig, ConfigError> {
         .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: format!("[database]: {e}") })?;
     let mut problems = Problems { world_readable, ..Problems::default() };
     db.validate(&mut problems);
-    if problems.is_empty() {
-        Ok(db)
-    } else {
-        Err(ConfigError::Invalid { path: path.into(), problems: problems.list })
-    }
+    if problems.is_empty() { Ok(db) } else { Err(ConfigError::Invalid { path: path.into(), problems: problems.list }) }
 }
 
 fn read(path: &Path) -> Result<(String, bool), ConfigError> {
@@ -412,7 +410,8 @@ mod tests {
 
     #[test]
     fn database_section_alone() {
-        let f = write("[server]\nname = \"mx\"\n[smtpd]\nwhatever = 1\n[database]\nurl = \"sqlite:///tmp/y.db\"\n", 0o600);
+        let f =
+            write("[server]\nname = \"mx\"\n[smtpd]\nwhatever = 1\n[database]\nurl = \"sqlite:///tmp/y.db\"\n", 0o600);
         assert_eq!(load_database(f.path()).unwrap().url.expose(), "sqlite:///tmp/y.db");
     }
 }

@@ -25,9 +25,7 @@ pub use store::Store;
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     if getrandom::fill(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         for (i, x) in b.iter_mut().enumerate() {
             *x = (nanos >> ((i % 16) * 8)) as u8;
         }

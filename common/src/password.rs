@@ -61,10 +61,7 @@ pub fn hash(password: &[u8]) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| HashError(e.to_string()))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| HashError(e.to_string()))?;
-    hasher()
-        .hash_password(password, &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
+    hasher().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| HashError(e.to_string()))
 }
 
 /// mmmail's legacy digest: MD5 of the password bytes as 32 lowercase hex digits.

@@ -64,10 +64,7 @@ pub fn specificity_order(a: &str, b: &str) -> Ordering {
     fn stars(p: &str) -> usize {
         p.chars().filter(|c| *c == '*').count()
     }
-    literals(b)
-        .cmp(&literals(a))
-        .then_with(|| stars(a).cmp(&stars(b)))
-        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    literals(b).cmp(&literals(a)).then_with(|| stars(a).cmp(&stars(b))).then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 #[cfg(test)]

@@ -167,14 +167,20 @@ impl TestDb {
     /// Adds a user with the given `user_passwd` value; returns its id.
     pub async fn add_user(&self, name: &str, passwd: &str) -> i64 {
         let (t, now) = (self.backend.user_table(), self.backend.now());
-        self.sql(&format!("INSERT INTO {t} (user_name, user_passwd, user_created) VALUES ('{name}', '{passwd}', {now})")).await;
+        self.sql(&format!(
+            "INSERT INTO {t} (user_name, user_passwd, user_created) VALUES ('{name}', '{passwd}', {now})"
+        ))
+        .await;
         self.store.user_password(name).await.expect("query").expect("user just added").0
     }
 
     /// Adds a box owned by `user` with limits in bytes and messages (0 = unlimited).
     pub async fn add_box(&self, address: &str, user: i64, max_size: i64, max_mails: i64) {
         let now = self.backend.now();
-        self.sql(&format!("INSERT INTO box VALUES ('{address}', {user}, {max_size}, 0, {max_mails}, 0, {now}, {now}, {now})")).await;
+        self.sql(&format!(
+            "INSERT INTO box VALUES ('{address}', {user}, {max_size}, 0, {max_mails}, 0, {now}, {now}, {now})"
+        ))
+        .await;
     }
 
     /// Adds an alias row.
@@ -222,16 +228,6 @@ impl Drop for TestDb {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn database_name_replaced() {
-        assert_eq!(super::with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(super::with_database("mysql://root@h/mysql?ssl-mode=disabled", "x"), "mysql://root@h/x?ssl-mode=disabled");
-        assert_eq!(super::with_database("mysql://root@h", "x"), "mysql://root@h/x");
-    }
-}
-
 /// A self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files.
 pub struct TestCert {
     /// Path of the PEM certificate.
@@ -269,5 +265,18 @@ impl TestCert {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_name_replaced() {
+        assert_eq!(super::with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            super::with_database("mysql://root@h/mysql?ssl-mode=disabled", "x"),
+            "mysql://root@h/x?ssl-mode=disabled"
+        );
+        assert_eq!(super::with_database("mysql://root@h", "x"), "mysql://root@h/x");
     }
 }

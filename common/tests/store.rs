@@ -1,6 +1,8 @@
 //! Store conformance: the same assertions on SQLite, PostgreSQL and MySQL/MariaDB
 //! (style.md P11 (d)). See `common::testing` for the backend environment variables.
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 use common::address::Address;
 use common::store::{DeliverError, Delivery, MailCopy, Resolution};
 use common::testing::TestDb;
@@ -10,7 +12,11 @@ fn addr(s: &str) -> Address {
 }
 
 fn copy(box_address: &str, uid: &str) -> MailCopy {
-    MailCopy { box_address: box_address.into(), uid: uid.into(), trace: format!("X-For: {box_address}\r\n").into_bytes() }
+    MailCopy {
+        box_address: box_address.into(),
+        uid: uid.into(),
+        trace: format!("X-For: {box_address}\r\n").into_bytes(),
+    }
 }
 
 async fn seeded(db: &TestDb) -> i64 {
@@ -94,10 +100,8 @@ async fn deliver_stores_body_once_and_updates_counters() {
         seeded(&db).await;
         let s = &db.store;
         let body = b"Subject: hi\r\n\r\nhello\r\n";
-        let d = Delivery {
-            body,
-            copies: vec![copy("mmondor@example.org", "uid-a"), copy("sales@example.org", "uid-b")],
-        };
+        let d =
+            Delivery { body, copies: vec![copy("mmondor@example.org", "uid-a"), copy("sales@example.org", "uid-b")] };
         s.deliver(&d).await.unwrap();
         for (bx, uid) in [("mmondor@example.org", "uid-a"), ("sales@example.org", "uid-b")] {
             let drop = s.maildrop(bx).await.unwrap();

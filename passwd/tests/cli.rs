@@ -1,5 +1,7 @@
 //! mmpasswd as a black box (style.md P11 (e)).
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -71,7 +73,11 @@ async fn sets_a_users_password_in_the_database() {
     db.add_user("some user", "5ed6dfd210b419415eb054a9bee92e57").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mmsmtpd.toml");
-    std::fs::write(&cfg, format!("[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{}\"\n[smtpd]\nmax_hops = 5\n", db.url)).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{}\"\n[smtpd]\nmax_hops = 5\n", db.url),
+    )
+    .unwrap();
     let cfg = cfg.to_str().unwrap();
     let o = mmpasswd(&["-c", cfg, "--user", "some user", "--stdin"], "n3w secret\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

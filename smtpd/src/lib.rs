@@ -59,7 +59,9 @@ pub async fn run(cfg: Arc<Config>, store: Store, listeners: Listeners, shutdown:
     };
     let slots = Arc::new(Semaphore::new(cfg.limits.max_clients));
     let mut loops = tokio::task::JoinSet::new();
-    for (listener, implicit_tls) in listeners.plain.into_iter().map(|l| (l, false)).chain(listeners.tls.into_iter().map(|l| (l, true))) {
+    for (listener, implicit_tls) in
+        listeners.plain.into_iter().map(|l| (l, false)).chain(listeners.tls.into_iter().map(|l| (l, true)))
+    {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, tls = implicit_tls, "listening");
         }
@@ -69,7 +71,13 @@ pub async fn run(cfg: Arc<Config>, store: Store, listeners: Listeners, shutdown:
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, implicit_tls: bool, ctx: Context, slots: Arc<Semaphore>, shutdown: Shutdown) {
+async fn accept_loop(
+    listener: TcpListener,
+    implicit_tls: bool,
+    ctx: Context,
+    slots: Arc<Semaphore>,
+    shutdown: Shutdown,
+) {
     let mut next_id: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -95,7 +103,11 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, ctx: Context, sl
                     tracing::warn!("refused: too many clients");
                     let mut stream = stream;
                     let bye = Session::too_many_clients(&name).to_bytes();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncWriteExt::write_all(&mut stream, &bye)).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::io::AsyncWriteExt::write_all(&mut stream, &bye),
+                    )
+                    .await;
                 }
                 .instrument(span),
             );

@@ -182,13 +182,13 @@ impl Session {
 
     /// Counts error replies; at `max_errors` the session ends with `421`.
     fn count(&mut self, outcome: Outcome) -> Outcome {
-        if let Outcome::Reply(r) = &outcome {
-            if r.is_error() {
-                self.errors += 1;
-                if self.errors >= self.settings.max_errors {
-                    let bye = Reply::new(421, format!("4.7.0 {} Too many errors, closing connection", self.name()));
-                    return Outcome::Close(bye);
-                }
+        if let Outcome::Reply(r) = &outcome
+            && r.is_error()
+        {
+            self.errors += 1;
+            if self.errors >= self.settings.max_errors {
+                let bye = Reply::new(421, format!("4.7.0 {} Too many errors, closing connection", self.name()));
+                return Outcome::Close(bye);
             }
         }
         outcome
@@ -443,7 +443,8 @@ mod tests {
 
     #[test]
     fn hop_count_reads_header_only() {
-        let m = b"Received: from a\r\n\tby b; date\r\nreceived: from c by d\r\nSubject: x\r\n\r\nReceived: body line\r\n";
+        let m =
+            b"Received: from a\r\n\tby b; date\r\nreceived: from c by d\r\nSubject: x\r\n\r\nReceived: body line\r\n";
         assert_eq!(count_received(m), 2);
         assert_eq!(count_received(b""), 0);
         assert_eq!(count_received(b"no header at all"), 0);

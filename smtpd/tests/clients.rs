@@ -2,6 +2,8 @@
 //! loopback, and mmmail's README admin session run verbatim. Under `CI=true` a missing
 //! tool fails the test; elsewhere it is skipped with a note.
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 mod support;
 
 use std::process::{Command, Stdio};
@@ -52,13 +54,22 @@ async fn swaks_starttls_and_refusals() {
     let tls = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.cert.display(), cert.key.display());
     let d = Daemon::start(dir.path(), &db.url, &tls);
     let server = format!("127.0.0.1:{}", d.port);
-    let (ok, out) = run(Command::new("swaks").args(["--server", &server, "--tls", "--from", "a@b.org", "--to", "mmondor@example.org"]));
+    let (ok, out) = run(Command::new("swaks").args([
+        "--server",
+        &server,
+        "--tls",
+        "--from",
+        "a@b.org",
+        "--to",
+        "mmondor@example.org",
+    ]));
     assert!(ok, "{out}");
     assert!(out.contains("TLS started"), "{out}");
     let m = messages(&db, "mmondor@example.org").await;
     assert!(String::from_utf8_lossy(&m[0]).contains("with ESMTPS"));
     // Relaying is refused; swaks exits non-zero on a refused recipient.
-    let (ok, out) = run(Command::new("swaks").args(["--server", &server, "--from", "a@b.org", "--to", "victim@elsewhere.test"]));
+    let (ok, out) =
+        run(Command::new("swaks").args(["--server", &server, "--from", "a@b.org", "--to", "victim@elsewhere.test"]));
     assert!(!ok);
     assert!(out.contains("550 5.7.1 Relaying denied"), "{out}");
 }
@@ -134,7 +145,18 @@ async fn curl_plain_and_starttls() {
     let url = format!("smtp://127.0.0.1:{}/curl.test", d.port);
     let curl = |extra: &[&str]| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "20", &url, "--mail-from", "c@origin.test", "--mail-rcpt", "mmondor@example.org", "-T"]).arg(&mail);
+        c.args([
+            "-sS",
+            "--max-time",
+            "20",
+            &url,
+            "--mail-from",
+            "c@origin.test",
+            "--mail-rcpt",
+            "mmondor@example.org",
+            "-T",
+        ])
+        .arg(&mail);
         c.args(extra);
         run(&mut c)
     };
@@ -161,7 +183,9 @@ async fn mmmail_readme_admin_session() {
         let Some(db) = TestDb::create(backend).await else { continue };
         let user = if backend == Backend::MySql { "user" } else { "\"user\"" };
         for stmt in [
-            format!("insert into {user} (user_name,user_passwd,user_created) values('some user','5ed6dfd210b419415eb054a9bee92e57',NOW());"),
+            format!(
+                "insert into {user} (user_name,user_passwd,user_created) values('some user','5ed6dfd210b419415eb054a9bee92e57',NOW());"
+            ),
             "insert into box values('mmondor@example.org',1,5242880,0,500,0,NOW(),NOW(),NOW());".into(),
             "insert into alias values('*@example.org','mmondor@example.org',1,NOW());".into(),
             "insert into nofrom values('localhost');".into(),
@@ -170,9 +194,14 @@ async fn mmmail_readme_admin_session() {
         }
         let dir = tempfile::tempdir().unwrap();
         let d = Daemon::start(dir.path(), &db.url, "");
-        let (ok, out) = run(Command::new("swaks")
-            .args(["--server", &format!("127.0.0.1:{}", d.port)])
-            .args(["--from", "someone@origin.test", "--to", "not-a-box@example.org", "--body", "wildcard"]));
+        let (ok, out) = run(Command::new("swaks").args(["--server", &format!("127.0.0.1:{}", d.port)]).args([
+            "--from",
+            "someone@origin.test",
+            "--to",
+            "not-a-box@example.org",
+            "--body",
+            "wildcard",
+        ]));
         assert!(ok, "{backend:?}: {out}");
         let m = messages(&db, "mmondor@example.org").await;
         assert_eq!(m.len(), 1, "{backend:?}");

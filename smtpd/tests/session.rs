@@ -1,6 +1,8 @@
 //! Session transcripts against a SQLite store: every command in every state, no sockets
 //! (style.md P11 (b)).
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 mod support;
 
 use std::net::IpAddr;
@@ -58,7 +60,9 @@ async fn greeting_and_ehlo() {
     let ehlo = t.say("EHLO client.test").await;
     assert_eq!(
         ehlo,
-        format!("250 {NAME} Hello client.test [192.0.2.7]|SIZE 10485760|8BITMIME|PIPELINING|ENHANCEDSTATUSCODES|SMTPUTF8")
+        format!(
+            "250 {NAME} Hello client.test [192.0.2.7]|SIZE 10485760|8BITMIME|PIPELINING|ENHANCEDSTATUSCODES|SMTPUTF8"
+        )
     );
     assert_eq!(t.say("HELO client.test").await, format!("250 {NAME} Hello client.test [192.0.2.7]"));
     assert_eq!(t.say("EHLO").await, "501 5.5.4 Invalid HELO/EHLO argument");
@@ -197,8 +201,14 @@ async fn delivery_with_trace_fields_and_dedup() {
     let m = support::messages(&t.db, "mmondor@example.org").await;
     assert_eq!(m.len(), 1, "one copy per box");
     let text = String::from_utf8(m[0].clone()).unwrap();
-    assert!(text.starts_with("Return-Path: <sender@origin.test>\r\nReceived: from client.test (unknown [192.0.2.7])\r\n"), "{text}");
-    assert!(text.contains(&format!("\tby {NAME} (mmsmtpd-rs) with ESMTP\r\n\tid {id}\r\n\tfor <mmondor@example.org>; ")), "{text}");
+    assert!(
+        text.starts_with("Return-Path: <sender@origin.test>\r\nReceived: from client.test (unknown [192.0.2.7])\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\tby {NAME} (mmsmtpd-rs) with ESMTP\r\n\tid {id}\r\n\tfor <mmondor@example.org>; ")),
+        "{text}"
+    );
     assert!(text.ends_with(" +0000\r\nSubject: hi\r\n\r\n.dot\r\n"), "{text}");
     let s = support::messages(&t.db, "sales@example.org").await;
     assert!(String::from_utf8_lossy(&s[0]).contains("for <sales-x@example.org>;"));
@@ -250,7 +260,9 @@ async fn error_limit_closes_with_421() {
     assert_eq!(t.say("BAD1").await, "500 5.5.2 Command unrecognized");
     assert_eq!(t.say("BAD2").await, "500 5.5.2 Command unrecognized");
     match t.line("BAD3").await {
-        Outcome::Close(r) => assert_eq!(r.to_bytes(), format!("421 4.7.0 {NAME} Too many errors, closing connection\r\n").into_bytes()),
+        Outcome::Close(r) => {
+            assert_eq!(r.to_bytes(), format!("421 4.7.0 {NAME} Too many errors, closing connection\r\n").into_bytes())
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -1,6 +1,8 @@
 //! Loopback tests against an in-process server (style.md P11 (c)): pipelining, STARTTLS,
 //! implicit TLS, concurrency on every backend, hostile input, limits and shutdown.
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 mod support;
 
 use common::testing::{Backend, TestCert, TestDb};

@@ -14,9 +14,7 @@ use tokio::net::TcpListener;
 pub async fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let mut out = Vec::with_capacity(addrs.len());
     for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
+        let l = TcpListener::bind(a).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
         out.push(l);
     }
     Ok(out)

@@ -59,11 +59,8 @@ impl Store {
         let url = cfg.url.expose().as_str();
         let timeout = Duration::from_secs(cfg.acquire_timeout.max(1));
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
-                .max_connections(cfg.max_connections)
-                .acquire_timeout(timeout)
-                .connect(url)
-                .await?;
+            let pool =
+                PgPoolOptions::new().max_connections(cfg.max_connections).acquire_timeout(timeout).connect(url).await?;
             Ok(Self::Postgres(pool))
         } else if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
             let opts = MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4");
@@ -156,10 +153,10 @@ impl Store {
         if let Some(winner) = winner {
             let mut boxes: Vec<BoxInfo> = Vec::new();
             for (_, target) in aliases.iter().filter(|(p, _)| p == winner) {
-                if let Some(b) = self.find_box(&target.to_lowercase()).await? {
-                    if !boxes.iter().any(|x| x.address == b.address) {
-                        boxes.push(b);
-                    }
+                if let Some(b) = self.find_box(&target.to_lowercase()).await?
+                    && !boxes.iter().any(|x| x.address == b.address)
+                {
+                    boxes.push(b);
                 }
             }
             if !boxes.is_empty() {
@@ -252,11 +249,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such user; [`StoreError::Db`].
     pub async fn set_user_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
-        if dispatch!(self, set_user_password(name, hash))? {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound)
-        }
+        if dispatch!(self, set_user_password(name, hash))? { Ok(()) } else { Err(StoreError::NotFound) }
     }
 
     /// Runs SQL text with no parameters (several statements allowed on MySQL and

@@ -18,7 +18,12 @@ const SQL: super::backend::Sql = super::backend::Sql {
     set_user_password: "UPDATE `user` SET user_passwd = ? WHERE user_name = ?",
 };
 
-async fn insert_message(tx: &mut Transaction<'_, MySql>, size: i64, created: i64, data: &[u8]) -> Result<i64, sqlx::Error> {
+async fn insert_message(
+    tx: &mut Transaction<'_, MySql>,
+    size: i64,
+    created: i64,
+    data: &[u8],
+) -> Result<i64, sqlx::Error> {
     let done = sqlx::query("INSERT INTO message (message_size, message_created, message_data) VALUES (?, ?, ?)")
         .bind(size)
         .bind(created)

@@ -18,7 +18,12 @@ const SQL: super::backend::Sql = super::backend::Sql {
     set_user_password: "UPDATE \"user\" SET user_passwd = $1 WHERE user_name = $2",
 };
 
-async fn insert_message(tx: &mut Transaction<'_, Postgres>, size: i64, created: i64, data: &[u8]) -> Result<i64, sqlx::Error> {
+async fn insert_message(
+    tx: &mut Transaction<'_, Postgres>,
+    size: i64,
+    created: i64,
+    data: &[u8],
+) -> Result<i64, sqlx::Error> {
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO message (message_size, message_created, message_data) VALUES ($1, $2, $3) RETURNING message_id",
     )

@@ -1,8 +1,8 @@
 //! SMTP command parsing (RFC 5321 §4.1.1, §4.1.2; RFC 1870 SIZE; RFC 6152 8BITMIME;
 //! RFC 6531 SMTPUTF8; RFC 3207 STARTTLS). Pure: bytes in, [`Command`] out.
 
-use common::address::{AddressError, parse_path};
 pub use common::address::Address;
+use common::address::{AddressError, parse_path};
 
 /// Longest accepted command line, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -199,15 +199,21 @@ mod tests {
             (b"ehlo [127.0.0.1]", Command::Ehlo("[127.0.0.1]".into())),
             (b"EHLO  spaced  extra", Command::Ehlo("spaced".into())),
             (b"MAIL FROM:<a@b.org>", Command::Mail { from: Some(a("a@b.org")), params: MailParams::default() }),
-            (b"mail from: <A@B.org> SIZE=123 BODY=8BITMIME", Command::Mail {
-                from: Some(a("a@b.org")),
-                params: MailParams { size: 123, body: Body::EightBitMime, smtputf8: false },
-            }),
+            (
+                b"mail from: <A@B.org> SIZE=123 BODY=8BITMIME",
+                Command::Mail {
+                    from: Some(a("a@b.org")),
+                    params: MailParams { size: 123, body: Body::EightBitMime, smtputf8: false },
+                },
+            ),
             (b"MAIL FROM:<>", Command::Mail { from: None, params: MailParams::default() }),
-            ("MAIL FROM:<j\u{f6}@b.org> SMTPUTF8".as_bytes(), Command::Mail {
-                from: Some(a("j\u{f6}@b.org")),
-                params: MailParams { smtputf8: true, ..MailParams::default() },
-            }),
+            (
+                "MAIL FROM:<j\u{f6}@b.org> SMTPUTF8".as_bytes(),
+                Command::Mail {
+                    from: Some(a("j\u{f6}@b.org")),
+                    params: MailParams { smtputf8: true, ..MailParams::default() },
+                },
+            ),
             (b"RCPT TO:<x@y.org>", Command::Rcpt(ForwardPath::Address(a("x@y.org")))),
             (b"RCPT TO:<@hop.one:x@y.org>", Command::Rcpt(ForwardPath::Address(a("x@y.org")))),
             (b"rcpt to:<Postmaster>", Command::Rcpt(ForwardPath::Postmaster)),
@@ -257,7 +263,9 @@ mod tests {
 
     #[test]
     fn size_overflow_saturates() {
-        let Ok(Command::Mail { params, .. }) = parse(b"MAIL FROM:<a@b.org> SIZE=99999999999999999999") else { panic!() };
+        let Ok(Command::Mail { params, .. }) = parse(b"MAIL FROM:<a@b.org> SIZE=99999999999999999999") else {
+            panic!()
+        };
         assert_eq!(params.size, u64::MAX);
     }
 }

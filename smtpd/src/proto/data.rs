@@ -127,11 +127,7 @@ impl DataReceiver {
     }
 
     fn finish(&mut self) -> Received {
-        Received {
-            message: std::mem::take(&mut self.message),
-            too_big: self.too_big,
-            bare_line_end: self.bare,
-        }
+        Received { message: std::mem::take(&mut self.message), too_big: self.too_big, bare_line_end: self.bare }
     }
 }
 

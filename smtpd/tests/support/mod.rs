@@ -108,7 +108,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut text = Vec::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_line(&mut line)).await.expect("reply timeout").ok()?;
+            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_line(&mut line))
+                .await
+                .expect("reply timeout")
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -171,7 +174,12 @@ pub async fn deliver(addr: SocketAddr, from: &str, rcpts: &[&str], body: &str) -
 
 /// Whether an external tool is installed; under CI=true a missing tool is a failure.
 pub fn have(tool: &str) -> bool {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
         assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{tool} is required under CI=true");
         eprintln!("note: {tool} not installed; skipping");
