@@ -204,3 +204,18 @@ async fn migrations_are_idempotent_and_checked() {
         common::store::migrate::check_current(&db.store).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn migrate_false_refuses_a_schema_that_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config::DatabaseConfig::from_url(format!("sqlite://{}/fresh.db", dir.path().display()));
+    cfg.migrate = false;
+    match common::Store::prepare(&cfg).await {
+        Err(common::StoreError::SchemaBehind(1)) => {}
+        other => panic!("expected SchemaBehind(1), got {other:?}"),
+    }
+    cfg.migrate = true;
+    common::Store::prepare(&cfg).await.unwrap().close().await;
+    cfg.migrate = false;
+    common::Store::prepare(&cfg).await.unwrap();
+}

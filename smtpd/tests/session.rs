@@ -294,3 +294,19 @@ async fn box_filled_between_rcpt_and_data_is_452() {
     // All or nothing: the other box got nothing either, so the sender's retry loses nothing.
     assert_eq!(support::consistent(&t.db, "mmondor@example.org").await, (0, 0));
 }
+
+#[tokio::test]
+async fn ipv6_clients_are_traced_as_ipv6_literals() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut t = T { s: session(&config(&db.url), "2001:db8::7"), db };
+    assert!(t.say("HELO v6.test").await.ends_with("Hello v6.test [2001:db8::7]"));
+    t.say("MAIL FROM:<a@b.org>").await;
+    t.say("RCPT TO:<mmondor@example.org>").await;
+    t.line("DATA").await;
+    assert!(t.data(b"x\r\n.\r\n").await.starts_with("250 "));
+    let m = support::messages(&t.db, "mmondor@example.org").await;
+    let text = String::from_utf8_lossy(&m[0]);
+    assert!(text.contains("Received: from v6.test (unknown [IPv6:2001:db8::7])\r\n"), "{text}");
+    assert!(text.contains(" with SMTP\r\n"), "HELO means plain SMTP: {text}");
+}

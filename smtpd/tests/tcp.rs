@@ -228,3 +228,26 @@ async fn shutdown_says_goodbye_at_a_command_boundary() {
     assert!(c.closed().await);
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "listener closed");
 }
+
+#[tokio::test]
+async fn session_time_cap_ends_even_a_busy_session() {
+    let (_db, server) = sqlite_server(|c| {
+        c.limits.input_timeout = 1;
+        c.limits.session_timeout = 2;
+    })
+    .await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.code().await, 220);
+    let start = std::time::Instant::now();
+    loop {
+        let (code, text) = c.cmd_reply("NOOP").await;
+        if code == 421 {
+            assert_eq!(text, "4.4.2 mx.example.org Timeout, closing connection");
+            break;
+        }
+        assert_eq!(code, 250);
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "session never capped");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(c.closed().await);
+}
