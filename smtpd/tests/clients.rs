@@ -17,6 +17,26 @@ fn run(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A seeded SQLite database and a real mmsmtpd with a fresh certificate and `[tls]`.
+struct TlsSetup {
+    db: TestDb,
+    dir: tempfile::TempDir,
+    cert: TestCert,
+    daemon: Daemon,
+}
+
+impl TlsSetup {
+    async fn start(extra: &str) -> TlsSetup {
+        let db = TestDb::create(Backend::Sqlite).await.unwrap();
+        seed(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cert = TestCert::generate(dir.path());
+        let toml = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}", cert.cert.display(), cert.key.display());
+        let daemon = Daemon::start(dir.path(), &db.url, &toml);
+        TlsSetup { db, dir, cert, daemon }
+    }
+}
+
 /// swaks delivers (pipelined) into every backend through a real mmsmtpd.
 #[tokio::test]
 async fn swaks_delivers_into_every_backend() {
@@ -47,12 +67,7 @@ async fn swaks_starttls_and_refusals() {
     if !have("swaks") {
         return;
     }
-    let db = TestDb::create(Backend::Sqlite).await.unwrap();
-    seed(&db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::generate(dir.path());
-    let tls = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.cert.display(), cert.key.display());
-    let d = Daemon::start(dir.path(), &db.url, &tls);
+    let TlsSetup { db, dir: _dir, cert: _cert, daemon: d } = TlsSetup::start("").await;
     let server = format!("127.0.0.1:{}", d.port);
     let (ok, out) = run(Command::new("swaks").args([
         "--server",
@@ -100,16 +115,7 @@ async fn python_smtplib_with_starttls_size_limit_and_several_recipients() {
     if !have("python3") {
         return;
     }
-    let db = TestDb::create(Backend::Sqlite).await.unwrap();
-    seed(&db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::generate(dir.path());
-    let extra = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[smtpd]\nmax_message_size = 4096\n",
-        cert.cert.display(),
-        cert.key.display()
-    );
-    let d = Daemon::start(dir.path(), &db.url, &extra);
+    let TlsSetup { db, dir: _dir, cert, daemon: d } = TlsSetup::start("[smtpd]\nmax_message_size = 4096\n").await;
     let py = |mode: &str, size: usize| {
         run(Command::new("python3").args(["-c", SMTPLIB, &d.port.to_string(), mode, &size.to_string()]).arg(&cert.cert))
     };
@@ -134,12 +140,7 @@ async fn curl_plain_and_starttls() {
     if !have("curl") {
         return;
     }
-    let db = TestDb::create(Backend::Sqlite).await.unwrap();
-    seed(&db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::generate(dir.path());
-    let tls = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.cert.display(), cert.key.display());
-    let d = Daemon::start(dir.path(), &db.url, &tls);
+    let TlsSetup { db, dir, cert, daemon: d } = TlsSetup::start("").await;
     let mail = dir.path().join("mail.txt");
     std::fs::write(&mail, "From: c@origin.test\r\nSubject: curl\r\n\r\n.leading dot line\r\nsent by curl\r\n").unwrap();
     let url = format!("smtp://127.0.0.1:{}/curl.test", d.port);
