@@ -58,10 +58,7 @@ fn main() -> ExitCode {
 async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     let store = common::Store::prepare(&cfg.database).await?;
     tracing::info!(backend = store.backend(), "database ready");
-    let listeners = smtpd::Listeners {
-        plain: common::net::bind_all(&cfg.listen.addresses).await?,
-        tls: common::net::bind_all(&cfg.listen.tls_addresses).await?,
-    };
+    let listeners = common::net::listener::bind(&cfg.listen.addresses, &cfg.listen.tls_addresses).await?;
     let shutdown = Shutdown::new();
     let server = tokio::spawn(smtpd::run(cfg, store.clone(), listeners, shutdown.clone()));
     tokio::select! {

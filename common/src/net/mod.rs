@@ -1,6 +1,7 @@
 //! Transport helpers shared by the daemons: TLS setup, bounded line reading, listeners.
 
 pub mod line;
+pub mod listener;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, ServerConfig, TlsConfig};
+use common::net::listener::Listener;
 use common::shutdown::Shutdown;
 use common::testing::TestDb;
 use smtpd::config::{Config, SmtpdConfig};
@@ -65,7 +66,8 @@ impl Server {
         };
         let store = common::Store::prepare(&cfg.database).await.unwrap();
         let shutdown = Shutdown::new();
-        let listeners = smtpd::Listeners { plain: vec![plain], tls };
+        let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
+        listeners.extend(tls.into_iter().map(|socket| Listener { socket, implicit_tls: true }));
         tokio::spawn(smtpd::run(Arc::new(cfg), store, listeners, shutdown.clone()));
         Server { addr, tls_addr, shutdown }
     }
