@@ -202,9 +202,10 @@ pub struct LimitsConfig {
     /// Maximum simultaneous client connections; one more gets a refusal line and is closed.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
-    /// Seconds of client silence before the session is closed.
-    #[serde(default = "default_input_timeout")]
-    pub input_timeout: u64,
+    /// Seconds of client silence before the session is closed; absent means the
+    /// daemon's own default (see [`LimitsConfig::input_timeout_or`]).
+    #[serde(default)]
+    pub input_timeout: Option<u64>,
     /// Seconds a whole session may last.
     #[serde(default = "default_session_timeout")]
     pub session_timeout: u64,
@@ -215,9 +216,6 @@ pub struct LimitsConfig {
 
 fn default_max_clients() -> usize {
     128
-}
-fn default_input_timeout() -> u64 {
-    300
 }
 fn default_session_timeout() -> u64 {
     3600
@@ -230,10 +228,17 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_clients: default_max_clients(),
-            input_timeout: default_input_timeout(),
+            input_timeout: None,
             session_timeout: default_session_timeout(),
             max_errors: default_max_errors(),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// The input timeout in seconds, or `default` when the file does not set it.
+    pub fn input_timeout_or(&self, default: u64) -> u64 {
+        self.input_timeout.unwrap_or(default)
     }
 }
 
@@ -242,10 +247,10 @@ impl Validate for LimitsConfig {
         if self.max_clients == 0 {
             p.add("limits.max_clients", "must be at least 1");
         }
-        if self.input_timeout == 0 {
+        if self.input_timeout == Some(0) {
             p.add("limits.input_timeout", "must be at least 1 second");
         }
-        if self.session_timeout < self.input_timeout {
+        if self.session_timeout < self.input_timeout.unwrap_or(0) {
             p.add("limits.session_timeout", "must not be shorter than limits.input_timeout");
         }
         if self.max_errors == 0 {
@@ -362,7 +367,8 @@ mod tests {
         let c: Sample = load(f.path()).unwrap();
         assert_eq!(c.server.name, "mx.example.org");
         assert_eq!(c.database.max_connections, 8);
-        assert_eq!(c.limits.input_timeout, 300);
+        assert_eq!(c.limits.input_timeout, None);
+        assert_eq!(c.limits.input_timeout_or(300), 300);
         assert!(format!("{:?}", c.database).contains("redacted"));
     }
 

@@ -7,6 +7,9 @@ use common::config::{
 };
 use serde::Deserialize;
 
+/// Seconds of client silence allowed when `[limits] input_timeout` is not set.
+pub const DEFAULT_INPUT_TIMEOUT: u64 = 300;
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

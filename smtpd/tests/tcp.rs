@@ -194,7 +194,7 @@ async fn message_at_the_size_limit_and_over() {
 
 #[tokio::test]
 async fn input_timeout_closes_with_421() {
-    let (_db, server) = sqlite_server(|c| c.limits.input_timeout = 1).await;
+    let (_db, server) = sqlite_server(|c| c.limits.input_timeout = Some(1)).await;
     let mut c = Client::connect(server.addr).await;
     assert_eq!(c.code().await, 220);
     let (code, text) = c.reply().await.unwrap();
@@ -232,7 +232,7 @@ async fn shutdown_says_goodbye_at_a_command_boundary() {
 #[tokio::test]
 async fn session_time_cap_ends_even_a_busy_session() {
     let (_db, server) = sqlite_server(|c| {
-        c.limits.input_timeout = 1;
+        c.limits.input_timeout = Some(1);
         c.limits.session_timeout = 2;
     })
     .await;
