@@ -107,7 +107,7 @@ async fn deliver_stores_body_once_and_updates_counters() {
             let drop = s.maildrop(bx).await.unwrap();
             assert_eq!(drop.len(), 1, "{:?}", db.backend);
             assert_eq!(drop[0].uid, uid);
-            let got = s.retrieve(bx, drop[0].id).await.unwrap().unwrap();
+            let got = s.retrieve(bx, drop[0].id).await.unwrap().unwrap().to_vec();
             let want = [format!("X-For: {bx}\r\n").as_bytes(), body].concat();
             assert_eq!(got, want);
             assert_eq!(drop[0].size as usize, want.len());
@@ -121,8 +121,9 @@ async fn deliver_stores_body_once_and_updates_counters() {
     }
 }
 
-async fn count(db: &TestDb, table: &str) -> i64 {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+/// `SELECT COUNT(*) FROM {from}` (a table, optionally with a WHERE clause).
+async fn count(db: &TestDb, from: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {from}"));
     let q = sqlx::query_as::<_, (i64,)>;
     let (n,) = match &db.store {
         common::Store::Postgres(p) => q(sql).fetch_one(p).await.unwrap(),
@@ -218,4 +219,87 @@ async fn migrate_false_refuses_a_schema_that_is_behind() {
     common::Store::prepare(&cfg).await.unwrap().close().await;
     cfg.migrate = false;
     common::Store::prepare(&cfg).await.unwrap();
+}
+
+#[tokio::test]
+async fn box_owner_and_rehash() {
+    for db in TestDb::all().await {
+        let u = seeded(&db).await;
+        let s = &db.store;
+        let o = s.box_owner("sales@example.org").await.unwrap().unwrap();
+        assert_eq!(
+            (o.user_id, o.user_name.as_str(), o.passwd.as_str()),
+            (u, "mmondor", "5ed6dfd210b419415eb054a9bee92e57")
+        );
+        assert_eq!(s.box_owner("nobody@example.org").await.unwrap(), None);
+        assert!(!s.replace_password(u, "stale", "$argon2id$x").await.unwrap(), "{:?}", db.backend);
+        assert!(s.replace_password(u, "5ed6dfd210b419415eb054a9bee92e57", "$argon2id$x").await.unwrap());
+        assert_eq!(s.box_owner("sales@example.org").await.unwrap().unwrap().passwd, "$argon2id$x");
+    }
+}
+
+#[tokio::test]
+async fn maildrop_locks_are_exclusive_leases() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        assert!(s.lock_box("mmondor@example.org", "one", 60).await.unwrap(), "{b:?}");
+        assert!(!s.lock_box("mmondor@example.org", "two", 60).await.unwrap(), "{b:?}");
+        assert!(s.lock_box("sales@example.org", "two", 60).await.unwrap(), "other boxes are free");
+        assert!(s.refresh_lock("mmondor@example.org", "one", 60).await.unwrap());
+        assert!(!s.refresh_lock("mmondor@example.org", "two", 60).await.unwrap());
+        s.unlock_box("mmondor@example.org", "two").await.unwrap(); // not the owner: no effect
+        assert!(!s.lock_box("mmondor@example.org", "three", 60).await.unwrap());
+        s.unlock_box("mmondor@example.org", "one").await.unwrap();
+        assert!(s.lock_box("mmondor@example.org", "three", 60).await.unwrap(), "{b:?}");
+        // An expired lease is taken over, and its old holder learns it lost it.
+        db.sql("UPDATE pop3_lock SET lock_expires = 1 WHERE lock_box = 'mmondor@example.org'").await;
+        assert!(s.lock_box("mmondor@example.org", "four", 60).await.unwrap(), "{b:?}");
+        assert!(!s.refresh_lock("mmondor@example.org", "three", 60).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn deletions_settle_counters_and_free_bodies_last() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let shared = Delivery {
+            body: b"shared body\r\n",
+            copies: vec![copy("mmondor@example.org", "m1"), copy("sales@example.org", "s1")],
+        };
+        s.deliver(&shared).await.unwrap();
+        s.deliver(&Delivery { body: b"second\r\n", copies: vec![copy("mmondor@example.org", "m2")] }).await.unwrap();
+        let drop = s.maildrop("mmondor@example.org").await.unwrap();
+        assert_eq!(drop.len(), 2);
+        let ids: Vec<i64> = drop.iter().map(|m| m.id).collect();
+        // An id of another box is ignored, never deleted.
+        let sales_id = s.maildrop("sales@example.org").await.unwrap()[0].id;
+        let n = s.commit_deletions("mmondor@example.org", &[ids[0], ids[1], sales_id, 999_999]).await.unwrap();
+        assert_eq!(n, 2, "{:?}", db.backend);
+        assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
+        assert_eq!(s.recount("mmondor@example.org").await.unwrap(), (0, 0));
+        // The shared body stays for the sales box; the other body is gone.
+        assert_eq!(count(&db, "message").await, 1, "{:?}", db.backend);
+        let got = s.retrieve("sales@example.org", sales_id).await.unwrap().unwrap();
+        assert_eq!(got.body, b"shared body\r\n");
+        s.commit_deletions("sales@example.org", &[sales_id]).await.unwrap();
+        assert_eq!(count(&db, "message").await, 0, "{:?}", db.backend);
+        // box_out records the retrieval.
+        assert_eq!(count(&db, "box WHERE box_out IS NOT NULL AND box_address = 'sales@example.org'").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn counters_never_go_negative() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        s.deliver(&Delivery { body: b"x\r\n", copies: vec![copy("mmondor@example.org", "m1")] }).await.unwrap();
+        db.sql("UPDATE box SET box_size = 1, box_mails = 0 WHERE box_address = 'mmondor@example.org'").await;
+        let id = s.maildrop("mmondor@example.org").await.unwrap()[0].id;
+        s.commit_deletions("mmondor@example.org", &[id]).await.unwrap();
+        assert_eq!(db.counters("mmondor@example.org").await, (0, 0), "{:?}", db.backend);
+    }
 }

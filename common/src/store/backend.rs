@@ -15,13 +15,31 @@ pub(crate) struct Sql {
     pub recount: &'static str,
     pub user_password: &'static str,
     pub set_user_password: &'static str,
+    /// `(user_id, user_name, user_passwd)` of the user owning box `$1`.
+    pub box_owner: &'static str,
+    /// Sets `user_passwd = $1` of user `$2` if it is still `$3`.
+    pub replace_password: &'static str,
+    /// Deletes the lease of box `$1` if it expired before `$2`.
+    pub lock_clear_expired: &'static str,
+    pub lock_insert: &'static str,
+    /// Sets `lock_expires = $1` of box `$2` held by `$3`.
+    pub lock_refresh: &'static str,
+    /// Deletes the lease of box `$1` held by `$2`.
+    pub lock_release: &'static str,
+    /// `(mail_size, mail_message)` of mail `$1` in box `$2`.
+    pub mail_for_delete: &'static str,
+    pub delete_mail: &'static str,
+    /// Subtracts `$1` bytes and `$2` messages (never below 0) from box `$3`, sets box_out.
+    pub settle_box: &'static str,
+    /// Deletes message body `$1` if no mail row (`$2`, the same id) refers to it.
+    pub delete_orphan: &'static str,
 }
 
 /// Expands the operations for `$db` using `$sql: Sql` and `$insert_message`, an
 /// `async fn(&mut Transaction, size, created, data) -> Result<i64, sqlx::Error>`.
 macro_rules! operations {
     ($db:ty, $sql:expr, $insert_message:ident) => {
-        use crate::store::model::{BoxInfo, DeliverError, Delivery, MailEntry};
+        use crate::store::model::{BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Retrieved};
 
         type Pool = sqlx::Pool<$db>;
         type BoxRow = (String, i64, i64, i64, i64, i64);
@@ -85,13 +103,10 @@ macro_rules! operations {
             Ok(rows.into_iter().map(|(id, uid, size)| MailEntry { id, uid, size }).collect())
         }
 
-        pub(crate) async fn retrieve(p: &Pool, address: &str, id: i64) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        pub(crate) async fn retrieve(p: &Pool, address: &str, id: i64) -> Result<Option<Retrieved>, sqlx::Error> {
             let row: Option<(Vec<u8>, Vec<u8>)> =
                 sqlx::query_as($sql.retrieve).bind(id).bind(address).fetch_optional(p).await?;
-            Ok(row.map(|(mut trace, body)| {
-                trace.extend_from_slice(&body);
-                trace
-            }))
+            Ok(row.map(|(trace, body)| Retrieved { trace, body }))
         }
 
         pub(crate) async fn recount(p: &Pool, address: &str) -> Result<(i64, i64), sqlx::Error> {
@@ -106,6 +121,75 @@ macro_rules! operations {
         pub(crate) async fn set_user_password(p: &Pool, name: &str, hash: &str) -> Result<bool, sqlx::Error> {
             let done = sqlx::query($sql.set_user_password).bind(hash).bind(name).execute(p).await?;
             Ok(done.rows_affected() > 0)
+        }
+
+        pub(crate) async fn box_owner(p: &Pool, address: &str) -> Result<Option<BoxOwner>, sqlx::Error> {
+            let row: Option<(i64, String, String)> =
+                sqlx::query_as($sql.box_owner).bind(address).fetch_optional(p).await?;
+            Ok(row.map(|(user_id, user_name, passwd)| BoxOwner { user_id, user_name, passwd }))
+        }
+
+        pub(crate) async fn replace_password(
+            p: &Pool,
+            user_id: i64,
+            old: &str,
+            new: &str,
+        ) -> Result<bool, sqlx::Error> {
+            let done = sqlx::query($sql.replace_password).bind(new).bind(user_id).bind(old).execute(p).await?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        pub(crate) async fn lock_box(
+            p: &Pool,
+            address: &str,
+            owner: &str,
+            now: i64,
+            expires: i64,
+        ) -> Result<bool, sqlx::Error> {
+            sqlx::query($sql.lock_clear_expired).bind(address).bind(now).execute(p).await?;
+            match sqlx::query($sql.lock_insert).bind(address).bind(owner).bind(expires).execute(p).await {
+                Ok(_) => Ok(true),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+
+        pub(crate) async fn refresh_lock(
+            p: &Pool,
+            address: &str,
+            owner: &str,
+            expires: i64,
+        ) -> Result<bool, sqlx::Error> {
+            let done = sqlx::query($sql.lock_refresh).bind(expires).bind(address).bind(owner).execute(p).await?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        pub(crate) async fn unlock_box(p: &Pool, address: &str, owner: &str) -> Result<(), sqlx::Error> {
+            sqlx::query($sql.lock_release).bind(address).bind(owner).execute(p).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn commit_deletions(p: &Pool, address: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
+            let mut tx = p.begin().await?;
+            let (mut bytes, mut count) = (0i64, 0i64);
+            let mut bodies: Vec<i64> = Vec::new();
+            for id in ids {
+                let row: Option<(i64, i64)> =
+                    sqlx::query_as($sql.mail_for_delete).bind(id).bind(address).fetch_optional(&mut *tx).await?;
+                let Some((size, message)) = row else { continue };
+                sqlx::query($sql.delete_mail).bind(id).bind(address).execute(&mut *tx).await?;
+                bytes = bytes.saturating_add(size);
+                count += 1;
+                if !bodies.contains(&message) {
+                    bodies.push(message);
+                }
+            }
+            sqlx::query($sql.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
+            for m in bodies {
+                sqlx::query($sql.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(count as u64)
         }
     };
 }

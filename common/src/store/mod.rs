@@ -17,14 +17,14 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
-pub use model::{BoxInfo, DeliverError, Delivery, MailCopy, MailEntry, Resolution};
+pub use model::{BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Resolution, Retrieved};
 
 use crate::address::Address;
 use crate::config::DatabaseConfig;
 use crate::error::StoreError;
 use crate::pattern;
 
-/// Attempts of a delivery transaction that hit a deadlock or busy database.
+/// Attempts of a transaction that hit a deadlock or busy database.
 const DELIVER_ATTEMPTS: u32 = 5;
 
 /// Handle to the database; cheap to clone (the pools are reference-counted).
@@ -218,12 +218,12 @@ impl Store {
         Ok(dispatch!(self, maildrop(box_address))?)
     }
 
-    /// One stored message of `box_address` as retrieved: trace fields, then the body.
-    /// `None` if no such `mail_id` in that box.
+    /// One stored message of `box_address`: its trace fields and the body. `None` if no
+    /// such `mail_id` in that box (never looked up by id alone).
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn retrieve(&self, box_address: &str, mail_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn retrieve(&self, box_address: &str, mail_id: i64) -> Result<Option<Retrieved>, StoreError> {
         Ok(dispatch!(self, retrieve(box_address, mail_id))?)
     }
 
@@ -250,6 +250,76 @@ impl Store {
     /// [`StoreError::NotFound`] if there is no such user; [`StoreError::Db`].
     pub async fn set_user_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
         if dispatch!(self, set_user_password(name, hash))? { Ok(()) } else { Err(StoreError::NotFound) }
+    }
+
+    /// The user owning `box_address`, with the stored password value.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn box_owner(&self, box_address: &str) -> Result<Option<BoxOwner>, StoreError> {
+        Ok(dispatch!(self, box_owner(box_address))?)
+    }
+
+    /// Replaces user `user_id`'s password value `old` by `new` (a re-hash after a legacy
+    /// login). Returns false, changing nothing, if the value is no longer `old`: an
+    /// administrator's concurrent change wins.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn replace_password(&self, user_id: i64, old: &str, new: &str) -> Result<bool, StoreError> {
+        Ok(dispatch!(self, replace_password(user_id, old, new))?)
+    }
+
+    /// Takes the maildrop lock of `box_address` for `owner` (a per-session random id) for
+    /// `lease` seconds, taking over a lease that expired. Returns false if another live
+    /// session holds it. Works across processes and hosts sharing the database.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn lock_box(&self, box_address: &str, owner: &str, lease: u64) -> Result<bool, StoreError> {
+        let now = unix_now();
+        let expires = now.saturating_add(i64::try_from(lease).unwrap_or(i64::MAX));
+        Ok(dispatch!(self, lock_box(box_address, owner, now, expires))?)
+    }
+
+    /// Extends `owner`'s lease of `box_address` to `lease` seconds from now. Returns false
+    /// if the lease was lost (expired and taken over).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn refresh_lock(&self, box_address: &str, owner: &str, lease: u64) -> Result<bool, StoreError> {
+        let expires = unix_now().saturating_add(i64::try_from(lease).unwrap_or(i64::MAX));
+        Ok(dispatch!(self, refresh_lock(box_address, owner, expires))?)
+    }
+
+    /// Releases `owner`'s lease of `box_address` (nothing if it holds none).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn unlock_box(&self, box_address: &str, owner: &str) -> Result<(), StoreError> {
+        Ok(dispatch!(self, unlock_box(box_address, owner))?)
+    }
+
+    /// The POP3 UPDATE state (RFC 1939 §6) in one transaction: deletes the `mail` rows
+    /// `ids` of `box_address`, subtracts their sizes and count from `box_size` and
+    /// `box_mails` (never below 0), sets `box_out`, and deletes each message body that
+    /// no box refers to any more. Ids already gone are skipped. Deadlocks are retried.
+    /// Returns the number of messages deleted.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`]; nothing is deleted then.
+    pub async fn commit_deletions(&self, box_address: &str, ids: &[i64]) -> Result<u64, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match dispatch!(self, commit_deletions(box_address, ids)).map_err(StoreError::from) {
+                Err(e) if e.is_retryable() && attempt < DELIVER_ATTEMPTS => {
+                    tracing::debug!(attempt, cause = %e, "deletion transaction retried");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs SQL text with no parameters (several statements allowed on MySQL and

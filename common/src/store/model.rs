@@ -88,3 +88,40 @@ impl From<sqlx::Error> for DeliverError {
         Self::Store(e.into())
     }
 }
+
+/// A stored message as POP3 sends it: the copy's trace fields, then the shared body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retrieved {
+    /// `Return-Path:`/`Received:` of this copy, CRLF-ended.
+    pub trace: Vec<u8>,
+    /// The message as received.
+    pub body: Vec<u8>,
+}
+
+impl Retrieved {
+    /// Octets of trace + body: what LIST reports.
+    pub fn len(&self) -> usize {
+        self.trace.len() + self.body.len()
+    }
+
+    /// Whether both parts are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Trace and body in one buffer (a copy; tests and small messages).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [self.trace.as_slice(), self.body.as_slice()].concat()
+    }
+}
+
+/// The user owning a box, with the stored password value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoxOwner {
+    /// `user.user_id`.
+    pub user_id: i64,
+    /// `user.user_name`.
+    pub user_name: String,
+    /// `user.user_passwd`: a PHC string or a legacy MD5 digest.
+    pub passwd: String,
+}

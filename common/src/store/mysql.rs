@@ -16,6 +16,17 @@ const SQL: super::backend::Sql = super::backend::Sql {
     recount: "SELECT CAST(SUM(mail_size) AS SIGNED), COUNT(*) FROM mail WHERE mail_box = ?",
     user_password: "SELECT user_id, user_passwd FROM `user` WHERE user_name = ?",
     set_user_password: "UPDATE `user` SET user_passwd = ? WHERE user_name = ?",
+    box_owner: "SELECT u.user_id, u.user_name, u.user_passwd FROM box b JOIN `user` u ON u.user_id = b.box_user WHERE b.box_address = ?",
+    replace_password: "UPDATE `user` SET user_passwd = ? WHERE user_id = ? AND user_passwd = ?",
+    lock_clear_expired: "DELETE FROM pop3_lock WHERE lock_box = ? AND lock_expires < ?",
+    lock_insert: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES (?, ?, ?)",
+    lock_refresh: "UPDATE pop3_lock SET lock_expires = ? WHERE lock_box = ? AND lock_owner = ?",
+    lock_release: "DELETE FROM pop3_lock WHERE lock_box = ? AND lock_owner = ?",
+    mail_for_delete: "SELECT mail_size, mail_message FROM mail WHERE mail_id = ? AND mail_box = ?",
+    delete_mail: "DELETE FROM mail WHERE mail_id = ? AND mail_box = ?",
+    settle_box: "UPDATE box SET box_size = GREATEST(box_size - ?, 0), box_mails = GREATEST(box_mails - ?, 0), \
+                 box_out = CURRENT_TIMESTAMP WHERE box_address = ?",
+    delete_orphan: "DELETE FROM message WHERE message_id = ? AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = ?)",
 };
 
 async fn insert_message(

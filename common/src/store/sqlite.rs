@@ -16,6 +16,17 @@ const SQL: super::backend::Sql = super::backend::Sql {
     recount: "SELECT SUM(mail_size), COUNT(*) FROM mail WHERE mail_box = ?1",
     user_password: "SELECT user_id, user_passwd FROM \"user\" WHERE user_name = ?1",
     set_user_password: "UPDATE \"user\" SET user_passwd = ?1 WHERE user_name = ?2",
+    box_owner: "SELECT u.user_id, u.user_name, u.user_passwd FROM box b JOIN \"user\" u ON u.user_id = b.box_user WHERE b.box_address = ?1",
+    replace_password: "UPDATE \"user\" SET user_passwd = ?1 WHERE user_id = ?2 AND user_passwd = ?3",
+    lock_clear_expired: "DELETE FROM pop3_lock WHERE lock_box = ?1 AND lock_expires < ?2",
+    lock_insert: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES (?1, ?2, ?3)",
+    lock_refresh: "UPDATE pop3_lock SET lock_expires = ?1 WHERE lock_box = ?2 AND lock_owner = ?3",
+    lock_release: "DELETE FROM pop3_lock WHERE lock_box = ?1 AND lock_owner = ?2",
+    mail_for_delete: "SELECT mail_size, mail_message FROM mail WHERE mail_id = ?1 AND mail_box = ?2",
+    delete_mail: "DELETE FROM mail WHERE mail_id = ?1 AND mail_box = ?2",
+    settle_box: "UPDATE box SET box_size = MAX(box_size - ?1, 0), box_mails = MAX(box_mails - ?2, 0), \
+                 box_out = CURRENT_TIMESTAMP WHERE box_address = ?3",
+    delete_orphan: "DELETE FROM message WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = ?2)",
 };
 
 async fn insert_message(

@@ -253,7 +253,7 @@ impl Drop for Daemon {
 pub async fn messages(db: &TestDb, box_address: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for m in db.store.maildrop(box_address).await.unwrap() {
-        out.push(db.store.retrieve(box_address, m.id).await.unwrap().unwrap());
+        out.push(db.store.retrieve(box_address, m.id).await.unwrap().unwrap().to_vec());
     }
     out
 }
