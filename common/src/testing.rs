@@ -268,6 +268,97 @@ impl TestCert {
     }
 }
 
+/// A daemon running as a real process on a free loopback port, killed on drop.
+pub struct Daemon {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its standard error.
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+impl Daemon {
+    /// Writes `config(port)` to `dir/<program>.toml` and starts `bin -c` that file; waits
+    /// until the port accepts connections. Retries with another port if one was taken.
+    ///
+    /// # Panics
+    /// If the daemon does not start.
+    pub fn start(bin: &std::path::Path, dir: &std::path::Path, config: impl Fn(u16) -> String) -> Daemon {
+        let program = bin.file_name().map_or("daemon".into(), |n| n.to_string_lossy().into_owned());
+        for _ in 0..5 {
+            let port = free_port();
+            let cfg = dir.join(format!("{program}-{port}.toml"));
+            std::fs::write(&cfg, config(port)).expect("write config");
+            let log = dir.join(format!("{program}-{port}.log"));
+            let child = std::process::Command::new(bin)
+                .arg("-c")
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .expect("spawn daemon");
+            let mut d = Daemon { child, port, log };
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return d;
+                }
+                if let Ok(Some(_)) = d.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            eprintln!("{program} did not start on {port}: {}", d.log_text());
+        }
+        panic!("{program} would not start");
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// What the daemon wrote to standard error so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether an external tool is installed; under `CI=true` a missing tool is a failure.
+///
+/// # Panics
+/// Under `CI=true` when the tool is missing.
+pub fn have(tool: &str) -> bool {
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(!ci(), "{tool} is required under CI=true");
+        eprintln!("note: {tool} not installed; skipping");
+    }
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

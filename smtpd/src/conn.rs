@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::net::line::{Line, read_line};
+use common::net::tls::handshake;
+use common::net::write_out;
 use common::store::Store;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -53,38 +55,21 @@ where
 {
     let deadline = Instant::now() + ctx.session_timeout;
     if implicit_tls {
-        let acceptor = ctx.tls.clone().ok_or_else(|| io::Error::other("implicit TLS without [tls]"))?;
-        let tls = timeout_at(deadline.min(Instant::now() + ctx.input_timeout), acceptor.accept(io))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+        let acceptor = ctx.tls.as_ref().ok_or_else(|| io::Error::other("implicit TLS without [tls]"))?;
+        let tls = handshake(acceptor, io, deadline.min(Instant::now() + ctx.input_timeout)).await?;
         let mut session = Session::new(ctx.settings.clone(), peer.ip(), true);
         run(tls, &mut session, ctx, deadline, true).await?;
         return Ok(());
     }
     let mut session = Session::new(ctx.settings.clone(), peer.ip(), false);
     if let End::StartTls(io) = run(io, &mut session, ctx, deadline, true).await? {
-        let acceptor = ctx.tls.clone().ok_or_else(|| io::Error::other("STARTTLS without [tls]"))?;
-        let tls = timeout_at(deadline.min(Instant::now() + ctx.input_timeout), acceptor.accept(io))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+        let acceptor = ctx.tls.as_ref().ok_or_else(|| io::Error::other("STARTTLS without [tls]"))?;
+        let tls = handshake(acceptor, io, deadline.min(Instant::now() + ctx.input_timeout)).await?;
         session.tls_started();
         // The session refuses a second STARTTLS, so this pass cannot ask for TLS again.
         run(tls, &mut session, ctx, deadline, false).await?;
     }
     Ok(())
-}
-
-async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>, limit: Duration) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let r = timeout(limit, async {
-        w.write_all(out).await?;
-        w.flush().await
-    })
-    .await;
-    out.clear();
-    r.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timeout"))?
 }
 
 async fn run<IO>(io: IO, session: &mut Session, ctx: &Context, deadline: Instant, greet: bool) -> io::Result<End<IO>>

@@ -8,8 +8,9 @@ mod support;
 
 use std::process::{Command, Stdio};
 
+use common::testing::have;
 use common::testing::{Backend, TestCert, TestDb};
-use support::{Daemon, consistent, have, messages, seed};
+use support::{Daemon, consistent, messages, seed};
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
@@ -32,7 +33,7 @@ impl TlsSetup {
         let dir = tempfile::tempdir().unwrap();
         let cert = TestCert::generate(dir.path());
         let toml = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}", cert.cert.display(), cert.key.display());
-        let daemon = Daemon::start(dir.path(), &db.url, &toml);
+        let daemon = support::smtpd_daemon(dir.path(), &db.url, &toml);
         TlsSetup { db, dir, cert, daemon }
     }
 }
@@ -46,7 +47,7 @@ async fn swaks_delivers_into_every_backend() {
     for db in TestDb::all().await {
         seed(&db).await;
         let dir = tempfile::tempdir().unwrap();
-        let d = Daemon::start(dir.path(), &db.url, "");
+        let d = support::smtpd_daemon(dir.path(), &db.url, "");
         let (ok, out) = run(Command::new("swaks")
             .args(["--server", &format!("127.0.0.1:{}", d.port), "--helo", "swaks.test"])
             .args(["--from", "sender@origin.test", "--to", "anybody@example.org,sales-eu@example.org"])
@@ -194,7 +195,7 @@ async fn mmmail_readme_admin_session() {
             db.sql(&stmt).await;
         }
         let dir = tempfile::tempdir().unwrap();
-        let d = Daemon::start(dir.path(), &db.url, "");
+        let d = support::smtpd_daemon(dir.path(), &db.url, "");
         let (ok, out) = run(Command::new("swaks").args(["--server", &format!("127.0.0.1:{}", d.port)]).args([
             "--from",
             "someone@origin.test",

@@ -5,7 +5,9 @@ pub mod listener;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Binds every address, failing on the first that cannot be bound.
@@ -19,4 +21,22 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>>
         out.push(l);
     }
     Ok(out)
+}
+
+/// Writes all of `out` and flushes within `limit`, then clears `out`. A peer that does
+/// not read its replies cannot hold the connection beyond `limit`.
+///
+/// # Errors
+/// I/O errors, or `TimedOut` when `limit` passes.
+pub async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>, limit: Duration) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let r = tokio::time::timeout(limit, async {
+        w.write_all(out).await?;
+        w.flush().await
+    })
+    .await;
+    out.clear();
+    r.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout"))?
 }

@@ -46,3 +46,20 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     load_server_config(cert, key).map(TlsAcceptor::from)
 }
+
+/// Runs the server side of a TLS handshake on `io`, giving up at `deadline`.
+///
+/// # Errors
+/// Handshake failures, or `TimedOut`.
+pub async fn handshake<IO>(
+    acceptor: &TlsAcceptor,
+    io: IO,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout_at(deadline, acceptor.accept(io))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))?
+}

@@ -2,8 +2,7 @@
 #![allow(dead_code, missing_docs)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,79 +173,15 @@ pub async fn deliver(addr: SocketAddr, from: &str, rcpts: &[&str], body: &str) -
     code
 }
 
-/// Whether an external tool is installed; under CI=true a missing tool is a failure.
-pub fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{tool} is required under CI=true");
-        eprintln!("note: {tool} not installed; skipping");
-    }
-    ok
-}
+pub use common::testing::Daemon;
 
-/// A real `mmsmtpd` process on a free loopback port, killed on drop.
-pub struct Daemon {
-    child: Child,
-    pub port: u16,
-    pub dir: PathBuf,
-    pub log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Daemon {
-    /// Starts mmsmtpd with `[database] url` and extra TOML appended (sections of its own).
-    pub fn start(dir: &Path, url: &str, extra: &str) -> Daemon {
-        for _ in 0..5 {
-            let port = free_port();
-            let cfg = dir.join("mmsmtpd.toml");
-            std::fs::write(
-                &cfg,
-                format!(
-                    "[server]\nname = \"{NAME}\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n{extra}\n"
-                ),
-            )
-            .unwrap();
-            let log = dir.join(format!("mmsmtpd-{port}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_mmsmtpd"))
-                .arg("-c")
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let mut d = Daemon { child, port, dir: dir.to_path_buf(), log };
-            for _ in 0..200 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return d;
-                }
-                if let Ok(Some(_)) = d.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            eprintln!("mmsmtpd did not start on {port}: {}", std::fs::read_to_string(&d.log).unwrap_or_default());
-        }
-        panic!("mmsmtpd would not start");
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a real mmsmtpd on `url` with `extra` TOML sections appended.
+pub fn smtpd_daemon(dir: &Path, url: &str, extra: &str) -> Daemon {
+    Daemon::start(Path::new(env!("CARGO_BIN_EXE_mmsmtpd")), dir, |port| {
+        format!(
+            "[server]\nname = \"{NAME}\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n{extra}\n"
+        )
+    })
 }
 
 /// Stored messages of a box, as retrieved (trace + body).
