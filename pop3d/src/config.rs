@@ -33,10 +33,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// The input timeout in seconds: `[limits] input_timeout`, at least
-    /// [`MIN_INPUT_TIMEOUT`] (smaller values are raised, RFC 1939 §3).
-    pub fn input_timeout(&self) -> u64 {
-        self.limits.input_timeout_or(MIN_INPUT_TIMEOUT).max(MIN_INPUT_TIMEOUT)
+    /// Raises `[limits] input_timeout` to [`MIN_INPUT_TIMEOUT`] (RFC 1939 §3); returns
+    /// whether it was lower. `mmpop3d` applies this to every loaded file.
+    pub fn enforce_min_input_timeout(&mut self) -> bool {
+        match self.limits.input_timeout {
+            Some(t) if t < MIN_INPUT_TIMEOUT => {
+                self.limits.input_timeout = Some(MIN_INPUT_TIMEOUT);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn run(cfg: Arc<Config>, store: Store, listeners: Vec<Listener>, shutd
         store,
         settings: Arc::new(Settings::from_config(&cfg)),
         tls,
-        input_timeout: Duration::from_secs(cfg.input_timeout()),
+        input_timeout: Duration::from_secs(cfg.limits.input_timeout_or(config::MIN_INPUT_TIMEOUT)),
         session_timeout: Duration::from_secs(cfg.limits.session_timeout),
         shutdown: shutdown.token.clone(),
     });

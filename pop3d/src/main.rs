@@ -26,7 +26,7 @@ const GRACE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg: Config = match common::config::load(&args.config) {
+    let mut cfg: Config = match common::config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mmpop3d: {e}");
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     common::logging::init(&cfg.log);
-    if cfg.limits.input_timeout.is_some_and(|t| t < MIN_INPUT_TIMEOUT) {
+    if cfg.enforce_min_input_timeout() {
         tracing::warn!("limits.input_timeout raised to {MIN_INPUT_TIMEOUT} seconds (RFC 1939 section 3)");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

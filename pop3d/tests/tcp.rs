@@ -1,0 +1,214 @@
+//! Loopback tests against an in-process mmpop3d: wire format, streaming, pipelining,
+//! STLS, POP3S, hostile input, counters on every backend, timeouts and shutdown.
+
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
+mod support;
+
+use common::testing::{Backend, TestCert, TestDb};
+use support::{Client, PASSWORD, Server, config, put, seed};
+use tokio::io::AsyncReadExt;
+
+async fn sqlite_server(tweak: impl FnOnce(&mut pop3d::config::Config)) -> (TestDb, Server) {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut cfg = config(&db.url);
+    tweak(&mut cfg);
+    let server = Server::start(cfg).await;
+    (db, server)
+}
+
+#[tokio::test]
+async fn retr_is_byte_exact_and_stuffed_on_the_wire() {
+    let (db, server) = sqlite_server(|_| {}).await;
+    let body = b"Subject: dots\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n";
+    put(&db, &["mmondor@example.org"], body).await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    assert!(c.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 1 messages"));
+    let size: usize = c.cmd("LIST 1").await.rsplit(' ').next().unwrap().parse().unwrap();
+    c.send(b"RETR 1\r\n").await;
+    assert_eq!(c.line().await.unwrap(), format!("+OK {size} octets"));
+    // Read the raw wire form up to the terminator.
+    let mut wire = Vec::new();
+    while !wire.ends_with(b"\r\n.\r\n") {
+        let mut b = [0u8; 256];
+        let n = c.io.read(&mut b).await.unwrap();
+        assert!(n > 0);
+        wire.extend_from_slice(&b[..n]);
+    }
+    let trace = b"Return-Path: <s@origin.test>\r\nX-For: mmondor@example.org\r\n";
+    let expected_wire = [&trace[..], b"Subject: dots\r\n\r\n..one\r\n...two\r\n..\r\nend\r\n.\r\n"].concat();
+    assert_eq!(String::from_utf8_lossy(&wire), String::from_utf8_lossy(&expected_wire));
+    assert_eq!(size, trace.len() + body.len(), "LIST counts the octets before stuffing");
+}
+
+#[tokio::test]
+async fn large_message_streams_intact() {
+    let (db, server) = sqlite_server(|_| {}).await;
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..80_000 {
+        body.extend_from_slice(
+            format!("{}line {i:06} of a large message\r\n", if i % 7 == 0 { "." } else { "" }).as_bytes(),
+        );
+    }
+    assert!(body.len() > 2_000_000);
+    put(&db, &["mmondor@example.org"], &body).await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.login("mmondor@example.org", PASSWORD).await;
+    let (status, got) = c.multi("RETR 1").await;
+    assert!(got.ends_with(&body));
+    assert_eq!(status, format!("+OK {} octets", got.len()));
+    let (_, top) = c.multi("TOP 1 2").await;
+    assert!(
+        top.ends_with(b"Subject: big\r\n\r\n.line 000000 of a large message\r\nline 000001 of a large message\r\n")
+    );
+}
+
+#[tokio::test]
+async fn pipelined_commands() {
+    let (db, server) = sqlite_server(|_| {}).await;
+    put(&db, &["mmondor@example.org"], b"Subject: a\r\n\r\nx\r\n").await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.send(format!("USER mmondor@example.org\r\nPASS {PASSWORD}\r\nSTAT\r\nUIDL\r\nDELE 1\r\nQUIT\r\n").as_bytes())
+        .await;
+    assert_eq!(c.line().await.unwrap(), "+OK Send PASS");
+    assert!(c.line().await.unwrap().starts_with("+OK 1 messages"));
+    assert!(c.line().await.unwrap().starts_with("+OK 1 "));
+    assert_eq!(c.line().await.unwrap(), "+OK");
+    let uid = String::from_utf8(c.body().await).unwrap();
+    assert!(uid.starts_with("1 "));
+    assert_eq!(c.line().await.unwrap(), "+OK Message 1 deleted");
+    assert_eq!(c.line().await.unwrap(), "+OK pop.example.org POP3 server signing off (1 messages deleted)");
+    assert!(c.closed().await);
+    assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
+}
+
+#[tokio::test]
+async fn stls_discards_plaintext_injection_and_pop3s_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate(dir.path());
+    let (db, server) = sqlite_server(|c| c.tls = Some(support::tls_config(&cert))).await;
+    put(&db, &["mmondor@example.org"], b"Subject: tls\r\n\r\nsecret\r\n").await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.send(b"STLS\r\nUSER mmondor@example.org\r\n").await;
+    assert_eq!(c.line().await.unwrap(), "+OK Begin TLS negotiation");
+    let tls = cert.connector().connect("localhost".try_into().unwrap(), c.io.into_inner()).await.unwrap();
+    let mut t = Client::new(tls);
+    // Had the injected USER been kept, PASS would log in.
+    assert_eq!(t.cmd(&format!("PASS {PASSWORD}")).await, "-ERR Send USER first");
+    assert!(t.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 1 messages"));
+    assert_eq!(t.cmd("QUIT").await, "+OK pop.example.org POP3 server signing off (0 messages deleted)");
+
+    let tcp = tokio::net::TcpStream::connect(server.tls_addr.unwrap()).await.unwrap();
+    let tls = cert.connector().connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    let mut s = Client::new(tls);
+    assert_eq!(s.line().await.unwrap(), "+OK pop.example.org POP3 server ready");
+    assert!(!String::from_utf8(s.multi("CAPA").await.1).unwrap().contains("STLS"));
+    assert!(s.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 1 messages"));
+    let (_, m) = s.multi("RETR 1").await;
+    assert!(m.ends_with(b"secret\r\n"));
+}
+
+#[tokio::test]
+async fn hostile_input_gets_clear_errors() {
+    let (_db, server) = sqlite_server(|_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.send(&[b'A'; 3000]).await;
+    c.send(b"\r\n").await;
+    assert_eq!(c.line().await.unwrap(), "-ERR Line too long");
+    c.send(b"\0\xff\xfe\x01\r\n").await;
+    assert_eq!(c.line().await.unwrap(), "-ERR Unknown command");
+    assert_eq!(c.cmd(&format!("USER {}", "x".repeat(240))).await, "+OK Send PASS");
+    assert_eq!(c.cmd("AUTH PLAIN %%%").await, "-ERR [AUTH] Invalid base64 in AUTH response");
+    assert_eq!(c.cmd("AUTH PLAIN").await, "+ ");
+    c.send(&[b'Q'; 5000]).await;
+    c.send(b"\r\n").await;
+    assert_eq!(c.line().await.unwrap(), "-ERR Line too long");
+    assert_eq!(c.cmd("RETR 1").await, "-ERR Command not valid in this state");
+    assert_eq!(c.cmd("CAPA").await, "+OK Capability list follows");
+    c.body().await;
+    assert_eq!(c.cmd("QUIT").await, "+OK pop.example.org POP3 server signing off");
+}
+
+/// On every backend: a delivery during an open session does not disturb it; a dropped
+/// connection after DELE keeps the mail; QUIT after DELE removes it and the counters
+/// match a recount.
+#[tokio::test]
+async fn deletion_round_trip_on_every_backend() {
+    for db in TestDb::all().await {
+        seed(&db).await;
+        put(&db, &["mmondor@example.org"], b"Subject: 1\r\n\r\none\r\n").await;
+        put(&db, &["mmondor@example.org", "sales@example.org"], b"Subject: 2\r\n\r\ntwo\r\n").await;
+        let server = Server::start(config(&db.url)).await;
+        let b = db.backend;
+
+        let mut c = Client::connect(server.addr).await;
+        c.line().await;
+        assert!(c.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 2 messages"), "{b:?}");
+        assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
+        drop(c); // connection lost: nothing deleted
+        let mut c = None;
+        for _ in 0..100 {
+            let mut n = Client::connect(server.addr).await;
+            n.line().await;
+            if n.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 2 messages") {
+                c = Some(n);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut c = c.unwrap_or_else(|| panic!("box not freed on {b:?}"));
+        put(&db, &["mmondor@example.org"], b"Subject: 3\r\n\r\nlate\r\n").await;
+        assert!(c.cmd("STAT").await.starts_with("+OK 2 "), "{b:?}");
+        assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
+        assert_eq!(c.cmd("DELE 2").await, "+OK Message 2 deleted");
+        assert_eq!(c.cmd("QUIT").await, "+OK pop.example.org POP3 server signing off (2 messages deleted)");
+        let (size, mails) = db.counters("mmondor@example.org").await;
+        assert_eq!((size, mails), db.store.recount("mmondor@example.org").await.unwrap(), "{b:?}");
+        assert_eq!(mails, 1, "{b:?}");
+        assert_eq!(db.store.maildrop("sales@example.org").await.unwrap().len(), 1, "{b:?}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn input_timeout_ends_without_update() {
+    let (db, server) = sqlite_server(|c| c.limits.input_timeout = Some(1)).await;
+    put(&db, &["mmondor@example.org"], b"Subject: 1\r\n\r\none\r\n").await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.login("mmondor@example.org", PASSWORD).await;
+    assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
+    assert_eq!(c.line().await.unwrap(), "-ERR Timeout, closing connection");
+    assert!(c.closed().await);
+    assert_eq!(db.counters("mmondor@example.org").await.1, 1);
+}
+
+#[tokio::test]
+async fn shutdown_ends_sessions_without_update() {
+    let (db, server) = sqlite_server(|_| {}).await;
+    put(&db, &["mmondor@example.org"], b"Subject: 1\r\n\r\none\r\n").await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.login("mmondor@example.org", PASSWORD).await;
+    c.cmd("DELE 1").await;
+    assert!(server.stop().await);
+    assert_eq!(c.line().await.unwrap(), "-ERR [SYS/TEMP] pop.example.org shutting down");
+    assert!(c.closed().await);
+    assert_eq!(db.counters("mmondor@example.org").await.1, 1);
+}
+
+#[tokio::test]
+async fn too_many_clients() {
+    let (_db, server) = sqlite_server(|c| c.limits.max_clients = 1).await;
+    let mut first = Client::connect(server.addr).await;
+    first.line().await;
+    let mut second = Client::connect(server.addr).await;
+    assert_eq!(second.line().await.unwrap(), "-ERR [SYS/TEMP] Too many clients, try again later");
+    assert!(second.closed().await);
+}
