@@ -6,7 +6,7 @@
 #                                        build and install binaries, man pages, configs
 #   ./install.sh --help
 #
-# The system install puts mmsmtpd in PREFIX/sbin, mmpasswd in PREFIX/bin, man pages in
+# The system install puts mmsmtpd and mmpop3d in PREFIX/sbin, mmpasswd in PREFIX/bin, man pages in
 # PREFIX/share/man, and example configs in SYSCONFDIR/mmmail; an existing config is
 # never overwritten (the new example goes beside it as FILE.new). Creating the system
 # user, the state directories and service units is left to the administrator for now
@@ -44,6 +44,7 @@ if [ "$mode" = install ]; then
     install -d "$destdir$prefix/sbin" "$destdir$prefix/bin" "$destdir$prefix/share/man/man5" \
         "$destdir$prefix/share/man/man8" "$destdir$sysconfdir/mmmail"
     install -m 0755 "$bin/mmsmtpd" "$destdir$prefix/sbin/mmsmtpd"
+    install -m 0755 "$bin/mmpop3d" "$destdir$prefix/sbin/mmpop3d"
     install -m 0755 "$bin/mmpasswd" "$destdir$prefix/bin/mmpasswd"
     for page in "$here"/man/*.5; do install -m 0644 "$page" "$destdir$prefix/share/man/man5/"; done
     for page in "$here"/man/*.8; do install -m 0644 "$page" "$destdir$prefix/share/man/man8/"; done
@@ -66,6 +67,8 @@ local=$here/local
 mkdir -p "$local/etc" "$local/var"
 db=$local/var/mmmail.db
 smtp_port=${MMMAIL_SMTP_PORT:-2525}
+pop3_port=${MMMAIL_POP3_PORT:-2110}
+pop3s_port=${MMMAIL_POP3S_PORT:-2995}
 
 tls=""
 if command -v openssl >/dev/null 2>&1; then
@@ -94,6 +97,22 @@ null_sender = "accept"
 CONF
 fi
 
+if [ ! -f "$local/etc/mmpop3d.toml" ]; then
+    pop3s=""
+    [ -n "$tls" ] && pop3s="tls_addresses = [\"127.0.0.1:$pop3s_port\"]"
+    cat > "$local/etc/mmpop3d.toml" <<CONF
+# Local quick-start configuration written by install.sh --local (see etc/mmpop3d.toml).
+[server]
+name = "localhost"
+[database]
+url = "sqlite://$db"
+[listen]
+addresses = ["127.0.0.1:$pop3_port"]
+$pop3s
+$tls
+CONF
+fi
+
 pids=""
 stop() {
     trap - INT TERM EXIT
@@ -104,20 +123,27 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-echo "==> starting mmsmtpd on 127.0.0.1:$smtp_port (log: $local/var/mmsmtpd.log)"
-"$bin/mmsmtpd" -c "$local/etc/mmsmtpd.toml" 2> "$local/var/mmsmtpd.log" &
-pids="$pids $!"
-
-i=0
-until grep -q listening "$local/var/mmsmtpd.log" 2>/dev/null; do
-    i=$((i + 1))
-    if [ $i -gt 100 ] || ! kill -0 $pids 2>/dev/null; then
-        echo "install.sh: mmsmtpd did not start:" >&2
-        cat "$local/var/mmsmtpd.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+# start NAME: runs NAME with its local config, logging to local/var/NAME.log, and waits
+# until it listens.
+start() {
+    echo "==> starting $1 (log: $local/var/$1.log)"
+    "$bin/$1" -c "$local/etc/$1.toml" 2> "$local/var/$1.log" &
+    pid=$!
+    pids="$pids $pid"
+    i=0
+    until grep -q listening "$local/var/$1.log" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 100 ] || ! kill -0 $pid 2>/dev/null; then
+            echo "install.sh: $1 did not start:" >&2
+            cat "$local/var/$1.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+# mmsmtpd first: it creates the database schema.
+start mmsmtpd
+start mmpop3d
 
 # The demo account: user "demo" (password "demo"), box demo@example.test, and every
 # other address at example.test reaching it through a wildcard alias.
@@ -145,8 +171,10 @@ Send it a message:
   printf 'Subject: hi\r\n\r\nhello\r\n' | curl -sS smtp://127.0.0.1:$smtp_port --mail-from you@example.net --mail-rcpt anything@example.test -T -
 $( [ -n "$tls" ] && echo "  (STARTTLS works too: swaks --tls ..., curl --ssl-reqd --cacert $local/etc/cert.pem ...)" )
 
-See what arrived:
-  python3 -c 'import sqlite3; c=sqlite3.connect("$db"); print(c.execute("select box_address, box_mails, box_size from box").fetchall())'
+Fetch it over POP3 (user demo@example.test, or mmmail style demo.example.test):
+  curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/        # list
+  curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/1       # retrieve message 1
+$( [ -n "$tls" ] && echo "  curl -sS --cacert $local/etc/cert.pem -u demo@example.test:demo pop3s://localhost:$pop3s_port/1" )
 
 Press Ctrl-C to stop.
 MSG
