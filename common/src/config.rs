@@ -212,10 +212,48 @@ pub struct LimitsConfig {
     /// Error replies after which the session is closed.
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
+    /// Simultaneous connections from one address (IPv6: one `ipv6_prefix` network);
+    /// 0 = unlimited.
+    #[serde(default = "default_max_per_address")]
+    pub max_per_address: u32,
+    /// New connections one address may open per `connection_period`; 0 = unlimited.
+    #[serde(default = "default_connection_rate")]
+    pub connection_rate: u32,
+    /// Seconds over which `connection_rate` is counted.
+    #[serde(default = "default_connection_period")]
+    pub connection_period: u64,
+    /// IPv6 clients are counted per network of this prefix length (bits).
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Tarpit: each error reply is delayed by this many seconds times the number of
+    /// errors so far (at most 10 times); 0 = no delay.
+    #[serde(default = "default_error_delay")]
+    pub error_delay: u64,
+    /// Seconds sessions get to finish after SIGTERM/SIGINT before they are cut.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: u64,
 }
 
 fn default_max_clients() -> usize {
     128
+}
+fn default_max_per_address() -> u32 {
+    4
+}
+fn default_connection_rate() -> u32 {
+    10
+}
+fn default_connection_period() -> u64 {
+    30
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+fn default_error_delay() -> u64 {
+    1
+}
+fn default_shutdown_grace() -> u64 {
+    30
 }
 fn default_session_timeout() -> u64 {
     3600
@@ -231,11 +269,28 @@ impl Default for LimitsConfig {
             input_timeout: None,
             session_timeout: default_session_timeout(),
             max_errors: default_max_errors(),
+            max_per_address: default_max_per_address(),
+            connection_rate: default_connection_rate(),
+            connection_period: default_connection_period(),
+            ipv6_prefix: default_ipv6_prefix(),
+            error_delay: default_error_delay(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
 
 impl LimitsConfig {
+    /// Limits with every per-address check, the tarpit and rate limiting off, for tests
+    /// and benchmarks that open many connections from one address.
+    pub fn unlimited() -> Self {
+        Self { max_per_address: 0, connection_rate: 0, error_delay: 0, ..Self::default() }
+    }
+
+    /// The tarpit delay before the `errors`-th error reply.
+    pub fn tarpit(&self, errors: u32) -> std::time::Duration {
+        std::time::Duration::from_secs(self.error_delay.saturating_mul(u64::from(errors.min(10))))
+    }
+
     /// The input timeout in seconds, or `default` when the file does not set it.
     pub fn input_timeout_or(&self, default: u64) -> u64 {
         self.input_timeout.unwrap_or(default)
@@ -255,6 +310,12 @@ impl Validate for LimitsConfig {
         }
         if self.max_errors == 0 {
             p.add("limits.max_errors", "must be at least 1");
+        }
+        if self.connection_rate > 0 && self.connection_period == 0 {
+            p.add("limits.connection_period", "must be at least 1 second when connection_rate is set");
+        }
+        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
+            p.add("limits.ipv6_prefix", "must be 1 to 128");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Transport helpers shared by the daemons: TLS setup, bounded line reading, listeners.
 
+pub mod gate;
 pub mod line;
 pub mod listener;
+pub mod shaping;
 pub mod tls;
 
 use std::net::SocketAddr;
