@@ -82,6 +82,13 @@ cert = \"$local/etc/cert.pem\"
 key = \"$local/etc/key.pem\""
 fi
 
+# The daemons refuse to stay root unless told; a local try as root is told so.
+root_ok=""
+if [ "$(id -u)" = 0 ]; then
+    root_ok="[privileges]
+allow_root = true   # install.sh --local was run as root"
+fi
+
 if [ ! -f "$local/etc/mmsmtpd.toml" ]; then
     cat > "$local/etc/mmsmtpd.toml" <<CONF
 # Local quick-start configuration written by install.sh --local (see etc/mmsmtpd.toml).
@@ -94,6 +101,7 @@ addresses = ["127.0.0.1:$smtp_port"]
 $tls
 [smtpd]
 null_sender = "accept"
+$root_ok
 CONF
 fi
 
@@ -110,6 +118,7 @@ url = "sqlite://$db"
 addresses = ["127.0.0.1:$pop3_port"]
 $pop3s
 $tls
+$root_ok
 CONF
 fi
 

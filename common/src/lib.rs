@@ -6,11 +6,13 @@
 
 pub mod address;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod logging;
 pub mod net;
 pub mod password;
 pub mod pattern;
+pub mod privileges;
 pub mod shutdown;
 pub mod store;
 #[cfg(feature = "test-util")]

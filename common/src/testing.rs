@@ -268,6 +268,10 @@ impl TestCert {
     }
 }
 
+/// Config text letting a daemon under test run as root (CI runs as root); append it
+/// after a config's other sections.
+pub const ROOT_OK: &str = "[privileges]\nallow_root = true\n";
+
 /// A daemon running as a real process on a free loopback port, killed on drop.
 pub struct Daemon {
     child: std::process::Child,

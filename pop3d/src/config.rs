@@ -4,6 +4,8 @@
 use common::config::{
     DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Problems, ServerConfig, TlsConfig, Validate,
 };
+use common::net::shaping::ShapingConfig;
+use common::privileges::PrivilegesConfig;
 use serde::Deserialize;
 
 /// RFC 1939 §3: the inactivity autologout timer must be at least 10 minutes (seconds).
@@ -24,6 +26,12 @@ pub struct Config {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[shaping]`.
+    #[serde(default)]
+    pub shaping: ShapingConfig,
+    /// `[privileges]`.
+    #[serde(default)]
+    pub privileges: PrivilegesConfig,
     /// `[log]`.
     #[serde(default)]
     pub log: LogConfig,
@@ -99,6 +107,8 @@ impl Validate for Config {
             tls.validate(p);
         }
         self.limits.validate(p);
+        self.shaping.validate(p);
+        self.privileges.validate_with(&self.database, p);
         self.log.validate(p);
         if self.pop3d.lock_lease < 3 {
             p.add("pop3d.lock_lease", "must be at least 3 seconds");

@@ -35,6 +35,8 @@ pub struct Context {
     pub input_timeout: Duration,
     /// Maximum session duration.
     pub session_timeout: Duration,
+    /// `[limits]`, for the tarpit delay.
+    pub limits: common::config::LimitsConfig,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
 }
@@ -108,7 +110,17 @@ where
             Ok(Ok(Some(Line::Complete(l)))) => session.handle_line(&l, &ctx.store).await,
         };
         match outcome {
-            Outcome::Reply(reply) => reply.write_to(&mut out),
+            Outcome::Reply(reply) => {
+                if !reply.ok {
+                    // Tarpit: each error costs the client more time.
+                    let delay = ctx.limits.tarpit(session.errors());
+                    if !delay.is_zero() {
+                        write_out(r.get_mut(), &mut out, ctx.input_timeout).await?;
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                reply.write_to(&mut out);
+            }
             Outcome::Lines(reply, lines) => {
                 reply.write_to(&mut out);
                 let mut stuffer = DotStuffer::new();

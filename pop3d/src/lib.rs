@@ -12,41 +12,159 @@ pub mod conn;
 pub mod proto;
 pub mod session;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::net::listener::{self, Listener};
+use common::config::LimitsConfig;
+use common::net::gate::Gate;
+use common::net::listener::{self, Listener, Refusals};
+use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
 use common::store::Store;
+use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, MIN_INPUT_TIMEOUT};
 use crate::conn::Context;
-use crate::session::{Session, Settings};
+use crate::proto::reply::Reply;
+use crate::session::Settings;
 
-/// Serves POP3 on `listeners` until `shutdown` is cancelled (connection tasks are tracked
-/// by `shutdown.tracker`; drain them with [`Shutdown::drain`]). A client beyond
-/// `[limits] max_clients` gets one `-ERR [SYS/TEMP]` line and is closed.
-///
-/// # Errors
-/// TLS configuration errors.
-pub async fn run(cfg: Arc<Config>, store: Store, listeners: Vec<Listener>, shutdown: Shutdown) -> anyhow::Result<()> {
-    let tls = match &cfg.tls {
+/// What new connections use; SIGHUP replaces it whole.
+pub struct Live {
+    /// Session settings.
+    pub settings: Arc<Settings>,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// TLS for STLS and POP3S.
+    pub tls: Option<TlsAcceptor>,
+    /// Bandwidth shaping.
+    pub shaper: Arc<Shaper>,
+}
+
+/// A running mmpop3d: the store, the admission gate and the [`Live`] settings.
+pub struct Server {
+    store: Store,
+    gate: Arc<Gate>,
+    live: RwLock<Arc<Live>>,
+}
+
+fn load_tls(cfg: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
+    Ok(match &cfg.tls {
         Some(t) => Some(common::net::tls::acceptor(&t.cert, &t.key)?),
         None => None,
-    };
-    let ctx = Arc::new(Context {
-        store,
-        settings: Arc::new(Settings::from_config(&cfg)),
+    })
+}
+
+fn live(cfg: &Config, tls: Option<TlsAcceptor>) -> Live {
+    Live {
+        settings: Arc::new(Settings::from_config(cfg)),
+        limits: cfg.limits.clone(),
         tls,
-        input_timeout: Duration::from_secs(cfg.limits.input_timeout_or(config::MIN_INPUT_TIMEOUT)),
-        session_timeout: Duration::from_secs(cfg.limits.session_timeout),
-        shutdown: shutdown.token.clone(),
-    });
-    let refusal = Session::too_many_clients().to_bytes();
-    let handler = move |stream, peer, implicit_tls| {
-        let ctx = ctx.clone();
-        async move { conn::serve(stream, peer, &ctx, implicit_tls).await }
-    };
-    listener::accept(listeners, cfg.limits.max_clients, refusal, "pop3", shutdown, handler).await;
+        shaper: Shaper::new(&cfg.shaping),
+    }
+}
+
+impl Server {
+    /// Prepares a server for `cfg`, loading its TLS certificate and key.
+    ///
+    /// # Errors
+    /// Unreadable or mismatched certificate and key.
+    pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
+        Ok(Self::with_tls(cfg, store, load_tls(cfg)?))
+    }
+
+    /// Prepares a server with TLS keys already loaded (before privileges were dropped).
+    pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> Arc<Server> {
+        Arc::new(Server { store, gate: Gate::new(&cfg.limits), live: RwLock::new(Arc::new(live(cfg, tls))) })
+    }
+
+    /// Takes a new configuration (SIGHUP) for new connections; open ones go on unchanged.
+    ///
+    /// # Errors
+    /// A certificate or key that cannot be loaded; the old settings stay.
+    pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
+        let new = live(cfg, load_tls(cfg)?);
+        self.gate.update(&cfg.limits);
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+
+    fn context(&self, token: &tokio_util::sync::CancellationToken) -> (Context, Arc<Shaper>) {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let ctx = Context {
+            store: self.store.clone(),
+            settings: live.settings.clone(),
+            tls: live.tls.clone(),
+            input_timeout: Duration::from_secs(live.limits.input_timeout_or(MIN_INPUT_TIMEOUT)),
+            session_timeout: Duration::from_secs(live.limits.session_timeout),
+            limits: live.limits.clone(),
+            shutdown: token.clone(),
+        };
+        (ctx, live.shaper.clone())
+    }
+
+    /// Serves POP3 on `listeners` until `shutdown` is cancelled.
+    pub async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
+        let refusal = |text: &str| Reply::err(format!("[SYS/TEMP] {text}")).to_bytes();
+        let refusals = Refusals {
+            too_many_clients: refusal("Too many clients, try again later"),
+            too_many_from_address: refusal("Too many connections from your address"),
+            rate_exceeded: refusal("Connection rate exceeded, try again later"),
+        };
+        let token = shutdown.token.clone();
+        let server = self.clone();
+        let handler = move |stream, peer, implicit_tls| {
+            let (ctx, shaper) = server.context(&token);
+            async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
+        };
+        listener::accept(listeners, self.gate.clone(), refusals, "pop3", shutdown, handler).await;
+    }
+}
+
+/// [`Server::new`] then [`Server::serve`].
+///
+/// # Errors
+/// As [`Server::new`].
+pub async fn run(cfg: Arc<Config>, store: Store, listeners: Vec<Listener>, shutdown: Shutdown) -> anyhow::Result<()> {
+    Server::new(&cfg, store)?.serve(listeners, shutdown).await;
     Ok(())
+}
+
+impl common::daemon::Daemon for Server {
+    type Config = Config;
+    const NAME: &'static str = "mmpop3d";
+
+    fn sections(cfg: &Config) -> common::daemon::Sections<'_> {
+        common::daemon::Sections {
+            database: &cfg.database,
+            listen: &cfg.listen,
+            tls: cfg.tls.as_ref(),
+            limits: &cfg.limits,
+            log: &cfg.log,
+            privileges: &cfg.privileges,
+        }
+    }
+
+    fn adjust(cfg: &mut Config) {
+        if cfg.enforce_min_input_timeout() {
+            eprintln!(
+                "mmpop3d: warning: limits.input_timeout raised to {MIN_INPUT_TIMEOUT} seconds (RFC 1939 section 3)"
+            );
+        }
+    }
+
+    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> anyhow::Result<Arc<Self>> {
+        Ok(Self::with_tls(cfg, store, tls))
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        listeners: Vec<Listener>,
+        shutdown: Shutdown,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        Server::serve(self, listeners, shutdown)
+    }
+
+    fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
+        Server::reload(self, cfg)
+    }
 }

@@ -258,6 +258,11 @@ impl Session {
         self.tls
     }
 
+    /// Error replies sent so far (for the tarpit delay).
+    pub fn errors(&self) -> u32 {
+        self.errors
+    }
+
     /// Called after the STLS handshake: nothing from before TLS is kept (RFC 2595 §4).
     pub fn tls_started(&mut self) {
         self.tls = true;

@@ -5,6 +5,8 @@ use common::address::Address;
 use common::config::{
     DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Problems, ServerConfig, TlsConfig, Validate,
 };
+use common::net::shaping::ShapingConfig;
+use common::privileges::PrivilegesConfig;
 use serde::Deserialize;
 
 /// Seconds of client silence allowed when `[limits] input_timeout` is not set.
@@ -25,6 +27,12 @@ pub struct Config {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[shaping]`.
+    #[serde(default)]
+    pub shaping: ShapingConfig,
+    /// `[privileges]`.
+    #[serde(default)]
+    pub privileges: PrivilegesConfig,
     /// `[log]`.
     #[serde(default)]
     pub log: LogConfig,
@@ -70,6 +78,16 @@ pub struct SmtpdConfig {
     /// Box for `RCPT TO:<postmaster>` without a domain; empty = `postmaster@<server.name>`.
     #[serde(default)]
     pub postmaster: String,
+    /// Messages one client address may deliver within `flood_window`; then MAIL gets
+    /// `450 4.7.1` until the oldest leaves the window. 0 = no limit.
+    #[serde(default = "default_flood_messages")]
+    pub flood_messages: usize,
+    /// The flood window in seconds.
+    #[serde(default = "default_flood_window")]
+    pub flood_window: u64,
+    /// Client addresses the flood table tracks; the least recently seen is forgotten.
+    #[serde(default = "default_flood_cache")]
+    pub flood_cache: usize,
 }
 
 fn default_max_recipients() -> usize {
@@ -87,6 +105,15 @@ fn default_max_hops() -> usize {
 fn default_true() -> bool {
     true
 }
+fn default_flood_messages() -> usize {
+    25
+}
+fn default_flood_window() -> u64 {
+    1800
+}
+fn default_flood_cache() -> usize {
+    4096
+}
 
 impl Default for SmtpdConfig {
     fn default() -> Self {
@@ -98,6 +125,9 @@ impl Default for SmtpdConfig {
             require_helo: true,
             null_sender: NullSender::default(),
             postmaster: String::new(),
+            flood_messages: default_flood_messages(),
+            flood_window: default_flood_window(),
+            flood_cache: default_flood_cache(),
         }
     }
 }
@@ -123,6 +153,8 @@ impl Validate for Config {
             tls.validate(p);
         }
         self.limits.validate(p);
+        self.shaping.validate(p);
+        self.privileges.validate_with(&self.database, p);
         self.log.validate(p);
         let s = &self.smtpd;
         if s.max_recipients == 0 {

@@ -34,6 +34,8 @@ pub struct Context {
     pub input_timeout: Duration,
     /// Maximum session duration.
     pub session_timeout: Duration,
+    /// `[limits]`, for the tarpit delay.
+    pub limits: common::config::LimitsConfig,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
 }
@@ -122,7 +124,18 @@ where
             other => other,
         };
         match outcome {
-            Outcome::Reply(reply) | Outcome::Data(reply) => reply.write_to(&mut out),
+            Outcome::Reply(reply) | Outcome::Data(reply) => {
+                if reply.is_error() {
+                    // Tarpit (spec/mail.md §3.2 DELAY_ON_ERROR): each error costs the
+                    // client more time; replies already queued go out first.
+                    let delay = ctx.limits.tarpit(session.errors());
+                    if !delay.is_zero() {
+                        write_out(r.get_mut(), &mut out, ctx.input_timeout).await?;
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                reply.write_to(&mut out);
+            }
             Outcome::Close(reply) => {
                 reply.write_to(&mut out);
                 write_out(r.get_mut(), &mut out, ctx.input_timeout).await?;

@@ -1,13 +1,9 @@
-//! `mmsmtpd`: load the config, prepare the database, bind, serve until SIGTERM/SIGINT.
+//! `mmsmtpd`: see `common::daemon` for the life of the process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
-use common::shutdown::{Shutdown, signal};
-use smtpd::config::Config;
 
 /// mmmail's inbound ESMTP server: stores mail for local boxes in SQL.
 #[derive(Parser)]
@@ -21,53 +17,7 @@ struct Args {
     check_config: bool,
 }
 
-/// Seconds sessions get to finish after SIGTERM/SIGINT.
-const GRACE: Duration = Duration::from_secs(30);
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg: Config = match common::config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("mmsmtpd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if args.check_config {
-        println!("mmsmtpd: {}: configuration OK", args.config.display());
-        return ExitCode::SUCCESS;
-    }
-    common::logging::init(&cfg.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mmsmtpd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(serve(Arc::new(cfg))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("mmsmtpd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
-    let store = common::Store::prepare(&cfg.database).await?;
-    tracing::info!(backend = store.backend(), "database ready");
-    let listeners = common::net::listener::bind(&cfg.listen.addresses, &cfg.listen.tls_addresses).await?;
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(smtpd::run(cfg, store.clone(), listeners, shutdown.clone()));
-    tokio::select! {
-        r = signal() => { r?; tracing::info!("shutting down"); }
-        r = server => { r??; }
-    }
-    if !shutdown.drain(GRACE).await {
-        tracing::warn!("sessions still open after the grace period; closing");
-    }
-    store.close().await;
-    Ok(())
+    common::daemon::main::<smtpd::Server>(&args.config, args.check_config)
 }

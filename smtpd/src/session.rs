@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
 use crate::config::{Config, NullSender};
+use crate::flood::Flood;
 use crate::proto::command::{Command, ForwardPath, MailParams, SyntaxError, parse};
 use crate::proto::data::{DataLimits, Received};
 use crate::proto::reply::{Reply, texts};
@@ -47,11 +48,21 @@ pub struct Settings {
     pub postmaster: Address,
     /// Whether STARTTLS can be offered (a `[tls]` section exists).
     pub tls_available: bool,
+    /// `[limits] ipv6_prefix`: how client addresses are grouped for the flood limit.
+    pub ipv6_prefix: u8,
+    /// The daemon's flood table.
+    pub flood: Arc<Flood>,
 }
 
 impl Settings {
-    /// Derives the settings from a validated config.
+    /// Derives the settings from a validated config, with a fresh flood table.
     pub fn from_config(cfg: &Config) -> Self {
+        Self::with_flood(cfg, Arc::new(Flood::new(&cfg.smtpd)))
+    }
+
+    /// Derives the settings from a validated config, keeping `flood` (SIGHUP).
+    pub fn with_flood(cfg: &Config, flood: Arc<Flood>) -> Self {
+        flood.update(&cfg.smtpd);
         Self {
             name: cfg.server.name.clone(),
             smtpd: cfg.smtpd.clone(),
@@ -60,6 +71,8 @@ impl Settings {
                 .postmaster()
                 .unwrap_or_else(|| Address::parse("postmaster@localhost", false).expect("constant mailbox")),
             tls_available: cfg.tls.is_some(),
+            ipv6_prefix: cfg.limits.ipv6_prefix,
+            flood,
         }
     }
 }
@@ -150,6 +163,15 @@ impl Session {
     /// Whether TLS is active.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Error replies sent so far (for the tarpit delay).
+    pub fn errors(&self) -> u32 {
+        self.errors
+    }
+
+    fn flood_key(&self) -> IpAddr {
+        common::net::gate::address_key(self.peer, self.settings.ipv6_prefix)
     }
 
     /// Called after a STARTTLS handshake: RFC 3207 §4.2, the client must greet again and
@@ -257,6 +279,10 @@ impl Session {
         if params.size > self.settings.smtpd.max_message_size as u64 {
             return texts::SIZE_TOO_BIG.into();
         }
+        if self.settings.flood.exceeded(self.flood_key()) {
+            tracing::info!(peer = %self.peer, "flood limit reached");
+            return texts::FLOOD.into();
+        }
         if from.is_none() && self.settings.smtpd.null_sender == NullSender::Nofrom {
             let ip = self.peer.to_string();
             match store.nofrom_allows(&[&ip]).await {
@@ -350,6 +376,7 @@ impl Session {
         let delivery = Delivery { body: &received.message, copies };
         match store.deliver(&delivery).await {
             Ok(()) => {
+                self.settings.flood.record(self.flood_key());
                 tracing::info!(
                     id = %tx.id,
                     from = %tx.from.as_ref().map(ToString::to_string).unwrap_or_default(),

@@ -1,7 +1,8 @@
-//! The accept loop every daemon uses (style.md P3, P5): one task per listener, a
-//! connection cap enforced with a semaphore (a client over it gets the daemon's refusal
-//! line and is closed; `accept` never stalls), one tracked task per connection inside a
-//! `conn` span, and a stop when the shutdown token is cancelled.
+//! The accept loop every daemon uses (style.md P3, P5, P13): one task per listener;
+//! admission by the [`Gate`] (a client it refuses gets the daemon's line for that cause
+//! and is closed; `accept` never stalls); one tracked task per connection inside a
+//! `conn` span; a janitor sweeping the gate's rate state every minute; a stop when the
+//! shutdown token is cancelled.
 
 use std::future::Future;
 use std::io;
@@ -11,10 +12,34 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::net::gate::{Gate, Refusal};
 use crate::shutdown::Shutdown;
+
+/// How often the janitor forgets stale rate-limit state.
+const JANITOR_PERIOD: Duration = Duration::from_secs(60);
+
+/// The protocol lines a refused client gets, one per cause (complete, CRLF-ended).
+#[derive(Clone, Debug)]
+pub struct Refusals {
+    /// Over `max_clients`.
+    pub too_many_clients: Vec<u8>,
+    /// Over `max_per_address`.
+    pub too_many_from_address: Vec<u8>,
+    /// Over `connection_rate`.
+    pub rate_exceeded: Vec<u8>,
+}
+
+impl Refusals {
+    fn line(&self, r: Refusal) -> &[u8] {
+        match r {
+            Refusal::TooManyClients => &self.too_many_clients,
+            Refusal::TooManyFromAddress => &self.too_many_from_address,
+            Refusal::RateExceeded => &self.rate_exceeded,
+        }
+    }
+}
 
 /// A bound listener and whether it speaks implicit TLS.
 #[derive(Debug)]
@@ -41,13 +66,12 @@ pub async fn bind(plain: &[SocketAddr], tls: &[SocketAddr]) -> io::Result<Vec<Li
 }
 
 /// Accepts on every listener until `shutdown` is cancelled; returns when all loops have
-/// stopped. Each connection runs `handler(stream, peer, implicit_tls)` in a task tracked
-/// by `shutdown.tracker`. Beyond `max_clients` concurrent connections, `refusal` (a
-/// complete protocol line) is written and the connection closed.
+/// stopped. Each admitted connection runs `handler(stream, peer, implicit_tls)` in a task
+/// tracked by `shutdown.tracker` and keeps its [`Gate`] admission until it ends.
 pub async fn accept<H, F>(
     listeners: Vec<Listener>,
-    max_clients: usize,
-    refusal: Vec<u8>,
+    gate: Arc<Gate>,
+    refusals: Refusals,
     proto: &'static str,
     shutdown: Shutdown,
     handler: H,
@@ -55,14 +79,25 @@ pub async fn accept<H, F>(
     H: Fn(TcpStream, SocketAddr, bool) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = io::Result<()>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_clients));
-    let refusal: Arc<[u8]> = refusal.into();
+    let refusals = Arc::new(refusals);
     let mut loops = tokio::task::JoinSet::new();
+    {
+        let (gate, token) = (gate.clone(), shutdown.token.clone());
+        loops.spawn(async move {
+            let mut tick = tokio::time::interval(JANITOR_PERIOD);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    _ = tick.tick() => gate.sweep(),
+                }
+            }
+        });
+    }
     for l in listeners {
         if let Ok(addr) = l.socket.local_addr() {
             tracing::info!(%addr, tls = l.implicit_tls, proto, "listening");
         }
-        let (slots, refusal, shutdown, handler) = (slots.clone(), refusal.clone(), shutdown.clone(), handler.clone());
+        let (gate, refusals, shutdown, handler) = (gate.clone(), refusals.clone(), shutdown.clone(), handler.clone());
         loops.spawn(async move {
             let mut next_id: u64 = 0;
             loop {
@@ -82,16 +117,20 @@ pub async fn accept<H, F>(
                 let _ = stream.set_nodelay(true);
                 next_id += 1;
                 let span = tracing::info_span!("conn", proto, peer = %peer, id = next_id);
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    let refusal = refusal.clone();
-                    shutdown.tracker.spawn(
-                        async move {
-                            tracing::warn!("refused: too many clients");
-                            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&refusal)).await;
-                        }
-                        .instrument(span),
-                    );
-                    continue;
+                let admission = match gate.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        let refusals = refusals.clone();
+                        shutdown.tracker.spawn(
+                            async move {
+                                tracing::warn!(cause = ?refusal, "connection refused");
+                                let line = refusals.line(refusal);
+                                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line)).await;
+                            }
+                            .instrument(span),
+                        );
+                        continue;
+                    }
                 };
                 let fut = handler(stream, peer, l.implicit_tls);
                 shutdown.tracker.spawn(
@@ -100,7 +139,7 @@ pub async fn accept<H, F>(
                         if let Err(e) = fut.await {
                             tracing::info!(cause = %e, "connection ended");
                         }
-                        drop(permit);
+                        drop(admission);
                     }
                     .instrument(span),
                 );

@@ -10,7 +10,7 @@ use common::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Serv
 use common::net::listener::Listener;
 use common::shutdown::Shutdown;
 use common::store::{Delivery, MailCopy};
-use common::testing::{Daemon, TestCert, TestDb};
+use common::testing::{Daemon, ROOT_OK, TestCert, TestDb};
 use pop3d::config::{Config, Pop3dConfig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,9 @@ pub fn config(url: &str) -> Config {
         database: DatabaseConfig::from_url(url),
         listen: ListenConfig::default(),
         tls: None,
-        limits: LimitsConfig::default(),
+        limits: LimitsConfig::unlimited(),
+        shaping: Default::default(),
+        privileges: Default::default(),
         log: LogConfig::default(),
         pop3d: Pop3dConfig::default(),
     }
@@ -173,7 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 pub fn pop3d_daemon(dir: &Path, url: &str, extra: &str) -> Daemon {
     Daemon::start(Path::new(env!("CARGO_BIN_EXE_mmpop3d")), dir, |port| {
         format!(
-            "[server]\nname = \"{NAME}\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n{extra}\n"
+            "[server]\nname = \"{NAME}\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n{extra}\n{ROOT_OK}"
         )
     })
 }
@@ -199,7 +201,7 @@ pub fn mmsmtpd_bin() -> std::path::PathBuf {
 pub fn smtpd_daemon(dir: &Path, url: &str) -> Daemon {
     Daemon::start(&mmsmtpd_bin(), dir, |port| {
         format!(
-            "[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n[smtpd]\nnull_sender = \"accept\"\n"
+            "[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n[smtpd]\nnull_sender = \"accept\"\n{ROOT_OK}"
         )
     })
 }

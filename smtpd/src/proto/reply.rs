@@ -75,6 +75,8 @@ pub mod texts {
     pub const SIZE_TOO_BIG: (u16, &str) = (552, "5.3.4 Message size exceeds fixed maximum");
     /// Null reverse-path from a host not in `nofrom`.
     pub const NULL_SENDER_REFUSED: (u16, &str) = (550, "5.7.1 Null sender not accepted from your host");
+    /// Flood limit reached for the client's address.
+    pub const FLOOD: (u16, &str) = (450, "4.7.1 Too many messages from your address, try again later");
     /// Sender accepted.
     pub const SENDER_OK: (u16, &str) = (250, "2.1.0 Sender ok");
     /// RCPT before MAIL.

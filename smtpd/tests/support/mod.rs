@@ -23,9 +23,11 @@ pub fn config(url: &str) -> Config {
         database: DatabaseConfig::from_url(url),
         listen: ListenConfig::default(),
         tls: None,
-        limits: LimitsConfig::default(),
+        limits: LimitsConfig::unlimited(),
+        shaping: Default::default(),
+        privileges: Default::default(),
         log: LogConfig::default(),
-        smtpd: SmtpdConfig::default(),
+        smtpd: SmtpdConfig { flood_messages: 0, ..SmtpdConfig::default() },
     }
 }
 
@@ -173,13 +175,13 @@ pub async fn deliver(addr: SocketAddr, from: &str, rcpts: &[&str], body: &str) -
     code
 }
 
-pub use common::testing::Daemon;
+pub use common::testing::{Daemon, ROOT_OK};
 
 /// Starts a real mmsmtpd on `url` with `extra` TOML sections appended.
 pub fn smtpd_daemon(dir: &Path, url: &str, extra: &str) -> Daemon {
     Daemon::start(Path::new(env!("CARGO_BIN_EXE_mmsmtpd")), dir, |port| {
         format!(
-            "[server]\nname = \"{NAME}\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n{extra}\n"
+            "[server]\nname = \"{NAME}\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n{extra}\n{ROOT_OK}"
         )
     })
 }

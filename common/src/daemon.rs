@@ -1,0 +1,169 @@
+//! The start-up every daemon shares (design.md "Process model", spec/mail.md §8.5):
+//! load and check the config, take the instance lock and pid file, bind the listeners
+//! and load the TLS keys as root, drop privileges before any thread starts, then start
+//! the runtime, prepare the database and serve; SIGHUP re-reads the config (a bad one is
+//! reported and the old one kept); SIGTERM/SIGINT stop accepting and give sessions
+//! `[limits] shutdown_grace` seconds to end.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, TlsConfig, Validate};
+use crate::net::listener::Listener;
+use crate::privileges::PrivilegesConfig;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// The shared sections of a daemon's config.
+pub struct Sections<'a> {
+    /// `[database]`.
+    pub database: &'a DatabaseConfig,
+    /// `[listen]`.
+    pub listen: &'a ListenConfig,
+    /// `[tls]`.
+    pub tls: Option<&'a TlsConfig>,
+    /// `[limits]`.
+    pub limits: &'a LimitsConfig,
+    /// `[log]`.
+    pub log: &'a LogConfig,
+    /// `[privileges]`.
+    pub privileges: &'a PrivilegesConfig,
+}
+
+/// What a daemon provides to [`main`].
+pub trait Daemon: Sized + Send + Sync + 'static {
+    /// Its config file.
+    type Config: DeserializeOwned + Validate + Send + Sync + 'static;
+    /// Program name for messages (`mmsmtpd`).
+    const NAME: &'static str;
+    /// The shared sections of `cfg`.
+    fn sections(cfg: &Self::Config) -> Sections<'_>;
+    /// Adjusts a freshly loaded config (called on start and on reload).
+    fn adjust(_cfg: &mut Self::Config) {}
+    /// Builds the server with keys loaded before privileges were dropped.
+    ///
+    /// # Errors
+    /// Whatever makes serving impossible.
+    fn start(cfg: &Self::Config, store: Store, tls: Option<TlsAcceptor>) -> anyhow::Result<Arc<Self>>;
+    /// Serves until `shutdown` is cancelled.
+    fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) -> impl Future<Output = ()> + Send;
+    /// Applies a re-read config (SIGHUP).
+    ///
+    /// # Errors
+    /// When the new settings cannot be used; the old ones stay.
+    fn reload(&self, cfg: &Self::Config) -> anyhow::Result<()>;
+}
+
+fn load<D: Daemon>(path: &Path) -> Result<D::Config, crate::ConfigError> {
+    let mut cfg: D::Config = crate::config::load(path)?;
+    D::adjust(&mut cfg);
+    Ok(cfg)
+}
+
+/// The whole life of a daemon process. Returns its exit status: 0 after a clean stop
+/// or a successful `check_only`, 1 on any failure (printed on stderr and logged).
+pub fn main<D: Daemon>(path: &Path, check_only: bool) -> ExitCode {
+    let cfg = match load::<D>(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", D::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    if check_only {
+        println!("{}: {}: configuration OK", D::NAME, path.display());
+        return ExitCode::SUCCESS;
+    }
+    crate::logging::init(D::sections(&cfg).log);
+    match start::<D>(path, cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{}: {e:#}", D::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bind_std(addrs: &[std::net::SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    addrs
+        .iter()
+        .map(|a| {
+            let l = std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("bind {a}: {e}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect()
+}
+
+fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
+    let s = D::sections(&cfg);
+    let _instance = crate::privileges::claim(path, s.privileges)?;
+    let plain = bind_std(&s.listen.addresses)?;
+    let implicit = bind_std(&s.listen.tls_addresses)?;
+    let tls = match s.tls {
+        Some(t) => Some(crate::net::tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let who = crate::privileges::drop_root(s.privileges)?;
+    tracing::info!("{who}");
+    if who.starts_with("running as root") {
+        tracing::warn!("running as root: set [privileges] user");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let s = D::sections(&cfg);
+        let store = Store::prepare(s.database).await?;
+        tracing::info!(backend = store.backend(), "database ready");
+        let mut listeners = Vec::new();
+        for l in plain {
+            listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls: false });
+        }
+        for l in implicit {
+            listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls: true });
+        }
+        let grace = Duration::from_secs(s.limits.shutdown_grace);
+        let daemon = D::start(&cfg, store.clone(), tls)?;
+        let shutdown = Shutdown::new();
+        let mut serving = tokio::spawn(daemon.clone().serve(listeners, shutdown.clone()));
+        signals::<D>(path, &daemon, &mut serving).await?;
+        tracing::info!("shutting down");
+        if !shutdown.drain(grace).await {
+            tracing::warn!("sessions still open after {} s; closing", grace.as_secs());
+        }
+        store.close().await;
+        Ok(())
+    })
+}
+
+/// Waits for SIGTERM/SIGINT (returns) while handling SIGHUP (reload).
+async fn signals<D: Daemon>(
+    path: &Path,
+    daemon: &Arc<D>,
+    serving: &mut tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            r = &mut *serving => { r?; return Ok(()); }
+            _ = hup.recv() => match load::<D>(path) {
+                Ok(new) => match daemon.reload(&new) {
+                    Ok(()) => tracing::info!("configuration reloaded"),
+                    Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+                },
+                Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+            },
+        }
+    }
+}
