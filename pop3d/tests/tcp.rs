@@ -212,3 +212,39 @@ async fn too_many_clients() {
     assert_eq!(second.line().await.unwrap(), "-ERR [SYS/TEMP] Too many clients, try again later");
     assert!(second.closed().await);
 }
+
+#[tokio::test]
+async fn per_address_limit_refusal() {
+    let (_db, server) = sqlite_server(|c| c.limits.max_per_address = 1).await;
+    let mut first = Client::connect(server.addr).await;
+    assert!(first.line().await.unwrap().starts_with("+OK"));
+    let mut second = Client::connect(server.addr).await;
+    assert_eq!(second.line().await.unwrap(), "-ERR [SYS/TEMP] Too many connections from your address");
+    assert!(second.closed().await);
+}
+
+#[tokio::test]
+async fn shutdown_during_retr_finishes_the_message() {
+    let (db, server) = sqlite_server(|_| {}).await;
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b"0123456789abcdef0123456789abcdef\r\n".as_slice(), 100_000).flatten());
+    put(&db, &["mmondor@example.org"], &body).await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    c.login("mmondor@example.org", PASSWORD).await;
+    assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
+    assert_eq!(c.cmd("RSET").await.split(' ').next(), Some("+OK"));
+    c.send(b"RETR 1\r\n").await;
+    let status = c.line().await.unwrap();
+    assert!(status.starts_with("+OK"), "{status}");
+    let server = std::sync::Arc::new(server);
+    let stopping = {
+        let s = server.clone();
+        tokio::spawn(async move { s.stop().await })
+    };
+    let got = c.body().await;
+    assert!(got.ends_with(&body), "the message in transfer arrives whole");
+    assert_eq!(c.line().await.unwrap(), "-ERR [SYS/TEMP] pop.example.org shutting down");
+    assert!(stopping.await.unwrap());
+    assert_eq!(db.counters("mmondor@example.org").await.1, 1, "nothing deleted without QUIT");
+}

@@ -251,3 +251,29 @@ async fn session_time_cap_ends_even_a_busy_session() {
     }
     assert!(c.closed().await);
 }
+
+#[tokio::test]
+async fn shutdown_during_data_lets_the_message_finish() {
+    let (db, server) = sqlite_server(|_| {}).await;
+    let mut c = Client::connect(server.addr).await;
+    c.code().await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@b.org>").await;
+    c.cmd("RCPT TO:<mmondor@example.org>").await;
+    assert_eq!(c.cmd("DATA").await, 354);
+    c.send(b"Subject: in flight\r\n\r\nfirst half\r\n").await;
+    let server = std::sync::Arc::new(server);
+    let stopping = {
+        let s = server.clone();
+        tokio::spawn(async move { s.stop().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    c.send(b"second half\r\n.\r\n").await;
+    let (code, text) = c.reply().await.unwrap();
+    assert_eq!(code, 250, "the message in flight is committed: {text}");
+    assert_eq!(c.reply().await.unwrap(), (421, "4.3.2 mx.example.org Service shutting down".into()));
+    assert!(stopping.await.unwrap());
+    let m = messages(&db, "mmondor@example.org").await;
+    assert_eq!(m.len(), 1, "stored once");
+    assert!(m[0].ends_with(b"first half\r\nsecond half\r\n"));
+}

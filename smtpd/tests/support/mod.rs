@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, ServerConfig, TlsConfig};
@@ -51,6 +50,7 @@ pub async fn seed(db: &TestDb) -> i64 {
 pub struct Server {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    pub server: std::sync::Arc<smtpd::Server>,
     shutdown: Shutdown,
 }
 
@@ -69,8 +69,9 @@ impl Server {
         let shutdown = Shutdown::new();
         let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
         listeners.extend(tls.into_iter().map(|socket| Listener { socket, implicit_tls: true }));
-        tokio::spawn(smtpd::run(Arc::new(cfg), store, listeners, shutdown.clone()));
-        Server { addr, tls_addr, shutdown }
+        let server = smtpd::Server::new(&cfg, store).unwrap();
+        tokio::spawn(server.clone().serve(listeners, shutdown.clone()));
+        Server { addr, tls_addr, server, shutdown }
     }
 
     pub async fn stop(&self) -> bool {
@@ -92,6 +93,13 @@ pub struct Client<S> {
 impl Client<TcpStream> {
     pub async fn connect(addr: SocketAddr) -> Self {
         Client { io: BufReader::new(TcpStream::connect(addr).await.unwrap()) }
+    }
+
+    /// Connects from a chosen loopback source address (any of 127.0.0.0/8 works).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        Client { io: BufReader::new(socket.connect(addr).await.unwrap()) }
     }
 }
 
