@@ -330,6 +330,41 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+    }
+
+    /// Starts `bin -c config` (an existing file) and waits for `port` to accept.
+    ///
+    /// # Panics
+    /// If the daemon does not start.
+    pub fn start_with_file(bin: &std::path::Path, config: &std::path::Path, port: u16, log: PathBuf) -> Daemon {
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn daemon");
+        let mut d = Daemon { child, port, log };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return d;
+            }
+            if let Ok(Some(_)) = d.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("daemon did not start: {}", d.log_text());
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();
