@@ -167,3 +167,100 @@ async fn signals<D: Daemon>(
         }
     }
 }
+
+/// What new connections of a daemon use; SIGHUP replaces it whole, connections keep
+/// the one they started with. `S` is the daemon's session settings.
+pub struct Live<S> {
+    /// Session settings.
+    pub settings: Arc<S>,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// TLS for STARTTLS/STLS and implicit-TLS listeners.
+    pub tls: Option<TlsAcceptor>,
+    /// Bandwidth shaping.
+    pub shaper: Arc<crate::net::shaping::Shaper>,
+}
+
+/// What one connection needs, taken from the [`Live`] settings when it is accepted.
+pub struct Context<S> {
+    /// The database.
+    pub store: Store,
+    /// Session settings.
+    pub settings: Arc<S>,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Client silence allowed (also the write timeout).
+    pub input_timeout: Duration,
+    /// Maximum session duration.
+    pub session_timeout: Duration,
+    /// `[limits]`, for the tarpit delay.
+    pub limits: LimitsConfig,
+    /// Cancelled at shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The parts of a running daemon that every protocol shares: the store, the admission
+/// gate, and the replaceable [`Live`] settings.
+pub struct Core<S> {
+    store: Store,
+    gate: Arc<crate::net::gate::Gate>,
+    live: std::sync::RwLock<Arc<Live<S>>>,
+    default_input_timeout: u64,
+}
+
+/// Loads `[tls]` into an acceptor.
+///
+/// # Errors
+/// Unreadable or mismatched certificate and key.
+pub fn load_tls(tls: Option<&TlsConfig>) -> anyhow::Result<Option<TlsAcceptor>> {
+    Ok(match tls {
+        Some(t) => Some(crate::net::tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    })
+}
+
+impl<S> Core<S> {
+    /// A core; `default_input_timeout` (seconds) applies when `[limits]` sets none.
+    pub fn new(store: Store, live: Live<S>, default_input_timeout: u64) -> Self {
+        Self {
+            gate: crate::net::gate::Gate::new(&live.limits),
+            store,
+            live: std::sync::RwLock::new(Arc::new(live)),
+            default_input_timeout,
+        }
+    }
+
+    /// Replaces the live settings and the gate's limits (SIGHUP).
+    pub fn replace(&self, live: Live<S>) {
+        self.gate.update(&live.limits);
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+    }
+
+    /// The admission gate.
+    pub fn gate(&self) -> &Arc<crate::net::gate::Gate> {
+        &self.gate
+    }
+
+    /// The current live settings.
+    pub fn live(&self) -> Arc<Live<S>> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A connection's context from the current settings, and the shaper for its stream.
+    pub fn context(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> (Context<S>, Arc<crate::net::shaping::Shaper>) {
+        let live = self.live();
+        let ctx = Context {
+            store: self.store.clone(),
+            settings: live.settings.clone(),
+            tls: live.tls.clone(),
+            input_timeout: Duration::from_secs(live.limits.input_timeout_or(self.default_input_timeout)),
+            session_timeout: Duration::from_secs(live.limits.session_timeout),
+            limits: live.limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        (ctx, live.shaper.clone())
+    }
+}

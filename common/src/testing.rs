@@ -306,18 +306,29 @@ impl Daemon {
                 .spawn()
                 .expect("spawn daemon");
             let mut d = Daemon { child, port, log };
-            for _ in 0..200 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return d;
-                }
-                if let Ok(Some(_)) = d.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            if d.wait_ready() {
+                return d;
             }
             eprintln!("{program} did not start on {port}: {}", d.log_text());
         }
         panic!("{program} would not start");
+    }
+
+    /// Waits up to 10 s for the port to accept; false if the process exited first (for
+    /// instance because another process holds the port).
+    fn wait_ready(&mut self) -> bool {
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Still ours? A process that lost the port exits right after.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                return matches!(self.child.try_wait(), Ok(None));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
     }
 
     /// `127.0.0.1:port`.
@@ -353,16 +364,8 @@ impl Daemon {
             .spawn()
             .expect("spawn daemon");
         let mut d = Daemon { child, port, log };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return d;
-            }
-            if let Ok(Some(_)) = d.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("daemon did not start: {}", d.log_text());
+        assert!(d.wait_ready(), "daemon did not start: {}", d.log_text());
+        d
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.

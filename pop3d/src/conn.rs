@@ -4,17 +4,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::net::line::{Line, read_line};
 use common::net::tls::handshake;
 use common::net::write_out;
-use common::store::Store;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::time::{Instant, timeout_at};
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::proto::message::DotStuffer;
 use crate::session::{Outcome, Session, Settings};
@@ -22,24 +17,8 @@ use crate::session::{Outcome, Session, Settings};
 /// Octets of a message written per chunk.
 const CHUNK: usize = 64 * 1024;
 
-/// What every connection of one daemon shares.
-#[derive(Clone)]
-pub struct Context {
-    /// The database.
-    pub store: Store,
-    /// Session settings.
-    pub settings: Arc<Settings>,
-    /// TLS for STLS and POP3S, when configured.
-    pub tls: Option<TlsAcceptor>,
-    /// Seconds of client silence allowed (also the write timeout).
-    pub input_timeout: Duration,
-    /// Maximum session duration.
-    pub session_timeout: Duration,
-    /// `[limits]`, for the tarpit delay.
-    pub limits: common::config::LimitsConfig,
-    /// Cancelled at shutdown.
-    pub shutdown: CancellationToken,
-}
+/// A connection's context (see `common::daemon::Context`).
+pub type Context = common::daemon::Context<Settings>;
 
 enum End<IO> {
     Closed,

@@ -12,11 +12,9 @@ pub mod conn;
 pub mod proto;
 pub mod session;
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use common::config::LimitsConfig;
-use common::net::gate::Gate;
+use common::daemon::{Core, Live, load_tls};
 use common::net::listener::{self, Listener, Refusals};
 use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
@@ -24,37 +22,15 @@ use common::store::Store;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, MIN_INPUT_TIMEOUT};
-use crate::conn::Context;
 use crate::proto::reply::Reply;
 use crate::session::Settings;
 
-/// What new connections use; SIGHUP replaces it whole.
-pub struct Live {
-    /// Session settings.
-    pub settings: Arc<Settings>,
-    /// `[limits]`.
-    pub limits: LimitsConfig,
-    /// TLS for STLS and POP3S.
-    pub tls: Option<TlsAcceptor>,
-    /// Bandwidth shaping.
-    pub shaper: Arc<Shaper>,
-}
-
-/// A running mmpop3d: the store, the admission gate and the [`Live`] settings.
+/// A running mmpop3d.
 pub struct Server {
-    store: Store,
-    gate: Arc<Gate>,
-    live: RwLock<Arc<Live>>,
+    core: Core<Settings>,
 }
 
-fn load_tls(cfg: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
-    Ok(match &cfg.tls {
-        Some(t) => Some(common::net::tls::acceptor(&t.cert, &t.key)?),
-        None => None,
-    })
-}
-
-fn live(cfg: &Config, tls: Option<TlsAcceptor>) -> Live {
+fn live(cfg: &Config, tls: Option<TlsAcceptor>) -> Live<Settings> {
     Live {
         settings: Arc::new(Settings::from_config(cfg)),
         limits: cfg.limits.clone(),
@@ -69,12 +45,12 @@ impl Server {
     /// # Errors
     /// Unreadable or mismatched certificate and key.
     pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
-        Ok(Self::with_tls(cfg, store, load_tls(cfg)?))
+        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?))
     }
 
     /// Prepares a server with TLS keys already loaded (before privileges were dropped).
     pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> Arc<Server> {
-        Arc::new(Server { store, gate: Gate::new(&cfg.limits), live: RwLock::new(Arc::new(live(cfg, tls))) })
+        Arc::new(Server { core: Core::new(store, live(cfg, tls), MIN_INPUT_TIMEOUT) })
     }
 
     /// Takes a new configuration (SIGHUP) for new connections; open ones go on unchanged.
@@ -82,24 +58,8 @@ impl Server {
     /// # Errors
     /// A certificate or key that cannot be loaded; the old settings stay.
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        let new = live(cfg, load_tls(cfg)?);
-        self.gate.update(&cfg.limits);
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.core.replace(live(cfg, load_tls(cfg.tls.as_ref())?));
         Ok(())
-    }
-
-    fn context(&self, token: &tokio_util::sync::CancellationToken) -> (Context, Arc<Shaper>) {
-        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let ctx = Context {
-            store: self.store.clone(),
-            settings: live.settings.clone(),
-            tls: live.tls.clone(),
-            input_timeout: Duration::from_secs(live.limits.input_timeout_or(MIN_INPUT_TIMEOUT)),
-            session_timeout: Duration::from_secs(live.limits.session_timeout),
-            limits: live.limits.clone(),
-            shutdown: token.clone(),
-        };
-        (ctx, live.shaper.clone())
     }
 
     /// Serves POP3 on `listeners` until `shutdown` is cancelled.
@@ -113,10 +73,10 @@ impl Server {
         let token = shutdown.token.clone();
         let server = self.clone();
         let handler = move |stream, peer, implicit_tls| {
-            let (ctx, shaper) = server.context(&token);
+            let (ctx, shaper) = server.core.context(&token);
             async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
         };
-        listener::accept(listeners, self.gate.clone(), refusals, "pop3", shutdown, handler).await;
+        listener::accept(listeners, self.core.gate().clone(), refusals, "pop3", shutdown, handler).await;
     }
 }
 

@@ -14,10 +14,9 @@ pub mod flood;
 pub mod proto;
 pub mod session;
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use common::config::LimitsConfig;
+use common::daemon::{Core, Live, load_tls};
 use common::net::gate::Gate;
 use common::net::listener::{self, Listener, Refusals};
 use common::net::shaping::Shaper;
@@ -26,41 +25,17 @@ use common::store::Store;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::conn::Context;
 use crate::flood::Flood;
 use crate::proto::reply::Reply;
 use crate::session::Settings;
 
-/// What new connections use; SIGHUP replaces it whole, connections keep the one they
-/// started with.
-pub struct Live {
-    /// Session settings.
-    pub settings: Arc<Settings>,
-    /// `[limits]`.
-    pub limits: LimitsConfig,
-    /// TLS for STARTTLS and implicit-TLS listeners.
-    pub tls: Option<TlsAcceptor>,
-    /// Bandwidth shaping.
-    pub shaper: Arc<Shaper>,
-}
-
-/// A running mmsmtpd: the store, the admission gate, the flood table and the [`Live`]
-/// settings.
+/// A running mmsmtpd: the shared [`Core`] and the flood table, which survives reloads.
 pub struct Server {
-    store: Store,
-    gate: Arc<Gate>,
+    core: Core<Settings>,
     flood: Arc<Flood>,
-    live: RwLock<Arc<Live>>,
 }
 
-fn load_tls(cfg: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
-    Ok(match &cfg.tls {
-        Some(t) => Some(common::net::tls::acceptor(&t.cert, &t.key)?),
-        None => None,
-    })
-}
-
-fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>) -> Live {
+fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>) -> Live<Settings> {
     Live {
         settings: Arc::new(Settings::with_flood(cfg, flood.clone())),
         limits: cfg.limits.clone(),
@@ -75,14 +50,14 @@ impl Server {
     /// # Errors
     /// Unreadable or mismatched certificate and key.
     pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
-        Ok(Self::with_tls(cfg, store, load_tls(cfg)?))
+        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?))
     }
 
     /// Prepares a server with TLS keys already loaded (before privileges were dropped).
     pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> Arc<Server> {
         let flood = Arc::new(Flood::new(&cfg.smtpd));
-        let live = live(cfg, &flood, tls);
-        Arc::new(Server { store, gate: Gate::new(&cfg.limits), flood, live: RwLock::new(Arc::new(live)) })
+        let core = Core::new(store, live(cfg, &flood, tls), config::DEFAULT_INPUT_TIMEOUT);
+        Arc::new(Server { core, flood })
     }
 
     /// Takes a new configuration (SIGHUP): TLS files, `[limits]`, `[shaping]` and
@@ -92,35 +67,19 @@ impl Server {
     /// # Errors
     /// A certificate or key that cannot be loaded; the old settings stay.
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        let new = live(cfg, &self.flood, load_tls(cfg)?);
-        self.gate.update(&cfg.limits);
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?));
         Ok(())
     }
 
     /// The admission gate (to inspect its state).
     pub fn gate(&self) -> &Arc<Gate> {
-        &self.gate
-    }
-
-    fn context(&self, token: &tokio_util::sync::CancellationToken) -> (Context, Arc<Shaper>) {
-        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let ctx = Context {
-            store: self.store.clone(),
-            settings: live.settings.clone(),
-            tls: live.tls.clone(),
-            input_timeout: Duration::from_secs(live.limits.input_timeout_or(config::DEFAULT_INPUT_TIMEOUT)),
-            session_timeout: Duration::from_secs(live.limits.session_timeout),
-            limits: live.limits.clone(),
-            shutdown: token.clone(),
-        };
-        (ctx, live.shaper.clone())
+        self.core.gate()
     }
 
     /// Serves SMTP on `listeners` until `shutdown` is cancelled; returns once every
     /// accept loop has stopped (drain the connections with [`Shutdown::drain`]).
     pub async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
-        let name = self.live.read().unwrap_or_else(|p| p.into_inner()).settings.name.clone();
+        let name = self.core.live().settings.name.clone();
         let refusal = |text: &str| Reply::new(421, format!("4.7.0 {name} {text}")).to_bytes();
         let refusals = Refusals {
             too_many_clients: refusal("Too many clients, try again later"),
@@ -130,10 +89,10 @@ impl Server {
         let token = shutdown.token.clone();
         let server = self.clone();
         let handler = move |stream, peer, implicit_tls| {
-            let (ctx, shaper) = server.context(&token);
+            let (ctx, shaper) = server.core.context(&token);
             async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
         };
-        listener::accept(listeners, self.gate.clone(), refusals, "smtp", shutdown, handler).await;
+        listener::accept(listeners, self.gate().clone(), refusals, "smtp", shutdown, handler).await;
     }
 }
 

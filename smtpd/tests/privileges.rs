@@ -21,9 +21,10 @@ fn root() -> bool {
     is_root
 }
 
-/// A free port below 1024 (root may bind those).
-fn low_port() -> u16 {
-    (900..1000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port below 1024")
+/// A free port below 1024 (root may bind those) in `range`; each test has its own range
+/// so tests running in parallel do not pick the same one.
+fn low_port(range: std::ops::Range<u16>) -> u16 {
+    range.into_iter().find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port below 1024")
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -56,7 +57,7 @@ async fn drops_to_the_configured_user_and_still_serves() {
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("mmsmtpd.pid");
-    let port = low_port();
+    let port = low_port(900..940);
     let d = start(
         dir.path(),
         &db.url,
@@ -95,7 +96,7 @@ async fn chroot_confines_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let jail = dir.path().join("jail");
     std::fs::create_dir(&jail).unwrap();
-    let port = low_port();
+    let port = low_port(940..980);
     let d = start(
         dir.path(),
         &db.url,
