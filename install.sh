@@ -1,64 +1,204 @@
 #!/bin/sh
 # install.sh: build and install mmmail, or run it locally for a quick try.
 #
-#   ./install.sh --local                 build, then run the suite from ./local on SQLite
-#   ./install.sh [--prefix DIR] [--sysconfdir DIR] [--destdir DIR]
-#                                        build and install binaries, man pages, configs
-#   ./install.sh --help
+#   ./install.sh --local          build, then run the suite from ./local on SQLite
+#                                 (loopback high ports, foreground; Ctrl-C stops it)
+#   ./install.sh [options]        build and install (as root for a system install)
+#   ./install.sh --uninstall      stop and remove binaries, man pages and units;
+#                                 configs, databases and the mmmail user stay
 #
-# The system install puts mmsmtpd and mmpop3d in PREFIX/sbin, mmpasswd in PREFIX/bin, man pages in
-# PREFIX/share/man, and example configs in SYSCONFDIR/mmmail; an existing config is
-# never overwritten (the new example goes beside it as FILE.new). Creating the system
-# user, the state directories and service units is left to the administrator for now
-# (see README.md).
+# Options (defaults in brackets):
+#   --prefix DIR         programs in DIR/sbin and DIR/bin, man pages in
+#                        DIR/share/man                                  [/usr/local]
+#   --sysconfdir DIR     configs in DIR/mmmail                                 [/etc]
+#   --localstatedir DIR  databases in DIR/lib/mmmail                           [/var]
+#   --unitdir DIR        systemd units                         [/etc/systemd/system]
+#   --destdir DIR        stage everything under DIR (packaging; also $DESTDIR); no
+#                        user is created and nothing is started or stopped
+#   --binaries DIR       install the binaries found in DIR instead of building
+#   --no-user            do not create the mmmail user and group
+#   --no-systemd         do not install or enable systemd units
+#   -h, --help           this text
+#
+# What a system install does: builds release binaries (cargo build --release); stops
+# running mmmail daemons (systemd units, or processes named in /run/mmmail/*.pid);
+# installs mmsmtpd and mmpop3d in PREFIX/sbin and mmpasswd in PREFIX/bin; man pages in
+# PREFIX/share/man/man{5,7,8}; example configs in SYSCONFDIR/mmmail, mode 0640 root:mmmail,
+# never overwriting one (a changed example is written beside it as FILE.new); creates the
+# system group and user mmmail (no login shell, home LOCALSTATEDIR/lib/mmmail) and that
+# directory (0750 mmmail:mmmail); installs the systemd units and, when systemd runs,
+# enables them; and starts again the daemons it stopped.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=/usr/local
 sysconfdir=/etc
+localstatedir=/var
+unitdir=/etc/systemd/system
 destdir=${DESTDIR:-}
+binaries=""
+make_user=yes
+systemd=yes
 mode=install
+daemons="mmsmtpd mmpop3d"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --local) mode=local ;;
+        --uninstall) mode=uninstall ;;
         --prefix) prefix=$2; shift ;;
         --sysconfdir) sysconfdir=$2; shift ;;
+        --localstatedir) localstatedir=$2; shift ;;
+        --unitdir) unitdir=$2; shift ;;
         --destdir) destdir=$2; shift ;;
+        --binaries) binaries=$2; shift ;;
+        --no-user) make_user=no ;;
+        --no-systemd) systemd=no ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
-command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+sbindir=$prefix/sbin
+bindir=$prefix/bin
+mandir=$prefix/share/man
+confdir=$sysconfdir/mmmail
+datadir=$localstatedir/lib/mmmail
+rundir=/run/mmmail
+# Live actions (users, services) only for a real install on this system.
+live=yes
+[ -n "$destdir" ] && live=no
+systemd_running=no
+[ "$systemd" = yes ] && [ "$live" = yes ] && [ -d /run/systemd/system ] && systemd_running=yes
 
-echo "==> building release binaries"
-(cd "$here" && cargo build --release --locked --bins)
-bin=$here/target/release
+say() { echo "==> $*"; }
 
-if [ "$mode" = install ]; then
-    echo "==> installing under ${destdir}${prefix}"
-    install -d "$destdir$prefix/sbin" "$destdir$prefix/bin" "$destdir$prefix/share/man/man5" \
-        "$destdir$prefix/share/man/man8" "$destdir$sysconfdir/mmmail"
-    install -m 0755 "$bin/mmsmtpd" "$destdir$prefix/sbin/mmsmtpd"
-    install -m 0755 "$bin/mmpop3d" "$destdir$prefix/sbin/mmpop3d"
-    install -m 0755 "$bin/mmpasswd" "$destdir$prefix/bin/mmpasswd"
-    for page in "$here"/man/*.5; do install -m 0644 "$page" "$destdir$prefix/share/man/man5/"; done
-    for page in "$here"/man/*.8; do install -m 0644 "$page" "$destdir$prefix/share/man/man8/"; done
-    for conf in "$here"/etc/*.toml; do
-        target=$destdir$sysconfdir/mmmail/$(basename "$conf")
-        if [ -e "$target" ]; then
-            install -m 0640 "$conf" "$target.new"
-            echo "    kept $target; the new example is $target.new"
-        else
-            install -m 0640 "$conf" "$target"
+stop_running() {
+    stopped=""
+    [ "$live" = yes ] || return 0
+    for d in $daemons; do
+        if [ "$systemd_running" = yes ] && systemctl is-active --quiet "$d" 2>/dev/null; then
+            say "stopping $d (systemd)"
+            systemctl stop "$d"
+            stopped="$stopped systemd:$d"
+        elif [ -f "$rundir/$d.pid" ] && kill -0 "$(cat "$rundir/$d.pid")" 2>/dev/null; then
+            pid=$(cat "$rundir/$d.pid")
+            say "stopping $d (pid $pid)"
+            kill -TERM "$pid"
+            i=0
+            while kill -0 "$pid" 2>/dev/null && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+            stopped="$stopped plain:$d"
         fi
     done
-    echo "==> done. Edit $sysconfdir/mmmail/mmsmtpd.toml, check it with"
-    echo "    mmsmtpd --check-config -c $sysconfdir/mmmail/mmsmtpd.toml"
+}
+
+start_again() {
+    for s in $stopped; do
+        d=${s#*:}
+        case "$s" in
+            systemd:*) say "starting $d (systemd)"; systemctl start "$d" ;;
+            plain:*)
+                say "starting $d again (log: $localstatedir/log/mmmail/$d.log)"
+                mkdir -p "$localstatedir/log/mmmail"
+                nohup "$sbindir/$d" -c "$confdir/$d.toml" >> "$localstatedir/log/mmmail/$d.log" 2>&1 &
+                ;;
+        esac
+    done
+}
+
+if [ "$mode" = uninstall ]; then
+    stop_running
+    for d in $daemons; do
+        if [ "$systemd_running" = yes ]; then systemctl disable "$d" 2>/dev/null || true; fi
+        rm -f "$destdir$sbindir/$d" "$destdir$unitdir/$d.service" \
+            "$destdir$mandir/man8/$d.8" "$destdir$mandir/man5/$d.toml.5"
+    done
+    rm -f "$destdir$bindir/mmpasswd" "$destdir$mandir/man8/mmpasswd.8" "$destdir$mandir/man7/mmmail.7"
+    [ "$systemd_running" = yes ] && systemctl daemon-reload
+    say "removed programs, man pages and units; $confdir, $datadir and the mmmail user are kept"
+    exit 0
+fi
+
+if [ "$mode" = local ] || [ -z "$binaries" ]; then
+    command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+    say "building release binaries"
+    (cd "$here" && cargo build --release --locked --bins)
+    bin=$here/target/release
+else
+    bin=$binaries
+fi
+
+if [ "$mode" = install ]; then
+    for b in $daemons mmpasswd; do
+        [ -x "$bin/$b" ] || { echo "install.sh: $bin/$b is missing" >&2; exit 1; }
+    done
+    stop_running
+
+    if [ "$live" = yes ] && [ "$make_user" = yes ] && [ "$(id -u)" = 0 ]; then
+        if ! getent group mmmail >/dev/null; then
+            say "creating group mmmail"
+            groupadd --system mmmail
+        fi
+        if ! getent passwd mmmail >/dev/null; then
+            say "creating user mmmail"
+            useradd --system --gid mmmail --home-dir "$datadir" --no-create-home \
+                --shell /usr/sbin/nologin --comment "mmmail daemons" mmmail
+        fi
+    fi
+
+    say "installing under ${destdir:-/}"
+    install -d "$destdir$sbindir" "$destdir$bindir" "$destdir$mandir/man5" "$destdir$mandir/man7" \
+        "$destdir$mandir/man8" "$destdir$confdir"
+    for d in $daemons; do install -m 0755 "$bin/$d" "$destdir$sbindir/$d"; done
+    install -m 0755 "$bin/mmpasswd" "$destdir$bindir/mmpasswd"
+    for page in "$here"/man/*.5; do install -m 0644 "$page" "$destdir$mandir/man5/"; done
+    for page in "$here"/man/*.7; do install -m 0644 "$page" "$destdir$mandir/man7/"; done
+    for page in "$here"/man/*.8; do install -m 0644 "$page" "$destdir$mandir/man8/"; done
+
+    group=root
+    getent group mmmail >/dev/null 2>&1 && group=mmmail
+    owner_ok=no
+    [ "$(id -u)" = 0 ] && owner_ok=yes
+    for d in $daemons; do
+        target=$destdir$confdir/$d.toml
+        if [ -e "$target" ]; then
+            if ! cmp -s "$here/etc/$d.toml" "$target"; then
+                install -m 0640 "$here/etc/$d.toml" "$target.new"
+                [ "$owner_ok" = yes ] && chown "root:$group" "$target.new"
+                echo "    kept $target; the new example is $target.new (compare and merge)"
+            fi
+        else
+            install -m 0640 "$here/etc/$d.toml" "$target"
+            [ "$owner_ok" = yes ] && chown "root:$group" "$target"
+        fi
+    done
+
+    install -d -m 0750 "$destdir$datadir"
+    if [ "$owner_ok" = yes ] && getent passwd mmmail >/dev/null 2>&1; then
+        chown mmmail:mmmail "$destdir$datadir"
+    fi
+
+    if [ "$systemd" = yes ]; then
+        install -d "$destdir$unitdir"
+        for d in $daemons; do
+            sed -e "s|@SBINDIR@|$sbindir|g" -e "s|@SYSCONFDIR@|$sysconfdir|g" \
+                -e "s|@LOCALSTATEDIR@|$localstatedir|g" \
+                "$here/etc/systemd/$d.service" > "$destdir$unitdir/$d.service"
+            chmod 0644 "$destdir$unitdir/$d.service"
+        done
+        if [ "$systemd_running" = yes ]; then
+            systemctl daemon-reload
+            for d in $daemons; do systemctl enable "$d" >/dev/null 2>&1 && say "enabled $d"; done
+        fi
+    fi
+
+    start_again
+    say "done. Next: edit $confdir/*.toml (database url, listen addresses, [tls]),"
+    echo "    check with: $sbindir/mmsmtpd --check-config -c $confdir/mmsmtpd.toml"
+    echo "    add users and boxes (man 7 mmmail), then: systemctl start mmsmtpd mmpop3d"
     exit 0
 fi
 

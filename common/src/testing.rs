@@ -401,6 +401,30 @@ pub fn have(tool: &str) -> bool {
     ok
 }
 
+/// The keys a config type accepts in `section` (`None`: the top-level section names),
+/// asked of the type itself: `base` (a valid config) plus an unknown key is parsed, and
+/// serde's "expected one of ..." list is read back.
+///
+/// # Panics
+/// If the probe unexpectedly parses or the message has no list.
+pub fn accepted_keys<T: serde::de::DeserializeOwned>(base: &str, section: Option<&str>) -> Vec<String> {
+    const PROBE: &str = "zz_probe_zz = 1";
+    let text = match section {
+        None => format!("{PROBE}\n{base}"),
+        Some(name) => {
+            let header = format!("[{name}]\n");
+            match base.find(&header) {
+                Some(at) => format!("{}{header}{PROBE}\n{}", &base[..at], &base[at + header.len()..]),
+                None => format!("{base}\n{header}{PROBE}\n"),
+            }
+        }
+    };
+    let Err(e) = toml::from_str::<T>(&text) else { panic!("probe accepted in {section:?}") };
+    let msg = e.to_string();
+    let list = msg.split_once("expected").map(|(_, l)| l).unwrap_or_else(|| panic!("no key list in {msg}"));
+    list.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
