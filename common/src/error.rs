@@ -48,6 +48,9 @@ pub enum StoreError {
     /// The database reported an error or could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// Another process held the migration lock for too long.
+    #[error("could not get the migration lock (another daemon migrating for over 10 minutes?)")]
+    MigrationLock,
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -116,6 +116,16 @@ impl TestDb {
     /// # Panics
     /// When the backend is unreachable under `CI=true`, or migrations fail.
     pub async fn create(backend: Backend) -> Option<TestDb> {
+        let db = Self::create_unmigrated(backend).await?;
+        crate::store::migrate::migrate(&db.store).await.expect("migrate test database");
+        Some(db)
+    }
+
+    /// [`TestDb::create`] without running the migrations: an empty database.
+    ///
+    /// # Panics
+    /// As [`TestDb::create`].
+    pub async fn create_unmigrated(backend: Backend) -> Option<TestDb> {
         let name = random_name();
         let (url, admin, dir) = match backend {
             Backend::Sqlite => {
@@ -144,7 +154,7 @@ impl TestDb {
         };
         let mut cfg = DatabaseConfig::from_url(url.clone());
         cfg.max_connections = 16;
-        let store = Store::prepare(&cfg).await.expect("connect and migrate test database");
+        let store = Store::connect(&cfg).await.expect("connect test database");
         Some(TestDb { backend, url, store, admin_url: admin, name, _dir: dir })
     }
 

@@ -303,3 +303,26 @@ async fn counters_never_go_negative() {
         assert_eq!(db.counters("mmondor@example.org").await, (0, 0), "{:?}", db.backend);
     }
 }
+
+/// Daemons starting together on a fresh database: every one migrates without error
+/// (on MariaDB this needs our own lock: sqlx's is not taken there).
+#[tokio::test]
+async fn concurrent_migrations_on_a_fresh_database() {
+    for backend in common::testing::Backend::ALL {
+        let Some(db) = TestDb::create_unmigrated(backend).await else { continue };
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let url = db.url.clone();
+            tasks.push(tokio::spawn(async move {
+                let store = common::Store::connect(&common::config::DatabaseConfig::from_url(url)).await.unwrap();
+                let r = common::store::migrate::migrate(&store).await;
+                store.close().await;
+                r
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        }
+        common::store::migrate::check_current(&db.store).await.unwrap();
+    }
+}

@@ -17,10 +17,31 @@ pub(crate) static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
 pub async fn migrate(store: &Store) -> Result<(), StoreError> {
     match store {
         Store::Postgres(p) => POSTGRES.run(p).await?,
-        Store::MySql(p) => MYSQL.run(p).await?,
+        Store::MySql(p) => migrate_mysql(p).await?,
         Store::Sqlite(p) => SQLITE.run(p).await?,
     }
     Ok(())
+}
+
+/// Seconds a daemon waits for another one's migrations on MySQL/MariaDB.
+const MYSQL_LOCK_WAIT: i64 = 600;
+
+/// sqlx locks MySQL migrations with `GET_LOCK(name, -1)` and ignores the answer; MariaDB
+/// answers NULL to a negative timeout, so two daemons starting together on a fresh
+/// database would both migrate and one would fail. Take a named lock per database with
+/// a positive timeout, check it was granted, and migrate on that connection.
+async fn migrate_mysql(pool: &sqlx::MySqlPool) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    let (granted,): (Option<i64>,) = sqlx::query_as("SELECT GET_LOCK(CONCAT('mmmail_migrate_', DATABASE()), ?)")
+        .bind(MYSQL_LOCK_WAIT)
+        .fetch_one(&mut *conn)
+        .await?;
+    if granted != Some(1) {
+        return Err(StoreError::MigrationLock);
+    }
+    let result = MYSQL.run_direct(None, &mut *conn, false).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('mmmail_migrate_', DATABASE()))").execute(&mut *conn).await;
+    Ok(result?)
 }
 
 /// Checks that every embedded migration has been applied (for `migrate = false`).
