@@ -18,9 +18,28 @@ pub async fn migrate(store: &Store) -> Result<(), StoreError> {
     match store {
         Store::Postgres(p) => POSTGRES.run(p).await?,
         Store::MySql(p) => migrate_mysql(p).await?,
-        Store::Sqlite(p) => SQLITE.run(p).await?,
+        Store::Sqlite(p) => migrate_sqlite(p).await?,
     }
     Ok(())
+}
+
+/// sqlx takes no lock for SQLite migrations, so two processes starting together on a
+/// fresh file both try migration 1 and the second finds its tables. Each SQLite
+/// migration is one transaction (DDL included), so the loser rolled back whole: trying
+/// again finds the migration applied and goes on.
+async fn migrate_sqlite(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    let mut attempt: u32 = 0;
+    loop {
+        match SQLITE.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 10 => {
+                attempt += 1;
+                tracing::debug!(attempt, cause = %e, "SQLite migration raced another process; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Seconds a daemon waits for another one's migrations on MySQL/MariaDB.
