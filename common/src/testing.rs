@@ -435,6 +435,30 @@ pub fn accepted_keys<T: serde::de::DeserializeOwned>(base: &str, section: Option
     list.split('`').skip(1).step_by(2).map(str::to_owned).collect()
 }
 
+/// A tiny deterministic pseudo-random generator (xorshift64*) for hostile-input tests:
+/// a failing seed reproduces exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// One byte of `set`.
+    pub fn pick(&mut self, set: &[u8]) -> u8 {
+        set[self.below(set.len())]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,28 +9,10 @@ mod support;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use common::testing::{Backend, TestDb};
+use common::testing::{Backend, Rng, TestDb};
 use pop3d::proto::command::parse;
 use pop3d::session::{Outcome, Session, Settings};
 use support::{PASSWORD, put, seed};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// One byte of `set`, chosen by `rng`.
-fn pick(rng: &mut Rng, set: &[u8]) -> u8 {
-    set[rng.below(set.len())]
-}
 
 const SEEDS: &[&str] = &[
     "STAT",
@@ -57,7 +39,7 @@ const SEEDS: &[&str] = &[
 
 fn line(rng: &mut Rng) -> Vec<u8> {
     let mut l = if rng.below(3) == 0 {
-        (0..rng.below(300)).map(|_| rng.next() as u8).collect()
+        (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect()
     } else {
         SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec()
     };
@@ -67,8 +49,8 @@ fn line(rng: &mut Rng) -> Vec<u8> {
         }
         let at = rng.below(l.len());
         match rng.below(4) {
-            0 => l[at] = rng.next() as u8,
-            1 => l.insert(at, pick(rng, b" 0-9=\0\xff")),
+            0 => l[at] = rng.next_u64() as u8,
+            1 => l.insert(at, rng.pick(b" 0-9=\0\xff")),
             2 => {
                 l.remove(at);
             }

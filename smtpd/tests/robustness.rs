@@ -10,29 +10,10 @@ mod support;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use common::testing::{Backend, TestDb};
+use common::testing::{Backend, Rng, TestDb};
 use smtpd::proto::command::parse;
 use smtpd::proto::data::{DataLimits, DataReceiver};
 use smtpd::session::{Outcome, Session, Settings};
-
-/// xorshift64*: a tiny deterministic generator for test input.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// One byte of `set`, chosen by `rng`.
-fn pick(rng: &mut Rng, set: &[u8]) -> u8 {
-    set[rng.below(set.len())]
-}
 
 const SEEDS: &[&str] = &[
     "HELO x",
@@ -55,7 +36,7 @@ const SEEDS: &[&str] = &[
 /// A random line: a valid command mutated, or random bytes.
 fn line(rng: &mut Rng) -> Vec<u8> {
     let mut l = if rng.below(3) == 0 {
-        (0..rng.below(600)).map(|_| rng.next() as u8).collect()
+        (0..rng.below(600)).map(|_| rng.next_u64() as u8).collect()
     } else {
         SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec()
     };
@@ -65,8 +46,8 @@ fn line(rng: &mut Rng) -> Vec<u8> {
         }
         let at = rng.below(l.len());
         match rng.below(4) {
-            0 => l[at] = rng.next() as u8,
-            1 => l.insert(at, pick(rng, b"<>@:\"\\ \0\xff.=,")),
+            0 => l[at] = rng.next_u64() as u8,
+            1 => l.insert(at, rng.pick(b"<>@:\"\\ \0\xff.=,")),
             2 => {
                 l.remove(at);
             }
@@ -88,7 +69,7 @@ fn parser_survives_random_lines() {
 fn data_receiver_survives_random_streams_split_anywhere() {
     let mut rng = Rng(0x5eed_0002);
     for _ in 0..2_000 {
-        let mut stream: Vec<u8> = (0..rng.below(4000)).map(|_| pick(&mut rng, b".\r\nA\0\xff")).collect();
+        let mut stream: Vec<u8> = (0..rng.below(4000)).map(|_| rng.pick(b".\r\nA\0\xff")).collect();
         stream.extend_from_slice(b"\r\n.\r\n");
         let mut rx = DataReceiver::new(DataLimits { max_size: 1 + rng.below(3000), max_lines: 1 + rng.below(200) });
         let mut offset = 0;
@@ -130,7 +111,7 @@ async fn session_survives_random_commands() {
                 Outcome::Data(r) => {
                     well_formed(&r);
                     let mut rx = DataReceiver::new(s.data_limits());
-                    let body: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+                    let body: Vec<u8> = (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect();
                     rx.feed(&body);
                     let (_, done) = rx.feed(b"\r\n.\r\n");
                     match s.data_end(done.unwrap(), &db.store).await {

@@ -42,3 +42,16 @@ pub async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>, limi
     out.clear();
     r.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout"))?
 }
+
+/// A reply text made safe for one protocol line: CR and LF become spaces and the text
+/// is cut (on a character boundary) to `max` octets. SMTP (RFC 5321 §4.5.3.1.5) and
+/// POP3 (RFC 2449 §4) both cap reply lines at 512 octets including the status and CRLF.
+pub fn clamp_line(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    let mut cut = out.len().min(max);
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out
+}

@@ -24,12 +24,7 @@ impl Reply {
     /// 512 octets (RFC 2449 §4).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let status = if self.ok { "+OK" } else { "-ERR" };
-        let mut text: String = self.text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
-        let mut cut = text.len().min(512 - 7);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+        let text = common::net::clamp_line(&self.text, 512 - 7);
         if text.is_empty() {
             out.extend_from_slice(format!("{status}\r\n").as_bytes());
         } else {

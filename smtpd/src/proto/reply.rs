@@ -32,12 +32,7 @@ impl Reply {
         let last = self.lines.len().saturating_sub(1);
         for (i, line) in self.lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            let mut text: String = line.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
-            let mut cut = text.len().min(512 - 6);
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
+            let text = common::net::clamp_line(line, 512 - 6);
             out.extend_from_slice(format!("{}{sep}{text}\r\n", self.code).as_bytes());
         }
         if self.lines.is_empty() {
