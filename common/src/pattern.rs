@@ -49,11 +49,6 @@ pub fn matches(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Whether `pattern` contains a wildcard (`*` or `?`).
-pub fn has_wildcard(pattern: &str) -> bool {
-    pattern.contains(['*', '?'])
-}
-
 /// Orders patterns from most to least specific, the rule that picks the winning alias
 /// (spec/mail.md §3.4 step 6): more literal (non-wildcard) characters first; on a tie,
 /// fewer `*`; on a tie, the smaller pattern in byte order.

@@ -29,18 +29,3 @@ impl Shutdown {
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
     }
 }
-
-/// Resolves on the first SIGTERM or SIGINT.
-///
-/// # Errors
-/// If the signal handlers cannot be installed.
-pub async fn signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}

@@ -377,13 +377,6 @@ impl Daemon {
         assert!(d.wait_ready(), "daemon did not start: {}", d.log_text());
         d
     }
-
-    /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.
-    pub fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().is_ok_and(|s| s.success())
-    }
 }
 
 impl Drop for Daemon {

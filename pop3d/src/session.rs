@@ -240,22 +240,12 @@ impl Session {
         Reply::err(format!("[SYS/TEMP] {} shutting down", self.settings.name))
     }
 
-    /// The refusal when no client slot is free.
-    pub fn too_many_clients() -> Reply {
-        Reply::err("[SYS/TEMP] Too many clients, try again later")
-    }
-
     /// The longest line the session accepts next (longer for a SASL response).
     pub fn max_line(&self) -> usize {
         match self.state {
             State::Authorization { sasl: true, .. } => MAX_SASL_LINE,
             _ => MAX_COMMAND_LINE,
         }
-    }
-
-    /// Whether TLS is active.
-    pub fn is_tls(&self) -> bool {
-        self.tls
     }
 
     /// Error replies sent so far (for the tarpit delay).

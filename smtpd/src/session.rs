@@ -150,19 +150,9 @@ impl Session {
         Reply::new(421, format!("4.3.2 {} Service shutting down", self.name()))
     }
 
-    /// `421` when the daemon has no free client slot.
-    pub fn too_many_clients(name: &str) -> Reply {
-        Reply::new(421, format!("4.7.0 {name} Too many clients, try again later"))
-    }
-
     /// The limits for the message after a [`Outcome::Data`].
     pub fn data_limits(&self) -> DataLimits {
         DataLimits { max_size: self.settings.smtpd.max_message_size, max_lines: self.settings.smtpd.max_message_lines }
-    }
-
-    /// Whether TLS is active.
-    pub fn is_tls(&self) -> bool {
-        self.tls
     }
 
     /// Error replies sent so far (for the tarpit delay).
@@ -193,12 +183,6 @@ impl Session {
             Ok(cmd) => self.dispatch(cmd, store).await,
             Err(e) => Outcome::Reply(syntax_reply(e)),
         };
-        self.count(outcome)
-    }
-
-    /// Handles one parsed command.
-    pub async fn handle(&mut self, cmd: Command, store: &Store) -> Outcome {
-        let outcome = self.dispatch(cmd, store).await;
         self.count(outcome)
     }
 

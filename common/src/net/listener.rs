@@ -50,21 +50,6 @@ pub struct Listener {
     pub implicit_tls: bool,
 }
 
-/// Binds `[listen] addresses` (plain) and `tls_addresses` (implicit TLS).
-///
-/// # Errors
-/// The first address that cannot be bound, named in the error.
-pub async fn bind(plain: &[SocketAddr], tls: &[SocketAddr]) -> io::Result<Vec<Listener>> {
-    let mut out = Vec::new();
-    for socket in super::bind_all(plain).await? {
-        out.push(Listener { socket, implicit_tls: false });
-    }
-    for socket in super::bind_all(tls).await? {
-        out.push(Listener { socket, implicit_tls: true });
-    }
-    Ok(out)
-}
-
 /// Accepts on every listener until `shutdown` is cancelled; returns when all loops have
 /// stopped. Each admitted connection runs `handler(stream, peer, implicit_tls)` in a task
 /// tracked by `shutdown.tracker` and keeps its [`Gate`] admission until it ends.

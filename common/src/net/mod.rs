@@ -6,24 +6,9 @@ pub mod listener;
 pub mod shaping;
 pub mod tls;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// Binds every address, failing on the first that cannot be bound.
-///
-/// # Errors
-/// The I/O error of the first failing bind, with the address in its message.
-pub async fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
-    let mut out = Vec::with_capacity(addrs.len());
-    for a in addrs {
-        let l = TcpListener::bind(a).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
-        out.push(l);
-    }
-    Ok(out)
-}
 
 /// Writes all of `out` and flushes within `limit`, then clears `out`. A peer that does
 /// not read its replies cannot hold the connection beyond `limit`.

@@ -187,13 +187,6 @@ pub struct Shaped<S> {
     write: Direction,
 }
 
-impl<S> Shaped<S> {
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for Shaped<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
