@@ -25,7 +25,45 @@ use crate::error::StoreError;
 use crate::pattern;
 
 /// Attempts of a transaction that hit a deadlock or busy database.
-const DELIVER_ATTEMPTS: u32 = 5;
+const TRANSACTION_ATTEMPTS: u32 = 5;
+
+/// Errors that may mean "the same transaction can succeed if tried again".
+trait Retryable: std::fmt::Display {
+    fn retryable(&self) -> bool;
+}
+
+impl Retryable for StoreError {
+    fn retryable(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl Retryable for DeliverError {
+    fn retryable(&self) -> bool {
+        matches!(self, DeliverError::Store(e) if e.is_retryable())
+    }
+}
+
+/// Runs a transaction, trying again with a growing pause while it fails on a deadlock or
+/// busy database, up to [`TRANSACTION_ATTEMPTS`] times.
+async fn retrying<T, E, F, Fut>(what: &'static str, mut transaction: F) -> Result<T, E>
+where
+    E: Retryable,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match transaction().await {
+            Err(e) if e.retryable() && attempt < TRANSACTION_ATTEMPTS => {
+                tracing::debug!(attempt, cause = %e, "{what} transaction retried");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Handle to the database; cheap to clone (the pools are reference-counted).
 #[derive(Clone, Debug)]
@@ -197,17 +235,7 @@ impl Store {
     /// [`DeliverError::Store`] on a database failure (nothing stored).
     pub async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliverError> {
         let now = unix_now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match dispatch!(self, deliver(delivery, now)) {
-                Err(DeliverError::Store(e)) if e.is_retryable() && attempt < DELIVER_ATTEMPTS => {
-                    tracing::debug!(attempt, cause = %e, "delivery transaction retried");
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                }
-                other => return other,
-            }
-        }
+        retrying("delivery", move || async move { dispatch!(self, deliver(delivery, now)) }).await
     }
 
     /// The messages of a box in delivery order.
@@ -309,17 +337,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`]; nothing is deleted then.
     pub async fn commit_deletions(&self, box_address: &str, ids: &[i64]) -> Result<u64, StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match dispatch!(self, commit_deletions(box_address, ids)).map_err(StoreError::from) {
-                Err(e) if e.is_retryable() && attempt < DELIVER_ATTEMPTS => {
-                    tracing::debug!(attempt, cause = %e, "deletion transaction retried");
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                }
-                other => return other,
-            }
-        }
+        retrying("deletion", move || async move {
+            dispatch!(self, commit_deletions(box_address, ids)).map_err(StoreError::from)
+        })
+        .await
     }
 
     /// Runs SQL text with no parameters (several statements allowed on MySQL and
