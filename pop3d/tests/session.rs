@@ -303,3 +303,15 @@ async fn failed_commit_at_quit_is_reported() {
     t.db.store.close().await;
     assert_eq!(t.say("QUIT").await, "CLOSE -ERR [SYS/TEMP] Some deleted messages not removed");
 }
+
+#[tokio::test]
+async fn a_lost_lock_ends_the_session_without_update() {
+    let mut t = setup("127.0.0.1", |c| c.pop3d.lock_lease = 3).await;
+    t.login().await;
+    assert_eq!(t.say("DELE 1").await, "+OK Message 1 deleted");
+    // Another session took the lease over (as after an outage longer than the lease).
+    t.db.sql("UPDATE pop3_lock SET lock_owner = 'someone else'").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // renewal every lease/3
+    assert_eq!(t.say("QUIT").await, "CLOSE -ERR [SYS/TEMP] Maildrop lock lost, closing connection");
+    assert_eq!(t.db.counters("mmondor@example.org").await.1, 2, "nothing deleted");
+}

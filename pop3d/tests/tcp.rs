@@ -248,3 +248,17 @@ async fn shutdown_during_retr_finishes_the_message() {
     assert!(stopping.await.unwrap());
     assert_eq!(db.counters("mmondor@example.org").await.1, 1, "nothing deleted without QUIT");
 }
+
+#[tokio::test]
+async fn errors_are_tarpitted() {
+    let (_db, server) = sqlite_server(|c| c.limits.error_delay = 1).await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    let start = std::time::Instant::now();
+    assert_eq!(c.cmd("BOGUS").await, "-ERR Unknown command");
+    assert_eq!(c.cmd("BOGUS").await, "-ERR Unknown command");
+    assert!(start.elapsed() >= std::time::Duration::from_secs(3), "1 s then 2 s of delay");
+    let start = std::time::Instant::now();
+    assert_eq!(c.cmd("NOOP").await, "+OK");
+    assert!(start.elapsed() < std::time::Duration::from_secs(1), "successes are not delayed");
+}

@@ -214,6 +214,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reload_lowering_max_clients_takes_effect_as_connections_leave() {
+        let g = Gate::new(&limits(0, 0, 3));
+        let held: Vec<_> = (1..=3u8).map(|i| g.admit(IpAddr::from([192, 0, 2, i])).unwrap()).collect();
+        g.update(&limits(0, 0, 1));
+        drop(held);
+        tokio::task::yield_now().await; // the retiring task takes the freed places
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let one = g.admit("192.0.2.9".parse().unwrap()).unwrap();
+        assert_eq!(g.admit("192.0.2.10".parse().unwrap()).err(), Some(Refusal::TooManyClients));
+        drop(one);
+        assert!(g.admit("192.0.2.11".parse().unwrap()).is_ok());
+    }
+
+    #[tokio::test]
     async fn rate_per_address_and_bounded_state() {
         let g = Gate::new(&limits(0, 3, 100_000));
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
