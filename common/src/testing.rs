@@ -324,16 +324,16 @@ impl Daemon {
         panic!("{program} would not start");
     }
 
-    /// Waits up to 10 s for the port to accept; false if the process exited first (for
-    /// instance because another process holds the port).
+    /// Waits up to 20 s until the daemon is serving: its log says "listening", which it
+    /// does only after the database is prepared (the port itself is bound earlier, before
+    /// privileges are dropped), and the port accepts. False if the process exited first
+    /// (for instance because another process holds the port).
     fn wait_ready(&mut self) -> bool {
-        for _ in 0..200 {
+        for _ in 0..400 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                // Still ours? A process that lost the port exits right after.
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            if self.log_text().contains("listening") && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return matches!(self.child.try_wait(), Ok(None));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
