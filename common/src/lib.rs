@@ -14,6 +14,7 @@ pub mod password;
 pub mod pattern;
 pub mod privileges;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -1,5 +1,6 @@
 //! mmmail's `*`/`?` wildcard patterns, used by the `alias` and `nofrom` tables
-//! (design.md "Mail rules") and, later, by stat key patterns.
+//! (design.md "Mail rules", case-insensitive: [`matches`]) and by stat key patterns
+//! (spec/mail.md §5.2, case-sensitive: [`matches_case`]).
 //!
 //! `*` matches any run of characters (including none), `?` exactly one character; every
 //! other character matches itself, ASCII case-insensitively. There is no escape
@@ -20,6 +21,28 @@ use std::cmp::Ordering;
 /// assert!(!matches("*@example.org", "bob@example.org.evil"));
 /// ```
 pub fn matches(pattern: &str, text: &str) -> bool {
+    matches_by(pattern, text, |p, t| p.eq_ignore_ascii_case(&t))
+}
+
+/// Whether `text` matches the whole of `pattern`, comparing characters exactly (stat
+/// keys, spec/mail.md §5.2).
+///
+/// ```
+/// use common::pattern::matches_case;
+/// assert!(matches_case("mmsmtpd|who|*", "mmsmtpd|who|192.0.2.7"));
+/// assert!(!matches_case("MMSMTPD|*", "mmsmtpd|total|connections"));
+/// ```
+pub fn matches_case(pattern: &str, text: &str) -> bool {
+    matches_by(pattern, text, |p, t| p == t)
+}
+
+/// The literal text before the first wildcard of `pattern` (all of it when it has
+/// none): every key `pattern` matches with [`matches_case`] starts with it.
+pub fn literal_prefix(pattern: &str) -> &str {
+    pattern.find(['*', '?']).map_or(pattern, |i| &pattern[..i])
+}
+
+fn matches_by(pattern: &str, text: &str, same: impl Fn(char, char) -> bool) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0usize, 0usize);
@@ -31,7 +54,7 @@ pub fn matches(pattern: &str, text: &str) -> bool {
                 star = Some((pi, ti));
                 pi += 1;
             }
-            Some(&c) if c == '?' || c.eq_ignore_ascii_case(&t[ti]) => {
+            Some(&c) if c == '?' || same(c, t[ti]) => {
                 pi += 1;
                 ti += 1;
             }
