@@ -18,6 +18,7 @@ use crate::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, TlsCo
 use crate::net::listener::Listener;
 use crate::privileges::PrivilegesConfig;
 use crate::shutdown::Shutdown;
+use crate::stats::{Stats, StatsConfig};
 use crate::store::Store;
 
 /// The shared sections of a daemon's config.
@@ -34,6 +35,8 @@ pub struct Sections<'a> {
     pub log: &'a LogConfig,
     /// `[privileges]`.
     pub privileges: &'a PrivilegesConfig,
+    /// `[stats]`.
+    pub stats: &'a StatsConfig,
 }
 
 /// What a daemon provides to [`main`].
@@ -46,11 +49,12 @@ pub trait Daemon: Sized + Send + Sync + 'static {
     fn sections(cfg: &Self::Config) -> Sections<'_>;
     /// Adjusts a freshly loaded config (called on start and on reload).
     fn adjust(_cfg: &mut Self::Config) {}
-    /// Builds the server with keys loaded before privileges were dropped.
+    /// Builds the server with keys loaded and the stats socket opened before privileges
+    /// were dropped.
     ///
     /// # Errors
     /// Whatever makes serving impossible.
-    fn start(cfg: &Self::Config, store: Store, tls: Option<TlsAcceptor>) -> anyhow::Result<Arc<Self>>;
+    fn start(cfg: &Self::Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>>;
     /// Serves until `shutdown` is cancelled.
     fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) -> impl Future<Output = ()> + Send;
     /// Applies a re-read config (SIGHUP).
@@ -111,6 +115,8 @@ fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
         Some(t) => Some(crate::net::tls::acceptor(&t.cert, &t.key)?),
         None => None,
     };
+    // Connected now, while the socket path is reachable (before chroot).
+    let stats = Stats::open(s.stats, D::NAME);
     let who = crate::privileges::drop_root(s.privileges)?;
     tracing::info!("{who}");
     if who.starts_with("running as root") {
@@ -129,7 +135,8 @@ fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
             listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls: true });
         }
         let grace = Duration::from_secs(s.limits.shutdown_grace);
-        let daemon = D::start(&cfg, store.clone(), tls)?;
+        stats.started();
+        let daemon = D::start(&cfg, store.clone(), tls, stats)?;
         let shutdown = Shutdown::new();
         let mut serving = tokio::spawn(daemon.clone().serve(listeners, shutdown.clone()));
         signals::<D>(path, &daemon, &mut serving).await?;
@@ -206,6 +213,7 @@ pub struct Core<S> {
     gate: Arc<crate::net::gate::Gate>,
     live: std::sync::RwLock<Arc<Live<S>>>,
     default_input_timeout: u64,
+    stats: Stats,
 }
 
 /// Loads `[tls]` into an acceptor.
@@ -220,14 +228,21 @@ pub fn load_tls(tls: Option<&TlsConfig>) -> anyhow::Result<Option<TlsAcceptor>> 
 }
 
 impl<S> Core<S> {
-    /// A core; `default_input_timeout` (seconds) applies when `[limits]` sets none.
-    pub fn new(store: Store, live: Live<S>, default_input_timeout: u64) -> Self {
+    /// A core; `default_input_timeout` (seconds) applies when `[limits]` sets none;
+    /// `stats` counts connections and refusals.
+    pub fn new(store: Store, live: Live<S>, default_input_timeout: u64, stats: Stats) -> Self {
         Self {
             gate: crate::net::gate::Gate::new(&live.limits),
             store,
             live: std::sync::RwLock::new(Arc::new(live)),
             default_input_timeout,
+            stats,
         }
+    }
+
+    /// The stats client.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Replaces the live settings and the gate's limits (SIGHUP).

@@ -233,6 +233,11 @@ impl Stats {
         Stats { inner: None, daemon }
     }
 
+    /// The daemon name every key starts with.
+    pub fn daemon(&self) -> &'static str {
+        self.daemon
+    }
+
     /// Whether updates are sent at all.
     pub fn enabled(&self) -> bool {
         self.inner.is_some()

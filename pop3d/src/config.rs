@@ -6,6 +6,7 @@ use common::config::{
 };
 use common::net::shaping::ShapingConfig;
 use common::privileges::PrivilegesConfig;
+use common::stats::StatsConfig;
 use serde::Deserialize;
 
 /// RFC 1939 §3: the inactivity autologout timer must be at least 10 minutes (seconds).
@@ -35,6 +36,9 @@ pub struct Config {
     /// `[log]`.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[stats]`: where counters go (mmstatd's socket).
+    #[serde(default)]
+    pub stats: StatsConfig,
     /// `[pop3d]`.
     #[serde(default)]
     pub pop3d: Pop3dConfig,
@@ -110,6 +114,7 @@ impl Validate for Config {
         self.shaping.validate(p);
         self.privileges.validate_with(&self.database, p);
         self.log.validate(p);
+        self.stats.validate(p);
         if self.pop3d.lock_lease < 3 {
             p.add("pop3d.lock_lease", "must be at least 3 seconds");
         }

@@ -18,6 +18,7 @@ use common::daemon::{Core, Live, load_tls};
 use common::net::listener::{self, Listener, Refusals};
 use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
+use common::stats::Stats;
 use common::store::Store;
 use tokio_rustls::TlsAcceptor;
 
@@ -30,9 +31,9 @@ pub struct Server {
     core: Core<Settings>,
 }
 
-fn live(cfg: &Config, tls: Option<TlsAcceptor>) -> Live<Settings> {
+fn live(cfg: &Config, tls: Option<TlsAcceptor>, stats: &Stats) -> Live<Settings> {
     Live {
-        settings: Arc::new(Settings::from_config(cfg)),
+        settings: Arc::new(Settings::with_stats(cfg, stats.clone())),
         limits: cfg.limits.clone(),
         tls,
         shaper: Shaper::new(&cfg.shaping),
@@ -45,12 +46,13 @@ impl Server {
     /// # Errors
     /// Unreadable or mismatched certificate and key.
     pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
-        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?))
+        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?, Stats::open(&cfg.stats, "mmpop3d")))
     }
 
-    /// Prepares a server with TLS keys already loaded (before privileges were dropped).
-    pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> Arc<Server> {
-        Arc::new(Server { core: Core::new(store, live(cfg, tls), MIN_INPUT_TIMEOUT) })
+    /// Prepares a server with TLS keys loaded and the stats socket opened before
+    /// privileges were dropped.
+    pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> Arc<Server> {
+        Arc::new(Server { core: Core::new(store, live(cfg, tls, &stats), MIN_INPUT_TIMEOUT, stats) })
     }
 
     /// Takes a new configuration (SIGHUP) for new connections; open ones go on unchanged.
@@ -58,7 +60,7 @@ impl Server {
     /// # Errors
     /// A certificate or key that cannot be loaded; the old settings stay.
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        self.core.replace(live(cfg, load_tls(cfg.tls.as_ref())?));
+        self.core.replace(live(cfg, load_tls(cfg.tls.as_ref())?, self.core.stats()));
         Ok(())
     }
 
@@ -76,7 +78,7 @@ impl Server {
             let (ctx, shaper) = server.core.context(&token);
             async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
         };
-        listener::accept(listeners, self.core.gate().clone(), refusals, "pop3", shutdown, handler).await;
+        listener::accept(listeners, self.core.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler).await;
     }
 }
 
@@ -101,6 +103,7 @@ impl common::daemon::Daemon for Server {
             limits: &cfg.limits,
             log: &cfg.log,
             privileges: &cfg.privileges,
+            stats: &cfg.stats,
         }
     }
 
@@ -112,8 +115,8 @@ impl common::daemon::Daemon for Server {
         }
     }
 
-    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> anyhow::Result<Arc<Self>> {
-        Ok(Self::with_tls(cfg, store, tls))
+    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
+        Ok(Self::with_tls(cfg, store, tls, stats))
     }
 
     fn serve(

@@ -14,6 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::address::Address;
 use common::password::{self, Verified};
+use common::stats::{Flag, Stats};
 use common::store::{BoxOwner, Retrieved, Store};
 use tokio::sync::Semaphore;
 
@@ -41,6 +42,19 @@ pub enum Outcome {
     Close(Reply),
 }
 
+/// `mailbox|<box>|messages-out`/`bytes-out` and the totals for one RETR of `octets`
+/// (spec/mail.md §4.6).
+fn count_out(stats: &Stats, address: &str, octets: usize) {
+    let octets = i64::try_from(octets).unwrap_or(i64::MAX);
+    stats
+        .batch()
+        .update(Flag::Persistent, &["mailbox", address, "messages-out"], 1)
+        .update(Flag::Persistent, &["mailbox", address, "bytes-out"], octets)
+        .update(Flag::Persistent, &["total", "messages-out"], 1)
+        .update(Flag::Persistent, &["total", "bytes-out"], octets)
+        .send();
+}
+
 /// Settings derived once from the config.
 #[derive(Debug)]
 pub struct Settings {
@@ -60,11 +74,18 @@ pub struct Settings {
     pub max_errors: u32,
     /// Slots for password verifications (`[pop3d] hash_concurrency`).
     pub hash_slots: Arc<Semaphore>,
+    /// Where counters go (spec/mail.md §4.6).
+    pub stats: Stats,
 }
 
 impl Settings {
-    /// Derives the settings from a validated config.
+    /// Derives the settings from a validated config, with a stats client of its own.
     pub fn from_config(cfg: &Config) -> Self {
+        Self::with_stats(cfg, Stats::open(&cfg.stats, "mmpop3d"))
+    }
+
+    /// Derives the settings from a validated config, counting with `stats`.
+    pub fn with_stats(cfg: &Config, stats: Stats) -> Self {
         let slots = match cfg.pop3d.hash_concurrency {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -78,6 +99,7 @@ impl Settings {
             lock_lease: cfg.pop3d.lock_lease,
             max_errors: cfg.limits.max_errors,
             hash_slots: Arc::new(Semaphore::new(slots)),
+            stats,
         }
     }
 }
@@ -230,8 +252,10 @@ impl Session {
         Reply::ok(format!("{} POP3 server ready", self.settings.name))
     }
 
-    /// The reply for an input timeout; the session ends without UPDATE.
+    /// The reply for an input timeout (counted as `failed|timeout|<ip>`); the session
+    /// ends without UPDATE.
     pub fn timeout_reply(&self) -> Reply {
+        self.settings.stats.failed("timeout", &self.peer.to_string());
         Reply::err("Timeout, closing connection")
     }
 
@@ -299,6 +323,7 @@ impl Session {
         {
             self.errors += 1;
             if self.errors >= self.settings.max_errors {
+                self.settings.stats.failed("limits", &self.peer.to_string());
                 return Outcome::Close(Reply::err("Too many errors, closing connection"));
             }
         }
@@ -372,12 +397,12 @@ impl Session {
                 }
             }
             (State::Authorization { .. }, _) => R(Reply::err(NOT_IN_STATE)),
-            (State::Transaction(md), cmd) => Self::transaction(md, cmd, store).await,
+            (State::Transaction(md), cmd) => Self::transaction(md, cmd, store, &self.settings.stats).await,
         }
     }
 
     /// Commands of the TRANSACTION state (RFC 1939 §5, §7).
-    async fn transaction(md: &mut Maildrop, cmd: Command, store: &Store) -> Outcome {
+    async fn transaction(md: &mut Maildrop, cmd: Command, store: &Store, stats: &Stats) -> Outcome {
         use Outcome::Reply as R;
         match cmd {
             Command::Stat => {
@@ -424,7 +449,10 @@ impl Session {
                     Ok(Some(r)) => {
                         let (status, len) = match cmd {
                             Command::Top(_, n) => (Reply::ok(""), top_len(&r.body, n)),
-                            _ => (Reply::ok(format!("{} octets", r.len())), r.body.len()),
+                            _ => {
+                                count_out(stats, &md.address, r.len());
+                                (Reply::ok(format!("{} octets", r.len())), r.body.len())
+                            }
                         };
                         Outcome::Message(status, r, len)
                     }
@@ -453,6 +481,15 @@ impl Session {
         match result {
             Ok(n) => {
                 tracing::info!(r#box = %md.address, deleted = n, "signed off");
+                if n > 0 {
+                    let n = i64::try_from(n).unwrap_or(i64::MAX);
+                    self.settings
+                        .stats
+                        .batch()
+                        .update(Flag::Persistent, &["mailbox", &md.address, "messages-deleted"], n)
+                        .update(Flag::Persistent, &["total", "messages-deleted"], n)
+                        .send();
+                }
                 Outcome::Close(Reply::ok(format!(
                     "{} POP3 server signing off ({n} messages deleted)",
                     self.settings.name
@@ -511,6 +548,7 @@ impl Session {
         let verdict = self.verify(password, owner.as_ref()).await;
         let (Some(address), Some(owner), true) = (address, owner, verdict.ok()) else {
             tracing::info!(peer = %self.peer, "login failed");
+            self.settings.stats.failed("login", &self.peer.to_string());
             return Reply::err(INVALID_LOGIN);
         };
         let lease_owner = common::random_hex(16);
@@ -544,6 +582,12 @@ impl Session {
         let md = Maildrop { address, messages, lease };
         let (n, octets) = md.totals();
         tracing::info!(r#box = %md.address, messages = n, "logged in");
+        self.settings
+            .stats
+            .batch()
+            .update(Flag::Persistent, &["mailbox", &md.address, "logins"], 1)
+            .update(Flag::Persistent, &["total", "logins"], 1)
+            .send();
         self.state = State::Transaction(md);
         Reply::ok(format!("{n} messages ({octets} octets)"))
     }

@@ -7,6 +7,7 @@ use common::config::{
 };
 use common::net::shaping::ShapingConfig;
 use common::privileges::PrivilegesConfig;
+use common::stats::StatsConfig;
 use serde::Deserialize;
 
 /// Seconds of client silence allowed when `[limits] input_timeout` is not set.
@@ -36,6 +37,9 @@ pub struct Config {
     /// `[log]`.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[stats]`: where counters go (mmstatd's socket).
+    #[serde(default)]
+    pub stats: StatsConfig,
     /// `[smtpd]`.
     #[serde(default)]
     pub smtpd: SmtpdConfig,
@@ -156,6 +160,7 @@ impl Validate for Config {
         self.shaping.validate(p);
         self.privileges.validate_with(&self.database, p);
         self.log.validate(p);
+        self.stats.validate(p);
         let s = &self.smtpd;
         if s.max_recipients == 0 {
             p.add("smtpd.max_recipients", "must be at least 1");

@@ -21,6 +21,7 @@ use common::net::gate::Gate;
 use common::net::listener::{self, Listener, Refusals};
 use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
+use common::stats::Stats;
 use common::store::Store;
 use tokio_rustls::TlsAcceptor;
 
@@ -35,9 +36,9 @@ pub struct Server {
     flood: Arc<Flood>,
 }
 
-fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>) -> Live<Settings> {
+fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>, stats: &Stats) -> Live<Settings> {
     Live {
-        settings: Arc::new(Settings::with_flood(cfg, flood.clone())),
+        settings: Arc::new(Settings::with_flood(cfg, flood.clone(), stats.clone())),
         limits: cfg.limits.clone(),
         tls,
         shaper: Shaper::new(&cfg.shaping),
@@ -50,13 +51,14 @@ impl Server {
     /// # Errors
     /// Unreadable or mismatched certificate and key.
     pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
-        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?))
+        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?, Stats::open(&cfg.stats, "mmsmtpd")))
     }
 
-    /// Prepares a server with TLS keys already loaded (before privileges were dropped).
-    pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> Arc<Server> {
+    /// Prepares a server with TLS keys loaded and the stats socket opened before
+    /// privileges were dropped.
+    pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> Arc<Server> {
         let flood = Arc::new(Flood::new(&cfg.smtpd));
-        let core = Core::new(store, live(cfg, &flood, tls), config::DEFAULT_INPUT_TIMEOUT);
+        let core = Core::new(store, live(cfg, &flood, tls, &stats), config::DEFAULT_INPUT_TIMEOUT, stats);
         Arc::new(Server { core, flood })
     }
 
@@ -67,7 +69,7 @@ impl Server {
     /// # Errors
     /// A certificate or key that cannot be loaded; the old settings stay.
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?));
+        self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?, self.core.stats()));
         Ok(())
     }
 
@@ -92,7 +94,7 @@ impl Server {
             let (ctx, shaper) = server.core.context(&token);
             async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
         };
-        listener::accept(listeners, self.gate().clone(), refusals, "smtp", shutdown, handler).await;
+        listener::accept(listeners, self.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler).await;
     }
 }
 
@@ -117,11 +119,12 @@ impl common::daemon::Daemon for Server {
             limits: &cfg.limits,
             log: &cfg.log,
             privileges: &cfg.privileges,
+            stats: &cfg.stats,
         }
     }
 
-    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>) -> anyhow::Result<Arc<Self>> {
-        Ok(Self::with_tls(cfg, store, tls))
+    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
+        Ok(Self::with_tls(cfg, store, tls, stats))
     }
 
     fn serve(

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use common::address::Address;
+use common::stats::{Flag, Stats};
 use common::store::{DeliverError, Delivery, MailCopy, Resolution, Store};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
@@ -52,16 +53,20 @@ pub struct Settings {
     pub ipv6_prefix: u8,
     /// The daemon's flood table.
     pub flood: Arc<Flood>,
+    /// Where counters go (spec/mail.md §3.10).
+    pub stats: Stats,
 }
 
 impl Settings {
-    /// Derives the settings from a validated config, with a fresh flood table.
+    /// Derives the settings from a validated config, with a fresh flood table and a
+    /// stats client of its own.
     pub fn from_config(cfg: &Config) -> Self {
-        Self::with_flood(cfg, Arc::new(Flood::new(&cfg.smtpd)))
+        Self::with_flood(cfg, Arc::new(Flood::new(&cfg.smtpd)), Stats::open(&cfg.stats, "mmsmtpd"))
     }
 
-    /// Derives the settings from a validated config, keeping `flood` (SIGHUP).
-    pub fn with_flood(cfg: &Config, flood: Arc<Flood>) -> Self {
+    /// Derives the settings from a validated config, keeping `flood` (SIGHUP) and
+    /// counting with `stats`.
+    pub fn with_flood(cfg: &Config, flood: Arc<Flood>, stats: Stats) -> Self {
         flood.update(&cfg.smtpd);
         Self {
             name: cfg.server.name.clone(),
@@ -73,6 +78,7 @@ impl Settings {
             tls_available: cfg.tls.is_some(),
             ipv6_prefix: cfg.limits.ipv6_prefix,
             flood,
+            stats,
         }
     }
 }
@@ -140,8 +146,9 @@ impl Session {
         Reply::new(220, format!("{} ESMTP mmsmtpd-rs ready", self.name()))
     }
 
-    /// `421` for an input or session timeout.
+    /// `421` for an input or session timeout (counted as `failed|timeout|<ip>`).
     pub fn timeout_reply(&self) -> Reply {
+        self.failed("timeout");
         Reply::new(421, format!("4.4.2 {} Timeout, closing connection", self.name()))
     }
 
@@ -158,6 +165,11 @@ impl Session {
     /// Error replies sent so far (for the tarpit delay).
     pub fn errors(&self) -> u32 {
         self.errors
+    }
+
+    /// Counts a refusal of kind `cause` against the client's address.
+    fn failed(&self, cause: &str) {
+        self.settings.stats.failed(cause, &self.peer.to_string());
     }
 
     fn flood_key(&self) -> IpAddr {
@@ -193,6 +205,7 @@ impl Session {
         {
             self.errors += 1;
             if self.errors >= self.settings.max_errors {
+                self.failed("limits");
                 let bye = Reply::new(421, format!("4.7.0 {} Too many errors, closing connection", self.name()));
                 return Outcome::Close(bye);
             }
@@ -261,10 +274,12 @@ impl Session {
             return texts::SEND_HELO_FIRST.into();
         }
         if params.size > self.settings.smtpd.max_message_size as u64 {
+            self.failed("size");
             return texts::SIZE_TOO_BIG.into();
         }
         if self.settings.flood.exceeded(self.flood_key()) {
             tracing::info!(peer = %self.peer, "flood limit reached");
+            self.failed("flood");
             return texts::FLOOD.into();
         }
         if from.is_none() && self.settings.smtpd.null_sender == NullSender::Nofrom {
@@ -273,6 +288,7 @@ impl Session {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(peer = %self.peer, "null sender refused (nofrom)");
+                    self.failed("nofrom");
                     return texts::NULL_SENDER_REFUSED.into();
                 }
                 Err(e) => {
@@ -309,16 +325,19 @@ impl Session {
         match resolution {
             Resolution::NotLocal => {
                 tracing::info!(peer = %self.peer, rcpt = %address, "relaying denied");
+                self.settings.stats.failed("relay", &self.peer.to_string());
                 texts::RELAY_DENIED.into()
             }
             Resolution::UnknownUser => {
                 tracing::info!(peer = %self.peer, rcpt = %address, "unknown recipient");
+                self.settings.stats.failed("address", &self.peer.to_string());
                 texts::USER_UNKNOWN.into()
             }
             Resolution::Boxes(boxes) => {
                 let (room, full): (Vec<_>, Vec<_>) = boxes.into_iter().partition(|b| !b.is_full(tx.params.size));
                 for b in &full {
                     tracing::info!(r#box = %b.address, "box full");
+                    self.settings.stats.failed("full", &b.address.to_string());
                 }
                 if room.is_empty() {
                     return texts::MAILBOX_FULL.into();
@@ -349,11 +368,13 @@ impl Session {
         }
         if received.too_big {
             tracing::info!(peer = %self.peer, id = %tx.id, "message over the size or line limit");
+            self.failed("size");
             return texts::TOO_BIG.into();
         }
         let hops = count_received(&received.message);
         if hops > self.settings.smtpd.max_hops {
             tracing::info!(peer = %self.peer, id = %tx.id, hops, "too many hops");
+            self.failed("size");
             return texts::TOO_MANY_HOPS.into();
         }
         let copies = self.copies(&tx);
@@ -368,10 +389,12 @@ impl Session {
                     size = received.message.len(),
                     "stored"
                 );
+                self.count_stored(&delivery);
                 Reply::new(250, format!("2.0.0 Ok, queued as {}", tx.id))
             }
             Err(DeliverError::NoRoom(b)) => {
                 tracing::info!(id = %tx.id, r#box = %b, "box filled up before commit; nothing stored");
+                self.settings.stats.failed("full", &b.to_string());
                 texts::MAILBOX_FULL.into()
             }
             Err(DeliverError::Store(e)) => {
@@ -379,6 +402,23 @@ impl Session {
                 texts::LOCAL_ERROR.into()
             }
         }
+    }
+
+    /// `total|messages-in`/`bytes-in` once per message, `mailbox|<box>|messages-in`/
+    /// `bytes-in` per copy (spec/mail.md §3.10); sizes are the stored octets (trace
+    /// fields included for the copies).
+    fn count_stored(&self, delivery: &Delivery<'_>) {
+        let size = i64::try_from(delivery.body.len()).unwrap_or(i64::MAX);
+        let mut b = self.settings.stats.batch();
+        b.update(Flag::Persistent, &["total", "messages-in"], 1);
+        b.update(Flag::Persistent, &["total", "bytes-in"], size);
+        for c in &delivery.copies {
+            let copy = size.saturating_add(i64::try_from(c.trace.len()).unwrap_or(0));
+            let address = c.box_address.to_string();
+            b.update(Flag::Persistent, &["mailbox", &address, "messages-in"], 1);
+            b.update(Flag::Persistent, &["mailbox", &address, "bytes-in"], copy);
+        }
+        b.send();
     }
 
     /// One copy per distinct box; its trace names the first RCPT that reached it.

@@ -65,21 +65,44 @@ pub struct Gate {
     slots: Arc<Semaphore>,
 }
 
-/// Held by an admitted connection; releases its places when dropped.
+/// Held by an admitted connection; releases its places when dropped (or by
+/// [`Admission::release`], which also tells how many connections from its address
+/// remain).
 pub struct Admission {
     _slot: OwnedSemaphorePermit,
     key: IpAddr,
     per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    released: bool,
+}
+
+impl Admission {
+    /// The address this connection is counted under (see [`address_key`]).
+    pub fn key(&self) -> IpAddr {
+        self.key
+    }
+
+    /// Gives the places back; returns the connections still open from this address.
+    pub fn release(mut self) -> u32 {
+        self.released = true;
+        self.decrement()
+    }
+
+    fn decrement(&self) -> u32 {
+        let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(n) = map.get_mut(&self.key) else { return 0 };
+        *n = n.saturating_sub(1);
+        let left = *n;
+        if left == 0 {
+            map.remove(&self.key);
+        }
+        left
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
+        if !self.released {
+            self.decrement();
         }
     }
 }
@@ -151,7 +174,7 @@ impl Gate {
         }
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::TooManyClients)?;
         map.insert(key, n + 1);
-        Ok(Admission { _slot: slot, key, per_address: self.per_address.clone() })
+        Ok(Admission { _slot: slot, key, per_address: self.per_address.clone(), released: false })
     }
 
     /// Forgets rate-limit state that no longer limits anyone (the janitor's job).

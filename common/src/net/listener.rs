@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::net::gate::{Gate, Refusal};
 use crate::shutdown::Shutdown;
+use crate::stats::Stats;
 
 /// How often the janitor forgets stale rate-limit state.
 const JANITOR_PERIOD: Duration = Duration::from_secs(60);
@@ -53,11 +54,15 @@ pub struct Listener {
 /// Accepts on every listener until `shutdown` is cancelled; returns when all loops have
 /// stopped. Each admitted connection runs `handler(stream, peer, implicit_tls)` in a task
 /// tracked by `shutdown.tracker` and keeps its [`Gate`] admission until it ends.
+///
+/// Counts (spec/mail.md §3.10, §4.6): `total|connections`, `current|connections` and
+/// `who|<address>` per admitted connection (the last two taken back when it ends), and
+/// `failed|limits|<address>` per refusal.
 pub async fn accept<H, F>(
     listeners: Vec<Listener>,
     gate: Arc<Gate>,
     refusals: Refusals,
-    proto: &'static str,
+    stats: Stats,
     shutdown: Shutdown,
     handler: H,
 ) where
@@ -65,6 +70,7 @@ pub async fn accept<H, F>(
     F: Future<Output = io::Result<()>> + Send + 'static,
 {
     let refusals = Arc::new(refusals);
+    let proto = stats.daemon();
     let mut loops = tokio::task::JoinSet::new();
     {
         let (gate, token) = (gate.clone(), shutdown.token.clone());
@@ -82,7 +88,8 @@ pub async fn accept<H, F>(
         if let Ok(addr) = l.socket.local_addr() {
             tracing::info!(%addr, tls = l.implicit_tls, proto, "listening");
         }
-        let (gate, refusals, shutdown, handler) = (gate.clone(), refusals.clone(), shutdown.clone(), handler.clone());
+        let (gate, refusals, shutdown, handler, stats) =
+            (gate.clone(), refusals.clone(), shutdown.clone(), handler.clone(), stats.clone());
         loops.spawn(async move {
             let mut next_id: u64 = 0;
             loop {
@@ -105,6 +112,7 @@ pub async fn accept<H, F>(
                 let admission = match gate.admit(peer.ip()) {
                     Ok(a) => a,
                     Err(refusal) => {
+                        stats.failed("limits", &peer.ip().to_string());
                         let refusals = refusals.clone();
                         shutdown.tracker.spawn(
                             async move {
@@ -117,14 +125,17 @@ pub async fn accept<H, F>(
                         continue;
                     }
                 };
+                let who = admission.key().to_string();
+                stats.connection_opened(&who);
                 let fut = handler(stream, peer, l.implicit_tls);
+                let stats = stats.clone();
                 shutdown.tracker.spawn(
                     async move {
                         tracing::debug!("connected");
                         if let Err(e) = fut.await {
                             tracing::info!(cause = %e, "connection ended");
                         }
-                        drop(admission);
+                        stats.connection_closed(&who, admission.release());
                     }
                     .instrument(span),
                 );

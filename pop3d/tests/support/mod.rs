@@ -29,6 +29,7 @@ pub fn config(url: &str) -> Config {
         shaping: Default::default(),
         privileges: Default::default(),
         log: LogConfig::default(),
+        stats: common::stats::StatsConfig::disabled(),
         pop3d: Pop3dConfig::default(),
     }
 }

@@ -26,6 +26,7 @@ pub fn config(url: &str) -> Config {
         shaping: Default::default(),
         privileges: Default::default(),
         log: LogConfig::default(),
+        stats: common::stats::StatsConfig::disabled(),
         smtpd: SmtpdConfig { flood_messages: 0, ..SmtpdConfig::default() },
     }
 }
