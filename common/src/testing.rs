@@ -386,6 +386,25 @@ impl Drop for Daemon {
     }
 }
 
+/// A binary of another workspace package, next to `own` (a binary of the package under
+/// test): `cargo test --workspace` builds them all; testing one package alone builds
+/// the missing one here.
+///
+/// # Panics
+/// If it cannot be built.
+pub fn sibling_bin(own: &std::path::Path, name: &str, package: &str) -> PathBuf {
+    let bin = own.parent().expect("binary directory").join(name);
+    if !bin.exists() {
+        let ok = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-q", "-p", package, "--bin", name])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && bin.exists(), "could not build {name}");
+    }
+    bin
+}
+
 /// Whether an external tool is installed; under `CI=true` a missing tool is a failure.
 ///
 /// # Panics

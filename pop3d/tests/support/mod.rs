@@ -184,18 +184,7 @@ pub fn pop3d_daemon(dir: &Path, url: &str, extra: &str) -> Daemon {
 /// The mmsmtpd binary of the same build (cargo builds every workspace binary for
 /// `cargo test --workspace`; built here when this package is tested alone).
 pub fn mmsmtpd_bin() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_mmpop3d")).parent().unwrap().to_path_buf();
-    let bin = dir.join("mmsmtpd");
-    if !bin.exists() {
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "smtpd", "--bin", "mmsmtpd"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok && bin.exists(), "could not build mmsmtpd");
-    }
-    bin
+    common::testing::sibling_bin(Path::new(env!("CARGO_BIN_EXE_mmpop3d")), "mmsmtpd", "smtpd")
 }
 
 /// Starts a real mmsmtpd on `url` (nofrom open, for test deliveries).

@@ -1,0 +1,421 @@
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
+//! Real processes: mmstatd with mmsmtpd and mmpop3d reporting to it, real clients
+//! (swaks, Python's poplib), `mmstat` reading the counts; restarts and `kill -9` of
+//! mmstatd; hostile datagrams; the daemons going on without mmstatd; the Prometheus
+//! endpoint read by a real exposition-format parser.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::testing::{Backend, Daemon, ROOT_OK, TestDb, have, sibling_bin};
+
+const BOX: &str = "demo@example.test";
+
+fn mmstatd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mmstatd"))
+}
+
+/// An mmstatd whose sockets and state live in `dir`; its port is the Prometheus one.
+fn start_statd(dir: &Path, extra: &str) -> Daemon {
+    let d = dir.display();
+    Daemon::start(&mmstatd_bin(), dir, |port| {
+        format!(
+            "[stats]\nsocket = \"{d}/stats.sock\"\n[statd]\nquery_socket = \"{d}/query.sock\"\ndir = \"{d}/state\"\nprometheus = \"127.0.0.1:{port}\"\n{extra}\n{ROOT_OK}"
+        )
+    })
+}
+
+fn stats_section(dir: &Path) -> String {
+    format!("[stats]\nsocket = \"{}/stats.sock\"\n", dir.display())
+}
+
+fn mmstat(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mmstat"))
+        .arg("-q")
+        .arg(dir.join("query.sock"))
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Every key matching `pattern` with its value, via `mmstat show --json`.
+fn values(dir: &Path, pattern: &str) -> Vec<(String, i64)> {
+    let (ok, out) = mmstat(dir, &["show", pattern, "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["key"].as_str().unwrap().to_owned(), e["value"].as_i64().unwrap()))
+        .collect()
+}
+
+fn value(dir: &Path, key: &str) -> Option<i64> {
+    values(dir, key).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Waits up to 10 s for `key` to hold `want` (updates are asynchronous by design).
+fn expect(dir: &Path, key: &str, want: Option<i64>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = value(dir, key);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{key}: want {want:?}, have {got:?}\n{}", mmstat(dir, &["show"]).1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send(dir: &Path, datagram: &[u8]) {
+    let s = UnixDatagram::unbound().unwrap();
+    s.send_to(datagram, dir.join("stats.sock")).unwrap();
+}
+
+fn swaks(port: u16, to: &str) -> bool {
+    Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}"), "--from", "alice@example.org", "--to", to])
+        .args(["--header", "Subject: counted", "--body", "one two three", "--silent", "2"])
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Logs in with poplib, retrieves every message, deletes the first, quits; returns the
+/// octets of the retrieved messages as LIST reported them.
+fn poplib(port: u16, password: &str) -> Result<i64, String> {
+    let script = format!(
+        "import poplib,sys\np=poplib.POP3('127.0.0.1',{port})\np.user('{BOX}')\n\
+         try:\n  p.pass_('{password}')\nexcept poplib.error_proto as e:\n  print('refused',e); sys.exit(3)\n\
+         n=len(p.list()[1]); total=0\n\
+         for i in range(1,n+1):\n  total+=int(p.list(i).split()[2]); p.retr(i)\n\
+         p.dele(1); p.quit(); print(total)\n"
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() { Ok(text.parse().unwrap()) } else { Err(text + &String::from_utf8_lossy(&out.stderr)) }
+}
+
+async fn seeded_db() -> TestDb {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let hash = common::password::hash(b"secret").unwrap();
+    let user = db.add_user("demo", &hash).await;
+    db.add_box(BOX, user, 0, 0).await;
+    db
+}
+
+fn smtpd(dir: &Path, url: &str) -> Daemon {
+    let bin = sibling_bin(&mmstatd_bin(), "mmsmtpd", "smtpd");
+    let stats = stats_section(dir);
+    Daemon::start(&bin, dir, |port| {
+        format!(
+            "[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n[limits]\nmax_per_address = 0\nconnection_rate = 0\nerror_delay = 0\n[smtpd]\nflood_messages = 0\n{stats}{ROOT_OK}"
+        )
+    })
+}
+
+fn pop3d(dir: &Path, url: &str) -> Daemon {
+    let bin = sibling_bin(&mmstatd_bin(), "mmpop3d", "pop3d");
+    let stats = stats_section(dir);
+    Daemon::start(&bin, dir, |port| {
+        format!(
+            "[server]\nname = \"pop.example.org\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:{port}\"]\n[limits]\nmax_per_address = 0\nconnection_rate = 0\nerror_delay = 0\n{stats}{ROOT_OK}"
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
+    if !have("swaks") || !have("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _statd = start_statd(d, "");
+    let db = seeded_db().await;
+    let smtp = smtpd(d, &db.url);
+    let pop = pop3d(d, &db.url);
+    for _ in 0..3 {
+        assert!(swaks(smtp.port, BOX));
+    }
+    assert!(!swaks(smtp.port, "nobody@example.test"), "unknown recipient refused");
+    assert!(poplib(pop.port, "wrong").is_err());
+    let octets = poplib(pop.port, "secret").unwrap();
+
+    expect(d, "mmsmtpd|total|connections", Some(4));
+    expect(d, "mmsmtpd|current|connections", Some(0));
+    expect(d, "mmsmtpd|total|messages-in", Some(3));
+    expect(d, &format!("mmsmtpd|mailbox|{BOX}|messages-in"), Some(3));
+    expect(d, "mmsmtpd|failed|address|127.0.0.1", Some(1));
+    expect(d, "mmsmtpd|total|failed|address", Some(1));
+    expect(d, "mmpop3d|total|connections", Some(2));
+    expect(d, "mmpop3d|current|connections", Some(0));
+    expect(d, "mmpop3d|failed|login|127.0.0.1", Some(1));
+    expect(d, &format!("mmpop3d|mailbox|{BOX}|logins"), Some(1));
+    expect(d, &format!("mmpop3d|mailbox|{BOX}|messages-out"), Some(3));
+    expect(d, &format!("mmpop3d|mailbox|{BOX}|bytes-out"), Some(octets));
+    expect(d, &format!("mmpop3d|mailbox|{BOX}|messages-deleted"), Some(1));
+    // What went in is what came out: the stored copies are the retrieved octets.
+    expect(d, &format!("mmsmtpd|mailbox|{BOX}|bytes-in"), Some(octets));
+    assert!(values(d, "mmsmtpd|who|*").is_empty(), "who keys leave with their connections");
+    assert!(values(d, "mmpop3d|who|*").is_empty());
+
+    // The human form: sorted, aligned columns, flag first.
+    let (ok, shown) = mmstat(d, &["show", "mmsmtpd|total|*"]);
+    assert!(ok);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 5, "{shown}");
+    let keys: Vec<&str> = lines.iter().map(|l| l.rsplit("  ").next().unwrap()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    assert!(lines.iter().all(|l| l.starts_with("P  ")), "{shown}");
+    let key_column = lines[0].rfind("  ").unwrap();
+    assert!(lines.iter().all(|l| l.rfind("  ") == Some(key_column)), "aligned:\n{shown}");
+
+    // Reset and delete by pattern.
+    let (ok, out) = mmstat(d, &["reset", "mmsmtpd|failed|*"]);
+    assert!(ok && out.starts_with("1 key(s) reset"), "{out}");
+    assert_eq!(value(d, "mmsmtpd|failed|address|127.0.0.1"), Some(0));
+    assert_eq!(value(d, "mmsmtpd|total|failed|address"), Some(1), "only the pattern's keys");
+    let before = values(d, "mmpop3d|*").len();
+    let (ok, out) = mmstat(d, &["delete", "mmpop3d|*"]);
+    assert!(ok && out.starts_with(&format!("{before} key(s) deleted")), "{out}");
+    assert!(values(d, "mmpop3d|*").is_empty());
+    assert_eq!(value(d, "mmsmtpd|total|messages-in"), Some(3));
+    // Usage and protocol errors exit non-zero.
+    assert!(!mmstat(d, &["set", "k", "notanumber"]).0);
+    assert!(!mmstat(d, &["show", "two words"]).0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_survive_a_clean_restart_exactly_and_kill_9_loses_nothing_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let statd = start_statd(d, "");
+    for i in 0..500 {
+        send(d, format!("U P 1 t|total|x\nU V {i} t|current|y\n").as_bytes());
+    }
+    expect(d, "t|total|x", Some(500));
+    statd.signal("TERM");
+    drop(statd);
+    let statd = start_statd(d, "");
+    assert_eq!(value(d, "t|total|x"), Some(500));
+    assert_eq!(value(d, "t|current|y"), Some((0..500).sum()), "volatile keys are the owners' to clear");
+    // kill -9 right after the last update was seen applied: the journal has it.
+    for _ in 0..250 {
+        send(d, b"U P 2 t|total|x\n");
+    }
+    expect(d, "t|total|x", Some(1000));
+    let pid = statd.pid();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    drop(statd);
+    let _statd = start_statd(d, "");
+    assert_eq!(value(d, "t|total|x"), Some(1000));
+    // A snapshot taken since (at start) plus more journal: still exact after another kill.
+    send(d, b"S P 7 t|total|z\n");
+    expect(d, "t|total|z", Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_state_is_reported_and_mmstatd_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    std::fs::write(d.join("state/snapshot"), b"\x00\xffgarbage\nP 1 1 41 kept|key\nno end line").unwrap();
+    std::fs::write(d.join("state/journal.0"), b"T 1 1\nU P 1 kept|key\nT 2 5\nU P 1 kept|key\n").unwrap();
+    let statd = start_statd(d, "");
+    assert_eq!(value(d, "kept|key"), Some(42));
+    assert_eq!(value(d, "mmstatd|failed|damaged-state"), Some(1));
+    let log = statd.log_text();
+    assert!(log.contains("snapshot damaged") && log.contains("torn write"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_datagrams_are_dropped_whole_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let statd = start_statd(d, "");
+    send(d, b"U P 1 ok\n");
+    let bad: Vec<Vec<u8>> = vec![
+        b"garbage".to_vec(),
+        b"U P 1 a\nU P 1 b\nX P 1 c\n".to_vec(), // atomic: a and b must not appear
+        b"U P 1 a\xff\xfe\n".to_vec(),
+        b"U P 99999999999999999999999 a\n".to_vec(),
+        b"U P 1 has space\n".to_vec(),
+        b"\n\n\n".to_vec(),
+        vec![0u8; 100],
+        format!("U P 1 {}\n", "k".repeat(300)).into_bytes(),
+    ];
+    for b in &bad {
+        send(d, b);
+    }
+    // Over the datagram limit (the kernel allows far bigger ones).
+    send(d, &vec![b'U'; 60_000]);
+    expect(d, "mmstatd|failed|malformed", Some(bad.len() as i64));
+    expect(d, "mmstatd|failed|oversize", Some(1));
+    assert_eq!(value(d, "a"), None);
+    assert_eq!(value(d, "b"), None);
+    assert_eq!(value(d, "ok"), Some(1));
+    // Saturation instead of overflow.
+    send(d, b"S P 9223372036854775807 big\nU P 1 big\n");
+    expect(d, "big", Some(i64::MAX));
+    // Query socket garbage gets an error, and mmstatd lives on.
+    let mut q = std::os::unix::net::UnixStream::connect(d.join("query.sock")).unwrap();
+    use std::io::{Read, Write};
+    q.write_all(&vec![b'x'; 5000]).unwrap();
+    q.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    let _ = q.read_to_string(&mut answer);
+    assert!(answer.starts_with("-ERR"), "{answer}");
+    send(d, b"U P 1 ok\n");
+    expect(d, "ok", Some(2));
+    assert!(statd.log_text().contains("datagram refused"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_keys_refuses_new_keys_but_keeps_counting_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _statd = start_statd(d, "max_keys = 3\n");
+    send(d, b"U P 1 a\nU P 1 b\n");
+    expect(d, "b", Some(1));
+    send(d, b"U P 1 a\nU P 1 c\nU P 1 d\n");
+    expect(d, "mmstatd|failed|max-keys", Some(1));
+    assert_eq!(value(d, "a"), Some(1), "the refused transaction changed nothing");
+    send(d, b"U P 5 a\n");
+    expect(d, "a", Some(6));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarting_daemon_clears_its_volatile_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _statd = start_statd(d, "");
+    let db = seeded_db().await;
+    send(d, b"U V 3 mmsmtpd|who|192.0.2.9\nS V 5 mmsmtpd|current|connections\nU P 9 mmsmtpd|total|connections\n");
+    expect(d, "mmsmtpd|who|192.0.2.9", Some(3));
+    let _smtp = smtpd(d, &db.url);
+    expect(d, "mmsmtpd|who|192.0.2.9", None);
+    // The readiness probe of the test launcher made one connection.
+    expect(d, "mmsmtpd|current|connections", Some(0));
+    assert!(value(d, "mmsmtpd|total|connections").unwrap() >= 9, "persistent keys stay");
+    let (ok, out) = mmstat(d, &["update", "x|v", "4", "V"]);
+    assert!(ok && out.trim() == "4", "{out}");
+    let (ok, out) = mmstat(d, &["delete-volatile"]);
+    assert!(ok, "{out}");
+    assert_eq!(value(d, "x|v"), None);
+}
+
+/// Delivers over SMTP with a minimal client; true on 250 after DATA.
+fn deliver(port: u16) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut reply = || {
+        let mut code = String::new();
+        loop {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                return String::new();
+            }
+            if l.as_bytes().get(3) != Some(&b'-') {
+                code = l[..3.min(l.len())].to_owned();
+                break;
+            }
+        }
+        code
+    };
+    let mut ok = reply() == "220";
+    for (cmd, want) in [
+        ("EHLO t\r\n", "250"),
+        ("MAIL FROM:<a@example.org>\r\n", "250"),
+        (&format!("RCPT TO:<{BOX}>\r\n"), "250"),
+        ("DATA\r\n", "354"),
+        ("Subject: x\r\n\r\nbody\r\n.\r\n", "250"),
+        ("QUIT\r\n", "221"),
+    ] {
+        ok &= w.write_all(cmd.as_bytes()).is_ok() && reply() == want;
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemons_keep_serving_when_mmstatd_dies_or_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let statd = start_statd(d, "");
+    let db = seeded_db().await;
+    let smtp = smtpd(d, &db.url);
+    let port = smtp.port;
+    let workers: Vec<_> = (0..8).map(|_| std::thread::spawn(move || (0..10).all(|_| deliver(port)))).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = statd.pid().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    for w in workers {
+        assert!(w.join().unwrap(), "every delivery succeeded while mmstatd died");
+    }
+    drop(statd);
+    // A socket nobody reads: the kernel queue fills and the daemon drops updates.
+    let _ = std::fs::remove_file(d.join("stats.sock"));
+    let deaf = UnixDatagram::bind(d.join("stats.sock")).unwrap();
+    let workers: Vec<_> = (0..8).map(|_| std::thread::spawn(move || (0..10).all(|_| deliver(port)))).collect();
+    for w in workers {
+        assert!(w.join().unwrap(), "every delivery succeeded with a deaf mmstatd");
+    }
+    drop(deaf);
+    assert_eq!(db.counters(BOX).await.1, 160, "every message stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_endpoint_parses_with_the_reference_parser() {
+    if !have("python3") {
+        return;
+    }
+    let has_parser = Command::new("python3")
+        .args(["-c", "import prometheus_client.parser"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_parser {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "python3 prometheus_client is needed under CI");
+        eprintln!("skipped: python3 prometheus_client not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let statd = start_statd(d, "");
+    send(d, b"U P 3 mmsmtpd|total|connections\nU V 1 mmsmtpd|who|2001:db8::1\nS P -5 odd|\"quoted\\key\"\n");
+    expect(d, "mmsmtpd|total|connections", Some(3));
+    let script = format!(
+        "import urllib.request\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
+         r=urllib.request.urlopen('http://127.0.0.1:{}/metrics')\n\
+         assert r.headers['Content-Type'].startswith('text/plain; version=0.0.4')\n\
+         for fam in f(r.read().decode()):\n  for s in fam.samples:\n    print(fam.type, s.name, s.labels.get('key',''), s.labels.get('flag',''), int(s.value))\n",
+        statd.port
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("gauge mmstat mmsmtpd|total|connections P 3\n"), "{text}");
+    assert!(text.contains("gauge mmstat mmsmtpd|who|2001:db8::1 V 1\n"), "{text}");
+    assert!(text.contains("gauge mmstat odd|\"quoted\\key\" P -5\n"), "{text}");
+    assert!(text.contains("gauge mmstatd_keys   3\n"), "{text}");
+    // Anything else than GET /metrics is refused politely.
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request,urllib.error\ntry:\n  urllib.request.urlopen('http://127.0.0.1:{}/other')\nexcept urllib.error.HTTPError as e:\n  print(e.code)\n",
+                statd.port
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "404");
+}
