@@ -22,12 +22,14 @@
 #
 # What a system install does: builds release binaries (cargo build --release); stops
 # running mmmail daemons (systemd units, or processes named in /run/mmmail/*.pid);
-# installs mmsmtpd and mmpop3d in PREFIX/sbin and mmpasswd in PREFIX/bin; man pages in
-# PREFIX/share/man/man{5,7,8}; example configs in SYSCONFDIR/mmmail, mode 0640 root:mmmail,
-# never overwriting one (a changed example is written beside it as FILE.new); creates the
-# system group and user mmmail (no login shell, home LOCALSTATEDIR/lib/mmmail) and that
-# directory (0750 mmmail:mmmail); installs the systemd units and, when systemd runs,
-# enables them; and starts again the daemons it stopped.
+# installs mmstatd, mmsmtpd and mmpop3d in PREFIX/sbin and mmpasswd and mmstat in
+# PREFIX/bin; man pages in PREFIX/share/man/man{5,7,8}; example configs in
+# SYSCONFDIR/mmmail, mode 0640 root:mmmail, never overwriting one (a changed example is
+# written beside it as FILE.new); creates the system group and user mmmail (no login
+# shell, home LOCALSTATEDIR/lib/mmmail) and that directory (0750 mmmail:mmmail), and the
+# group and user mmstat that mmstatd runs as (its socket group: the daemons join it with
+# [privileges] groups); installs the systemd units and, when systemd runs, enables them;
+# and starts again the daemons it stopped.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,7 +42,9 @@ binaries=""
 make_user=yes
 systemd=yes
 mode=install
-daemons="mmsmtpd mmpop3d"
+# In start order: mmstatd first, so the others' first counts reach it.
+daemons="mmstatd mmsmtpd mmpop3d"
+tools="mmpasswd mmstat"
 
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -67,6 +71,7 @@ bindir=$prefix/bin
 mandir=$prefix/share/man
 confdir=$sysconfdir/mmmail
 datadir=$localstatedir/lib/mmmail
+statdir=$localstatedir/lib/mmstatd
 rundir=/run/mmmail
 # Live actions (users, services) only for a real install on this system.
 live=yes
@@ -116,7 +121,8 @@ if [ "$mode" = uninstall ]; then
         rm -f "$destdir$sbindir/$d" "$destdir$unitdir/$d.service" \
             "$destdir$mandir/man8/$d.8" "$destdir$mandir/man5/$d.toml.5"
     done
-    rm -f "$destdir$bindir/mmpasswd" "$destdir$mandir/man8/mmpasswd.8" "$destdir$mandir/man7/mmmail.7"
+    for t in $tools; do rm -f "$destdir$bindir/$t" "$destdir$mandir/man8/$t.8"; done
+    rm -f "$destdir$mandir/man7/mmmail.7"
     [ "$systemd_running" = yes ] && systemctl daemon-reload
     say "removed programs, man pages and units; $confdir, $datadir and the mmmail user are kept"
     exit 0
@@ -132,7 +138,7 @@ else
 fi
 
 if [ "$mode" = install ]; then
-    for b in $daemons mmpasswd; do
+    for b in $daemons $tools; do
         [ -x "$bin/$b" ] || { echo "install.sh: $bin/$b is missing" >&2; exit 1; }
     done
     stop_running
@@ -147,13 +153,22 @@ if [ "$mode" = install ]; then
             useradd --system --gid mmmail --home-dir "$datadir" --no-create-home \
                 --shell /usr/sbin/nologin --comment "mmmail daemons" mmmail
         fi
+        if ! getent group mmstat >/dev/null; then
+            say "creating group mmstat"
+            groupadd --system mmstat
+        fi
+        if ! getent passwd mmstat >/dev/null; then
+            say "creating user mmstat"
+            useradd --system --gid mmstat --home-dir "$statdir" --no-create-home \
+                --shell /usr/sbin/nologin --comment "mmmail counters daemon" mmstat
+        fi
     fi
 
     say "installing under ${destdir:-/}"
     install -d "$destdir$sbindir" "$destdir$bindir" "$destdir$mandir/man5" "$destdir$mandir/man7" \
         "$destdir$mandir/man8" "$destdir$confdir"
     for d in $daemons; do install -m 0755 "$bin/$d" "$destdir$sbindir/$d"; done
-    install -m 0755 "$bin/mmpasswd" "$destdir$bindir/mmpasswd"
+    for t in $tools; do install -m 0755 "$bin/$t" "$destdir$bindir/$t"; done
     for page in "$here"/man/*.5; do install -m 0644 "$page" "$destdir$mandir/man5/"; done
     for page in "$here"/man/*.7; do install -m 0644 "$page" "$destdir$mandir/man7/"; done
     for page in "$here"/man/*.8; do install -m 0644 "$page" "$destdir$mandir/man8/"; done
@@ -176,9 +191,12 @@ if [ "$mode" = install ]; then
         fi
     done
 
-    install -d -m 0750 "$destdir$datadir"
+    install -d -m 0750 "$destdir$datadir" "$destdir$statdir"
     if [ "$owner_ok" = yes ] && getent passwd mmmail >/dev/null 2>&1; then
         chown mmmail:mmmail "$destdir$datadir"
+    fi
+    if [ "$owner_ok" = yes ] && getent passwd mmstat >/dev/null 2>&1; then
+        chown mmstat:mmstat "$destdir$statdir"
     fi
 
     if [ "$systemd" = yes ]; then
@@ -198,7 +216,8 @@ if [ "$mode" = install ]; then
     start_again
     say "done. Next: edit $confdir/*.toml (database url, listen addresses, [tls]),"
     echo "    check with: $sbindir/mmsmtpd --check-config -c $confdir/mmsmtpd.toml"
-    echo "    add users and boxes (man 7 mmmail), then: systemctl start mmsmtpd mmpop3d"
+    echo "    add users and boxes (man 7 mmmail), then: systemctl start mmstatd mmsmtpd mmpop3d"
+    echo "    counters: mmstat show    (man 8 mmstat)"
     exit 0
 fi
 
@@ -209,6 +228,7 @@ db=$local/var/mmmail.db
 smtp_port=${MMMAIL_SMTP_PORT:-2525}
 pop3_port=${MMMAIL_POP3_PORT:-2110}
 pop3s_port=${MMMAIL_POP3S_PORT:-2995}
+metrics_port=${MMMAIL_METRICS_PORT:-2112}
 
 tls=""
 if command -v openssl >/dev/null 2>&1; then
@@ -229,6 +249,21 @@ if [ "$(id -u)" = 0 ]; then
 allow_root = true   # install.sh --local was run as root"
 fi
 
+stats="[stats]
+socket = \"$local/var/mmstatd.sock\""
+
+if [ ! -f "$local/etc/mmstatd.toml" ]; then
+    cat > "$local/etc/mmstatd.toml" <<CONF
+# Local quick-start configuration written by install.sh --local (see etc/mmstatd.toml).
+$stats
+[statd]
+query_socket = "$local/var/mmstatd-query.sock"
+dir = "$local/var/mmstatd"
+prometheus = "127.0.0.1:$metrics_port"
+$root_ok
+CONF
+fi
+
 if [ ! -f "$local/etc/mmsmtpd.toml" ]; then
     cat > "$local/etc/mmsmtpd.toml" <<CONF
 # Local quick-start configuration written by install.sh --local (see etc/mmsmtpd.toml).
@@ -241,6 +276,7 @@ addresses = ["127.0.0.1:$smtp_port"]
 $tls
 [smtpd]
 null_sender = "accept"
+$stats
 $root_ok
 CONF
 fi
@@ -258,6 +294,7 @@ url = "sqlite://$db"
 addresses = ["127.0.0.1:$pop3_port"]
 $pop3s
 $tls
+$stats
 $root_ok
 CONF
 fi
@@ -290,7 +327,8 @@ start() {
         sleep 0.1
     done
 }
-# mmsmtpd first: it creates the database schema.
+# mmstatd first, so it counts from the start; then mmsmtpd, which creates the schema.
+start mmstatd
 start mmsmtpd
 start mmpop3d
 
@@ -324,6 +362,11 @@ Fetch it over POP3 (user demo@example.test, or mmmail style demo.example.test):
   curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/        # list
   curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/1       # retrieve message 1
 $( [ -n "$tls" ] && echo "  curl -sS --cacert $local/etc/cert.pem -u demo@example.test:demo pop3s://localhost:$pop3s_port/1" )
+
+See the counters (mmstatd):
+  $bin/mmstat -q $local/var/mmstatd-query.sock show
+  $bin/mmstat -q $local/var/mmstatd-query.sock watch 'mmsmtpd|total|*'
+  curl -sS http://127.0.0.1:$metrics_port/metrics                   # Prometheus
 
 Press Ctrl-C to stop.
 MSG

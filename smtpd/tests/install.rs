@@ -21,9 +21,9 @@ fn root() -> PathBuf {
 /// The directory holding this build's binaries, with all three present.
 fn binaries() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_mmsmtpd")).parent().unwrap().to_path_buf();
-    if !dir.join("mmpop3d").exists() || !dir.join("mmpasswd").exists() {
+    if ["mmpop3d", "mmpasswd", "mmstatd", "mmstat"].iter().any(|b| !dir.join(b).exists()) {
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "pop3d", "-p", "passwd", "--bins"])
+            .args(["build", "-q", "-p", "pop3d", "-p", "passwd", "-p", "statd", "--bins"])
             .current_dir(root())
             .status()
             .unwrap()
@@ -57,7 +57,9 @@ fn localize(installed: &Path, db: &Path, port: u16, default_addresses: &str) -> 
         .replace("url = \"sqlite:///var/lib/mmmail/mmmail.db\"", &format!("url = \"sqlite://{}\"", db.display()))
         .replace(default_addresses, &format!("addresses = [\"127.0.0.1:{port}\"]"))
         .replace("user = \"mmmail\"\n", "")
-        .replace("group = \"mmmail\"\n", "");
+        .replace("group = \"mmmail\"\n", "")
+        .replace("groups = [\"mmstat\"]\n", "")
+        .replace("/var/run/mmstatd/mmstatd.sock", &db.with_extension("stats.sock").display().to_string());
     assert!(text.contains(&format!("127.0.0.1:{port}")) && !text.contains("user = \"mmmail\""));
     if nix::unistd::geteuid().is_root() { text.replace("allow_root = false", "allow_root = true") } else { text }
 }
@@ -71,6 +73,14 @@ async fn install_then_round_trip_with_the_installed_files() {
         ("usr/sbin/mmsmtpd", 0o755),
         ("usr/sbin/mmpop3d", 0o755),
         ("usr/bin/mmpasswd", 0o755),
+        ("usr/sbin/mmstatd", 0o755),
+        ("usr/bin/mmstat", 0o755),
+        ("usr/share/man/man8/mmstatd.8", 0o644),
+        ("usr/share/man/man8/mmstat.8", 0o644),
+        ("usr/share/man/man5/mmstatd.toml.5", 0o644),
+        ("etc/mmmail/mmstatd.toml", 0o640),
+        ("etc/systemd/system/mmstatd.service", 0o644),
+        ("var/lib/mmstatd", 0o750),
         ("usr/share/man/man8/mmsmtpd.8", 0o644),
         ("usr/share/man/man8/mmpop3d.8", 0o644),
         ("usr/share/man/man8/mmpasswd.8", 0o644),
@@ -104,6 +114,19 @@ async fn install_then_round_trip_with_the_installed_files() {
     // The installed binaries with the installed configs.
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("mmmail.db");
+    let query = work.path().join("query.sock");
+    let stats_conf = std::fs::read_to_string(d.join("etc/mmmail/mmstatd.toml")).unwrap();
+    let _statd = Daemon::start(&d.join("usr/sbin/mmstatd"), work.path(), |port| {
+        let text = stats_conf
+            .replace("/var/run/mmstatd/mmstatd.sock", &db.with_extension("stats.sock").display().to_string())
+            .replace("/var/run/mmstatd/query.sock", &query.display().to_string())
+            .replace("/var/lib/mmstatd", &work.path().join("state").display().to_string())
+            .replace("# prometheus = \"127.0.0.1:9100\"", &format!("prometheus = \"127.0.0.1:{port}\""))
+            .replace("user = \"mmstat\"\n", "")
+            .replace("group = \"mmstat\"\n", "");
+        assert!(text.contains(&format!("127.0.0.1:{port}")) && !text.contains("/var/"), "{text}");
+        if nix::unistd::geteuid().is_root() { text.replace("allow_root = false", "allow_root = true") } else { text }
+    });
     let smtp = Daemon::start(&d.join("usr/sbin/mmsmtpd"), work.path(), |port| {
         localize(&d.join("etc/mmmail/mmsmtpd.toml"), &db, port, "addresses = [\"0.0.0.0:25\", \"[::]:25\"]")
     });
@@ -165,4 +188,17 @@ async fn install_then_round_trip_with_the_installed_files() {
     assert!(body.ends_with("Subject: installed\r\n\r\nround trip\r\n"), "{body}");
     assert!(say(&mut c, "DELE 1").await.starts_with("+OK"));
     assert!(say(&mut c, "QUIT").await.starts_with("+OK"));
+
+    // The installed mmstat sees what the installed daemons counted.
+    let mut shown = String::new();
+    for _ in 0..100 {
+        let out = Command::new(d.join("usr/bin/mmstat")).arg("-q").arg(&query).args(["show", "*|mailbox|*"]).output().unwrap();
+        shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        if shown.contains("mmpop3d|mailbox|inst@example.org|messages-deleted") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(shown.contains("  1  mmsmtpd|mailbox|inst@example.org|messages-in\n"), "{shown}");
+    assert!(shown.contains("  1  mmpop3d|mailbox|inst@example.org|messages-deleted\n"), "{shown}");
 }

@@ -139,6 +139,11 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     let db = seeded_db().await;
     let smtp = smtpd(d, &db.url);
     let pop = pop3d(d, &db.url);
+    // The launcher's readiness probe opened one connection to each.
+    expect(d, "mmsmtpd|current|connections", Some(0));
+    expect(d, "mmpop3d|current|connections", Some(0));
+    let smtp_base = value(d, "mmsmtpd|total|connections").unwrap();
+    let pop_base = value(d, "mmpop3d|total|connections").unwrap();
     for _ in 0..3 {
         assert!(swaks(smtp.port, BOX));
     }
@@ -146,13 +151,13 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     assert!(poplib(pop.port, "wrong").is_err());
     let octets = poplib(pop.port, "secret").unwrap();
 
-    expect(d, "mmsmtpd|total|connections", Some(4));
+    expect(d, "mmsmtpd|total|connections", Some(smtp_base + 4));
     expect(d, "mmsmtpd|current|connections", Some(0));
     expect(d, "mmsmtpd|total|messages-in", Some(3));
     expect(d, &format!("mmsmtpd|mailbox|{BOX}|messages-in"), Some(3));
     expect(d, "mmsmtpd|failed|address|127.0.0.1", Some(1));
     expect(d, "mmsmtpd|total|failed|address", Some(1));
-    expect(d, "mmpop3d|total|connections", Some(2));
+    expect(d, "mmpop3d|total|connections", Some(pop_base + 2));
     expect(d, "mmpop3d|current|connections", Some(0));
     expect(d, "mmpop3d|failed|login|127.0.0.1", Some(1));
     expect(d, &format!("mmpop3d|mailbox|{BOX}|logins"), Some(1));
@@ -168,7 +173,7 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     let (ok, shown) = mmstat(d, &["show", "mmsmtpd|total|*"]);
     assert!(ok);
     let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines.len(), 5, "{shown}");
+    assert_eq!(lines.len(), 4, "{shown}"); // connections, messages-in, bytes-in, failed|address
     let keys: Vec<&str> = lines.iter().map(|l| l.rsplit("  ").next().unwrap()).collect();
     let mut sorted = keys.clone();
     sorted.sort_unstable();
