@@ -78,7 +78,8 @@ impl Server {
             let (ctx, shaper) = server.core.context(&token);
             async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
         };
-        listener::accept(listeners, self.core.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler).await;
+        listener::accept(listeners, self.core.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler)
+            .await;
     }
 }
 

@@ -192,7 +192,12 @@ async fn install_then_round_trip_with_the_installed_files() {
     // The installed mmstat sees what the installed daemons counted.
     let mut shown = String::new();
     for _ in 0..100 {
-        let out = Command::new(d.join("usr/bin/mmstat")).arg("-q").arg(&query).args(["show", "*|mailbox|*"]).output().unwrap();
+        let out = Command::new(d.join("usr/bin/mmstat"))
+            .arg("-q")
+            .arg(&query)
+            .args(["show", "*|mailbox|*"])
+            .output()
+            .unwrap();
         shown = String::from_utf8_lossy(&out.stdout).into_owned();
         if shown.contains("mmpop3d|mailbox|inst@example.org|messages-deleted") {
             break;

@@ -141,8 +141,7 @@ fn journals(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;
-        if let Some(g) = e.file_name().to_str().and_then(|n| n.strip_prefix("journal.")).and_then(|g| g.parse().ok())
-        {
+        if let Some(g) = e.file_name().to_str().and_then(|n| n.strip_prefix("journal.")).and_then(|g| g.parse().ok()) {
             found.push((g, e.path()));
         }
     }
@@ -344,13 +343,20 @@ mod tests {
     #[test]
     fn garbage_files_are_reported_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(SNAPSHOT), b"mmstatd-snapshot 1 0\nP 1 1 7 good\nP x y z bad key\n\xff\xfe\n").unwrap();
+        fs::write(dir.path().join(SNAPSHOT), b"mmstatd-snapshot 1 0\nP 1 1 7 good\nP x y z bad key\n\xff\xfe\n")
+            .unwrap();
         fs::write(dir.path().join("journal.0"), b"T 5 1\nU P 1 good\nnonsense\nT 6 1\nU P 1 good\n").unwrap();
         fs::write(dir.path().join("journal.x"), b"ignored: not a generation").unwrap();
         let r = recover(dir.path(), 100).unwrap();
         assert_eq!(r.table.get("good").unwrap().value, 8);
         assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
-        assert!(fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("snapshot.damaged-")));
+        assert!(
+            fs::read_dir(dir.path()).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("snapshot.damaged-"))
+        );
         // Pure noise as a snapshot: no header, so every journal is replayed.
         fs::write(dir.path().join(SNAPSHOT), vec![0u8; 4096]).unwrap();
         let r = recover(dir.path(), 100).unwrap();

@@ -36,14 +36,18 @@ fn escape_label(v: &str) -> String {
 /// The exposition of `state`.
 pub fn render(state: &State) -> String {
     let mut out = String::with_capacity(128 + state.table.len() * 64);
-    out.push_str("# HELP mmstat An mmstatd counter; the key label is its mmstat key, flag P persistent or V volatile.\n");
+    out.push_str(
+        "# HELP mmstat An mmstatd counter; the key label is its mmstat key, flag P persistent or V volatile.\n",
+    );
     out.push_str("# TYPE mmstat gauge\n");
     for (k, e) in state.table.iter() {
         out.push_str(&format!("mmstat{{key=\"{}\",flag=\"{}\"}} {}\n", escape_label(k), e.flag.letter(), e.value));
     }
     out.push_str("# HELP mmstatd_keys Keys held by mmstatd.\n# TYPE mmstatd_keys gauge\n");
     out.push_str(&format!("mmstatd_keys {}\n", state.table.len()));
-    out.push_str("# HELP mmstatd_journal_bytes Size of the current journal in bytes.\n# TYPE mmstatd_journal_bytes gauge\n");
+    out.push_str(
+        "# HELP mmstatd_journal_bytes Size of the current journal in bytes.\n# TYPE mmstatd_journal_bytes gauge\n",
+    );
     out.push_str(&format!("mmstatd_journal_bytes {}\n", state.journal.size()));
     out
 }

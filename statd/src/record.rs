@@ -133,7 +133,10 @@ mod tests {
         let d = b"U P 1 mmsmtpd|total|connections\nU V 1 mmsmtpd|current|connections\nU V 1 mmsmtpd|who|192.0.2.7\n";
         let r = parse_datagram(d).unwrap();
         assert_eq!(r.len(), 3);
-        assert_eq!(r[2], Record { op: Op::Update, flag: Flag::Volatile, value: 1, key: "mmsmtpd|who|192.0.2.7".into() });
+        assert_eq!(
+            r[2],
+            Record { op: Op::Update, flag: Flag::Volatile, value: 1, key: "mmsmtpd|who|192.0.2.7".into() }
+        );
         assert_eq!(r[0].to_string(), "U P 1 mmsmtpd|total|connections");
         assert_eq!(parse_record("D V 0 a|*").unwrap().op, Op::Delete);
         assert_eq!(parse_record("S P -9223372036854775808 k").unwrap().value, i64::MIN);

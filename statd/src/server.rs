@@ -164,7 +164,9 @@ impl Complaints {
     fn warn(&mut self, what: &str) {
         if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             self.last = Some(Instant::now());
-            tracing::warn!("datagram refused: {what} (counted in mmstatd|failed|*; further ones this minute not logged)");
+            tracing::warn!(
+                "datagram refused: {what} (counted in mmstatd|failed|*; further ones this minute not logged)"
+            );
         }
     }
 }

@@ -33,12 +33,8 @@ fn stats_section(dir: &Path) -> String {
 }
 
 fn mmstat(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mmstat"))
-        .arg("-q")
-        .arg(dir.join("query.sock"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_mmstat")).arg("-q").arg(dir.join("query.sock")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
@@ -323,19 +319,14 @@ fn deliver(port: u16) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    let mut reply = || {
-        let mut code = String::new();
-        loop {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                return String::new();
-            }
-            if l.as_bytes().get(3) != Some(&b'-') {
-                code = l[..3.min(l.len())].to_owned();
-                break;
-            }
+    let mut reply = || loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            return String::new();
         }
-        code
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return l[..3.min(l.len())].to_owned();
+        }
     };
     let mut ok = reply() == "220";
     for (cmd, want) in [
@@ -383,10 +374,8 @@ async fn prometheus_endpoint_parses_with_the_reference_parser() {
     if !have("python3") {
         return;
     }
-    let has_parser = Command::new("python3")
-        .args(["-c", "import prometheus_client.parser"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let has_parser =
+        Command::new("python3").args(["-c", "import prometheus_client.parser"]).status().is_ok_and(|s| s.success());
     if !has_parser {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "python3 prometheus_client is needed under CI");
         eprintln!("skipped: python3 prometheus_client not installed");

@@ -96,7 +96,8 @@ struct Entry {
 }
 
 fn ask(socket: &PathBuf, request: &str) -> anyhow::Result<Vec<String>> {
-    let mut s = UnixStream::connect(socket).map_err(|e| anyhow::anyhow!("{}: {e} (is mmstatd running?)", socket.display()))?;
+    let mut s =
+        UnixStream::connect(socket).map_err(|e| anyhow::anyhow!("{}: {e} (is mmstatd running?)", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(format!("{request}\n").as_bytes())?;
     let mut lines: Vec<String> = Vec::new();
@@ -194,7 +195,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 std::thread::sleep(interval);
             }
         }
-        Command::Reset { pattern } => println!("{} key(s) reset", ok_count(&ask(&socket, &format!("RESET {pattern}"))?)),
+        Command::Reset { pattern } => {
+            println!("{} key(s) reset", ok_count(&ask(&socket, &format!("RESET {pattern}"))?))
+        }
         Command::Delete { pattern } => {
             println!("{} key(s) deleted", ok_count(&ask(&socket, &format!("DELETE {pattern}"))?));
         }
