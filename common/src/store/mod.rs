@@ -8,6 +8,7 @@ pub mod model;
 mod mysql;
 mod postgres;
 mod sqlite;
+mod tmtp;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,11 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
-pub use model::{BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Resolution, Retrieved};
+pub use model::{
+    AliasError, BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Member, NodeError, Resolution,
+    Retrieved,
+};
+pub use tmtp::QueueEntry;
 
 use crate::address::Address;
 use crate::config::DatabaseConfig;

@@ -125,3 +125,30 @@ pub struct BoxOwner {
     /// `user.user_passwd`: a PHC string or a legacy MD5 digest.
     pub passwd: String,
 }
+
+/// Why an alias could not be added (spec/tmtp.md §10.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AliasError {
+    /// Another user has it.
+    Taken,
+    /// A group has that id (aliases and gids share one namespace).
+    NotAvailable,
+}
+
+/// Why a node could not be added (spec/tmtp.md §10.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeError {
+    /// The user already has the maximum of live nodes.
+    TooMany,
+}
+
+/// A TMTP group member (spec/tmtp.md §10.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member's uid.
+    pub uid: String,
+    /// The alias recorded for the member in this group.
+    pub alias: String,
+    /// 1 invited, 2 joined, 3 barred.
+    pub status: i64,
+}

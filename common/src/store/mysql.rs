@@ -45,3 +45,34 @@ async fn insert_message(
 }
 
 super::backend::operations!(MySql, SQL, insert_message);
+
+const TMTP: super::tmtp::TmtpSql = super::tmtp::TmtpSql {
+    insert_user: "INSERT INTO tmtp_user (tmtp_uid, tmtp_created, tmtp_auth) VALUES (?, ?, ?)",
+    insert_node: "INSERT INTO tmtp_node (node_uid, node_num, node_hash) VALUES (?, ?, ?)",
+    node_by_hash: "SELECT node_uid, node_num FROM tmtp_node WHERE node_hash = ? AND node_defunct = 0",
+    user_exists: "SELECT CAST(1 AS SIGNED) FROM tmtp_user WHERE tmtp_uid = ?",
+    nodes: "SELECT node_num FROM tmtp_node WHERE node_uid = ? AND node_defunct = 0 ORDER BY node_num",
+    node_counts: "SELECT COUNT(CASE WHEN node_defunct = 0 THEN 1 END), MAX(node_num) FROM tmtp_node WHERE node_uid = ?",
+    copy_queue: "INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) SELECT ?, ?, queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = ? AND queue_num = ?",
+    alias_owner: "SELECT alias_uid FROM tmtp_alias WHERE alias_name = ?",
+    insert_alias: "INSERT INTO tmtp_alias (alias_name, alias_uid) VALUES (?, ?)",
+    group_exists: "SELECT CAST(1 AS SIGNED) FROM tmtp_member WHERE member_gid = ? LIMIT 1",
+    members: "SELECT member_uid, member_alias, member_status FROM tmtp_member WHERE member_gid = ? ORDER BY member_uid",
+    delete_member: "DELETE FROM tmtp_member WHERE member_gid = ? AND member_uid = ?",
+    insert_member: "INSERT INTO tmtp_member (member_gid, member_uid, member_alias, member_status) VALUES (?, ?, ?, ?)",
+    begin_message: "INSERT INTO tmtp_message (message_id, message_created) VALUES (?, ?)",
+    insert_chunk: "INSERT INTO tmtp_chunk (chunk_message, chunk_seq, chunk_data) VALUES (?, ?, ?)",
+    ready_message: "UPDATE tmtp_message SET message_header = ?, message_size = ?, message_ready = 1 WHERE message_id = ?",
+    enqueue: "INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES (?, ?, ?, ?)",
+    queue: "SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = ? AND queue_num = ? ORDER BY queue_prio, queue_message",
+    message: "SELECT message_header, message_size FROM tmtp_message WHERE message_id = ? AND message_ready = 1",
+    chunk: "SELECT chunk_data FROM tmtp_chunk WHERE chunk_message = ? AND chunk_seq = ?",
+    dequeue: "DELETE FROM tmtp_queue WHERE queue_uid = ? AND queue_num = ? AND queue_message = ?",
+    delete_unqueued: "DELETE FROM tmtp_message WHERE message_id = ? AND NOT EXISTS (SELECT 1 FROM tmtp_queue WHERE queue_message = ?)",
+    delete_chunks: "DELETE FROM tmtp_chunk WHERE chunk_message = ? AND NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = ?)",
+    delete_unready: "DELETE FROM tmtp_message WHERE message_ready = 0",
+    delete_stray_chunks: "DELETE FROM tmtp_chunk WHERE NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = chunk_message)",
+    max_message_id: "SELECT MAX(message_id) FROM tmtp_message",
+};
+
+super::tmtp::tmtp_operations!(MySql, TMTP);

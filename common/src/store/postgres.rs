@@ -47,3 +47,34 @@ async fn insert_message(
 }
 
 super::backend::operations!(Postgres, SQL, insert_message);
+
+const TMTP: super::tmtp::TmtpSql = super::tmtp::TmtpSql {
+    insert_user: "INSERT INTO tmtp_user (tmtp_uid, tmtp_created, tmtp_auth) VALUES ($1, $2, $3)",
+    insert_node: "INSERT INTO tmtp_node (node_uid, node_num, node_hash) VALUES ($1, $2, $3)",
+    node_by_hash: "SELECT node_uid, node_num FROM tmtp_node WHERE node_hash = $1 AND node_defunct = 0",
+    user_exists: "SELECT 1::BIGINT FROM tmtp_user WHERE tmtp_uid = $1",
+    nodes: "SELECT node_num FROM tmtp_node WHERE node_uid = $1 AND node_defunct = 0 ORDER BY node_num",
+    node_counts: "SELECT COUNT(CASE WHEN node_defunct = 0 THEN 1 END), MAX(node_num) FROM tmtp_node WHERE node_uid = $1",
+    copy_queue: "INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) SELECT $1, $2, queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $3 AND queue_num = $4",
+    alias_owner: "SELECT alias_uid FROM tmtp_alias WHERE alias_name = $1",
+    insert_alias: "INSERT INTO tmtp_alias (alias_name, alias_uid) VALUES ($1, $2)",
+    group_exists: "SELECT 1::BIGINT FROM tmtp_member WHERE member_gid = $1 LIMIT 1",
+    members: "SELECT member_uid, member_alias, member_status FROM tmtp_member WHERE member_gid = $1 ORDER BY member_uid",
+    delete_member: "DELETE FROM tmtp_member WHERE member_gid = $1 AND member_uid = $2",
+    insert_member: "INSERT INTO tmtp_member (member_gid, member_uid, member_alias, member_status) VALUES ($1, $2, $3, $4)",
+    begin_message: "INSERT INTO tmtp_message (message_id, message_created) VALUES ($1, $2)",
+    insert_chunk: "INSERT INTO tmtp_chunk (chunk_message, chunk_seq, chunk_data) VALUES ($1, $2, $3)",
+    ready_message: "UPDATE tmtp_message SET message_header = $1, message_size = $2, message_ready = 1 WHERE message_id = $3",
+    enqueue: "INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES ($1, $2, $3, $4)",
+    queue: "SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message",
+    message: "SELECT message_header, message_size FROM tmtp_message WHERE message_id = $1 AND message_ready = 1",
+    chunk: "SELECT chunk_data FROM tmtp_chunk WHERE chunk_message = $1 AND chunk_seq = $2",
+    dequeue: "DELETE FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 AND queue_message = $3",
+    delete_unqueued: "DELETE FROM tmtp_message WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM tmtp_queue WHERE queue_message = $2)",
+    delete_chunks: "DELETE FROM tmtp_chunk WHERE chunk_message = $1 AND NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = $2)",
+    delete_unready: "DELETE FROM tmtp_message WHERE message_ready = 0",
+    delete_stray_chunks: "DELETE FROM tmtp_chunk WHERE NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = chunk_message)",
+    max_message_id: "SELECT MAX(message_id) FROM tmtp_message",
+};
+
+super::tmtp::tmtp_operations!(Postgres, TMTP);

@@ -1,0 +1,140 @@
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
+//! The TMTP store on every backend (spec/tmtp.md §8, §10): accounts and nodes, aliases
+//! and their namespace shared with groups, group members, and the per-node queues with
+//! their durability and retention rules.
+
+use common::store::{AliasError, Member, NodeError};
+use common::testing::TestDb;
+
+#[tokio::test]
+async fn accounts_nodes_and_aliases() {
+    for db in TestDb::all().await {
+        let s = &db.store;
+        s.tmtp_register("UID1", "HASH1", None).await.unwrap();
+        s.tmtp_register("UID2", "HASH2", Some(r#"{"Subject":"s"}"#)).await.unwrap();
+        assert!(s.tmtp_register("UID1", "HASH3", None).await.is_err(), "{}: uid is unique", db.store.backend());
+        assert!(s.tmtp_register("UID3", "HASH1", None).await.is_err(), "node hashes are unique");
+        assert_eq!(s.tmtp_node("HASH2").await.unwrap(), Some(("UID2".into(), 1)));
+        assert_eq!(s.tmtp_node("hash2").await.unwrap(), None, "hashes compare exactly");
+        assert!(s.tmtp_user_exists("UID1").await.unwrap());
+        assert!(!s.tmtp_user_exists("uid1").await.unwrap(), "uids compare exactly");
+
+        assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), Ok(()));
+        assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), Ok(()), "re-adding one's own alias");
+        assert_eq!(s.tmtp_add_alias("UID2", "test1234").await.unwrap(), Err(AliasError::Taken));
+        assert_eq!(s.tmtp_add_alias("UID2", "Test1234").await.unwrap(), Ok(()), "aliases are case-sensitive");
+        assert_eq!(s.tmtp_alias_owner("Test1234").await.unwrap().as_deref(), Some("UID2"));
+        assert_eq!(s.tmtp_alias_owner("nobody-at-all").await.unwrap(), None);
+        s.tmtp_set_members("talktalk", &[("UID1", "test1234", 2), ("UID2", "Test1234", 1)]).await.unwrap();
+        assert_eq!(s.tmtp_add_alias("UID1", "talktalk").await.unwrap(), Err(AliasError::NotAvailable));
+        assert!(s.tmtp_group_exists("talktalk").await.unwrap());
+        assert!(!s.tmtp_group_exists("test1234").await.unwrap());
+        s.tmtp_set_members("talktalk", &[("UID2", "Test1234", 2)]).await.unwrap();
+        assert_eq!(
+            s.tmtp_members("talktalk").await.unwrap(),
+            vec![
+                Member { uid: "UID1".into(), alias: "test1234".into(), status: 2 },
+                Member { uid: "UID2".into(), alias: "Test1234".into(), status: 2 }
+            ]
+        );
+        // Overlong names are just unknown, never an error (spec §15.1).
+        let long = "x".repeat(300);
+        assert_eq!(s.tmtp_alias_owner(&long).await.unwrap(), None);
+        assert!(!s.tmtp_user_exists(&long).await.unwrap());
+        assert!(!s.tmtp_group_exists(&long).await.unwrap());
+
+        // Nodes: numbered on, at most `max` live ones.
+        assert_eq!(s.tmtp_add_node("UID1", "HASH1b", 1, 3).await.unwrap(), Ok(2));
+        assert_eq!(s.tmtp_add_node("UID1", "HASH1c", 1, 3).await.unwrap(), Ok(3));
+        assert_eq!(s.tmtp_add_node("UID1", "HASH1d", 1, 3).await.unwrap(), Err(NodeError::TooMany));
+        assert_eq!(s.tmtp_nodes("UID1").await.unwrap(), vec![1, 2, 3]);
+        assert_eq!(s.tmtp_node("HASH1c").await.unwrap(), Some(("UID1".into(), 3)));
+    }
+}
+
+#[tokio::test]
+async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
+    for db in TestDb::all().await {
+        let s = &db.store;
+        let name = db.store.backend();
+        s.tmtp_register("A", "HA", None).await.unwrap();
+        s.tmtp_register("B", "HB", None).await.unwrap();
+        s.tmtp_add_node("B", "HB2", 1, 100).await.unwrap().unwrap();
+        let nodes = |list: &[(&str, i64)]| list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect::<Vec<_>>();
+        assert_eq!(s.tmtp_max_message_id().await.unwrap(), 0);
+
+        // A 200 KB post in chunks, to A.1, B.1 and B.2.
+        let big = 1_795_000_000_000_000_100i64;
+        s.tmtp_begin_message(big).await.unwrap();
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        for seq in 0..3 {
+            s.tmtp_put_chunk(big, seq, &chunk).await.unwrap();
+        }
+        assert_eq!(s.tmtp_message(big).await.unwrap(), None, "{name}: not deliverable before commit");
+        s.tmtp_commit_message(
+            big,
+            b"0010{\"op\":\"delivery\"}",
+            3 * 65536,
+            "M",
+            &nodes(&[("A", 1), ("B", 1), ("B", 2)]),
+        )
+        .await
+        .unwrap();
+        // A `user` message sent later overtakes it; an older `M` message stays before.
+        let old = big - 50;
+        s.tmtp_begin_message(old).await.unwrap();
+        s.tmtp_commit_message(old, b"old", 0, "M", &nodes(&[("B", 1)])).await.unwrap();
+        let user = big + 7;
+        s.tmtp_begin_message(user).await.unwrap();
+        s.tmtp_commit_message(user, b"user", 0, "E", &nodes(&[("B", 1), ("B", 2)])).await.unwrap();
+        assert_eq!(
+            s.tmtp_queue("B", 1).await.unwrap(),
+            vec![("E".into(), user), ("M".into(), old), ("M".into(), big)],
+            "{name}"
+        );
+        assert_eq!(s.tmtp_max_message_id().await.unwrap(), user);
+        let (header, size) = s.tmtp_message(big).await.unwrap().unwrap();
+        assert_eq!((header.as_slice(), size), (&b"0010{\"op\":\"delivery\"}"[..], 3 * 65536));
+        assert_eq!(s.tmtp_chunk(big, 2).await.unwrap().unwrap(), chunk);
+        assert_eq!(s.tmtp_chunk(big, 3).await.unwrap(), None);
+
+        // A new node of B starts with B.2's pending messages.
+        let b3 = s.tmtp_add_node("B", "HB3", 2, 100).await.unwrap().unwrap();
+        assert_eq!(s.tmtp_queue("B", b3).await.unwrap(), vec![("E".into(), user), ("M".into(), big)]);
+
+        // Acks: each node's own row; the message goes with the last one.
+        assert!(s.tmtp_ack("A", 1, big).await.unwrap());
+        assert!(!s.tmtp_ack("A", 1, big).await.unwrap(), "a second ack changes nothing");
+        assert!(!s.tmtp_ack("A", 1, old).await.unwrap(), "not queued there");
+        for (u, n) in [("B", 1), ("B", 2)] {
+            assert!(s.tmtp_ack(u, n, big).await.unwrap());
+        }
+        assert!(s.tmtp_message(big).await.unwrap().is_some(), "B.3 has not acked yet");
+        assert!(s.tmtp_ack("B", b3, big).await.unwrap());
+        assert_eq!(s.tmtp_message(big).await.unwrap(), None);
+        assert_eq!(s.tmtp_chunk(big, 0).await.unwrap(), None, "{name}: chunks go with their message");
+
+        // A message with no recipient is not kept.
+        let lonely = big + 100;
+        s.tmtp_begin_message(lonely).await.unwrap();
+        s.tmtp_put_chunk(lonely, 0, b"x").await.unwrap();
+        s.tmtp_commit_message(lonely, b"h", 1, "M", &[]).await.unwrap();
+        assert_eq!(s.tmtp_message(lonely).await.unwrap(), None);
+        assert_eq!(s.tmtp_chunk(lonely, 0).await.unwrap(), None);
+
+        // An upload cut off (a crash) is removed at start; committed ones stay.
+        let cut = big + 200;
+        s.tmtp_begin_message(cut).await.unwrap();
+        s.tmtp_put_chunk(cut, 0, b"partial").await.unwrap();
+        assert_eq!(s.tmtp_cleanup().await.unwrap(), 1);
+        assert_eq!(s.tmtp_chunk(cut, 0).await.unwrap(), None);
+        assert!(s.tmtp_message(old).await.unwrap().is_some());
+        // An explicit discard (resolution error after the upload).
+        let refused = big + 300;
+        s.tmtp_begin_message(refused).await.unwrap();
+        s.tmtp_put_chunk(refused, 0, b"data").await.unwrap();
+        s.tmtp_discard(refused).await.unwrap();
+        assert_eq!(s.tmtp_chunk(refused, 0).await.unwrap(), None);
+    }
+}

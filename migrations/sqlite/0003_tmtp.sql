@@ -1,0 +1,57 @@
+-- TMTP (mmtmtpd, spec/tmtp.md §10): accounts, their nodes (devices), aliases, groups,
+-- and the store-and-forward queue. A message is kept until every recipient node has
+-- acknowledged it; its bytes are written in chunks as they arrive and become
+-- deliverable only when the transaction that queues it commits.
+CREATE TABLE tmtp_user (
+    tmtp_uid     TEXT    NOT NULL PRIMARY KEY,
+    tmtp_created INTEGER NOT NULL,
+    -- OpenID Connect identity at registration (JSON), NULL without one.
+    tmtp_auth    TEXT    NULL
+);
+CREATE TABLE tmtp_node (
+    node_uid     TEXT    NOT NULL,
+    node_num     INTEGER NOT NULL,
+    -- base32 of SHA-256 applied 22389 times to the node secret (spec §10.2).
+    node_hash    TEXT    NOT NULL UNIQUE,
+    node_defunct INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (node_uid, node_num)
+);
+CREATE TABLE tmtp_alias (
+    alias_name TEXT NOT NULL PRIMARY KEY,
+    alias_uid  TEXT NOT NULL
+);
+CREATE INDEX tmtp_alias_uid ON tmtp_alias (alias_uid);
+-- A group exists while it has member rows; status 1 invited, 2 joined, 3 barred.
+CREATE TABLE tmtp_member (
+    member_gid    TEXT    NOT NULL,
+    member_uid    TEXT    NOT NULL,
+    member_alias  TEXT    NOT NULL,
+    member_status INTEGER NOT NULL,
+    PRIMARY KEY (member_gid, member_uid)
+);
+-- message_header: the frame's length digits and JSON header, sent before the data.
+-- message_ready = 0 while its data is still arriving (left over after a crash: removed
+-- at start).
+CREATE TABLE tmtp_message (
+    message_id      BIGINT  NOT NULL PRIMARY KEY,
+    message_header  BLOB    NULL,
+    message_size    BIGINT  NOT NULL DEFAULT 0,
+    message_ready   INTEGER NOT NULL DEFAULT 0,
+    message_created INTEGER NOT NULL
+);
+CREATE TABLE tmtp_chunk (
+    chunk_message BIGINT  NOT NULL,
+    chunk_seq     INTEGER NOT NULL,
+    chunk_data    BLOB    NOT NULL,
+    PRIMARY KEY (chunk_message, chunk_seq)
+);
+-- One row per recipient node and pending message; prio 'E' (UserEdit results) is
+-- delivered before 'M' (everything else), then by message id (spec §4.5).
+CREATE TABLE tmtp_queue (
+    queue_uid     TEXT    NOT NULL,
+    queue_num     INTEGER NOT NULL,
+    queue_prio    TEXT    NOT NULL,
+    queue_message BIGINT  NOT NULL,
+    PRIMARY KEY (queue_uid, queue_num, queue_prio, queue_message)
+);
+CREATE INDEX tmtp_queue_message ON tmtp_queue (queue_message);
