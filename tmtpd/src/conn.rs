@@ -1,0 +1,246 @@
+//! The only TMTP code that reads bytes (style.md P1): TLS first on implicit-TLS
+//! listeners, then frames (spec/tmtp.md §1.2) handed to the [`Session`], post data
+//! streamed to the store in chunks, the login deadline (from accept) and the idle
+//! timeout (rolling, once logged in), spec §3.3. Writing goes through the [`Link`], the
+//! connection's single writer, which the node's queue shares.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Link, now_ms};
+use crate::proto::Quit;
+use crate::proto::frame::{Parsed, parse};
+use crate::proto::header::{Header, Op};
+use crate::proto::message;
+use crate::session::{Session, Step, Upload, check_text};
+
+/// Post data stored per chunk.
+const CHUNK: usize = 64 * 1024;
+
+/// How a connection ends.
+enum End {
+    /// Quietly (EOF, timeout, shutdown, I/O error).
+    Silent,
+    /// With a quit frame (if TmtpRev was seen).
+    Quit(Quit),
+}
+
+/// Serves one connection.
+///
+/// # Errors
+/// The TLS handshake failed; everything later ends the connection by itself.
+pub async fn serve<IO>(
+    io: IO,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let login_deadline = Instant::now() + hub.settings.login_timeout;
+    match tls {
+        Some(acceptor) => {
+            let stream = common::net::tls::handshake(&acceptor, io, login_deadline).await?;
+            run(stream, peer, hub, login_deadline, shutdown).await
+        }
+        None => run(io, peer, hub, login_deadline, shutdown).await,
+    }
+}
+
+async fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    login_deadline: Instant,
+    shutdown: CancellationToken,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (link, acks) = Link::new(Box::new(writer), hub.settings.idle_timeout);
+    let mut session = Session::new(hub.clone(), link.clone(), acks);
+    let mut conn = Conn { buf: Vec::with_capacity(4096), hub: &hub, login_deadline, link: &link, shutdown: &shutdown };
+    let end = conn.frames(&mut reader, &mut session).await;
+    if let End::Quit(q) = end {
+        if q != Quit::LogoutOk {
+            tracing::info!(%peer, error = q.text(), "quit");
+        }
+        if session.rev_seen() {
+            link.send(&message::quit(q.text())).await;
+        }
+    }
+    session.finish();
+    link.closed.cancel();
+    Ok(())
+}
+
+struct Conn<'a> {
+    buf: Vec<u8>,
+    hub: &'a Hub,
+    login_deadline: Instant,
+    link: &'a Arc<Link>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Conn<'_> {
+    fn deadline(&self, session: &Session) -> Instant {
+        if session.online().is_some() { Instant::now() + self.hub.settings.idle_timeout } else { self.login_deadline }
+    }
+
+    /// Reads more bytes into the buffer; false at EOF, timeout, shutdown or a failed link.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session) -> bool {
+        let until = self.deadline(session);
+        let mut chunk = [0u8; 16 * 1024];
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = self.link.closed.cancelled() => false,
+            got = timeout_at(until, r.read(&mut chunk)) => match got {
+                Ok(Ok(n)) if n > 0 => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+
+    /// Takes exactly `n` bytes (reading as needed), or None when the connection ends.
+    async fn take<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill(r, session).await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// Moves `n` data bytes into `up` in chunks as they arrive.
+    async fn stream<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        session: &Session,
+        up: &mut Upload,
+        mut n: u64,
+    ) -> Result<bool, common::StoreError> {
+        while n > 0 {
+            if self.buf.is_empty() && !self.fill(r, session).await {
+                return Ok(false);
+            }
+            let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)).min(CHUNK);
+            // Collect up to CHUNK bytes before writing a row, unless the data ends first.
+            if take < CHUNK && (take as u64) < n && self.fill(r, session).await {
+                continue;
+            }
+            let piece: Vec<u8> = self.buf.drain(..take).collect();
+            up.put(self.hub, &piece).await?;
+            n -= take as u64;
+        }
+        Ok(true)
+    }
+
+    async fn frames<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &mut Session) -> End {
+        loop {
+            let h = match parse(&self.buf) {
+                Err(q) => return End::Quit(q),
+                Ok(Parsed::Need(n)) => {
+                    while self.buf.len() < n {
+                        if !self.fill(r, session).await {
+                            return End::Silent;
+                        }
+                    }
+                    continue;
+                }
+                Ok(Parsed::Header { header, len }) => {
+                    self.buf.drain(..len);
+                    header
+                }
+            };
+            if let Err(q) = session.admit(h.op).and_then(|()| Session::before_data(&h)) {
+                return End::Quit(q);
+            }
+            let step = match self.request(r, session, &h).await {
+                Ok(Some(step)) => step,
+                Ok(None) => return End::Silent,
+                Err(e) => {
+                    tracing::error!(cause = %e, "database failure; closing the link");
+                    return End::Silent;
+                }
+            };
+            match step {
+                Step::Reply(bytes) => {
+                    if !bytes.is_empty() && !self.link.send(&bytes).await {
+                        return End::Silent;
+                    }
+                }
+                Step::LoggedIn(bytes, key, acks) => {
+                    if !self.link.send(&bytes).await {
+                        return End::Silent;
+                    }
+                    tokio::spawn(crate::queue::run(self.hub_arc(session), key, self.link.clone(), acks));
+                }
+                Step::Quit(q) => return End::Quit(q),
+            }
+        }
+    }
+
+    fn hub_arc(&self, session: &Session) -> Arc<Hub> {
+        session.hub()
+    }
+
+    /// Reads the request's data and runs it. None: the connection ended mid-data.
+    async fn request<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        session: &mut Session,
+        h: &Header,
+    ) -> Result<Option<Step>, common::StoreError> {
+        match h.op {
+            Op::Post | Op::PostNotify => {
+                let note_posted = now_ms();
+                let post_id = self.hub.next_id() as i64;
+                let note_id = (h.op == Op::PostNotify).then(|| self.hub.next_id() as i64);
+                let mut post = Upload::begin(self.hub, post_id).await?;
+                let mut note = match note_id {
+                    Some(id) => Some(Upload::begin(self.hub, id).await?),
+                    None => None,
+                };
+                let note_len = u64::try_from(h.notelen).unwrap_or(0);
+                let post_len =
+                    u64::try_from(h.datalen).unwrap_or(0) - note_len.min(u64::try_from(h.datalen).unwrap_or(0));
+                let mut complete = true;
+                if let Some(n) = note.as_mut() {
+                    complete = self.stream(r, session, n, note_len).await?;
+                }
+                if complete {
+                    complete = self.stream(r, session, &mut post, post_len).await?;
+                }
+                if !complete {
+                    self.hub.store.tmtp_discard(post_id).await?;
+                    if let Some(id) = note_id {
+                        self.hub.store.tmtp_discard(id).await?;
+                    }
+                    return Ok(None);
+                }
+                Ok(Some(session.post(h, post, note.map(|n| (n, note_posted))).await?))
+            }
+            _ => {
+                let n = usize::try_from(h.datalen).unwrap_or(0);
+                let Some(data) = self.take(r, session, n).await else { return Ok(None) };
+                if matches!(h.op, Op::Ping | Op::GroupInvite)
+                    && let Err(q) = check_text(&data)
+                {
+                    return Ok(Some(Step::Quit(q)));
+                }
+                Ok(Some(session.handle(h, &data).await?))
+            }
+        }
+    }
+}

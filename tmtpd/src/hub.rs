@@ -1,0 +1,246 @@
+//! What all connections of one mmtmtpd share (spec/tmtp.md §8, §9): the store, the
+//! message id counter, the connection table (which node is online on which link), and
+//! presence. Only the connection table and presence live in memory (presence is
+//! in-memory in mnm too); queues and messages are in the database.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::stats::Stats;
+use common::store::Store;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Auth;
+
+/// A node: `(uid, number)`.
+pub type NodeKey = (String, i64);
+
+/// Settings of the running daemon.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `tmtprev.name`.
+    pub name: String,
+    /// Processed `auth`/`authby`.
+    pub auth: Auth,
+    /// Login deadline from accept.
+    pub login_timeout: Duration,
+    /// Silence allowed once logged in.
+    pub idle_timeout: Duration,
+    /// Wait for an Ack before resending.
+    pub ack_timeout: Duration,
+    /// Also the write timeout of a link.
+    pub write_timeout: Duration,
+    /// Live nodes per user.
+    pub max_nodes: i64,
+}
+
+/// The writing side of a connection.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A logged-in connection, as the rest of the daemon sees it.
+pub struct Link {
+    /// The only way to write to the connection: a frame is written whole while held.
+    pub writer: tokio::sync::Mutex<Writer>,
+    /// Woken when a message is queued for this node.
+    pub wake: Notify,
+    /// Ids the client acknowledged (op 10), for the node's queue.
+    pub acks: mpsc::Sender<String>,
+    /// Cancelled when the connection ends (or must end: a write failed).
+    pub closed: CancellationToken,
+    write_timeout: Duration,
+}
+
+impl Link {
+    /// A link writing to `writer`; returns it and the receiving end of its acks.
+    pub fn new(writer: Writer, write_timeout: Duration) -> (std::sync::Arc<Link>, mpsc::Receiver<String>) {
+        // mnm: a 10-slot buffer, a full one waits up to 2 s (spec §8.3).
+        let (tx, rx) = mpsc::channel(10);
+        let link = Link {
+            writer: tokio::sync::Mutex::new(writer),
+            wake: Notify::new(),
+            acks: tx,
+            closed: CancellationToken::new(),
+            write_timeout,
+        };
+        (std::sync::Arc::new(link), rx)
+    }
+
+    /// Writes whole frames (already concatenated) under the lock; a failure or a write
+    /// that takes longer than the write timeout ends the link.
+    pub async fn send(&self, bytes: &[u8]) -> bool {
+        let mut w = self.writer.lock().await;
+        self.write_locked(&mut w, bytes).await
+    }
+
+    /// Writes `bytes` with the lock already held.
+    pub async fn write_locked(&self, w: &mut Writer, bytes: &[u8]) -> bool {
+        let done = tokio::time::timeout(self.write_timeout, async {
+            w.write_all(bytes).await?;
+            w.flush().await
+        })
+        .await;
+        if !matches!(done, Ok(Ok(()))) {
+            self.closed.cancel();
+            return false;
+        }
+        true
+    }
+}
+
+#[derive(Default)]
+struct Presence {
+    /// Connections of this user that issued OhiEdit.
+    refs: u32,
+    /// uid -> whether it is told this user is online.
+    on: HashMap<String, bool>,
+}
+
+/// The shared state.
+pub struct Hub {
+    /// The database.
+    pub store: Store,
+    /// Settings.
+    pub settings: Settings,
+    /// Counters.
+    pub stats: Stats,
+    /// OpenID Connect token checks.
+    pub oidc: crate::oidc::Verifier,
+    ids: AtomicU64,
+    links: Mutex<HashMap<NodeKey, std::sync::Arc<Link>>>,
+    presence: Mutex<HashMap<String, Presence>>,
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Hub {
+    /// A hub whose ids continue after `last_id` (the highest stored) or from the clock
+    /// in nanoseconds, whichever is later (spec/tmtp.md §4.4).
+    pub fn new(store: Store, settings: Settings, stats: Stats, oidc: crate::oidc::Verifier, last_id: u64) -> Hub {
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Hub {
+            store,
+            settings,
+            stats,
+            oidc,
+            ids: AtomicU64::new(clock.max(last_id)),
+            links: Mutex::default(),
+            presence: Mutex::default(),
+        }
+    }
+
+    /// The identity of a valid token as stored on the account (spec §12: subject,
+    /// issuer, audience, issue time).
+    pub fn oidc_identity(&self, token: Option<&str>) -> Option<String> {
+        let c = self.oidc.verify(token?).ok()?;
+        let issued = c
+            .iat
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        Some(
+            serde_json::json!({"Subject": c.sub, "Issuer": c.iss, "Audience": c.aud, "IssuedAt": issued.unwrap_or_default()})
+                .to_string(),
+        )
+    }
+
+    /// A fresh message id (strictly increasing).
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers `link` as node `key`'s connection; false if the node has one.
+    pub fn attach(&self, key: &NodeKey, link: &std::sync::Arc<Link>) -> bool {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(key).is_some_and(|l| !l.closed.is_cancelled()) {
+            return false;
+        }
+        links.insert(key.clone(), link.clone());
+        true
+    }
+
+    /// Forgets node `key`'s connection if it is still `link`.
+    pub fn detach(&self, key: &NodeKey, link: &std::sync::Arc<Link>) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(key).is_some_and(|l| std::sync::Arc::ptr_eq(l, link)) {
+            links.remove(key);
+        }
+    }
+
+    /// The connection of node `key`.
+    pub fn link(&self, key: &NodeKey) -> Option<std::sync::Arc<Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Connections of every node of `uid`.
+    pub fn links_of(&self, uid: &str) -> Vec<std::sync::Arc<Link>> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.iter().filter(|((u, _), _)| u == uid).map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Wakes the queues of `nodes` that are online here.
+    pub fn wake(&self, nodes: &[NodeKey]) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for n in nodes {
+            if let Some(l) = links.get(n) {
+                l.wake.notify_one();
+            }
+        }
+    }
+
+    /// Sends `frame` to every connected node of `uid`, best effort (spec §8.3: an `ohi`
+    /// that cannot be written within 200 ms is dropped).
+    pub fn notify_uid(&self, uid: &str, frame: Vec<u8>) {
+        for link in self.links_of(uid) {
+            let frame = frame.clone();
+            tokio::spawn(async move {
+                if let Ok(mut w) = tokio::time::timeout(Duration::from_millis(200), link.writer.lock()).await {
+                    link.write_locked(&mut w, &frame).await;
+                }
+            });
+        }
+    }
+
+    /// Presence of `user` as seen by `target`: turns it on or off; true if it changed
+    /// (spec §9).
+    pub fn presence_set(&self, user: &str, target: &str, on: bool) -> bool {
+        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = p.entry(user.to_owned()).or_default();
+        let was = entry.on.get(target).copied().unwrap_or(false);
+        entry.on.insert(target.to_owned(), on);
+        was != on
+    }
+
+    /// One more connection of `user` issued OhiEdit.
+    pub fn presence_join(&self, user: &str) {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner()).entry(user.to_owned()).or_default().refs += 1;
+    }
+
+    /// A connection of `user` that issued OhiEdit ended; at the last one the map is
+    /// dropped and the uids it had on are returned (to be told "offline").
+    pub fn presence_leave(&self, user: &str) -> Vec<String> {
+        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = p.get_mut(user) else { return Vec::new() };
+        entry.refs = entry.refs.saturating_sub(1);
+        if entry.refs > 0 {
+            return Vec::new();
+        }
+        let gone = p.remove(user).map(|e| e.on.into_iter().filter(|(_, on)| *on).map(|(u, _)| u).collect());
+        gone.unwrap_or_default()
+    }
+
+    /// Users whose presence map has `target` on (for `info.ohi` at its login).
+    pub fn presence_for(&self, target: &str) -> Vec<String> {
+        let p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users: Vec<String> =
+            p.iter().filter(|(_, e)| e.refs > 0 && e.on.get(target) == Some(&true)).map(|(u, _)| u.clone()).collect();
+        users.sort();
+        users
+    }
+}
