@@ -252,10 +252,19 @@ async fn replay(db: &TestDb) -> Vec<String> {
         }
         let _ = head;
     }
+    if !problems.is_empty() {
+        let log = s.daemon.log_text();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("refused"))
+            .take(20)
+            .collect();
+        problems.push(format!("daemon log (warnings):\n{}", tail.join("\n")));
+    }
     problems
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn all_59_entries_of_mnms_test_suite_pass_over_tls() {
     // The backends run side by side: each has its own daemon and database.
     let mut runs = tokio::task::JoinSet::new();

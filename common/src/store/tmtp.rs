@@ -264,6 +264,20 @@ macro_rules! on {
     };
 }
 
+/// Runs a store transaction again while it fails on a deadlock or busy database.
+async fn retry<T, F, Fut>(what: &'static str, f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut f = f;
+    super::retrying(what, move || {
+        let fut = f();
+        async move { fut.await.map_err(StoreError::from) }
+    })
+    .await
+}
+
 /// A queued message's place: `'E'` (UserEdit results) before `'M'`, then by id.
 pub type QueueEntry = (String, i64);
 
@@ -276,7 +290,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`], also when `uid` or `hash` exists already.
     pub async fn tmtp_register(&self, uid: &str, hash: &str, auth: Option<&str>) -> Result<(), StoreError> {
-        Ok(on!(self, register(uid, hash, super::unix_now(), auth))?)
+        let now = super::unix_now();
+        retry("register", || async { on!(self, register(uid, hash, now, auth)) }).await
     }
 
     /// The `(uid, node number)` of the live node whose stored hash is `hash`.
@@ -315,7 +330,7 @@ impl Store {
         from_num: i64,
         max: i64,
     ) -> Result<Result<i64, NodeError>, StoreError> {
-        Ok(on!(self, add_node(uid, hash, from_num, max))?)
+        retry("add node", || async { on!(self, add_node(uid, hash, from_num, max)) }).await
     }
 
     /// The uid owning `alias`.
@@ -331,7 +346,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_add_alias(&self, uid: &str, alias: &str) -> Result<Result<(), AliasError>, StoreError> {
-        Ok(on!(self, add_alias(uid, alias))?)
+        retry("add alias", || async { on!(self, add_alias(uid, alias)) }).await
     }
 
     /// Whether group `gid` exists (has member rows).
@@ -356,7 +371,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_set_members(&self, gid: &str, rows: &[(&str, &str, i64)]) -> Result<(), StoreError> {
-        Ok(on!(self, set_members(gid, rows))?)
+        retry("members", || async { on!(self, set_members(gid, rows)) }).await
     }
 
     /// Starts message `id`: its data chunks may follow ([`Store::tmtp_put_chunk`]); it is
@@ -390,7 +405,7 @@ impl Store {
         prio: &str,
         nodes: &[(String, i64)],
     ) -> Result<(), StoreError> {
-        Ok(on!(self, commit_message(id, header, size, prio, nodes))?)
+        retry("queueing", || async { on!(self, commit_message(id, header, size, prio, nodes)) }).await
     }
 
     /// Drops message `id` (an upload that failed, or a resolution error), unless queued.
@@ -398,7 +413,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_discard(&self, id: i64) -> Result<(), StoreError> {
-        Ok(on!(self, discard(id))?)
+        retry("discard", || async { on!(self, discard(id)) }).await
     }
 
     /// The pending messages of node (`uid`, `num`) in delivery order.
@@ -431,7 +446,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_ack(&self, uid: &str, num: i64, id: i64) -> Result<bool, StoreError> {
-        Ok(on!(self, ack(uid, num, id))?)
+        retry("ack", || async { on!(self, ack(uid, num, id)) }).await
     }
 
     /// At start: removes messages whose upload never finished; returns how many.
@@ -439,7 +454,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_cleanup(&self) -> Result<u64, StoreError> {
-        Ok(on!(self, cleanup())?)
+        retry("cleanup", || async { on!(self, cleanup()) }).await
     }
 
     /// The highest message id stored (0 when none): ids must keep growing across

@@ -298,20 +298,37 @@ pub struct Suite {
 pub async fn suite(url: &str, extra: &str) -> Suite {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCert::generate(dir.path());
-    let oidc = Oidc::generate(dir.path());
+    let oidc = {
+        let d = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || Oidc::generate(&d)).await.unwrap()
+    };
     let keys_port = oidc.serve().await;
-    let daemon = Daemon::start(&bin(), dir.path(), |port| config(url, &cert, port, keys_port, extra));
+    // Blocking waits go to a blocking thread: on a runtime worker they would also
+    // hold back the JWKS server task just spawned (tokio runs it on this worker).
+    let (path, url2, extra2) = (dir.path().to_path_buf(), url.to_owned(), extra.to_owned());
+    let (cert_path, key_path, der) = (cert.cert.clone(), cert.key.clone(), cert.der.clone());
+    let daemon = tokio::task::spawn_blocking(move || {
+        let cert = TestCert { cert: cert_path, key: key_path, der };
+        Daemon::start(&bin(), &path, |port| config(&url2, &cert, port, keys_port, &extra2))
+    })
+    .await
+    .unwrap();
     let cfg = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "toml"))
         .unwrap();
-    let send = admin(&cfg, &["add-user", "u100002", "--nodes", "2"]);
-    let recv = admin(&cfg, &["add-user", "u100003", "--nodes", "2"]);
-    admin(&cfg, &["add-alias", "test1", "u100002"]);
-    admin(&cfg, &["add-alias", "test11", "u100002"]);
-    admin(&cfg, &["add-alias", "test2", "u100003"]);
-    admin(&cfg, &["set-member", "blab", "u100002", "test1", "invited"]);
+    let (send, recv) = tokio::task::spawn_blocking(move || {
+        let send = admin(&cfg, &["add-user", "u100002", "--nodes", "2"]);
+        let recv = admin(&cfg, &["add-user", "u100003", "--nodes", "2"]);
+        admin(&cfg, &["add-alias", "test1", "u100002"]);
+        admin(&cfg, &["add-alias", "test11", "u100002"]);
+        admin(&cfg, &["add-alias", "test2", "u100003"]);
+        admin(&cfg, &["set-member", "blab", "u100002", "test1", "invited"]);
+        (send, recv)
+    })
+    .await
+    .unwrap();
     Suite {
         daemon,
         cert,
