@@ -22,7 +22,7 @@
 #
 # What a system install does: builds release binaries (cargo build --release); stops
 # running mmmail daemons (systemd units, or processes named in /run/mmmail/*.pid);
-# installs mmstatd, mmsmtpd and mmpop3d in PREFIX/sbin and mmpasswd and mmstat in
+# installs mmstatd, mmsmtpd, mmpop3d and mmtmtpd in PREFIX/sbin and mmpasswd and mmstat in
 # PREFIX/bin; man pages in PREFIX/share/man/man{5,7,8}; example configs in
 # SYSCONFDIR/mmmail, mode 0640 root:mmmail, never overwriting one (a changed example is
 # written beside it as FILE.new); creates the system group and user mmmail (no login
@@ -43,7 +43,7 @@ make_user=yes
 systemd=yes
 mode=install
 # In start order: mmstatd first, so the others' first counts reach it.
-daemons="mmstatd mmsmtpd mmpop3d"
+daemons="mmstatd mmsmtpd mmpop3d mmtmtpd"
 tools="mmpasswd mmstat"
 
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -216,7 +216,8 @@ if [ "$mode" = install ]; then
     start_again
     say "done. Next: edit $confdir/*.toml (database url, listen addresses, [tls]),"
     echo "    check with: $sbindir/mmsmtpd --check-config -c $confdir/mmsmtpd.toml"
-    echo "    add users and boxes (man 7 mmmail), then: systemctl start mmstatd mmsmtpd mmpop3d"
+    echo "    add users and boxes (man 7 mmmail), then: systemctl start mmstatd mmsmtpd mmpop3d mmtmtpd"
+    echo "    mmtmtpd needs [tls] cert/key (mmtmtpd.toml); TMTP accounts: man 8 mmtmtpd"
     echo "    counters: mmstat show    (man 8 mmstat)"
     exit 0
 fi
@@ -229,6 +230,7 @@ smtp_port=${MMMAIL_SMTP_PORT:-2525}
 pop3_port=${MMMAIL_POP3_PORT:-2110}
 pop3s_port=${MMMAIL_POP3S_PORT:-2995}
 metrics_port=${MMMAIL_METRICS_PORT:-2112}
+tmtp_port=${MMMAIL_TMTP_PORT:-2443}
 
 tls=""
 if command -v openssl >/dev/null 2>&1; then
@@ -299,6 +301,23 @@ $root_ok
 CONF
 fi
 
+if [ -n "$tls" ] && [ ! -f "$local/etc/mmtmtpd.toml" ]; then
+    cat > "$local/etc/mmtmtpd.toml" <<CONF
+# Local quick-start configuration written by install.sh --local (see etc/mmtmtpd.toml).
+[server]
+name = "localhost"
+[database]
+url = "sqlite://$db"
+[listen]
+tls_addresses = ["127.0.0.1:$tmtp_port"]
+$tls
+[tmtpd]
+name = "mmmail local"
+$stats
+$root_ok
+CONF
+fi
+
 pids=""
 stop() {
     trap - INT TERM EXIT
@@ -331,6 +350,7 @@ start() {
 start mmstatd
 start mmsmtpd
 start mmpop3d
+[ -f "$local/etc/mmtmtpd.toml" ] && start mmtmtpd
 
 # The demo account: user "demo" (password "demo"), box demo@example.test, and every
 # other address at example.test reaching it through a wildcard alias.
@@ -363,6 +383,9 @@ Fetch it over POP3 (user demo@example.test, or mmmail style demo.example.test):
   curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/1       # retrieve message 1
 $( [ -n "$tls" ] && echo "  curl -sS --cacert $local/etc/cert.pem -u demo@example.test:demo pop3s://localhost:$pop3s_port/1" )
 
+$( [ -n "$tls" ] && echo "TMTP (mnm clients) over TLS on 127.0.0.1:$tmtp_port (self-signed: =127.0.0.1:$tmtp_port); accounts:
+  $bin/mmtmtpd -c $local/etc/mmtmtpd.toml admin add-user --nodes 1
+" )
 See the counters (mmstatd):
   $bin/mmstat -q $local/var/mmstatd-query.sock show
   $bin/mmstat -q $local/var/mmstatd-query.sock watch 'mmsmtpd|total|*'

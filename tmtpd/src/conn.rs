@@ -72,6 +72,7 @@ where
     if let End::Quit(q) = end {
         if q != Quit::LogoutOk {
             tracing::info!(%peer, error = q.text(), "quit");
+            hub.stats.failed("quit", q.text());
         }
         if session.rev_seen() {
             link.send(&message::quit(q.text())).await;

@@ -45,6 +45,11 @@ async fn send(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreErro
         sent += chunk.len() as i64;
         seq += 1;
     }
+    hub.stats
+        .batch()
+        .update(common::stats::Flag::Persistent, &["total", "deliveries"], 1)
+        .update(common::stats::Flag::Persistent, &["total", "bytes-out"], header.len() as i64 + size)
+        .send();
     Ok(true)
 }
 
