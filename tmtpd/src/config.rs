@@ -171,7 +171,9 @@ impl TmtpdConfig {
         if self.authby.is_empty() {
             return Ok(Auth::default());
         }
-        Ok(Auth { kind: self.auth, required: !optional, providers })
+        // auth 0 is open: a token is checked only when a client sends one. (mnm still
+        // demanded one when providers were listed, spec §11.2; that contradicts "open".)
+        Ok(Auth { kind: self.auth, required: self.auth != 0 && !optional, providers })
     }
 }
 

@@ -249,7 +249,7 @@ pub fn admin(config: &Path, args: &[&str]) -> Vec<String> {
 }
 
 /// The config of the verify pass (spec §13.2): name Verify, auth 1, provider X.
-pub fn config(url: &str, cert: &TestCert, port: u16, keys_port: u16, extra: &str) -> String {
+pub fn config(url: &str, cert: &TestCert, port: u16, keys_port: u16, auth: u8, extra: &str) -> String {
     format!(
         r#"[server]
 name = "tmtp.example.org"
@@ -266,7 +266,7 @@ connection_rate = 0
 error_delay = 0
 [tmtpd]
 name = "Verify"
-auth = 1
+auth = {auth}
 {extra}
 [[tmtpd.authby]]
 label = "X"
@@ -287,6 +287,8 @@ aud = "audience"
 /// u100002 invited as test1.
 pub struct Suite {
     pub daemon: Daemon,
+    /// The config file the daemon runs with.
+    pub config: PathBuf,
     pub cert: TestCert,
     pub oidc: Oidc,
     /// (uid, [node0, node1]) of u100002 and u100003.
@@ -296,6 +298,11 @@ pub struct Suite {
 }
 
 pub async fn suite(url: &str, extra: &str) -> Suite {
+    suite_with(url, 1, extra).await
+}
+
+/// [`suite`] with another `auth`.
+pub async fn suite_with(url: &str, auth: u8, extra: &str) -> Suite {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCert::generate(dir.path());
     let oidc = {
@@ -309,7 +316,7 @@ pub async fn suite(url: &str, extra: &str) -> Suite {
     let (cert_path, key_path, der) = (cert.cert.clone(), cert.key.clone(), cert.der.clone());
     let daemon = tokio::task::spawn_blocking(move || {
         let cert = TestCert { cert: cert_path, key: key_path, der };
-        Daemon::start(&bin(), &path, |port| config(&url2, &cert, port, keys_port, &extra2))
+        Daemon::start(&bin(), &path, |port| config(&url2, &cert, port, keys_port, auth, &extra2))
     })
     .await
     .unwrap();
@@ -318,6 +325,7 @@ pub async fn suite(url: &str, extra: &str) -> Suite {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "toml"))
         .unwrap();
+    let cfg_path = cfg.clone();
     let (send, recv) = tokio::task::spawn_blocking(move || {
         let send = admin(&cfg, &["add-user", "u100002", "--nodes", "2"]);
         let recv = admin(&cfg, &["add-user", "u100003", "--nodes", "2"]);
@@ -331,6 +339,7 @@ pub async fn suite(url: &str, extra: &str) -> Suite {
     .unwrap();
     Suite {
         daemon,
+        config: cfg_path,
         cert,
         oidc,
         send: (send[0].clone(), send[1..].to_vec()),
