@@ -94,6 +94,8 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
             "{name}"
         );
         assert_eq!(s.tmtp_max_message_id().await.unwrap(), user);
+        assert_eq!(s.tmtp_next("B", 1).await.unwrap(), Some(("E".into(), user)));
+        assert_eq!(s.tmtp_next("nobody", 1).await.unwrap(), None);
         let (header, size) = s.tmtp_message(big).await.unwrap().unwrap();
         assert_eq!((header.as_slice(), size), (&b"0010{\"op\":\"delivery\"}"[..], 3 * 65536));
         assert_eq!(s.tmtp_chunk(big, 2).await.unwrap().unwrap(), chunk);

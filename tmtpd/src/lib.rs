@@ -11,6 +11,7 @@
 pub mod config;
 pub mod conn;
 pub mod hub;
+pub mod load;
 pub mod oidc;
 pub mod proto;
 pub mod queue;

@@ -57,7 +57,7 @@ async fn send(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreErro
 pub async fn run(hub: Arc<Hub>, key: NodeKey, link: Arc<Link>, mut acks: mpsc::Receiver<String>) {
     let (uid, num) = (&key.0, key.1);
     loop {
-        let pending = match hub.store.tmtp_queue(uid, num).await {
+        let next = match hub.store.tmtp_next(uid, num).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(cause = %e, "queue lookup failed");
@@ -67,7 +67,7 @@ pub async fn run(hub: Arc<Hub>, key: NodeKey, link: Arc<Link>, mut acks: mpsc::R
                 }
             }
         };
-        let Some(&(_, id)) = pending.first() else {
+        let Some((_, id)) = next else {
             tokio::select! {
                 () = link.closed.cancelled() => return,
                 () = link.wake.notified() => {}

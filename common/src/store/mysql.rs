@@ -65,6 +65,7 @@ const TMTP: super::tmtp::TmtpSql = super::tmtp::TmtpSql {
     ready_message: "UPDATE tmtp_message SET message_header = ?, message_size = ?, message_ready = 1 WHERE message_id = ?",
     enqueue: "INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES (?, ?, ?, ?)",
     queue: "SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = ? AND queue_num = ? ORDER BY queue_prio, queue_message",
+    queue_next: "SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = ? AND queue_num = ? ORDER BY queue_prio, queue_message LIMIT 1",
     message: "SELECT message_header, message_size FROM tmtp_message WHERE message_id = ? AND message_ready = 1",
     chunk: "SELECT chunk_data FROM tmtp_chunk WHERE chunk_message = ? AND chunk_seq = ?",
     dequeue: "DELETE FROM tmtp_queue WHERE queue_uid = ? AND queue_num = ? AND queue_message = ?",

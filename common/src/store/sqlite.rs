@@ -67,6 +67,7 @@ const TMTP: super::tmtp::TmtpSql = super::tmtp::TmtpSql {
     ready_message: "UPDATE tmtp_message SET message_header = ?1, message_size = ?2, message_ready = 1 WHERE message_id = ?3",
     enqueue: "INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES (?1, ?2, ?3, ?4)",
     queue: "SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = ?1 AND queue_num = ?2 ORDER BY queue_prio, queue_message",
+    queue_next: "SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = ?1 AND queue_num = ?2 ORDER BY queue_prio, queue_message LIMIT 1",
     message: "SELECT message_header, message_size FROM tmtp_message WHERE message_id = ?1 AND message_ready = 1",
     chunk: "SELECT chunk_data FROM tmtp_chunk WHERE chunk_message = ?1 AND chunk_seq = ?2",
     dequeue: "DELETE FROM tmtp_queue WHERE queue_uid = ?1 AND queue_num = ?2 AND queue_message = ?3",

@@ -35,6 +35,8 @@ pub(crate) struct TmtpSql {
     pub enqueue: &'static str,
     /// `(queue_prio, queue_message)` of node (`$1`, `$2`), in delivery order.
     pub queue: &'static str,
+    /// The first of those.
+    pub queue_next: &'static str,
     /// `(message_header, message_size)` of ready message `$1`.
     pub message: &'static str,
     /// `chunk_data` of message `$1`, chunk `$2`.
@@ -212,6 +214,14 @@ macro_rules! tmtp_operations {
 
             pub(crate) async fn queue(p: &Pool, uid: &str, num: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
                 sqlx::query_as($sql.queue).bind(uid).bind(num).fetch_all(p).await
+            }
+
+            pub(crate) async fn queue_next(
+                p: &Pool,
+                uid: &str,
+                num: i64,
+            ) -> Result<Option<(String, i64)>, sqlx::Error> {
+                sqlx::query_as($sql.queue_next).bind(uid).bind(num).fetch_optional(p).await
             }
 
             pub(crate) async fn message(p: &Pool, id: i64) -> Result<Option<(Vec<u8>, i64)>, sqlx::Error> {
@@ -422,6 +432,14 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn tmtp_queue(&self, uid: &str, num: i64) -> Result<Vec<QueueEntry>, StoreError> {
         Ok(on!(self, queue(uid, num))?)
+    }
+
+    /// The next message for node (`uid`, `num`), if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_next(&self, uid: &str, num: i64) -> Result<Option<QueueEntry>, StoreError> {
+        Ok(on!(self, queue_next(uid, num))?)
     }
 
     /// The frame header and data size of deliverable message `id`.
