@@ -79,7 +79,7 @@ where
         }
     }
     session.finish();
-    link.closed.cancel();
+    link.close().await;
     Ok(())
 }
 

@@ -69,6 +69,14 @@ impl Link {
         (std::sync::Arc::new(link), rx)
     }
 
+    /// Closes the link: no more writes, and the socket is shut down now (the node's
+    /// queue may still hold the link for a moment).
+    pub async fn close(&self) {
+        self.closed.cancel();
+        let mut w = self.writer.lock().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), w.shutdown()).await;
+    }
+
     /// Writes whole frames (already concatenated) under the lock; a failure or a write
     /// that takes longer than the write timeout ends the link.
     pub async fn send(&self, bytes: &[u8]) -> bool {
@@ -76,8 +84,11 @@ impl Link {
         self.write_locked(&mut w, bytes).await
     }
 
-    /// Writes `bytes` with the lock already held.
+    /// Writes `bytes` with the lock already held; nothing once the link is closed.
     pub async fn write_locked(&self, w: &mut Writer, bytes: &[u8]) -> bool {
+        if self.closed.is_cancelled() {
+            return false;
+        }
         let done = tokio::time::timeout(self.write_timeout, async {
             w.write_all(bytes).await?;
             w.flush().await
