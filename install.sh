@@ -237,6 +237,7 @@ if command -v openssl >/dev/null 2>&1; then
     if [ ! -f "$local/etc/cert.pem" ]; then
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
             -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+            -addext basicConstraints=critical,CA:FALSE \
             -keyout "$local/etc/key.pem" -out "$local/etc/cert.pem" 2>/dev/null
     fi
     tls="[tls]
