@@ -63,6 +63,25 @@ macro_rules! tmtp_operations {
 
             type Pool = sqlx::Pool<$db>;
 
+            /// Ends `tx` as `r` says: commit on success, roll back at once on failure (a
+            /// dropped transaction is only rolled back when its connection is used again,
+            /// and holds its locks until then).
+            async fn finish<T>(
+                tx: sqlx::Transaction<'static, $db>,
+                r: Result<T, sqlx::Error>,
+            ) -> Result<T, sqlx::Error> {
+                match r {
+                    Ok(v) => {
+                        tx.commit().await?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+
             pub(crate) async fn register(
                 p: &Pool,
                 uid: &str,
@@ -71,9 +90,13 @@ macro_rules! tmtp_operations {
                 auth: Option<&str>,
             ) -> Result<(), sqlx::Error> {
                 let mut tx = p.begin().await?;
-                sqlx::query($sql.insert_user).bind(uid).bind(now).bind(auth).execute(&mut *tx).await?;
-                sqlx::query($sql.insert_node).bind(uid).bind(1i64).bind(hash).execute(&mut *tx).await?;
-                tx.commit().await
+                let r = async {
+                    sqlx::query($sql.insert_user).bind(uid).bind(now).bind(auth).execute(&mut *tx).await?;
+                    sqlx::query($sql.insert_node).bind(uid).bind(1i64).bind(hash).execute(&mut *tx).await?;
+                    Ok(())
+                }
+                .await;
+                finish(tx, r).await
             }
 
             pub(crate) async fn node_by_hash(p: &Pool, hash: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
@@ -98,16 +121,19 @@ macro_rules! tmtp_operations {
                 max: i64,
             ) -> Result<Result<i64, NodeError>, sqlx::Error> {
                 let mut tx = p.begin().await?;
-                let (live, top): (i64, Option<i64>) =
-                    sqlx::query_as($sql.node_counts).bind(uid).fetch_one(&mut *tx).await?;
-                if live >= max {
-                    return Ok(Err(NodeError::TooMany));
+                let r = async {
+                    let (live, top): (i64, Option<i64>) =
+                        sqlx::query_as($sql.node_counts).bind(uid).fetch_one(&mut *tx).await?;
+                    if live >= max {
+                        return Ok(Err(NodeError::TooMany));
+                    }
+                    let num = top.unwrap_or(0) + 1;
+                    sqlx::query($sql.insert_node).bind(uid).bind(num).bind(hash).execute(&mut *tx).await?;
+                    sqlx::query($sql.copy_queue).bind(uid).bind(num).bind(uid).bind(from_num).execute(&mut *tx).await?;
+                    Ok(Ok(num))
                 }
-                let num = top.unwrap_or(0) + 1;
-                sqlx::query($sql.insert_node).bind(uid).bind(num).bind(hash).execute(&mut *tx).await?;
-                sqlx::query($sql.copy_queue).bind(uid).bind(num).bind(uid).bind(from_num).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(Ok(num))
+                .await;
+                finish(tx, r).await
             }
 
             pub(crate) async fn alias_owner(p: &Pool, alias: &str) -> Result<Option<String>, sqlx::Error> {
@@ -121,26 +147,28 @@ macro_rules! tmtp_operations {
                 alias: &str,
             ) -> Result<Result<(), AliasError>, sqlx::Error> {
                 let mut tx = p.begin().await?;
-                let owner: Option<(String,)> =
-                    sqlx::query_as($sql.alias_owner).bind(alias).fetch_optional(&mut *tx).await?;
-                match owner {
-                    Some((o,)) if o == uid => return Ok(Ok(())),
-                    Some(_) => return Ok(Err(AliasError::Taken)),
-                    None => {}
+                let r = async {
+                    let owner: Option<(String,)> =
+                        sqlx::query_as($sql.alias_owner).bind(alias).fetch_optional(&mut *tx).await?;
+                    match owner {
+                        Some((o,)) if o == uid => return Ok(Ok(())),
+                        Some(_) => return Ok(Err(AliasError::Taken)),
+                        None => {}
+                    }
+                    let group: Option<(i64,)> =
+                        sqlx::query_as($sql.group_exists).bind(alias).fetch_optional(&mut *tx).await?;
+                    if group.is_some() {
+                        return Ok(Err(AliasError::NotAvailable));
+                    }
+                    sqlx::query($sql.insert_alias).bind(alias).bind(uid).execute(&mut *tx).await?;
+                    Ok(Ok(()))
                 }
-                let group: Option<(i64,)> =
-                    sqlx::query_as($sql.group_exists).bind(alias).fetch_optional(&mut *tx).await?;
-                if group.is_some() {
-                    return Ok(Err(AliasError::NotAvailable));
-                }
-                match sqlx::query($sql.insert_alias).bind(alias).bind(uid).execute(&mut *tx).await {
-                    Ok(_) => {}
+                .await;
+                match finish(tx, r).await {
                     // Taken by a concurrent request between the check and the insert.
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(Err(AliasError::Taken)),
-                    Err(e) => return Err(e),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Err(AliasError::Taken)),
+                    other => other,
                 }
-                tx.commit().await?;
-                Ok(Ok(()))
             }
 
             pub(crate) async fn group_exists(p: &Pool, gid: &str) -> Result<bool, sqlx::Error> {
@@ -158,17 +186,21 @@ macro_rules! tmtp_operations {
                 rows: &[(&str, &str, i64)],
             ) -> Result<(), sqlx::Error> {
                 let mut tx = p.begin().await?;
-                for (uid, alias, status) in rows {
-                    sqlx::query($sql.delete_member).bind(gid).bind(*uid).execute(&mut *tx).await?;
-                    sqlx::query($sql.insert_member)
-                        .bind(gid)
-                        .bind(*uid)
-                        .bind(*alias)
-                        .bind(*status)
-                        .execute(&mut *tx)
-                        .await?;
+                let r = async {
+                    for (uid, alias, status) in rows {
+                        sqlx::query($sql.delete_member).bind(gid).bind(*uid).execute(&mut *tx).await?;
+                        sqlx::query($sql.insert_member)
+                            .bind(gid)
+                            .bind(*uid)
+                            .bind(*alias)
+                            .bind(*status)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Ok(())
                 }
-                tx.commit().await
+                .await;
+                finish(tx, r).await
             }
 
             pub(crate) async fn begin_message(p: &Pool, id: i64, now: i64) -> Result<(), sqlx::Error> {
@@ -188,17 +220,21 @@ macro_rules! tmtp_operations {
                 nodes: &[(String, i64)],
             ) -> Result<(), sqlx::Error> {
                 let mut tx = p.begin().await?;
-                sqlx::query($sql.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
-                for (uid, num) in nodes {
-                    sqlx::query($sql.enqueue)
-                        .bind(uid.as_str())
-                        .bind(*num)
-                        .bind(prio)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                let r = async {
+                    sqlx::query($sql.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
+                    for (uid, num) in nodes {
+                        sqlx::query($sql.enqueue)
+                            .bind(uid.as_str())
+                            .bind(*num)
+                            .bind(prio)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Ok(())
                 }
-                tx.commit().await?;
+                .await;
+                finish(tx, r).await?;
                 if nodes.is_empty() {
                     discard(p, id).await?;
                 }
@@ -207,9 +243,13 @@ macro_rules! tmtp_operations {
 
             pub(crate) async fn discard(p: &Pool, id: i64) -> Result<(), sqlx::Error> {
                 let mut tx = p.begin().await?;
-                sqlx::query($sql.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
-                sqlx::query($sql.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
-                tx.commit().await
+                let r = async {
+                    sqlx::query($sql.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
+                    sqlx::query($sql.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
+                    Ok(())
+                }
+                .await;
+                finish(tx, r).await
             }
 
             pub(crate) async fn queue(p: &Pool, uid: &str, num: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
@@ -235,19 +275,25 @@ macro_rules! tmtp_operations {
 
             pub(crate) async fn ack(p: &Pool, uid: &str, num: i64, id: i64) -> Result<bool, sqlx::Error> {
                 let mut tx = p.begin().await?;
-                let done = sqlx::query($sql.dequeue).bind(uid).bind(num).bind(id).execute(&mut *tx).await?;
-                sqlx::query($sql.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
-                sqlx::query($sql.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(done.rows_affected() > 0)
+                let r = async {
+                    let done = sqlx::query($sql.dequeue).bind(uid).bind(num).bind(id).execute(&mut *tx).await?;
+                    sqlx::query($sql.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
+                    sqlx::query($sql.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
+                    Ok(done.rows_affected() > 0)
+                }
+                .await;
+                finish(tx, r).await
             }
 
             pub(crate) async fn cleanup(p: &Pool) -> Result<u64, sqlx::Error> {
                 let mut tx = p.begin().await?;
-                let n = sqlx::query($sql.delete_unready).execute(&mut *tx).await?.rows_affected();
-                sqlx::query($sql.delete_stray_chunks).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(n)
+                let r = async {
+                    let n = sqlx::query($sql.delete_unready).execute(&mut *tx).await?.rows_affected();
+                    sqlx::query($sql.delete_stray_chunks).execute(&mut *tx).await?;
+                    Ok(n)
+                }
+                .await;
+                finish(tx, r).await
             }
 
             pub(crate) async fn max_message_id(p: &Pool) -> Result<i64, sqlx::Error> {
