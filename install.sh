@@ -312,6 +312,10 @@ url = "sqlite://$db"
 [listen]
 tls_addresses = ["127.0.0.1:$tmtp_port"]
 $tls
+# Loopback only: no per-address limits, so mmtmtpd-load's many clients get in.
+[limits]
+max_per_address = 0
+connection_rate = 0
 [tmtpd]
 name = "mmmail local"
 $stats
