@@ -13,7 +13,7 @@
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -246,11 +246,6 @@ impl Stats {
     /// Updates dropped so far because mmstatd could not take them.
     pub fn dropped(&self) -> u64 {
         self.inner.as_ref().map_or(0, |i| i.dropped.load(Ordering::Relaxed))
-    }
-
-    /// The socket path, when enabled.
-    pub fn socket(&self) -> Option<&Path> {
-        self.inner.as_ref().map(|i| i.path.as_path())
     }
 
     /// A new transaction; nothing is sent until [`Batch::send`].

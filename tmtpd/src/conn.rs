@@ -185,15 +185,11 @@ impl Conn<'_> {
                     if !self.link.send(&bytes).await {
                         return End::Silent;
                     }
-                    tokio::spawn(crate::queue::run(self.hub_arc(session), key, self.link.clone(), acks));
+                    tokio::spawn(crate::queue::run(session.hub(), key, self.link.clone(), acks));
                 }
                 Step::Quit(q) => return End::Quit(q),
             }
         }
-    }
-
-    fn hub_arc(&self, session: &Session) -> Arc<Hub> {
-        session.hub()
     }
 
     /// Reads the request's data and runs it. None: the connection ended mid-data.

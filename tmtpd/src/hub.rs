@@ -28,12 +28,10 @@ pub struct Settings {
     pub auth: Auth,
     /// Login deadline from accept.
     pub login_timeout: Duration,
-    /// Silence allowed once logged in.
+    /// Silence allowed once logged in; also the write timeout of a link.
     pub idle_timeout: Duration,
     /// Wait for an Ack before resending.
     pub ack_timeout: Duration,
-    /// Also the write timeout of a link.
-    pub write_timeout: Duration,
     /// Live nodes per user.
     pub max_nodes: i64,
 }
@@ -182,11 +180,6 @@ impl Hub {
         if links.get(key).is_some_and(|l| std::sync::Arc::ptr_eq(l, link)) {
             links.remove(key);
         }
-    }
-
-    /// The connection of node `key`.
-    pub fn link(&self, key: &NodeKey) -> Option<std::sync::Arc<Link>> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
     /// Connections of every node of `uid`.

@@ -53,7 +53,6 @@ pub fn settings(cfg: &Config) -> anyhow::Result<Settings> {
         login_timeout: Duration::from_secs(t.login_timeout),
         idle_timeout: Duration::from_secs(t.idle_timeout),
         ack_timeout: Duration::from_secs(t.ack_timeout),
-        write_timeout: Duration::from_secs(t.idle_timeout),
         max_nodes: t.max_nodes,
     })
 }

@@ -19,9 +19,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::proto::json::encode;
-use crate::proto::message::crc32c;
-
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// What to run.
@@ -140,14 +137,7 @@ fn frame(head: &Value, data: &[u8]) -> Vec<u8> {
 }
 
 fn headsum_ok(head: &Value) -> bool {
-    let Some(map) = head.as_object() else { return false };
-    let Some(sum) = map.get("headsum").and_then(Value::as_u64) else { return true };
-    let mut without = map.clone();
-    without.remove("headsum");
-    let json = encode(&Value::Object(without));
-    let mut prefixed = format!("{:04x}", json.len()).into_bytes();
-    prefixed.extend_from_slice(&json);
-    u64::from(crc32c(&prefixed)) == sum
+    head.as_object().is_some_and(crate::proto::message::headsum_ok)
 }
 
 async fn connect(

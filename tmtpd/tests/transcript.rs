@@ -80,13 +80,7 @@ fn incomplete_by(mut bytes: &[u8]) -> usize {
 }
 
 fn headsum_ok(head: &Value) -> bool {
-    let Some(sum) = head.get("headsum").and_then(Value::as_u64) else { return true };
-    let mut without = head.as_object().unwrap().clone();
-    without.remove("headsum");
-    let json = tmtpd::proto::json::encode(&Value::Object(without));
-    let mut prefixed = format!("{:04x}", json.len()).into_bytes();
-    prefixed.extend_from_slice(&json);
-    u64::from(tmtpd::proto::message::crc32c(&prefixed)) == sum
+    tmtpd::proto::message::headsum_ok(head.as_object().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

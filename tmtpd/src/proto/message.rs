@@ -54,6 +54,15 @@ pub fn with_headsum(mut fields: Fields) -> Vec<u8> {
     frame(&fields)
 }
 
+/// Whether a received header's `headsum` (if any) is the CRC-32C of the frame as it
+/// would be without it (spec §4.3); what clients and the tests check.
+pub fn headsum_ok(head: &Fields) -> bool {
+    let Some(sum) = head.get("headsum") else { return true };
+    let mut without = head.clone();
+    without.remove("headsum");
+    sum.as_u64() == Some(u64::from(crc32c(&frame(&without))))
+}
+
 /// Builds a [`Fields`] from pairs.
 pub fn fields<const N: usize>(pairs: [(&str, Value); N]) -> Fields {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
