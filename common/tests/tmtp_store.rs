@@ -29,6 +29,7 @@ async fn accounts_nodes_and_aliases() {
         s.tmtp_set_members("talktalk", &[("UID1", "test1234", 2), ("UID2", "Test1234", 1)]).await.unwrap();
         assert_eq!(s.tmtp_add_alias("UID1", "talktalk").await.unwrap(), Err(AliasError::NotAvailable));
         assert!(s.tmtp_group_exists("talktalk").await.unwrap());
+        assert_eq!(s.tmtp_group_nodes("talktalk").await.unwrap(), vec![("UID1".to_owned(), 1)], "joined members only");
         assert!(!s.tmtp_group_exists("test1234").await.unwrap());
         s.tmtp_set_members("talktalk", &[("UID2", "Test1234", 2)]).await.unwrap();
         assert_eq!(

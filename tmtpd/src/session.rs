@@ -176,6 +176,8 @@ async fn resolve(
     with_self: bool,
 ) -> Result<Result<Vec<NodeKey>, Soft>, StoreError> {
     let s = &sender.0;
+    // Nodes of groups come in one query each; uids named directly are looked up below.
+    let mut nodes: std::collections::BTreeSet<NodeKey> = std::collections::BTreeSet::new();
     let mut uids: Vec<String> = Vec::new();
     let mut reached = false;
     for t in targets {
@@ -191,15 +193,11 @@ async fn resolve(
                 if !members.iter().any(|m| &m.uid == s && (m.status == 1 || m.status == 2)) {
                     return Ok(Err(format!("GroupGetUsers: iByUid {s} not a member")));
                 }
-                for m in members.into_iter().filter(|m| m.status == 2) {
-                    if &m.uid == s {
-                        if t.kind == 3 {
-                            continue;
-                        }
-                        reached = true;
-                    }
-                    uids.push(m.uid);
+                if t.kind == 2 && members.iter().any(|m| &m.uid == s && m.status == 2) {
+                    reached = true;
                 }
+                let group = hub.store.tmtp_group_nodes(&t.id).await?;
+                nodes.extend(group.into_iter().filter(|(u, _)| t.kind == 2 || u != s));
             }
             _ => {
                 if !is_uid_text(&t.id) {
@@ -220,16 +218,15 @@ async fn resolve(
     }
     uids.sort();
     uids.dedup();
-    let mut nodes = Vec::new();
     for u in uids {
         for n in hub.store.tmtp_nodes(&u).await? {
-            let key = (u.clone(), n);
-            if reached || &key != sender {
-                nodes.push(key);
-            }
+            nodes.insert((u.clone(), n));
         }
     }
-    Ok(Ok(nodes))
+    if !reached {
+        nodes.remove(sender);
+    }
+    Ok(Ok(nodes.into_iter().collect()))
 }
 
 fn own(uid: &str) -> Vec<Target> {

@@ -60,6 +60,7 @@ const TMTP: super::tmtp::TmtpSql = super::tmtp::TmtpSql {
     insert_alias: "INSERT INTO tmtp_alias (alias_name, alias_uid) VALUES (?1, ?2)",
     group_exists: "SELECT 1 FROM tmtp_member WHERE member_gid = ?1 LIMIT 1",
     members: "SELECT member_uid, member_alias, member_status FROM tmtp_member WHERE member_gid = ?1 ORDER BY member_uid",
+    group_nodes: "SELECT n.node_uid, n.node_num FROM tmtp_member m JOIN tmtp_node n ON n.node_uid = m.member_uid WHERE m.member_gid = ?1 AND m.member_status = 2 AND n.node_defunct = 0 ORDER BY n.node_uid, n.node_num",
     delete_member: "DELETE FROM tmtp_member WHERE member_gid = ?1 AND member_uid = ?2",
     insert_member: "INSERT INTO tmtp_member (member_gid, member_uid, member_alias, member_status) VALUES (?1, ?2, ?3, ?4)",
     begin_message: "INSERT INTO tmtp_message (message_id, message_created) VALUES (?1, ?2)",

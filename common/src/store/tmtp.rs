@@ -26,6 +26,8 @@ pub(crate) struct TmtpSql {
     pub group_exists: &'static str,
     /// `(member_uid, member_alias, member_status)` of gid `$1`.
     pub members: &'static str,
+    /// `(node_uid, node_num)` of the live nodes of the joined members of gid `$1`.
+    pub group_nodes: &'static str,
     pub delete_member: &'static str,
     pub insert_member: &'static str,
     pub begin_message: &'static str,
@@ -178,6 +180,10 @@ macro_rules! tmtp_operations {
 
             pub(crate) async fn members(p: &Pool, gid: &str) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
                 sqlx::query_as($sql.members).bind(gid).fetch_all(p).await
+            }
+
+            pub(crate) async fn group_nodes(p: &Pool, gid: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+                sqlx::query_as($sql.group_nodes).bind(gid).fetch_all(p).await
             }
 
             pub(crate) async fn set_members(
@@ -420,6 +426,15 @@ impl Store {
     pub async fn tmtp_members(&self, gid: &str) -> Result<Vec<Member>, StoreError> {
         let rows = on!(self, members(gid))?;
         Ok(rows.into_iter().map(|(uid, alias, status)| Member { uid, alias, status }).collect())
+    }
+
+    /// The live nodes of the joined members of `gid`, in one query (a group post reaches
+    /// them all).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_group_nodes(&self, gid: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(on!(self, group_nodes(gid))?)
     }
 
     /// Writes member rows `(uid, alias, status)` of `gid` in one transaction.
