@@ -346,3 +346,15 @@ async fn a_restart_between_the_senders_ack_and_the_delivery_loses_nothing() {
     assert_eq!(got[0].head["id"], json!(msgid));
     assert_eq!(got[0].data, b"survives a restart");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_nodes_refuses_one_more_node() {
+    let db = sqlite().await;
+    // The fixtures give u100002 two nodes already.
+    let s = suite(&db.url, "max_nodes = 2").await;
+    let mut me = online(&s, &s.send.0, &s.send.1[0]).await;
+    me.drain(Duration::from_millis(300)).await;
+    me.send_head(json!({"Op":3,"Id":"n","Newnode":"third"}), b"").await;
+    let ack = me.drain(Duration::from_millis(600)).await.into_iter().find(|f| f.op() == "ack").unwrap();
+    assert_eq!(ack.head["error"], "AddNode: Exceeds 2 nodes");
+}
