@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
 use common::address::Address;
-use common::store::{DeliverError, Delivery, MailCopy, Resolution};
+use common::store::{DeliverError, Delivery, MailCopy, Resolution, Update};
 use common::testing::TestDb;
 
 fn addr(s: &str) -> Address {
@@ -276,18 +276,48 @@ async fn deletions_settle_counters_and_free_bodies_last() {
         let ids: Vec<i64> = drop.iter().map(|m| m.id).collect();
         // An id of another box is ignored, never deleted.
         let sales_id = s.maildrop("sales@example.org").await.unwrap()[0].id;
-        let n = s.commit_deletions("mmondor@example.org", &[ids[0], ids[1], sales_id, 999_999]).await.unwrap();
-        assert_eq!(n, 2, "{:?}", db.backend);
+        assert!(s.lock_box("mmondor@example.org", "me", 60).await.unwrap());
+        let n = s.commit_deletions("mmondor@example.org", "me", &[ids[0], ids[1], sales_id, 999_999]).await.unwrap();
+        assert_eq!(n, Update::Deleted(2), "{:?}", db.backend);
+        assert!(s.lock_box("mmondor@example.org", "next", 60).await.unwrap(), "released with the deletions");
         assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
         assert_eq!(s.recount("mmondor@example.org").await.unwrap(), (0, 0));
         // The shared body stays for the sales box; the other body is gone.
         assert_eq!(count(&db, "message").await, 1, "{:?}", db.backend);
         let got = s.retrieve("sales@example.org", sales_id).await.unwrap().unwrap();
         assert_eq!(got.body, b"shared body\r\n");
-        s.commit_deletions("sales@example.org", &[sales_id]).await.unwrap();
+        assert!(s.lock_box("sales@example.org", "me", 60).await.unwrap());
+        assert_eq!(s.commit_deletions("sales@example.org", "me", &[sales_id]).await.unwrap(), Update::Deleted(1));
         assert_eq!(count(&db, "message").await, 0, "{:?}", db.backend);
         // box_out records the retrieval.
         assert_eq!(count(&db, "box WHERE box_out IS NOT NULL AND box_address = 'sales@example.org'").await, 1);
+    }
+}
+
+/// RFC 1939 §6 under a lease: deletions happen only while the lock is still the
+/// session's and unexpired; otherwise nothing is deleted and another holder's lock stays.
+#[tokio::test]
+async fn deletions_only_under_the_sessions_own_live_lease() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        for uid in ["m1", "m2"] {
+            s.deliver(&Delivery { body: b"x\r\n", copies: vec![copy("mmondor@example.org", uid)] }).await.unwrap();
+        }
+        let ids: Vec<i64> = s.maildrop("mmondor@example.org").await.unwrap().iter().map(|m| m.id).collect();
+        // Never locked.
+        assert_eq!(s.commit_deletions("mmondor@example.org", "me", &ids).await.unwrap(), Update::LockLost, "{b:?}");
+        // Expired.
+        assert!(s.lock_box("mmondor@example.org", "me", 60).await.unwrap());
+        db.sql("UPDATE pop3_lock SET lock_expires = 1 WHERE lock_box = 'mmondor@example.org'").await;
+        assert_eq!(s.commit_deletions("mmondor@example.org", "me", &ids).await.unwrap(), Update::LockLost, "{b:?}");
+        // Taken over.
+        assert!(s.lock_box("mmondor@example.org", "other", 60).await.unwrap());
+        assert_eq!(s.commit_deletions("mmondor@example.org", "me", &ids).await.unwrap(), Update::LockLost, "{b:?}");
+        assert_eq!(s.recount("mmondor@example.org").await.unwrap().1, 2, "{b:?}: nothing deleted");
+        assert!(!s.lock_box("mmondor@example.org", "third", 60).await.unwrap(), "{b:?}: the holder's lock stays");
+        assert_eq!(s.commit_deletions("mmondor@example.org", "other", &ids).await.unwrap(), Update::Deleted(2));
     }
 }
 
@@ -299,7 +329,8 @@ async fn counters_never_go_negative() {
         s.deliver(&Delivery { body: b"x\r\n", copies: vec![copy("mmondor@example.org", "m1")] }).await.unwrap();
         db.sql("UPDATE box SET box_size = 1, box_mails = 0 WHERE box_address = 'mmondor@example.org'").await;
         let id = s.maildrop("mmondor@example.org").await.unwrap()[0].id;
-        s.commit_deletions("mmondor@example.org", &[id]).await.unwrap();
+        assert!(s.lock_box("mmondor@example.org", "me", 60).await.unwrap());
+        s.commit_deletions("mmondor@example.org", "me", &[id]).await.unwrap();
         assert_eq!(db.counters("mmondor@example.org").await, (0, 0), "{:?}", db.backend);
     }
 }

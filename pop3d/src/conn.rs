@@ -33,21 +33,30 @@ pub async fn serve<IO>(io: IO, peer: SocketAddr, ctx: &Context, implicit_tls: bo
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut session = Session::new(ctx.settings.clone(), peer.ip(), implicit_tls);
+    let served = drive(io, &mut session, ctx, implicit_tls).await;
+    // However it ended: a maildrop lock still held is released.
+    session.end().await;
+    served
+}
+
+async fn drive<IO>(io: IO, session: &mut Session, ctx: &Context, implicit_tls: bool) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let deadline = Instant::now() + ctx.session_timeout;
     let handshake_deadline = || deadline.min(Instant::now() + ctx.input_timeout);
     if implicit_tls {
         let acceptor = ctx.tls.as_ref().ok_or_else(|| io::Error::other("POP3S without [tls]"))?;
         let tls = handshake(acceptor, io, handshake_deadline()).await?;
-        let mut session = Session::new(ctx.settings.clone(), peer.ip(), true);
-        run(tls, &mut session, ctx, deadline, true).await?;
+        run(tls, session, ctx, deadline, true).await?;
         return Ok(());
     }
-    let mut session = Session::new(ctx.settings.clone(), peer.ip(), false);
-    if let End::StartTls(io) = run(io, &mut session, ctx, deadline, true).await? {
+    if let End::StartTls(io) = run(io, session, ctx, deadline, true).await? {
         let acceptor = ctx.tls.as_ref().ok_or_else(|| io::Error::other("STLS without [tls]"))?;
         let tls = handshake(acceptor, io, handshake_deadline()).await?;
         session.tls_started();
-        run(tls, &mut session, ctx, deadline, false).await?;
+        run(tls, session, ctx, deadline, false).await?;
     }
     Ok(())
 }

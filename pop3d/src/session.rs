@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use common::address::Address;
 use common::password::{self, Verified};
 use common::stats::{Flag, Stats};
-use common::store::{BoxOwner, Retrieved, Store};
+use common::store::{BoxOwner, Retrieved, Store, Update};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
@@ -105,16 +105,26 @@ impl Settings {
 }
 
 /// The maildrop lock of a session: a database lease renewed in the background, released
-/// at QUIT, or (on any other end of the session) when dropped.
+/// with the deletions at QUIT, or when the session ends otherwise ([`Session::end`], or
+/// when dropped). A release the database refused (an outage) is tried again in the
+/// background until it succeeds or the lease would have expired anyway, so a box is
+/// free again as soon as the database answers (issue 18).
 #[derive(Debug)]
 struct Lease {
     store: Store,
     address: String,
     owner: String,
+    /// `[pop3d] lock_lease`, seconds.
+    lease: u64,
     lost: Arc<AtomicBool>,
     refresher: tokio::task::JoinHandle<()>,
     held: bool,
 }
+
+/// First pause between attempts to release a lease after a failure; it doubles up to
+/// [`RELEASE_PAUSE_MAX`].
+const RELEASE_PAUSE: Duration = Duration::from_millis(250);
+const RELEASE_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 impl Lease {
     fn start(store: &Store, address: &str, owner: String, lease: u64) -> Lease {
@@ -137,34 +147,58 @@ impl Lease {
                 }
             })
         };
-        Lease { store: store.clone(), address: address.to_owned(), owner, lost, refresher, held: true }
+        Lease { store: store.clone(), address: address.to_owned(), owner, lease, lost, refresher, held: true }
     }
 
     fn lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// The transaction that committed the deletions released the lock too.
+    fn released_with_commit(mut self) {
+        self.refresher.abort();
+        self.held = false;
+    }
+
+    /// Releases the lock now; if the database refuses, keeps trying in the background.
     async fn release(mut self) {
         self.refresher.abort();
         self.held = false;
         if let Err(e) = self.store.unlock_box(&self.address, &self.owner).await {
-            tracing::warn!(r#box = %self.address, cause = %e, "maildrop lock not released; it expires by itself");
+            tracing::warn!(r#box = %self.address, cause = %e, "maildrop lock not released yet; trying again");
+            release_later(self.store.clone(), self.address.clone(), self.owner.clone(), self.lease);
         }
     }
+}
+
+/// Tries to release `owner`'s lease of `address` until the database answers, for at
+/// most `lease` seconds (by then the lease expired and another session may take it).
+fn release_later(store: Store, address: String, owner: String, lease: u64) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    rt.spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(lease);
+        let mut pause = RELEASE_PAUSE;
+        while tokio::time::Instant::now() < until {
+            match store.unlock_box(&address, &owner).await {
+                Ok(()) => {
+                    tracing::info!(r#box = %address, "maildrop lock released");
+                    return;
+                }
+                Err(e) => tracing::debug!(r#box = %address, cause = %e, "maildrop lock release failed"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RELEASE_PAUSE_MAX);
+        }
+        tracing::warn!(r#box = %address, "maildrop lock not released; it expired by itself");
+    });
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.refresher.abort();
-        if self.held
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let (store, address, owner) = (self.store.clone(), self.address.clone(), self.owner.clone());
-            rt.spawn(async move {
-                if let Err(e) = store.unlock_box(&address, &owner).await {
-                    tracing::warn!(r#box = %address, cause = %e, "maildrop lock not released; it expires by itself");
-                }
-            });
+        if self.held {
+            self.held = false;
+            release_later(self.store.clone(), self.address.clone(), self.owner.clone(), self.lease);
         }
     }
 }
@@ -468,7 +502,8 @@ impl Session {
         }
     }
 
-    /// The UPDATE state (RFC 1939 §6): commit the deletions, release the lock, sign off.
+    /// The UPDATE state (RFC 1939 §6): commit the deletions and release the lock in one
+    /// transaction, only while this session's lease holds; sign off.
     async fn update(&mut self, store: &Store) -> Outcome {
         let State::Transaction(md) =
             std::mem::replace(&mut self.state, State::Authorization { user: None, sasl: false })
@@ -476,10 +511,9 @@ impl Session {
             return Outcome::Close(Reply::ok(format!("{} POP3 server signing off", self.settings.name)));
         };
         let ids: Vec<i64> = md.messages.iter().filter(|m| m.deleted).map(|m| m.id).collect();
-        let result = store.commit_deletions(&md.address, &ids).await;
-        md.lease.release().await;
-        match result {
-            Ok(n) => {
+        match store.commit_deletions(&md.address, &md.lease.owner, &ids).await {
+            Ok(Update::Deleted(n)) => {
+                md.lease.released_with_commit();
                 tracing::info!(r#box = %md.address, deleted = n, "signed off");
                 if n > 0 {
                     let n = i64::try_from(n).unwrap_or(i64::MAX);
@@ -495,10 +529,31 @@ impl Session {
                     self.settings.name
                 )))
             }
+            Ok(Update::LockLost) => {
+                // Not ours to release: another session may hold the box now.
+                md.lease.released_with_commit();
+                if ids.is_empty() {
+                    tracing::info!(r#box = %md.address, "signed off (maildrop lock had expired)");
+                    return Outcome::Close(Reply::ok(format!("{} POP3 server signing off", self.settings.name)));
+                }
+                tracing::warn!(r#box = %md.address, marked = ids.len(), "maildrop lock lost before QUIT; nothing deleted");
+                Outcome::Close(Reply::err("[SYS/TEMP] Maildrop lock lost, nothing deleted"))
+            }
             Err(e) => {
                 tracing::error!(r#box = %md.address, cause = %e, "deletions not committed");
+                md.lease.release().await;
                 Outcome::Close(Reply::err("[SYS/TEMP] Some deleted messages not removed"))
             }
+        }
+    }
+
+    /// The session is over (whatever ended it): releases a maildrop lock it still holds,
+    /// waiting for the first attempt (later ones run in the background).
+    pub async fn end(&mut self) {
+        if let State::Transaction(md) =
+            std::mem::replace(&mut self.state, State::Authorization { user: None, sasl: false })
+        {
+            md.lease.release().await;
         }
     }
 

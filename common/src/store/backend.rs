@@ -1,5 +1,6 @@
 //! The store operations, written once and expanded per backend with that backend's SQL
-//! text (style.md P6: each backend owns its SQL; the flow around it is identical).
+//! text (style.md P6: each backend owns its SQL; the flow around it is identical). Every
+//! write runs in a [`Write`](super::write::Write) transaction.
 
 /// SQL text of one backend. Placeholders are `$n` on PostgreSQL, `?` elsewhere.
 pub(crate) struct Sql {
@@ -21,11 +22,14 @@ pub(crate) struct Sql {
     pub replace_password: &'static str,
     /// Deletes the lease of box `$1` if it expired before `$2`.
     pub lock_clear_expired: &'static str,
+    /// Inserts the lease (`$1` box, `$2` owner, `$3` expiry) unless the box has one.
     pub lock_insert: &'static str,
     /// Sets `lock_expires = $1` of box `$2` held by `$3`.
     pub lock_refresh: &'static str,
     /// Deletes the lease of box `$1` held by `$2`.
     pub lock_release: &'static str,
+    /// Deletes the lease of box `$1` held by `$2` if it has not expired before `$3`.
+    pub lock_release_live: &'static str,
     /// `(mail_size, mail_message)` of mail `$1` in box `$2`.
     pub mail_for_delete: &'static str,
     pub delete_mail: &'static str,
@@ -36,13 +40,20 @@ pub(crate) struct Sql {
 }
 
 /// Expands the operations for `$db` using `$sql: Sql` and `$insert_message`, an
-/// `async fn(&mut Transaction, size, created, data) -> Result<i64, sqlx::Error>`.
+/// `async fn(&mut Connection, size, created, data) -> Result<i64, sqlx::Error>`. The
+/// backend module defines `BEGIN` (how a write transaction begins) and
+/// `fn keep(&Pool) -> bool` (see [`Write`](super::write::Write)).
 macro_rules! operations {
     ($db:ty, $sql:expr, $insert_message:ident) => {
-        use crate::store::model::{BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Retrieved};
+        use crate::store::model::{BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Retrieved, Update};
 
         type Pool = sqlx::Pool<$db>;
         type BoxRow = (String, i64, i64, i64, i64, i64);
+
+        /// A write transaction on `p`.
+        async fn write(p: &Pool) -> Result<crate::store::write::Write<$db>, sqlx::Error> {
+            crate::store::write::Write::begin(p, BEGIN, keep(p)).await
+        }
 
         fn box_info(r: BoxRow) -> BoxInfo {
             BoxInfo { address: r.0, user: r.1, max_size: r.2, size: r.3, max_mails: r.4, mails: r.5 }
@@ -72,30 +83,32 @@ macro_rules! operations {
             let mut copies: Vec<_> = d.copies.iter().collect();
             // Lock boxes in one global order so concurrent deliveries cannot deadlock.
             copies.sort_by(|a, b| a.box_address.cmp(&b.box_address));
-            let mut tx = p.begin().await?;
-            for c in &copies {
-                let size = body_len.saturating_add(c.trace.len() as i64);
-                let done = sqlx::query($sql.take_room).bind(size).bind(&c.box_address).execute(&mut *tx).await?;
-                if done.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Err(DeliverError::NoRoom(c.box_address.clone()));
+            let mut tx = write(p).await?;
+            let r = async {
+                for c in &copies {
+                    let size = body_len.saturating_add(c.trace.len() as i64);
+                    let done = sqlx::query($sql.take_room).bind(size).bind(&c.box_address).execute(&mut *tx).await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(Err(c.box_address.clone()));
+                    }
                 }
+                let message_id = $insert_message(&mut *tx, body_len, now, d.body).await?;
+                for c in &copies {
+                    let size = body_len.saturating_add(c.trace.len() as i64);
+                    sqlx::query($sql.insert_mail)
+                        .bind(&c.uid)
+                        .bind(&c.box_address)
+                        .bind(message_id)
+                        .bind(size)
+                        .bind(now)
+                        .bind(&c.trace)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(Ok(()))
             }
-            let message_id = $insert_message(&mut tx, body_len, now, d.body).await?;
-            for c in &copies {
-                let size = body_len.saturating_add(c.trace.len() as i64);
-                sqlx::query($sql.insert_mail)
-                    .bind(&c.uid)
-                    .bind(&c.box_address)
-                    .bind(message_id)
-                    .bind(size)
-                    .bind(now)
-                    .bind(&c.trace)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
+            .await;
+            tx.settle(r).await?.map_err(DeliverError::NoRoom)
         }
 
         pub(crate) async fn maildrop(p: &Pool, address: &str) -> Result<Vec<MailEntry>, sqlx::Error> {
@@ -119,8 +132,9 @@ macro_rules! operations {
         }
 
         pub(crate) async fn set_user_password(p: &Pool, name: &str, hash: &str) -> Result<bool, sqlx::Error> {
-            let done = sqlx::query($sql.set_user_password).bind(hash).bind(name).execute(p).await?;
-            Ok(done.rows_affected() > 0)
+            let mut tx = write(p).await?;
+            let r = sqlx::query($sql.set_user_password).bind(hash).bind(name).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
         }
 
         pub(crate) async fn box_owner(p: &Pool, address: &str) -> Result<Option<BoxOwner>, sqlx::Error> {
@@ -135,8 +149,9 @@ macro_rules! operations {
             old: &str,
             new: &str,
         ) -> Result<bool, sqlx::Error> {
-            let done = sqlx::query($sql.replace_password).bind(new).bind(user_id).bind(old).execute(p).await?;
-            Ok(done.rows_affected() > 0)
+            let mut tx = write(p).await?;
+            let r = sqlx::query($sql.replace_password).bind(new).bind(user_id).bind(old).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
         }
 
         pub(crate) async fn lock_box(
@@ -146,12 +161,15 @@ macro_rules! operations {
             now: i64,
             expires: i64,
         ) -> Result<bool, sqlx::Error> {
-            sqlx::query($sql.lock_clear_expired).bind(address).bind(now).execute(p).await?;
-            match sqlx::query($sql.lock_insert).bind(address).bind(owner).bind(expires).execute(p).await {
-                Ok(_) => Ok(true),
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
-                Err(e) => Err(e),
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query($sql.lock_clear_expired).bind(address).bind(now).execute(&mut *tx).await?;
+                let done =
+                    sqlx::query($sql.lock_insert).bind(address).bind(owner).bind(expires).execute(&mut *tx).await?;
+                Ok(done.rows_affected() > 0)
             }
+            .await;
+            tx.finish(r).await
         }
 
         pub(crate) async fn refresh_lock(
@@ -160,36 +178,54 @@ macro_rules! operations {
             owner: &str,
             expires: i64,
         ) -> Result<bool, sqlx::Error> {
-            let done = sqlx::query($sql.lock_refresh).bind(expires).bind(address).bind(owner).execute(p).await?;
-            Ok(done.rows_affected() > 0)
+            let mut tx = write(p).await?;
+            let r = sqlx::query($sql.lock_refresh).bind(expires).bind(address).bind(owner).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
         }
 
         pub(crate) async fn unlock_box(p: &Pool, address: &str, owner: &str) -> Result<(), sqlx::Error> {
-            sqlx::query($sql.lock_release).bind(address).bind(owner).execute(p).await?;
-            Ok(())
+            let mut tx = write(p).await?;
+            let r = sqlx::query($sql.lock_release).bind(address).bind(owner).execute(&mut *tx).await;
+            tx.finish(r).await.map(drop)
         }
 
-        pub(crate) async fn commit_deletions(p: &Pool, address: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
-            let mut tx = p.begin().await?;
-            let (mut bytes, mut count) = (0i64, 0i64);
-            let mut bodies: Vec<i64> = Vec::new();
-            for id in ids {
-                let row: Option<(i64, i64)> =
-                    sqlx::query_as($sql.mail_for_delete).bind(id).bind(address).fetch_optional(&mut *tx).await?;
-                let Some((size, message)) = row else { continue };
-                sqlx::query($sql.delete_mail).bind(id).bind(address).execute(&mut *tx).await?;
-                bytes = bytes.saturating_add(size);
-                count += 1;
-                if !bodies.contains(&message) {
-                    bodies.push(message);
+        pub(crate) async fn commit_deletions(
+            p: &Pool,
+            address: &str,
+            owner: &str,
+            now: i64,
+            ids: &[i64],
+        ) -> Result<Update, sqlx::Error> {
+            let mut tx = write(p).await?;
+            let r = async {
+                // The lease check and its release, in the transaction that deletes: the
+                // row stays locked by this transaction until it commits.
+                let held =
+                    sqlx::query($sql.lock_release_live).bind(address).bind(owner).bind(now).execute(&mut *tx).await?;
+                if held.rows_affected() == 0 {
+                    return Ok(Err(Update::LockLost));
                 }
+                let (mut bytes, mut count) = (0i64, 0i64);
+                let mut bodies: Vec<i64> = Vec::new();
+                for id in ids {
+                    let row: Option<(i64, i64)> =
+                        sqlx::query_as($sql.mail_for_delete).bind(id).bind(address).fetch_optional(&mut *tx).await?;
+                    let Some((size, message)) = row else { continue };
+                    sqlx::query($sql.delete_mail).bind(id).bind(address).execute(&mut *tx).await?;
+                    bytes = bytes.saturating_add(size);
+                    count += 1;
+                    if !bodies.contains(&message) {
+                        bodies.push(message);
+                    }
+                }
+                sqlx::query($sql.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
+                for m in bodies {
+                    sqlx::query($sql.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
+                }
+                Ok(Ok(Update::Deleted(count as u64)))
             }
-            sqlx::query($sql.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
-            for m in bodies {
-                sqlx::query($sql.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(count as u64)
+            .await;
+            tx.settle(r).await.map(|u| u.unwrap_or_else(|lost| lost))
         }
     };
 }

@@ -9,6 +9,7 @@ mod mysql;
 mod postgres;
 mod sqlite;
 mod tmtp;
+mod write;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 pub use model::{
     AliasError, BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Member, NodeError, Resolution,
-    Retrieved,
+    Retrieved, Update,
 };
 pub use tmtp::QueueEntry;
 
@@ -50,7 +51,8 @@ impl Retryable for DeliverError {
 }
 
 /// Runs a transaction, trying again with a growing pause while it fails on a deadlock or
-/// busy database, up to [`TRANSACTION_ATTEMPTS`] times.
+/// busy database, up to [`TRANSACTION_ATTEMPTS`] times. Each attempt is a fresh
+/// [`write::Write`] (the failed one's connection was closed).
 async fn retrying<T, E, F, Fut>(what: &'static str, mut transaction: F) -> Result<T, E>
 where
     E: Retryable,
@@ -282,7 +284,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such user; [`StoreError::Db`].
     pub async fn set_user_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
-        if dispatch!(self, set_user_password(name, hash))? { Ok(()) } else { Err(StoreError::NotFound) }
+        let found = retrying("password", move || async move {
+            Ok::<_, StoreError>(dispatch!(self, set_user_password(name, hash))?)
+        })
+        .await?;
+        if found { Ok(()) } else { Err(StoreError::NotFound) }
     }
 
     /// The user owning `box_address`, with the stored password value.
@@ -300,7 +306,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn replace_password(&self, user_id: i64, old: &str, new: &str) -> Result<bool, StoreError> {
-        Ok(dispatch!(self, replace_password(user_id, old, new))?)
+        retrying("re-hash", move || async move { Ok(dispatch!(self, replace_password(user_id, old, new))?) }).await
     }
 
     /// Takes the maildrop lock of `box_address` for `owner` (a per-session random id) for
@@ -312,7 +318,7 @@ impl Store {
     pub async fn lock_box(&self, box_address: &str, owner: &str, lease: u64) -> Result<bool, StoreError> {
         let now = unix_now();
         let expires = now.saturating_add(i64::try_from(lease).unwrap_or(i64::MAX));
-        Ok(dispatch!(self, lock_box(box_address, owner, now, expires))?)
+        retrying("lock", move || async move { Ok(dispatch!(self, lock_box(box_address, owner, now, expires))?) }).await
     }
 
     /// Extends `owner`'s lease of `box_address` to `lease` seconds from now. Returns false
@@ -322,7 +328,8 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn refresh_lock(&self, box_address: &str, owner: &str, lease: u64) -> Result<bool, StoreError> {
         let expires = unix_now().saturating_add(i64::try_from(lease).unwrap_or(i64::MAX));
-        Ok(dispatch!(self, refresh_lock(box_address, owner, expires))?)
+        retrying("lock renewal", move || async move { Ok(dispatch!(self, refresh_lock(box_address, owner, expires))?) })
+            .await
     }
 
     /// Releases `owner`'s lease of `box_address` (nothing if it holds none).
@@ -330,20 +337,22 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn unlock_box(&self, box_address: &str, owner: &str) -> Result<(), StoreError> {
-        Ok(dispatch!(self, unlock_box(box_address, owner))?)
+        retrying("unlock", move || async move { Ok(dispatch!(self, unlock_box(box_address, owner))?) }).await
     }
 
-    /// The POP3 UPDATE state (RFC 1939 §6) in one transaction: deletes the `mail` rows
-    /// `ids` of `box_address`, subtracts their sizes and count from `box_size` and
-    /// `box_mails` (never below 0), sets `box_out`, and deletes each message body that
-    /// no box refers to any more. Ids already gone are skipped. Deadlocks are retried.
-    /// Returns the number of messages deleted.
+    /// The POP3 UPDATE state (RFC 1939 §6) in one transaction, only under `owner`'s
+    /// lease: if the maildrop lock of `box_address` is still `owner`'s and unexpired, it
+    /// is released, the `mail` rows `ids` of the box are deleted, their sizes and count
+    /// subtracted from `box_size` and `box_mails` (never below 0), `box_out` set, and
+    /// each message body no box refers to any more deleted. Ids already gone are
+    /// skipped. Deadlocks are retried.
     ///
     /// # Errors
-    /// [`StoreError::Db`]; nothing is deleted then.
-    pub async fn commit_deletions(&self, box_address: &str, ids: &[i64]) -> Result<u64, StoreError> {
+    /// [`StoreError::Db`]; nothing is deleted and the lock is kept then.
+    pub async fn commit_deletions(&self, box_address: &str, owner: &str, ids: &[i64]) -> Result<Update, StoreError> {
         retrying("deletion", move || async move {
-            dispatch!(self, commit_deletions(box_address, ids)).map_err(StoreError::from)
+            let now = unix_now();
+            dispatch!(self, commit_deletions(box_address, owner, now, ids)).map_err(StoreError::from)
         })
         .await
     }
@@ -363,6 +372,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether `p` is the pool of an in-memory SQLite database: [`Store::connect`] gives only
+/// those a minimum and a maximum of exactly one connection.
+fn sqlite_in_memory(p: &SqlitePool) -> bool {
+    let o = p.options();
+    o.get_min_connections() == 1 && o.get_max_connections() == 1
 }
 
 /// `%@domain` as a LIKE pattern with `!` as the escape character.

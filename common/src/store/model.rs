@@ -89,6 +89,17 @@ impl From<sqlx::Error> for DeliverError {
     }
 }
 
+/// What the POP3 UPDATE state did (RFC 1939 §6, [`Store::commit_deletions`](super::Store::commit_deletions)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// This many messages were deleted (ids already gone are not counted), and the
+    /// maildrop lock was released with them.
+    Deleted(u64),
+    /// The session's lease had expired or been taken over: nothing was deleted, and
+    /// the lock (another session's, if any) was left alone.
+    LockLost,
+}
+
 /// A stored message as POP3 sends it: the copy's trace fields, then the shared body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retrieved {

@@ -1,6 +1,6 @@
 //! MySQL/MariaDB SQL text.
 
-use sqlx::{MySql, Transaction};
+use sqlx::{MySql, MySqlConnection};
 
 const SQL: super::backend::Sql = super::backend::Sql {
     find_box: "SELECT box_address, box_user, box_max_size, box_size, box_max_mails, box_mails FROM box WHERE box_address = ?",
@@ -19,9 +19,10 @@ const SQL: super::backend::Sql = super::backend::Sql {
     box_owner: "SELECT u.user_id, u.user_name, u.user_passwd FROM box b JOIN `user` u ON u.user_id = b.box_user WHERE b.box_address = ?",
     replace_password: "UPDATE `user` SET user_passwd = ? WHERE user_id = ? AND user_passwd = ?",
     lock_clear_expired: "DELETE FROM pop3_lock WHERE lock_box = ? AND lock_expires < ?",
-    lock_insert: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES (?, ?, ?)",
+    lock_insert: "INSERT IGNORE INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES (?, ?, ?)",
     lock_refresh: "UPDATE pop3_lock SET lock_expires = ? WHERE lock_box = ? AND lock_owner = ?",
     lock_release: "DELETE FROM pop3_lock WHERE lock_box = ? AND lock_owner = ?",
+    lock_release_live: "DELETE FROM pop3_lock WHERE lock_box = ? AND lock_owner = ? AND lock_expires >= ?",
     mail_for_delete: "SELECT mail_size, mail_message FROM mail WHERE mail_id = ? AND mail_box = ?",
     delete_mail: "DELETE FROM mail WHERE mail_id = ? AND mail_box = ?",
     settle_box: "UPDATE box SET box_size = GREATEST(box_size - ?, 0), box_mails = GREATEST(box_mails - ?, 0), \
@@ -29,17 +30,18 @@ const SQL: super::backend::Sql = super::backend::Sql {
     delete_orphan: "DELETE FROM message WHERE message_id = ? AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = ?)",
 };
 
-async fn insert_message(
-    tx: &mut Transaction<'_, MySql>,
-    size: i64,
-    created: i64,
-    data: &[u8],
-) -> Result<i64, sqlx::Error> {
+const BEGIN: &str = "BEGIN";
+
+fn keep(_: &sqlx::Pool<MySql>) -> bool {
+    false
+}
+
+async fn insert_message(conn: &mut MySqlConnection, size: i64, created: i64, data: &[u8]) -> Result<i64, sqlx::Error> {
     let done = sqlx::query("INSERT INTO message (message_size, message_created, message_data) VALUES (?, ?, ?)")
         .bind(size)
         .bind(created)
         .bind(data)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     i64::try_from(done.last_insert_id()).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }

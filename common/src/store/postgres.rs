@@ -1,6 +1,6 @@
 //! PostgreSQL SQL text.
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres};
 
 const SQL: super::backend::Sql = super::backend::Sql {
     find_box: "SELECT box_address, box_user, box_max_size, box_size, box_max_mails, box_mails FROM box WHERE box_address = $1",
@@ -19,9 +19,10 @@ const SQL: super::backend::Sql = super::backend::Sql {
     box_owner: "SELECT u.user_id, u.user_name, u.user_passwd FROM box b JOIN \"user\" u ON u.user_id = b.box_user WHERE b.box_address = $1",
     replace_password: "UPDATE \"user\" SET user_passwd = $1 WHERE user_id = $2 AND user_passwd = $3",
     lock_clear_expired: "DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_expires < $2",
-    lock_insert: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES ($1, $2, $3)",
+    lock_insert: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES ($1, $2, $3) ON CONFLICT (lock_box) DO NOTHING",
     lock_refresh: "UPDATE pop3_lock SET lock_expires = $1 WHERE lock_box = $2 AND lock_owner = $3",
     lock_release: "DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_owner = $2",
+    lock_release_live: "DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_owner = $2 AND lock_expires >= $3",
     mail_for_delete: "SELECT mail_size, mail_message FROM mail WHERE mail_id = $1 AND mail_box = $2",
     delete_mail: "DELETE FROM mail WHERE mail_id = $1 AND mail_box = $2",
     settle_box: "UPDATE box SET box_size = GREATEST(box_size - $1, 0), box_mails = GREATEST(box_mails - $2, 0), \
@@ -29,19 +30,20 @@ const SQL: super::backend::Sql = super::backend::Sql {
     delete_orphan: "DELETE FROM message WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = $2)",
 };
 
-async fn insert_message(
-    tx: &mut Transaction<'_, Postgres>,
-    size: i64,
-    created: i64,
-    data: &[u8],
-) -> Result<i64, sqlx::Error> {
+const BEGIN: &str = "BEGIN";
+
+fn keep(_: &sqlx::Pool<Postgres>) -> bool {
+    false
+}
+
+async fn insert_message(conn: &mut PgConnection, size: i64, created: i64, data: &[u8]) -> Result<i64, sqlx::Error> {
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO message (message_size, message_created, message_data) VALUES ($1, $2, $3) RETURNING message_id",
     )
     .bind(size)
     .bind(created)
     .bind(data)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(id)
 }

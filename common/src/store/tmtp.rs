@@ -65,25 +65,6 @@ macro_rules! tmtp_operations {
 
             type Pool = sqlx::Pool<$db>;
 
-            /// Ends `tx` as `r` says: commit on success, roll back at once on failure (a
-            /// dropped transaction is only rolled back when its connection is used again,
-            /// and holds its locks until then).
-            async fn finish<T>(
-                tx: sqlx::Transaction<'static, $db>,
-                r: Result<T, sqlx::Error>,
-            ) -> Result<T, sqlx::Error> {
-                match r {
-                    Ok(v) => {
-                        tx.commit().await?;
-                        Ok(v)
-                    }
-                    Err(e) => {
-                        let _ = tx.rollback().await;
-                        Err(e)
-                    }
-                }
-            }
-
             pub(crate) async fn register(
                 p: &Pool,
                 uid: &str,
@@ -91,14 +72,14 @@ macro_rules! tmtp_operations {
                 now: i64,
                 auth: Option<&str>,
             ) -> Result<(), sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     sqlx::query($sql.insert_user).bind(uid).bind(now).bind(auth).execute(&mut *tx).await?;
                     sqlx::query($sql.insert_node).bind(uid).bind(1i64).bind(hash).execute(&mut *tx).await?;
                     Ok(())
                 }
                 .await;
-                finish(tx, r).await
+                tx.finish(r).await
             }
 
             pub(crate) async fn node_by_hash(p: &Pool, hash: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
@@ -122,7 +103,7 @@ macro_rules! tmtp_operations {
                 from_num: i64,
                 max: i64,
             ) -> Result<Result<i64, NodeError>, sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     let (live, top): (i64, Option<i64>) =
                         sqlx::query_as($sql.node_counts).bind(uid).fetch_one(&mut *tx).await?;
@@ -135,7 +116,7 @@ macro_rules! tmtp_operations {
                     Ok(Ok(num))
                 }
                 .await;
-                finish(tx, r).await
+                tx.settle(r).await
             }
 
             pub(crate) async fn alias_owner(p: &Pool, alias: &str) -> Result<Option<String>, sqlx::Error> {
@@ -148,7 +129,7 @@ macro_rules! tmtp_operations {
                 uid: &str,
                 alias: &str,
             ) -> Result<Result<(), AliasError>, sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     let owner: Option<(String,)> =
                         sqlx::query_as($sql.alias_owner).bind(alias).fetch_optional(&mut *tx).await?;
@@ -166,7 +147,7 @@ macro_rules! tmtp_operations {
                     Ok(Ok(()))
                 }
                 .await;
-                match finish(tx, r).await {
+                match tx.settle(r).await {
                     // Taken by a concurrent request between the check and the insert.
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Err(AliasError::Taken)),
                     other => other,
@@ -191,7 +172,7 @@ macro_rules! tmtp_operations {
                 gid: &str,
                 rows: &[(&str, &str, i64)],
             ) -> Result<(), sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     for (uid, alias, status) in rows {
                         sqlx::query($sql.delete_member).bind(gid).bind(*uid).execute(&mut *tx).await?;
@@ -206,15 +187,19 @@ macro_rules! tmtp_operations {
                     Ok(())
                 }
                 .await;
-                finish(tx, r).await
+                tx.finish(r).await
             }
 
             pub(crate) async fn begin_message(p: &Pool, id: i64, now: i64) -> Result<(), sqlx::Error> {
-                sqlx::query($sql.begin_message).bind(id).bind(now).execute(p).await.map(|_| ())
+                let mut tx = write(p).await?;
+                let r = sqlx::query($sql.begin_message).bind(id).bind(now).execute(&mut *tx).await;
+                tx.finish(r).await.map(drop)
             }
 
             pub(crate) async fn put_chunk(p: &Pool, id: i64, seq: i64, data: &[u8]) -> Result<(), sqlx::Error> {
-                sqlx::query($sql.insert_chunk).bind(id).bind(seq).bind(data).execute(p).await.map(|_| ())
+                let mut tx = write(p).await?;
+                let r = sqlx::query($sql.insert_chunk).bind(id).bind(seq).bind(data).execute(&mut *tx).await;
+                tx.finish(r).await.map(drop)
             }
 
             pub(crate) async fn commit_message(
@@ -225,7 +210,7 @@ macro_rules! tmtp_operations {
                 prio: &str,
                 nodes: &[(String, i64)],
             ) -> Result<(), sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     sqlx::query($sql.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
                     for (uid, num) in nodes {
@@ -240,7 +225,7 @@ macro_rules! tmtp_operations {
                     Ok(())
                 }
                 .await;
-                finish(tx, r).await?;
+                tx.finish(r).await?;
                 if nodes.is_empty() {
                     discard(p, id).await?;
                 }
@@ -248,14 +233,14 @@ macro_rules! tmtp_operations {
             }
 
             pub(crate) async fn discard(p: &Pool, id: i64) -> Result<(), sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     sqlx::query($sql.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
                     sqlx::query($sql.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
                     Ok(())
                 }
                 .await;
-                finish(tx, r).await
+                tx.finish(r).await
             }
 
             pub(crate) async fn queue(p: &Pool, uid: &str, num: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
@@ -280,7 +265,7 @@ macro_rules! tmtp_operations {
             }
 
             pub(crate) async fn ack(p: &Pool, uid: &str, num: i64, id: i64) -> Result<bool, sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     let done = sqlx::query($sql.dequeue).bind(uid).bind(num).bind(id).execute(&mut *tx).await?;
                     sqlx::query($sql.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
@@ -288,18 +273,18 @@ macro_rules! tmtp_operations {
                     Ok(done.rows_affected() > 0)
                 }
                 .await;
-                finish(tx, r).await
+                tx.finish(r).await
             }
 
             pub(crate) async fn cleanup(p: &Pool) -> Result<u64, sqlx::Error> {
-                let mut tx = p.begin().await?;
+                let mut tx = write(p).await?;
                 let r = async {
                     let n = sqlx::query($sql.delete_unready).execute(&mut *tx).await?.rows_affected();
                     sqlx::query($sql.delete_stray_chunks).execute(&mut *tx).await?;
                     Ok(n)
                 }
                 .await;
-                finish(tx, r).await
+                tx.finish(r).await
             }
 
             pub(crate) async fn max_message_id(p: &Pool) -> Result<i64, sqlx::Error> {
@@ -451,7 +436,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_begin_message(&self, id: i64) -> Result<(), StoreError> {
-        Ok(on!(self, begin_message(id, super::unix_now()))?)
+        let now = super::unix_now();
+        retry("upload", || async { on!(self, begin_message(id, now)) }).await
     }
 
     /// Stores data chunk `seq` (from 0) of message `id`.
@@ -459,7 +445,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_put_chunk(&self, id: i64, seq: i64, data: &[u8]) -> Result<(), StoreError> {
-        Ok(on!(self, put_chunk(id, seq, data))?)
+        retry("upload", || async { on!(self, put_chunk(id, seq, data)) }).await
     }
 
     /// Makes message `id` deliverable with frame header `header` (length digits and
