@@ -158,6 +158,18 @@ impl TestDb {
         Some(TestDb { backend, url, store, admin_url: admin, name, _dir: dir })
     }
 
+    /// A migrated database at `url` that the test did not create and does not drop (a
+    /// private server's, say).
+    ///
+    /// # Panics
+    /// If it cannot be reached or migrated.
+    pub async fn attach(backend: Backend, url: &str) -> TestDb {
+        let mut cfg = DatabaseConfig::from_url(url);
+        cfg.max_connections = 16;
+        let store = Store::prepare(&cfg).await.expect("prepare database");
+        TestDb { backend, url: url.to_owned(), store, admin_url: None, name: String::new(), _dir: None }
+    }
+
     /// [`TestDb::create`] for every backend that is not skipped.
     pub async fn all() -> Vec<TestDb> {
         let mut v = Vec::new();
