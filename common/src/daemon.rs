@@ -135,8 +135,11 @@ fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
             listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls: true });
         }
         let grace = Duration::from_secs(s.limits.shutdown_grace);
+        if let Err(e) = stats.start_sender() {
+            tracing::warn!(cause = %e, "stats updates are sent without a queue");
+        }
         stats.started();
-        let daemon = D::start(&cfg, store.clone(), tls, stats)?;
+        let daemon = D::start(&cfg, store.clone(), tls, stats.clone())?;
         let shutdown = Shutdown::new();
         let mut serving = tokio::spawn(daemon.clone().serve(listeners, shutdown.clone()));
         signals::<D>(path, &daemon, &mut serving).await?;
@@ -144,6 +147,7 @@ fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
         if !shutdown.drain(grace).await {
             tracing::warn!("sessions still open after {} s; closing", grace.as_secs());
         }
+        stats.flush(Duration::from_secs(2)).await;
         store.close().await;
         Ok(())
     })

@@ -3,19 +3,33 @@
 //! socket. A datagram is one transaction of `OP FLAG VALUE KEY` records, each on its own
 //! line; mmstatd applies all of its records or none.
 //!
-//! Counting never delays or fails a daemon: the socket is non-blocking, and a send that
-//! cannot go through at once (mmstatd not running, its queue full) drops the update,
-//! counts it, and says so in the log at most once a minute. The socket is connected
-//! while the daemon is still root (before `chroot`), so the daemon can report after it
-//! dropped its privileges; when mmstatd restarts, the client reconnects by path (at most
-//! once a second), which inside a `chroot` jail only works when the socket is reachable
-//! there.
+//! Counting never delays or fails a daemon. In a daemon ([`Stats::start_sender`]) a
+//! batch goes into an in-process queue (at most [`QUEUE_MAX`] bytes) that one sender
+//! task drains in order, packing whole batches into datagrams of up to
+//! [`MAX_DATAGRAM`] bytes and waiting while mmstatd's socket queue is full (Linux holds
+//! only `net.unix.max_dgram_qlen` datagrams, 10 by default: a burst of connections
+//! overflowed it). Updates are dropped only when that queue is full (mmstatd stopped
+//! reading) or mmstatd is not there at all; drops are counted, logged at most once a
+//! minute, and reported to mmstatd as `<daemon>|total|stats-dropped` once it takes
+//! updates again. Without the sender (tools, tests) a batch is sent at once,
+//! non-blocking, and dropped the same way.
+//!
+//! Gauges cannot drift: the owner sends absolute values (`S`) for
+//! `<daemon>|current|connections` and `<daemon>|who|<address>`, and re-sends the
+//! connection count every [`GAUGE_PERIOD`], so a dropped or reordered update is healed
+//! by the next one.
+//!
+//! The socket is connected while the daemon is still root (before `chroot`), so the
+//! daemon can report after it dropped its privileges; when mmstatd restarts, the client
+//! reconnects by path (at most once a second), which inside a `chroot` jail only works
+//! when the socket is reachable there.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -28,6 +42,12 @@ pub const MAX_DATAGRAM: usize = 8192;
 pub const MAX_KEY: usize = 255;
 /// Where mmstatd listens for updates unless `[stats] socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/mmstatd/mmstatd.sock";
+
+/// Bytes of updates a daemon holds for mmstatd while its socket cannot take them; more
+/// are dropped (and counted).
+pub const QUEUE_MAX: usize = 1 << 20;
+/// How often a daemon re-sends its gauges (seconds between heals of a lost update).
+pub const GAUGE_PERIOD: Duration = Duration::from_secs(10);
 
 /// How often a dropped update may be logged.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -129,12 +149,29 @@ pub fn sanitize_component(s: &str) -> String {
 struct Inner {
     socket: UnixDatagram,
     path: PathBuf,
+    daemon: &'static str,
     started: Instant,
     /// Milliseconds after `started` of the last reconnection attempt.
     last_connect: AtomicU64,
     /// Milliseconds after `started` of the last "dropped" log line (0 = never).
     last_log: AtomicU64,
+    /// Updates dropped since the start.
     dropped: AtomicU64,
+    /// Dropped updates mmstatd has not been told about yet.
+    unreported: AtomicU64,
+    /// Whether a sender task drains [`Inner::queue`].
+    queued: AtomicBool,
+    /// Batches queued or being sent.
+    pending: AtomicUsize,
+    queue: Mutex<Queue>,
+    wake: tokio::sync::Notify,
+}
+
+/// Whole batches (each at most one datagram) waiting for the sender task.
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Vec<u8>>,
+    bytes: usize,
 }
 
 impl Inner {
@@ -150,7 +187,28 @@ impl Inner {
         due && slot.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
-    fn send(&self, datagram: &[u8]) {
+    /// Counts `records` dropped updates (one datagram's worth) because of `cause`.
+    fn dropped(&self, records: u64, cause: &dyn std::fmt::Display) {
+        let n = self.dropped.fetch_add(records, Ordering::Relaxed) + records;
+        self.unreported.fetch_add(records, Ordering::Relaxed);
+        if self.claim(&self.last_log, LOG_EVERY) {
+            tracing::warn!(socket = %self.path.display(), cause = %cause, dropped = n, "stats updates dropped (is mmstatd running?)");
+        }
+    }
+
+    /// The record telling mmstatd how many updates were dropped, if any were; the count
+    /// is taken (give it back with [`Inner::unsent_report`] if the send fails).
+    fn drop_report(&self) -> Option<(u64, Vec<u8>)> {
+        let n = self.unreported.swap(0, Ordering::Relaxed);
+        (n > 0).then(|| (n, format!("U P {n} {}|total|stats-dropped\n", self.daemon).into_bytes()))
+    }
+
+    fn unsent_report(&self, n: u64) {
+        self.unreported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sends at once, without blocking (the path without a sender task).
+    fn send_now(&self, datagram: &[u8]) {
         let mut result = self.socket.send(datagram);
         if let Err(e) = &result
             && reconnectable(e)
@@ -159,12 +217,93 @@ impl Inner {
         {
             result = self.socket.send(datagram);
         }
-        if let Err(e) = result {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if self.claim(&self.last_log, LOG_EVERY) {
-                tracing::info!(socket = %self.path.display(), cause = %e, dropped = n, "stats update dropped (is mmstatd running?)");
+        match result {
+            Ok(_) => {
+                if let Some((n, report)) = self.drop_report()
+                    && self.socket.send(&report).is_err()
+                {
+                    self.unsent_report(n);
+                }
+            }
+            Err(e) => self.dropped(records(datagram), &e),
+        }
+    }
+
+    /// Hands a batch to the sender task; drops it when the queue is full.
+    fn enqueue(&self, datagram: &[u8]) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.bytes + datagram.len() > QUEUE_MAX {
+                drop(q);
+                self.dropped(records(datagram), &"queue full: mmstatd is not reading");
+                return;
+            }
+            q.bytes += datagram.len();
+            q.batches.push_back(datagram.to_vec());
+            self.pending.fetch_add(1, Ordering::SeqCst);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes every queued batch, packed into datagrams of at most [`MAX_DATAGRAM`]
+    /// bytes (whole batches only, in order), each with the number of batches in it.
+    fn take(&self) -> Vec<(Vec<u8>, usize)> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.bytes = 0;
+        let mut out: Vec<(Vec<u8>, usize)> = Vec::new();
+        for b in q.batches.drain(..) {
+            match out.last_mut() {
+                Some((last, n)) if last.len() + b.len() <= MAX_DATAGRAM => {
+                    last.extend_from_slice(&b);
+                    *n += 1;
+                }
+                _ => out.push((b, 1)),
             }
         }
+        out
+    }
+}
+
+/// Records in a datagram (one per line).
+fn records(datagram: &[u8]) -> u64 {
+    datagram.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// The sender task: drains the queue in order, waiting while mmstatd's socket is full.
+async fn sender(inner: Arc<Inner>, socket: tokio::net::UnixDatagram) {
+    loop {
+        let datagrams = inner.take();
+        if datagrams.is_empty() {
+            inner.wake.notified().await;
+            continue;
+        }
+        for (d, batches) in datagrams {
+            send_waiting(&inner, &socket, &d).await;
+            inner.pending.fetch_sub(batches, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Sends one datagram, waiting for room in mmstatd's queue; a missing or refusing
+/// mmstatd drops it (after at most one reconnection attempt a second).
+async fn send_waiting(inner: &Inner, socket: &tokio::net::UnixDatagram, datagram: &[u8]) {
+    let mut result = socket.send(datagram).await;
+    if let Err(e) = &result
+        && reconnectable(e)
+        && inner.claim(&inner.last_connect, RECONNECT_EVERY)
+        && socket.connect(&inner.path).is_ok()
+    {
+        result = socket.send(datagram).await;
+    }
+    match result {
+        Ok(_) => {
+            if let Some((n, report)) = inner.drop_report()
+                && socket.send(&report).await.is_err()
+            {
+                inner.unsent_report(n);
+            }
+        }
+        Err(e) => inner.dropped(records(datagram), &e),
     }
 }
 
@@ -220,12 +359,47 @@ impl Stats {
         let inner = Inner {
             socket,
             path: cfg.socket.clone(),
+            daemon,
             started: Instant::now(),
             last_connect: AtomicU64::new(0),
             last_log: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            queued: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
+            wake: tokio::sync::Notify::new(),
         };
         Stats { inner: Some(Arc::new(inner)), daemon }
+    }
+
+    /// Starts the sender task on the current tokio runtime: from now on batches are
+    /// queued and sent in order, waiting while mmstatd's socket is full (see the module
+    /// notes). Once is enough; later calls do nothing.
+    ///
+    /// # Errors
+    /// The socket could not be registered with the runtime (counting stays direct).
+    pub fn start_sender(&self) -> io::Result<()> {
+        let Some(inner) = &self.inner else { return Ok(()) };
+        if inner.queued.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let socket = tokio::net::UnixDatagram::from_std(inner.socket.try_clone()?)?;
+        if inner.queued.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        tokio::spawn(sender(inner.clone(), socket));
+        Ok(())
+    }
+
+    /// Waits until every queued batch was sent (or dropped), at most `limit`: at the end
+    /// of a daemon, so that its last counts reach mmstatd.
+    pub async fn flush(&self, limit: Duration) {
+        let Some(inner) = &self.inner else { return };
+        let deadline = tokio::time::Instant::now() + limit;
+        while inner.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// A handle that sends nothing.
@@ -270,26 +444,33 @@ impl Stats {
             .send();
     }
 
-    /// A connection from `who` (an address, as the gate counts it) was admitted.
-    pub fn connection_opened(&self, who: &str) {
+    /// A connection from `who` (an address, as the gate counts it) was admitted; `open`
+    /// connections are open now, `from_who` of them from `who`. Gauges are sent as
+    /// absolute values.
+    pub fn connection_opened(&self, who: &str, open: usize, from_who: u32) {
         self.batch()
             .update(Flag::Persistent, &["total", "connections"], 1)
-            .update(Flag::Volatile, &["current", "connections"], 1)
-            .update(Flag::Volatile, &["who", who], 1)
+            .set(Flag::Volatile, &["current", "connections"], i64::try_from(open).unwrap_or(i64::MAX))
+            .set(Flag::Volatile, &["who", who], i64::from(from_who))
             .send();
     }
 
-    /// A connection from `who` ended; `remaining` connections from it are still open
-    /// (at 0 its `who` key is deleted, spec/mail.md §5.2 "Entry").
-    pub fn connection_closed(&self, who: &str, remaining: u32) {
+    /// A connection from `who` ended; `open` connections are still open, `remaining` of
+    /// them from `who` (at 0 its `who` key is deleted, spec/mail.md §5.2 "Entry").
+    pub fn connection_closed(&self, who: &str, open: usize, remaining: u32) {
         let mut b = self.batch();
-        b.update(Flag::Volatile, &["current", "connections"], -1);
+        b.set(Flag::Volatile, &["current", "connections"], i64::try_from(open).unwrap_or(i64::MAX));
         if remaining == 0 {
             b.delete(&["who", who]);
         } else {
-            b.update(Flag::Volatile, &["who", who], -1);
+            b.set(Flag::Volatile, &["who", who], i64::from(remaining));
         }
         b.send();
+    }
+
+    /// The periodic heal ([`GAUGE_PERIOD`]): `open` connections are open now.
+    pub fn gauges(&self, open: usize) {
+        self.batch().set(Flag::Volatile, &["current", "connections"], i64::try_from(open).unwrap_or(i64::MAX)).send();
     }
 
     /// A refusal or failure of kind `cause` (`limits`, `flood`, `timeout`, `nofrom`,
@@ -383,8 +564,9 @@ impl Batch<'_> {
     /// Sends the batch (never blocks; see the module notes).
     pub fn send(&mut self) {
         if let Some(inner) = &self.stats.inner {
+            let queued = inner.queued.load(Ordering::Relaxed);
             for d in self.datagrams() {
-                inner.send(d);
+                if queued { inner.enqueue(d) } else { inner.send_now(d) }
             }
         }
         self.buf.clear();
@@ -414,15 +596,17 @@ mod tests {
     #[test]
     fn a_connection_is_one_datagram_in_the_spec_format() {
         let (_d, rx, stats) = collector();
-        stats.connection_opened("192.0.2.7");
+        stats.connection_opened("192.0.2.7", 5, 1);
         assert_eq!(
             recv(&rx),
-            "U P 1 mmtest|total|connections\nU V 1 mmtest|current|connections\nU V 1 mmtest|who|192.0.2.7\n"
+            "U P 1 mmtest|total|connections\nS V 5 mmtest|current|connections\nS V 1 mmtest|who|192.0.2.7\n"
         );
-        stats.connection_closed("192.0.2.7", 0);
-        assert_eq!(recv(&rx), "U V -1 mmtest|current|connections\nD V 0 mmtest|who|192.0.2.7\n");
-        stats.connection_closed("192.0.2.7", 2);
-        assert_eq!(recv(&rx), "U V -1 mmtest|current|connections\nU V -1 mmtest|who|192.0.2.7\n");
+        stats.connection_closed("192.0.2.7", 4, 0);
+        assert_eq!(recv(&rx), "S V 4 mmtest|current|connections\nD V 0 mmtest|who|192.0.2.7\n");
+        stats.connection_closed("192.0.2.7", 3, 2);
+        assert_eq!(recv(&rx), "S V 3 mmtest|current|connections\nS V 2 mmtest|who|192.0.2.7\n");
+        stats.gauges(3);
+        assert_eq!(recv(&rx), "S V 3 mmtest|current|connections\n");
         stats.started();
         assert_eq!(recv(&rx), "D V 0 mmtest|current|*\nD V 0 mmtest|who|*\nS V 0 mmtest|current|connections\n");
     }
@@ -467,9 +651,9 @@ mod tests {
         let path = dir.path().join("absent.sock");
         let stats = Stats::open(&StatsConfig { socket: path.clone(), enabled: true }, "mmtest");
         for _ in 0..1000 {
-            stats.connection_opened("192.0.2.1");
+            stats.connection_opened("192.0.2.1", 1, 1);
         }
-        assert_eq!(stats.dropped(), 1000);
+        assert_eq!(stats.dropped(), 3000, "three updates each");
         // mmstatd appears: the client reconnects (at most once a second).
         let rx = UnixDatagram::bind(&path).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -485,6 +669,61 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(got.as_deref(), Some("U P 1 mmtest|total|x\n"));
+        // Then mmstatd learns how many updates it missed.
+        rx.set_nonblocking(false).unwrap();
+        assert_eq!(recv(&rx), format!("U P {} mmtest|total|stats-dropped\n", stats.dropped()));
+    }
+
+    /// A burst far beyond the kernel's queue of 10 datagrams (`net.unix.max_dgram_qlen`)
+    /// arrives whole through the sender task: batches are packed and sent in order,
+    /// waiting for room instead of being dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_arrives_whole_through_the_sender() {
+        let (_d, rx, stats) = collector();
+        stats.start_sender().unwrap();
+        let n = 20_000i64;
+        let reader = std::thread::spawn(move || {
+            let (mut opened, mut last) = (0i64, String::new());
+            let mut buf = vec![0u8; 65536];
+            while let Ok(len) = rx.recv(&mut buf) {
+                assert!(len <= MAX_DATAGRAM);
+                for line in String::from_utf8_lossy(&buf[..len]).lines() {
+                    if line.ends_with("|total|connections") {
+                        opened += line.split(' ').nth(2).unwrap().parse::<i64>().unwrap();
+                    }
+                    if line.ends_with("|current|connections") {
+                        last = line.to_owned();
+                    }
+                }
+                if opened == n && last == "S V 0 mmtest|current|connections" {
+                    break;
+                }
+            }
+            (opened, last)
+        });
+        for i in 0..n {
+            stats.connection_opened("192.0.2.9", usize::try_from(i + 1).unwrap(), 1);
+        }
+        stats.gauges(0);
+        stats.flush(Duration::from_secs(20)).await;
+        let (opened, last) = reader.join().unwrap();
+        assert_eq!(opened, n, "every update arrived");
+        assert_eq!(last, "S V 0 mmtest|current|connections", "in order: the last gauge wins");
+        assert_eq!(stats.dropped(), 0);
+    }
+
+    /// Nobody reads: the in-process queue stops at [`QUEUE_MAX`] and the rest is dropped
+    /// and counted, never blocking the caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_mmstatd_costs_a_bounded_queue() {
+        let (_d, _rx, stats) = collector();
+        stats.start_sender().unwrap();
+        for _ in 0..100_000 {
+            stats.update(Flag::Persistent, &["total", "x"], 1);
+        }
+        let inner = stats.inner.as_ref().unwrap();
+        assert!(inner.queue.lock().unwrap().bytes <= QUEUE_MAX);
+        assert!(stats.dropped() > 0);
     }
 
     #[test]

@@ -55,12 +55,38 @@ pub fn ci() -> bool {
 /// from `cargo test --workspace`, which builds them all).
 ///
 /// # Panics
-/// If it cannot be found or built.
+/// If it cannot be found or built, or if it is older than its sources: a fault test
+/// against a stale daemon would test old code (run `cargo build --workspace` first, or
+/// the whole `cargo test --workspace`).
 pub fn bin(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/faults-… → target/<profile>/
     let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
-    common::testing::sibling_bin(&dir.join("faults"), name, package)
+    let bin = common::testing::sibling_bin(&dir.join("faults"), name, package);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).expect("binary time");
+    let newest =
+        [root.join(package).join("src"), root.join("common").join("src")].iter().filter_map(|d| newest_file(d)).max();
+    assert!(
+        newest.is_none_or(|n| n <= built),
+        "{} is older than its sources: run `cargo build --workspace` (or `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The newest modification time of any file under `dir`.
+fn newest_file(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let t = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            newest_file(&e.path())
+        } else {
+            e.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// Where the fault report rows go: `target/fault-report.md` (one row per fault,

@@ -40,15 +40,15 @@ fn main() {
     let stats = Stats::open(&StatsConfig { socket: path.clone(), enabled: true }, "mmsmtpd");
     let n = 200_000;
     per_op("daemon: connection opened (3 records), mmstatd reading", n, |i| {
-        stats.connection_opened(if i % 2 == 0 { "192.0.2.7" } else { "2001:db8::1" });
+        stats.connection_opened(if i % 2 == 0 { "192.0.2.7" } else { "2001:db8::1" }, 1, 1);
     });
     let received = drained.join().unwrap();
-    println!("    received {received} of {n} datagrams, dropped {} (full queue)", stats.dropped());
+    println!("    received {received} of {n} datagrams, dropped {} updates (full queue)", stats.dropped());
 
     let absent = Stats::open(&StatsConfig { socket: dir.path().join("absent.sock"), enabled: true }, "mmsmtpd");
-    per_op("daemon: connection opened, mmstatd absent (dropped)", n, |_| absent.connection_opened("192.0.2.7"));
+    per_op("daemon: connection opened, mmstatd absent (dropped)", n, |_| absent.connection_opened("192.0.2.7", 1, 1));
     let off = Stats::disabled("mmsmtpd");
-    per_op("daemon: connection opened, counting off", n, |_| off.connection_opened("192.0.2.7"));
+    per_op("daemon: connection opened, counting off", n, |_| off.connection_opened("192.0.2.7", 1, 1));
 
     let datagram = b"U P 1 mmsmtpd|total|connections\nU V 1 mmsmtpd|current|connections\nU V 1 mmsmtpd|who|192.0.2.7\n";
     let mut table = Table::new(1_000_000);

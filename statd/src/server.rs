@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::stats::MAX_DATAGRAM;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -231,6 +231,12 @@ async fn query_connection(stream: UnixStream, shared: Arc<Mutex<State>>) -> io::
             return Ok(());
         }
         let answer = if !line.ends_with(b"\n") {
+            // Read the rest of the line first (up to a limit), so that the client's
+            // write is not cut off by our close (it would see EPIPE, not the answer).
+            let rest = tokio::time::timeout(QUERY_TIMEOUT, discard_line(&mut r, MAX_DISCARD)).await;
+            if !matches!(rest, Ok(Ok(true))) {
+                return Ok(());
+            }
             "-ERR request line too long\n.\n".to_owned()
         } else {
             match std::str::from_utf8(&line).map(|l| l.trim_end_matches(['\r', '\n'])) {
@@ -244,6 +250,33 @@ async fn query_connection(stream: UnixStream, shared: Arc<Mutex<State>>) -> io::
         w.write_all(answer.as_bytes()).await?;
         if !line.ends_with(b"\n") {
             return Ok(());
+        }
+    }
+}
+
+/// Bytes of an overlong query line read and thrown away before the error answer.
+const MAX_DISCARD: u64 = 64 * 1024;
+
+/// Reads and drops input up to and including the next `\n`, at most `limit` bytes.
+/// True when the line ended within the limit.
+async fn discard_line<R: AsyncBufRead + Unpin>(r: &mut R, limit: u64) -> io::Result<bool> {
+    let mut seen = 0u64;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let (used, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        r.consume(used);
+        seen += used as u64;
+        if done {
+            return Ok(true);
+        }
+        if seen >= limit {
+            return Ok(false);
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub struct Gate {
     settings: RwLock<Settings>,
     per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
     slots: Arc<Semaphore>,
+    /// Connections admitted and not yet released.
+    open: Arc<AtomicUsize>,
 }
 
 /// Held by an admitted connection; releases its places when dropped (or by
@@ -72,6 +75,8 @@ pub struct Admission {
     _slot: OwnedSemaphorePermit,
     key: IpAddr,
     per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    open: Arc<AtomicUsize>,
+    from_key: u32,
     released: bool,
 }
 
@@ -81,6 +86,11 @@ impl Admission {
         self.key
     }
 
+    /// Connections open from this address, this one included, when it was admitted.
+    pub fn from_key(&self) -> u32 {
+        self.from_key
+    }
+
     /// Gives the places back; returns the connections still open from this address.
     pub fn release(mut self) -> u32 {
         self.released = true;
@@ -88,6 +98,7 @@ impl Admission {
     }
 
     fn decrement(&self) -> u32 {
+        self.open.fetch_sub(1, Ordering::SeqCst);
         let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let Some(n) = map.get_mut(&self.key) else { return 0 };
         *n = n.saturating_sub(1);
@@ -126,6 +137,7 @@ impl Gate {
             }),
             per_address: Arc::default(),
             slots: Arc::new(Semaphore::new(limits.max_clients)),
+            open: Arc::default(),
         })
     }
 
@@ -174,7 +186,20 @@ impl Gate {
         }
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::TooManyClients)?;
         map.insert(key, n + 1);
-        Ok(Admission { _slot: slot, key, per_address: self.per_address.clone(), released: false })
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Ok(Admission {
+            _slot: slot,
+            key,
+            per_address: self.per_address.clone(),
+            open: self.open.clone(),
+            from_key: n + 1,
+            released: false,
+        })
+    }
+
+    /// Connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Forgets rate-limit state that no longer limits anyone (the janitor's job).

@@ -73,13 +73,16 @@ pub async fn accept<H, F>(
     let proto = stats.daemon();
     let mut loops = tokio::task::JoinSet::new();
     {
-        let (gate, token) = (gate.clone(), shutdown.token.clone());
+        let (gate, token, stats) = (gate.clone(), shutdown.token.clone(), stats.clone());
         loops.spawn(async move {
             let mut tick = tokio::time::interval(JANITOR_PERIOD);
+            let mut gauges = tokio::time::interval(crate::stats::GAUGE_PERIOD);
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
                     _ = tick.tick() => gate.sweep(),
+                    // Heals a gauge whose last update was lost.
+                    _ = gauges.tick() => stats.gauges(gate.open()),
                 }
             }
         });
@@ -126,16 +129,17 @@ pub async fn accept<H, F>(
                     }
                 };
                 let who = admission.key().to_string();
-                stats.connection_opened(&who);
+                stats.connection_opened(&who, gate.open(), admission.from_key());
                 let fut = handler(stream, peer, l.implicit_tls);
-                let stats = stats.clone();
+                let (stats, gate) = (stats.clone(), gate.clone());
                 shutdown.tracker.spawn(
                     async move {
                         tracing::debug!("connected");
                         if let Err(e) = fut.await {
                             tracing::info!(cause = %e, "connection ended");
                         }
-                        stats.connection_closed(&who, admission.release());
+                        let remaining = admission.release();
+                        stats.connection_closed(&who, gate.open(), remaining);
                     }
                     .instrument(span),
                 );
