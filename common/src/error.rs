@@ -48,6 +48,10 @@ pub enum StoreError {
     /// The database reported an error or could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A `COMMIT` got no answer (the connection broke): the transaction may or may not
+    /// have committed, and nobody could find out which in time.
+    #[error("database: outcome of the commit unknown: {0}")]
+    CommitUnknown(#[source] sqlx::Error),
     /// Another process held the migration lock for too long.
     #[error("could not get the migration lock (another daemon migrating for over 10 minutes?)")]
     MigrationLock,

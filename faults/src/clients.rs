@@ -344,6 +344,33 @@ pub async fn tmtp_worker(account: TmtpAccount, to: String, tag: String, size: us
     }
 }
 
+/// Logs in as the recipient `account` and takes every delivery queued for it, acking
+/// each, until nothing arrives for `quiet`; returns how often each post (by the first
+/// word of its data) was delivered.
+///
+/// # Errors
+/// Login or I/O failures.
+pub async fn tmtp_drain(
+    account: &TmtpAccount,
+    quiet: Duration,
+) -> std::io::Result<std::collections::HashMap<String, usize>> {
+    let mut tls = tmtp_login(account).await?;
+    let mut got: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    loop {
+        let f = match tokio::time::timeout(quiet, read_frame(&mut tls)).await {
+            Err(_) => return Ok(got),
+            Ok(f) => f?,
+        };
+        if f.head["op"].as_str() != Some("delivery") {
+            continue;
+        }
+        let key = String::from_utf8_lossy(&f.data).split(' ').next().unwrap_or("?").to_owned();
+        *got.entry(key).or_default() += 1;
+        let id = f.head["id"].clone();
+        tls.write_all(&tmtp_frame(&json!({"Op":10,"Id":id,"Type":"n"}), b"")).await?;
+    }
+}
+
 /// Writes `bytes` and reads one line: for short protocol exchanges in tests.
 ///
 /// # Errors

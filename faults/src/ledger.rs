@@ -105,6 +105,9 @@ pub struct Row {
     pub in_doubt_done: usize,
     /// From the end of the fault to the first acknowledgement after it.
     pub recovery: Option<Duration>,
+    /// Commits that got no answer from the database and were resolved by asking it
+    /// again once it was back (from the daemon's log).
+    pub resolved: usize,
 }
 
 impl Row {
@@ -114,7 +117,7 @@ impl Row {
     }
 
     /// The Markdown table header matching [`Row`]'s `Display`.
-    pub const HEADER: &'static str = "| fault | backend | daemon | acked | done once | lost | duplicated | refused | refused but done | in doubt (done) | seconds to recover |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+    pub const HEADER: &'static str = "| fault | backend | daemon | acked | done once | lost | duplicated | refused | refused but done | in doubt (done) | commits resolved | seconds to recover |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
 }
 
 impl fmt::Display for Row {
@@ -122,7 +125,7 @@ impl fmt::Display for Row {
         let recovery = self.recovery.map_or_else(|| "–".to_owned(), |d| format!("{:.1}", d.as_secs_f64()));
         write!(
             f,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} |",
             self.fault,
             self.backend,
             self.daemon,
@@ -134,6 +137,7 @@ impl fmt::Display for Row {
             self.refused_but_done,
             self.in_doubt,
             self.in_doubt_done,
+            self.resolved,
             recovery
         )
     }

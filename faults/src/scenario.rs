@@ -78,7 +78,8 @@ pub struct Scenario {
     logs: Vec<PathBuf>,
     pop3_uids: Vec<String>,
     tmtp_sender: (String, String),
-    tmtp_recipient: String,
+    /// The recipient's uid and node secret.
+    tmtp_recipient: (String, String),
     /// Fault label for the report.
     pub fault: String,
     /// Unix time of the last kill -9 of a daemon: its sessions' leases may live until
@@ -273,7 +274,7 @@ impl Scenario {
         let (sender, recipient) = blocking(move || {
             let s = admin(&admin_cfg, &["add-user", "--nodes", "1"]);
             let r = admin(&admin_cfg, &["add-user", "--nodes", "1"]);
-            ((s[0].clone(), s[1].clone()), r[0].clone())
+            ((s[0].clone(), s[1].clone()), (r[0].clone(), r[1].clone()))
         })
         .await;
         let mut sc = Scenario {
@@ -395,7 +396,7 @@ impl Scenario {
             let tag = format!("t{i}x{}", common::random_hex(3));
             tasks.push(tokio::spawn(clients::tmtp_worker(
                 account,
-                self.tmtp_recipient.clone(),
+                self.tmtp_recipient.0.clone(),
                 tag,
                 1500,
                 tl.clone(),
@@ -405,9 +406,10 @@ impl Scenario {
         Load { stop, smtp: sl, pop3: pl, tmtp: tl, tasks }
     }
 
-    /// Stops the daemons cleanly, then checks every ledger against the database: one
-    /// [`Row`] per daemon (with `recovery` from `recovered`), each written to the
-    /// report. Also asserts what holds for every fault: box counters equal a recount,
+    /// Checks every ledger against the database: one [`Row`] per daemon (with
+    /// `recovery` from `recovered`), each written to the report. The TMTP posts are
+    /// checked twice: as queue rows, then as deliveries to the recipient (mmtmtpd is
+    /// started again if a fault left it down); then the daemons are stopped cleanly. Also asserts what holds for every fault: box counters equal a recount,
     /// no POP3 lock outlives its fault (only a killed session's lock may be left, and
     /// only until its lease ends), no daemon log shows a panic, and every row is
     /// [`Row::ok`].
@@ -415,9 +417,6 @@ impl Scenario {
     /// # Panics
     /// When any of that does not hold.
     pub async fn verify(&mut self, load: &Load, recovered: &HashMap<&'static str, Option<Duration>>) -> Vec<Row> {
-        for w in Which::ALL {
-            self.stop(w).await;
-        }
         let backend = match self.db.backend() {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -461,15 +460,36 @@ impl Scenario {
         )
         .await;
         for (uid, data) in rows {
-            if uid == self.tmtp_recipient {
+            if uid == self.tmtp_recipient.0 {
                 let text = String::from_utf8_lossy(&data);
                 *queued.entry(text.split(' ').next().unwrap_or("?").to_owned()).or_default() += 1;
             }
         }
         let mut tmtp = row(Which::Tmtp);
         ledger::check_created(&load.tmtp, &queued, &mut tmtp);
-        let result = vec![smtp, pop3, tmtp];
-        for r in &result {
+        // The same posts as the recipient receives them.
+        if self.running(Which::Tmtp).daemon.is_none() {
+            self.restart(Which::Tmtp).await;
+        }
+        let recipient = TmtpAccount {
+            addr: self.addr(Which::Tmtp),
+            tls: self.cert.connector(),
+            uid: self.tmtp_recipient.0.clone(),
+            node: self.tmtp_recipient.1.clone(),
+        };
+        let delivered = clients::tmtp_drain(&recipient, Duration::from_secs(3)).await.expect("recipient drains");
+        assert_eq!(delivered, queued, "{}: deliveries differ from the queue", self.fault);
+        for w in Which::ALL {
+            self.stop(w).await;
+        }
+        let mut result = vec![smtp, pop3, tmtp];
+        for (r, w) in result.iter_mut().zip(Which::ALL) {
+            r.resolved = self
+                .logs
+                .iter()
+                .filter(|l| l.file_name().is_some_and(|n| n.to_string_lossy().starts_with(w.program())))
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default().matches("the commit got no answer").count())
+                .sum();
             ledger::report(r);
         }
         // Counters, locks, panics.

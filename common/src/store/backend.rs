@@ -12,6 +12,8 @@ pub(crate) struct Sql {
     pub take_room: &'static str,
     pub insert_mail: &'static str,
     pub maildrop: &'static str,
+    /// 1 if a mail row with uid `$1` exists.
+    pub mail_by_uid: &'static str,
     pub retrieve: &'static str,
     pub recount: &'static str,
     pub user_password: &'static str,
@@ -108,7 +110,23 @@ macro_rules! operations {
                 Ok(Ok(()))
             }
             .await;
-            tx.settle(r).await?.map_err(DeliverError::NoRoom)
+            tx.settle(r).await.map_err(crate::error::StoreError::from)?.map_err(DeliverError::NoRoom)
+        }
+
+        pub(crate) async fn mail_stored(p: &Pool, uid: &str) -> Result<bool, sqlx::Error> {
+            let row: Option<(i64,)> = sqlx::query_as($sql.mail_by_uid).bind(uid).fetch_optional(p).await?;
+            Ok(row.is_some())
+        }
+
+        pub(crate) async fn mail_present(p: &Pool, address: &str, ids: &[i64]) -> Result<bool, sqlx::Error> {
+            for id in ids {
+                let row: Option<(i64, i64)> =
+                    sqlx::query_as($sql.mail_for_delete).bind(id).bind(address).fetch_optional(p).await?;
+                if row.is_some() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         }
 
         pub(crate) async fn maildrop(p: &Pool, address: &str) -> Result<Vec<MailEntry>, sqlx::Error> {
@@ -169,7 +187,7 @@ macro_rules! operations {
                 Ok(done.rows_affected() > 0)
             }
             .await;
-            tx.finish(r).await
+            Ok(tx.finish(r).await?)
         }
 
         pub(crate) async fn refresh_lock(
@@ -186,7 +204,8 @@ macro_rules! operations {
         pub(crate) async fn unlock_box(p: &Pool, address: &str, owner: &str) -> Result<(), sqlx::Error> {
             let mut tx = write(p).await?;
             let r = sqlx::query($sql.lock_release).bind(address).bind(owner).execute(&mut *tx).await;
-            tx.finish(r).await.map(drop)
+            tx.finish(r).await?;
+            Ok(())
         }
 
         pub(crate) async fn commit_deletions(
@@ -195,7 +214,7 @@ macro_rules! operations {
             owner: &str,
             now: i64,
             ids: &[i64],
-        ) -> Result<Update, sqlx::Error> {
+        ) -> Result<Update, crate::error::StoreError> {
             let mut tx = write(p).await?;
             let r = async {
                 // The lease check and its release, in the transaction that deletes: the
@@ -225,7 +244,7 @@ macro_rules! operations {
                 Ok(Ok(Update::Deleted(count as u64)))
             }
             .await;
-            tx.settle(r).await.map(|u| u.unwrap_or_else(|lost| lost))
+            Ok(tx.settle(r).await?.unwrap_or_else(|lost| lost))
         }
     };
 }

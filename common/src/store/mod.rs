@@ -33,6 +33,42 @@ use crate::pattern;
 /// Attempts of a transaction that hit a deadlock or busy database.
 const TRANSACTION_ATTEMPTS: u32 = 5;
 
+/// How long a write whose `COMMIT` got no answer waits for the database to answer again,
+/// to find out whether it committed (SMTP clients wait 10 minutes for the reply to the
+/// end of DATA, RFC 5321 §4.5.3.2.6).
+const RESOLVE_FOR: Duration = Duration::from_secs(30);
+
+/// After a `COMMIT` whose outcome is unknown: asks `committed` until the database
+/// answers (at most [`RESOLVE_FOR`]). `None` if it never did.
+async fn resolve<F, Fut>(what: &'static str, mut committed: F) -> Option<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match committed().await {
+            Ok(done) => {
+                tracing::warn!(
+                    committed = done,
+                    "{what}: the commit got no answer; the database says it {}",
+                    if done { "committed" } else { "did not commit" }
+                );
+                return Some(done);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::error!(cause = %e, "{what}: the commit got no answer and the database did not come back to tell");
+                return None;
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Errors that may mean "the same transaction can succeed if tried again".
 trait Retryable: std::fmt::Display {
     fn retryable(&self) -> bool;
@@ -237,12 +273,28 @@ impl Store {
     /// limit by at most the message being committed). Deadlocks and busy errors are
     /// retried a few times.
     ///
+    /// A `COMMIT` that got no answer (the database died or the connection broke) is
+    /// resolved by looking for the stored copy once the database answers again: found,
+    /// the delivery succeeded.
+    ///
     /// # Errors
     /// [`DeliverError::NoRoom`] if a box is full (nothing stored anywhere);
-    /// [`DeliverError::Store`] on a database failure (nothing stored).
+    /// [`DeliverError::Store`] on a database failure: nothing stored, except with
+    /// [`StoreError::CommitUnknown`], when the database never answered again within 30 s
+    /// (the message may be stored; the client's retry may make a second copy).
     pub async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliverError> {
         let now = unix_now();
-        retrying("delivery", move || async move { dispatch!(self, deliver(delivery, now)) }).await
+        match retrying("delivery", move || async move { dispatch!(self, deliver(delivery, now)) }).await {
+            Err(DeliverError::Store(StoreError::CommitUnknown(e))) => {
+                let Some(first) = delivery.copies.first() else { return Err(StoreError::Db(e).into()) };
+                match resolve("delivery", || async { dispatch!(self, mail_stored(&first.uid)) }).await {
+                    Some(true) => Ok(()),
+                    Some(false) => Err(StoreError::Db(e).into()),
+                    None => Err(StoreError::CommitUnknown(e).into()),
+                }
+            }
+            other => other,
+        }
     }
 
     /// The messages of a box in delivery order.
@@ -347,14 +399,28 @@ impl Store {
     /// each message body no box refers to any more deleted. Ids already gone are
     /// skipped. Deadlocks are retried.
     ///
+    /// A `COMMIT` without an answer is resolved as in [`Store::deliver`]: committed if
+    /// none of `ids` is left in the box.
+    ///
     /// # Errors
     /// [`StoreError::Db`]; nothing is deleted and the lock is kept then.
+    /// [`StoreError::CommitUnknown`] if the database did not answer again within 30 s.
     pub async fn commit_deletions(&self, box_address: &str, owner: &str, ids: &[i64]) -> Result<Update, StoreError> {
-        retrying("deletion", move || async move {
+        let done = retrying("deletion", move || async move {
             let now = unix_now();
-            dispatch!(self, commit_deletions(box_address, owner, now, ids)).map_err(StoreError::from)
+            dispatch!(self, commit_deletions(box_address, owner, now, ids))
         })
-        .await
+        .await;
+        match done {
+            Err(StoreError::CommitUnknown(e)) => {
+                match resolve("deletion", || async { dispatch!(self, mail_present(box_address, ids)) }).await {
+                    Some(false) => Ok(Update::Deleted(ids.len() as u64)),
+                    Some(true) => Err(StoreError::Db(e)),
+                    None => Err(StoreError::CommitUnknown(e)),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Runs SQL text with no parameters (several statements allowed on MySQL and

@@ -12,6 +12,7 @@ const SQL: super::backend::Sql = super::backend::Sql {
                 AND (box_max_size = 0 OR box_size < box_max_size)",
     insert_mail: "INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) VALUES (?, ?, ?, ?, ?, ?)",
     maildrop: "SELECT mail_id, mail_uid, mail_size FROM mail WHERE mail_box = ? ORDER BY mail_id",
+    mail_by_uid: "SELECT 1 FROM mail WHERE mail_uid = ?",
     retrieve: "SELECT mail_trace, message_data FROM mail JOIN message ON message_id = mail_message WHERE mail_id = ? AND mail_box = ?",
     recount: "SELECT CAST(SUM(mail_size) AS SIGNED), COUNT(*) FROM mail WHERE mail_box = ?",
     user_password: "SELECT user_id, user_passwd FROM `user` WHERE user_name = ?",

@@ -12,6 +12,7 @@ const SQL: super::backend::Sql = super::backend::Sql {
                 AND (box_max_size = 0 OR box_size < box_max_size)",
     insert_mail: "INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) VALUES ($1, $2, $3, $4, $5, $6)",
     maildrop: "SELECT mail_id, mail_uid, mail_size FROM mail WHERE mail_box = $1 ORDER BY mail_id",
+    mail_by_uid: "SELECT 1::BIGINT FROM mail WHERE mail_uid = $1",
     retrieve: "SELECT mail_trace, message_data FROM mail JOIN message ON message_id = mail_message WHERE mail_id = $1 AND mail_box = $2",
     recount: "SELECT SUM(mail_size)::BIGINT, COUNT(*) FROM mail WHERE mail_box = $1",
     user_password: "SELECT user_id, user_passwd FROM \"user\" WHERE user_name = $1",

@@ -79,7 +79,7 @@ macro_rules! tmtp_operations {
                     Ok(())
                 }
                 .await;
-                tx.finish(r).await
+                Ok(tx.finish(r).await?)
             }
 
             pub(crate) async fn node_by_hash(p: &Pool, hash: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
@@ -116,7 +116,7 @@ macro_rules! tmtp_operations {
                     Ok(Ok(num))
                 }
                 .await;
-                tx.settle(r).await
+                Ok(tx.settle(r).await?)
             }
 
             pub(crate) async fn alias_owner(p: &Pool, alias: &str) -> Result<Option<String>, sqlx::Error> {
@@ -147,7 +147,7 @@ macro_rules! tmtp_operations {
                     Ok(Ok(()))
                 }
                 .await;
-                match tx.settle(r).await {
+                match tx.settle(r).await.map_err(sqlx::Error::from) {
                     // Taken by a concurrent request between the check and the insert.
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Err(AliasError::Taken)),
                     other => other,
@@ -187,19 +187,19 @@ macro_rules! tmtp_operations {
                     Ok(())
                 }
                 .await;
-                tx.finish(r).await
+                Ok(tx.finish(r).await?)
             }
 
             pub(crate) async fn begin_message(p: &Pool, id: i64, now: i64) -> Result<(), sqlx::Error> {
                 let mut tx = write(p).await?;
                 let r = sqlx::query($sql.begin_message).bind(id).bind(now).execute(&mut *tx).await;
-                tx.finish(r).await.map(drop)
+                tx.finish(r).await.map(drop).map_err(sqlx::Error::from)
             }
 
             pub(crate) async fn put_chunk(p: &Pool, id: i64, seq: i64, data: &[u8]) -> Result<(), sqlx::Error> {
                 let mut tx = write(p).await?;
                 let r = sqlx::query($sql.insert_chunk).bind(id).bind(seq).bind(data).execute(&mut *tx).await;
-                tx.finish(r).await.map(drop)
+                tx.finish(r).await.map(drop).map_err(sqlx::Error::from)
             }
 
             pub(crate) async fn commit_message(
@@ -209,7 +209,7 @@ macro_rules! tmtp_operations {
                 size: i64,
                 prio: &str,
                 nodes: &[(String, i64)],
-            ) -> Result<(), sqlx::Error> {
+            ) -> Result<(), crate::error::StoreError> {
                 let mut tx = write(p).await?;
                 let r = async {
                     sqlx::query($sql.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
@@ -240,7 +240,7 @@ macro_rules! tmtp_operations {
                     Ok(())
                 }
                 .await;
-                tx.finish(r).await
+                Ok(tx.finish(r).await?)
             }
 
             pub(crate) async fn queue(p: &Pool, uid: &str, num: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
@@ -273,7 +273,7 @@ macro_rules! tmtp_operations {
                     Ok(done.rows_affected() > 0)
                 }
                 .await;
-                tx.finish(r).await
+                Ok(tx.finish(r).await?)
             }
 
             pub(crate) async fn cleanup(p: &Pool) -> Result<u64, sqlx::Error> {
@@ -284,7 +284,7 @@ macro_rules! tmtp_operations {
                     Ok(n)
                 }
                 .await;
-                tx.finish(r).await
+                Ok(tx.finish(r).await?)
             }
 
             pub(crate) async fn max_message_id(p: &Pool) -> Result<i64, sqlx::Error> {
@@ -452,8 +452,12 @@ impl Store {
     /// JSON) and `size` data bytes, queued with `prio` to `nodes` `(uid, num)`, all in one
     /// transaction. With no nodes the message is dropped.
     ///
+    /// A `COMMIT` without an answer is resolved by asking whether the message is ready
+    /// once the database answers again (see [`Store::deliver`]).
+    ///
     /// # Errors
-    /// [`StoreError::Db`]; nothing was queued then.
+    /// [`StoreError::Db`]; nothing was queued then. [`StoreError::CommitUnknown`] if the
+    /// database did not answer again within 30 s.
     pub async fn tmtp_commit_message(
         &self,
         id: i64,
@@ -462,7 +466,18 @@ impl Store {
         prio: &str,
         nodes: &[(String, i64)],
     ) -> Result<(), StoreError> {
-        retry("queueing", || async { on!(self, commit_message(id, header, size, prio, nodes)) }).await
+        let done =
+            super::retrying("queueing", || async { on!(self, commit_message(id, header, size, prio, nodes)) }).await;
+        match done {
+            Err(StoreError::CommitUnknown(e)) => {
+                match super::resolve("queueing", || async { Ok(on!(self, message(id))?.is_some()) }).await {
+                    Some(true) => Ok(()),
+                    Some(false) => Err(StoreError::Db(e)),
+                    None => Err(StoreError::CommitUnknown(e)),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Drops message `id` (an upload that failed, or a resolution error), unless queued.

@@ -23,9 +23,47 @@
 //!
 //! The one exception is an in-memory SQLite database (tests): it lives in its single
 //! connection, so that connection is rolled back instead of closed.
+//!
+//! A `COMMIT` that got no answer (the connection broke: the server was killed, the
+//! network cut) may or may not have committed. [`WriteError::Unknown`] says so, and the
+//! store finds out from the database once it answers again (see `Store::deliver`),
+//! rather than telling a client "not stored" about work that was stored.
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Executor, Pool};
+
+/// Why a [`Write`] failed.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// Nothing was committed.
+    Db(sqlx::Error),
+    /// The `COMMIT` was sent and no answer came: it may have committed.
+    Unknown(sqlx::Error),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> Self {
+        WriteError::Db(e)
+    }
+}
+
+/// For callers to whom an unknown outcome is a failure like any other.
+impl From<WriteError> for sqlx::Error {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Db(e) | WriteError::Unknown(e) => e,
+        }
+    }
+}
+
+impl From<WriteError> for crate::error::StoreError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Db(e) => crate::error::StoreError::Db(e),
+            WriteError::Unknown(e) => crate::error::StoreError::CommitUnknown(e),
+        }
+    }
+}
 
 /// A write transaction on a connection of its own; see the module notes.
 pub(crate) struct Write<DB>
@@ -63,8 +101,9 @@ where
     /// Commits. The connection goes back to the pool.
     ///
     /// # Errors
-    /// The `COMMIT` failed: nothing is committed and the connection is closed.
-    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    /// [`WriteError::Db`]: the database refused the `COMMIT`, nothing is committed;
+    /// [`WriteError::Unknown`]: no answer came. The connection is closed either way.
+    pub(crate) async fn commit(mut self) -> Result<(), WriteError> {
         match self.run("COMMIT").await {
             Ok(()) => {
                 self.conn.take();
@@ -72,7 +111,7 @@ where
             }
             Err(e) => {
                 self.discard().await;
-                Err(e)
+                Err(if matches!(e, sqlx::Error::Database(_)) { WriteError::Db(e) } else { WriteError::Unknown(e) })
             }
         }
     }
@@ -98,13 +137,13 @@ where
     /// connection is closed (the server rolls back), so that a retry uses another one.
     ///
     /// # Errors
-    /// `r`'s error, or the failed `COMMIT`'s.
-    pub(crate) async fn finish<T>(mut self, r: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+    /// `r`'s error, or the failed `COMMIT`'s (see [`Write::commit`]).
+    pub(crate) async fn finish<T>(mut self, r: Result<T, sqlx::Error>) -> Result<T, WriteError> {
         match r {
             Ok(v) => self.commit().await.map(|()| v),
             Err(e) => {
                 self.discard().await;
-                Err(e)
+                Err(WriteError::Db(e))
             }
         }
     }
@@ -114,17 +153,18 @@ where
     /// [`Write::finish`] does.
     ///
     /// # Errors
-    /// The database error, or the failed `COMMIT`'s or `ROLLBACK`'s.
+    /// The database error, or the failed `COMMIT`'s (see [`Write::commit`]) or
+    /// `ROLLBACK`'s.
     pub(crate) async fn settle<T, R>(
         mut self,
         r: Result<Result<T, R>, sqlx::Error>,
-    ) -> Result<Result<T, R>, sqlx::Error> {
+    ) -> Result<Result<T, R>, WriteError> {
         match r {
             Ok(Ok(v)) => self.commit().await.map(|()| Ok(v)),
-            Ok(Err(refusal)) => self.rollback().await.map(|()| Err(refusal)),
+            Ok(Err(refusal)) => Ok(self.rollback().await.map(|()| Err(refusal))?),
             Err(e) => {
                 self.discard().await;
-                Err(e)
+                Err(WriteError::Db(e))
             }
         }
     }
