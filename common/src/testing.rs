@@ -193,7 +193,7 @@ impl TestDb {
             "INSERT INTO {t} (user_name, user_passwd, user_created) VALUES ('{name}', '{passwd}', {now})"
         ))
         .await;
-        self.store.user_password(name).await.expect("query").expect("user just added").0
+        self.store.user_password(name).await.expect("query").expect("user just added").id
     }
 
     /// Adds a box owned by `user` with limits in bytes and messages (0 = unlimited).
@@ -216,10 +216,11 @@ impl TestDb {
         self.sql(&format!("INSERT INTO nofrom VALUES ('{pattern}')")).await;
     }
 
-    /// `(box_size, box_mails)` counters of a box.
-    pub async fn counters(&self, address: &str) -> (i64, i64) {
+    /// The `box_size` and `box_mails` counters of a box (compare with
+    /// [`Store::recount`]).
+    pub async fn counters(&self, address: &str) -> crate::store::Usage {
         let b = self.store.find_box(address).await.expect("query").expect("box exists");
-        (b.size, b.mails)
+        crate::store::Usage { bytes: b.size, messages: b.mails }
     }
 }
 

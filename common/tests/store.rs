@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
 use common::address::Address;
-use common::store::{DeliverError, Delivery, MailCopy, Resolution, Update};
+use common::store::{DeliverError, Delivery, MailCopy, Resolution, Update, Usage};
 use common::testing::TestDb;
 
 fn addr(s: &str) -> Address {
@@ -111,8 +111,8 @@ async fn deliver_stores_body_once_and_updates_counters() {
             let want = [format!("X-For: {bx}\r\n").as_bytes(), body].concat();
             assert_eq!(got, want);
             assert_eq!(drop[0].size as usize, want.len());
-            assert_eq!(db.counters(bx).await, (want.len() as i64, 1));
-            assert_eq!(s.recount(bx).await.unwrap(), (want.len() as i64, 1));
+            assert_eq!(db.counters(bx).await, Usage { bytes: want.len() as i64, messages: 1 });
+            assert_eq!(s.recount(bx).await.unwrap(), Usage { bytes: want.len() as i64, messages: 1 });
             // Never by id alone: another box cannot read this row.
             let other = if bx.starts_with('m') { "sales@example.org" } else { "mmondor@example.org" };
             assert_eq!(s.retrieve(other, drop[0].id).await.unwrap(), None);
@@ -150,8 +150,8 @@ async fn full_box_stores_nothing_anywhere() {
             other => panic!("{:?}: {other:?}", db.backend),
         }
         assert_eq!(s.maildrop("mmondor@example.org").await.unwrap().len(), 0, "{:?}", db.backend);
-        assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
-        assert_eq!(db.counters("small@example.org").await.1, 2);
+        assert_eq!(db.counters("mmondor@example.org").await, Usage::default());
+        assert_eq!(db.counters("small@example.org").await.messages, 2);
         assert_eq!(count(&db, "message").await, 2, "no orphan body on {:?}", db.backend);
     }
 }
@@ -178,7 +178,7 @@ async fn a_failed_insert_rolls_everything_back() {
         s.deliver(&Delivery { body: b"x", copies: vec![copy("mmondor@example.org", "dup")] }).await.unwrap();
         let r = s.deliver(&Delivery { body: b"y", copies: vec![copy("sales@example.org", "dup")] }).await;
         assert!(matches!(r, Err(DeliverError::Store(_))), "{:?}", db.backend);
-        assert_eq!(db.counters("sales@example.org").await, (0, 0), "{:?}", db.backend);
+        assert_eq!(db.counters("sales@example.org").await, Usage::default(), "{:?}", db.backend);
         assert_eq!(count(&db, "message").await, 1, "{:?}", db.backend);
     }
 }
@@ -188,11 +188,11 @@ async fn user_passwords() {
     for db in TestDb::all().await {
         seeded(&db).await;
         let s = &db.store;
-        let (id, pw) = s.user_password("mmondor").await.unwrap().unwrap();
+        let common::store::User { id, passwd: pw } = s.user_password("mmondor").await.unwrap().unwrap();
         assert!(id > 0);
         assert_eq!(pw, "5ed6dfd210b419415eb054a9bee92e57");
         s.set_user_password("mmondor", "$argon2id$new").await.unwrap();
-        assert_eq!(s.user_password("mmondor").await.unwrap().unwrap().1, "$argon2id$new");
+        assert_eq!(s.user_password("mmondor").await.unwrap().unwrap().passwd, "$argon2id$new");
         assert!(matches!(s.set_user_password("nobody", "x").await, Err(common::StoreError::NotFound)));
         assert_eq!(s.user_password("nobody").await.unwrap(), None);
     }
@@ -280,8 +280,8 @@ async fn deletions_settle_counters_and_free_bodies_last() {
         let n = s.commit_deletions("mmondor@example.org", "me", &[ids[0], ids[1], sales_id, 999_999]).await.unwrap();
         assert_eq!(n, Update::Deleted(2), "{:?}", db.backend);
         assert!(s.lock_box("mmondor@example.org", "next", 60).await.unwrap(), "released with the deletions");
-        assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
-        assert_eq!(s.recount("mmondor@example.org").await.unwrap(), (0, 0));
+        assert_eq!(db.counters("mmondor@example.org").await, Usage::default());
+        assert_eq!(s.recount("mmondor@example.org").await.unwrap(), Usage::default());
         // The shared body stays for the sales box; the other body is gone.
         assert_eq!(count(&db, "message").await, 1, "{:?}", db.backend);
         let got = s.retrieve("sales@example.org", sales_id).await.unwrap().unwrap();
@@ -315,7 +315,7 @@ async fn deletions_only_under_the_sessions_own_live_lease() {
         // Taken over.
         assert!(s.lock_box("mmondor@example.org", "other", 60).await.unwrap());
         assert_eq!(s.commit_deletions("mmondor@example.org", "me", &ids).await.unwrap(), Update::LockLost, "{b:?}");
-        assert_eq!(s.recount("mmondor@example.org").await.unwrap().1, 2, "{b:?}: nothing deleted");
+        assert_eq!(s.recount("mmondor@example.org").await.unwrap().messages, 2, "{b:?}: nothing deleted");
         assert!(!s.lock_box("mmondor@example.org", "third", 60).await.unwrap(), "{b:?}: the holder's lock stays");
         assert_eq!(s.commit_deletions("mmondor@example.org", "other", &ids).await.unwrap(), Update::Deleted(2));
     }
@@ -331,7 +331,7 @@ async fn counters_never_go_negative() {
         let id = s.maildrop("mmondor@example.org").await.unwrap()[0].id;
         assert!(s.lock_box("mmondor@example.org", "me", 60).await.unwrap());
         s.commit_deletions("mmondor@example.org", "me", &[id]).await.unwrap();
-        assert_eq!(db.counters("mmondor@example.org").await, (0, 0), "{:?}", db.backend);
+        assert_eq!(db.counters("mmondor@example.org").await, Usage::default(), "{:?}", db.backend);
     }
 }
 

@@ -4,8 +4,20 @@
 //! and their namespace shared with groups, group members, and the per-node queues with
 //! their durability and retention rules.
 
-use common::store::{AliasError, Member, NodeError};
+use common::store::{AddAlias, AddNode, Member, MemberStatus, Node, Queued, TmtpMessage};
 use common::testing::TestDb;
+
+fn node(uid: &str, num: i64) -> Node {
+    Node { uid: uid.into(), num }
+}
+
+fn member(uid: &str, alias: &str, status: MemberStatus) -> Member {
+    Member { uid: uid.into(), alias: alias.into(), status }
+}
+
+fn queued(prio: &str, message: i64) -> Queued {
+    Queued { prio: prio.into(), message }
+}
 
 #[tokio::test]
 async fn accounts_nodes_and_aliases() {
@@ -15,29 +27,31 @@ async fn accounts_nodes_and_aliases() {
         s.tmtp_register("UID2", "HASH2", Some(r#"{"Subject":"s"}"#)).await.unwrap();
         assert!(s.tmtp_register("UID1", "HASH3", None).await.is_err(), "{}: uid is unique", db.store.backend());
         assert!(s.tmtp_register("UID3", "HASH1", None).await.is_err(), "node hashes are unique");
-        assert_eq!(s.tmtp_node("HASH2").await.unwrap(), Some(("UID2".into(), 1)));
+        assert_eq!(s.tmtp_node("HASH2").await.unwrap(), Some(node("UID2", 1)));
         assert_eq!(s.tmtp_node("hash2").await.unwrap(), None, "hashes compare exactly");
         assert!(s.tmtp_user_exists("UID1").await.unwrap());
         assert!(!s.tmtp_user_exists("uid1").await.unwrap(), "uids compare exactly");
 
-        assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), Ok(()));
-        assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), Ok(()), "re-adding one's own alias");
-        assert_eq!(s.tmtp_add_alias("UID2", "test1234").await.unwrap(), Err(AliasError::Taken));
-        assert_eq!(s.tmtp_add_alias("UID2", "Test1234").await.unwrap(), Ok(()), "aliases are case-sensitive");
+        assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), AddAlias::Added);
+        assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), AddAlias::Added, "re-adding one's own alias");
+        assert_eq!(s.tmtp_add_alias("UID2", "test1234").await.unwrap(), AddAlias::Taken);
+        assert_eq!(s.tmtp_add_alias("UID2", "Test1234").await.unwrap(), AddAlias::Added, "aliases are case-sensitive");
         assert_eq!(s.tmtp_alias_owner("Test1234").await.unwrap().as_deref(), Some("UID2"));
         assert_eq!(s.tmtp_alias_owner("nobody-at-all").await.unwrap(), None);
-        s.tmtp_set_members("talktalk", &[("UID1", "test1234", 2), ("UID2", "Test1234", 1)]).await.unwrap();
-        assert_eq!(s.tmtp_add_alias("UID1", "talktalk").await.unwrap(), Err(AliasError::NotAvailable));
+        s.tmtp_set_members(
+            "talktalk",
+            &[member("UID1", "test1234", MemberStatus::Joined), member("UID2", "Test1234", MemberStatus::Invited)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.tmtp_add_alias("UID1", "talktalk").await.unwrap(), AddAlias::NotAvailable);
         assert!(s.tmtp_group_exists("talktalk").await.unwrap());
-        assert_eq!(s.tmtp_group_nodes("talktalk").await.unwrap(), vec![("UID1".to_owned(), 1)], "joined members only");
+        assert_eq!(s.tmtp_group_nodes("talktalk").await.unwrap(), vec![node("UID1", 1)], "joined members only");
         assert!(!s.tmtp_group_exists("test1234").await.unwrap());
-        s.tmtp_set_members("talktalk", &[("UID2", "Test1234", 2)]).await.unwrap();
+        s.tmtp_set_members("talktalk", &[member("UID2", "Test1234", MemberStatus::Joined)]).await.unwrap();
         assert_eq!(
             s.tmtp_members("talktalk").await.unwrap(),
-            vec![
-                Member { uid: "UID1".into(), alias: "test1234".into(), status: 2 },
-                Member { uid: "UID2".into(), alias: "Test1234".into(), status: 2 }
-            ]
+            vec![member("UID1", "test1234", MemberStatus::Joined), member("UID2", "Test1234", MemberStatus::Joined)]
         );
         // Overlong names are just unknown, never an error (spec §15.1).
         let long = "x".repeat(300);
@@ -46,11 +60,11 @@ async fn accounts_nodes_and_aliases() {
         assert!(!s.tmtp_group_exists(&long).await.unwrap());
 
         // Nodes: numbered on, at most `max` live ones.
-        assert_eq!(s.tmtp_add_node("UID1", "HASH1b", 1, 3).await.unwrap(), Ok(2));
-        assert_eq!(s.tmtp_add_node("UID1", "HASH1c", 1, 3).await.unwrap(), Ok(3));
-        assert_eq!(s.tmtp_add_node("UID1", "HASH1d", 1, 3).await.unwrap(), Err(NodeError::TooMany));
+        assert_eq!(s.tmtp_add_node("UID1", "HASH1b", 1, 3).await.unwrap(), AddNode::Added(2));
+        assert_eq!(s.tmtp_add_node("UID1", "HASH1c", 1, 3).await.unwrap(), AddNode::Added(3));
+        assert_eq!(s.tmtp_add_node("UID1", "HASH1d", 1, 3).await.unwrap(), AddNode::TooMany);
         assert_eq!(s.tmtp_nodes("UID1").await.unwrap(), vec![1, 2, 3]);
-        assert_eq!(s.tmtp_node("HASH1c").await.unwrap(), Some(("UID1".into(), 3)));
+        assert_eq!(s.tmtp_node("HASH1c").await.unwrap(), Some(node("UID1", 3)));
     }
 }
 
@@ -61,8 +75,8 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         let name = db.store.backend();
         s.tmtp_register("A", "HA", None).await.unwrap();
         s.tmtp_register("B", "HB", None).await.unwrap();
-        s.tmtp_add_node("B", "HB2", 1, 100).await.unwrap().unwrap();
-        let nodes = |list: &[(&str, i64)]| list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect::<Vec<_>>();
+        assert_eq!(s.tmtp_add_node("B", "HB2", 1, 100).await.unwrap(), AddNode::Added(2));
+        let nodes = |list: &[(&str, i64)]| list.iter().map(|(u, n)| node(u, *n)).collect::<Vec<_>>();
         assert_eq!(s.tmtp_max_message_id().await.unwrap(), 0);
 
         // A 200 KB post in chunks, to A.1, B.1 and B.2.
@@ -91,20 +105,20 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         s.tmtp_commit_message(user, b"user", 0, "E", &nodes(&[("B", 1), ("B", 2)])).await.unwrap();
         assert_eq!(
             s.tmtp_queue("B", 1).await.unwrap(),
-            vec![("E".into(), user), ("M".into(), old), ("M".into(), big)],
+            vec![queued("E", user), queued("M", old), queued("M", big)],
             "{name}"
         );
         assert_eq!(s.tmtp_max_message_id().await.unwrap(), user);
-        assert_eq!(s.tmtp_next("B", 1).await.unwrap(), Some(("E".into(), user)));
+        assert_eq!(s.tmtp_next("B", 1).await.unwrap(), Some(queued("E", user)));
         assert_eq!(s.tmtp_next("nobody", 1).await.unwrap(), None);
-        let (header, size) = s.tmtp_message(big).await.unwrap().unwrap();
+        let TmtpMessage { header, size } = s.tmtp_message(big).await.unwrap().unwrap();
         assert_eq!((header.as_slice(), size), (&b"0010{\"op\":\"delivery\"}"[..], 3 * 65536));
         assert_eq!(s.tmtp_chunk(big, 2).await.unwrap().unwrap(), chunk);
         assert_eq!(s.tmtp_chunk(big, 3).await.unwrap(), None);
 
         // A new node of B starts with B.2's pending messages.
-        let b3 = s.tmtp_add_node("B", "HB3", 2, 100).await.unwrap().unwrap();
-        assert_eq!(s.tmtp_queue("B", b3).await.unwrap(), vec![("E".into(), user), ("M".into(), big)]);
+        let AddNode::Added(b3) = s.tmtp_add_node("B", "HB3", 2, 100).await.unwrap() else { panic!("a third node") };
+        assert_eq!(s.tmtp_queue("B", b3).await.unwrap(), vec![queued("E", user), queued("M", big)]);
 
         // Acks: each node's own row; the message goes with the last one.
         assert!(s.tmtp_ack("A", 1, big).await.unwrap());

@@ -68,7 +68,7 @@ async fn dele(c: &mut Conn, n: usize) {
 }
 
 async fn left(db: &TestDb, address: &str) -> i64 {
-    db.store.recount(address).await.unwrap().1
+    db.store.recount(address).await.unwrap().messages
 }
 
 /// RFC 1939 §6: QUIT in the TRANSACTION state commits the deletions. Ten sessions on ten

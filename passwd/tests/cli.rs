@@ -82,7 +82,7 @@ async fn sets_a_users_password_in_the_database() {
     let o = mmpasswd(&["-c", cfg, "--user", "some user", "--stdin"], "n3w secret\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(o.stdout.is_empty(), "the hash goes to the database, not the terminal");
-    let (_, stored) = db.store.user_password("some user").await.unwrap().unwrap();
+    let stored = db.store.user_password("some user").await.unwrap().unwrap().passwd;
     assert_eq!(verify(b"n3w secret", &stored), Verified::Yes);
     let o = mmpasswd(&["-c", cfg, "--user", "nobody", "--stdin"], "x\n");
     assert_eq!(o.status.code(), Some(1));

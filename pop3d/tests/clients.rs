@@ -6,6 +6,7 @@
 
 mod support;
 
+use common::store::Usage;
 use std::process::{Command, Stdio};
 
 use common::testing::{Backend, TestCert, TestDb, have};
@@ -70,9 +71,9 @@ async fn poplib_fetches_what_smtplib_sent_through_mmsmtpd() {
             .arg(&cert.cert)
             .arg(PASSWORD));
         assert!(ok && out.contains("ROUND TRIP OK"), "{:?}: {out}\n{}", db.backend, pop.log_text());
-        let (size, mails) = db.counters("mmondor@example.org").await;
-        assert_eq!((size, mails), (0, 0), "{:?}", db.backend);
-        assert_eq!(db.store.recount("mmondor@example.org").await.unwrap(), (0, 0));
+        let counters = db.counters("mmondor@example.org").await;
+        assert_eq!(counters, Usage::default(), "{:?}", db.backend);
+        assert_eq!(db.store.recount("mmondor@example.org").await.unwrap(), Usage::default());
     }
 }
 

@@ -169,16 +169,16 @@ async fn deletions_happen_only_at_quit() {
     t.login().await;
     t.say("DELE 1").await;
     t.say("DELE 2").await;
-    assert_eq!(t.db.counters("mmondor@example.org").await.1, 2, "DELE only marks");
+    assert_eq!(t.db.counters("mmondor@example.org").await.messages, 2, "DELE only marks");
     // A delivery during the session does not change the numbering.
     put(&t.db, &["mmondor@example.org"], b"Subject: three\r\n\r\nlate\r\n").await;
     assert_eq!(t.say("LIST 3").await, "-ERR No such message");
     assert_eq!(t.say("QUIT").await, format!("CLOSE +OK {NAME} POP3 server signing off (2 messages deleted)"));
     let left = t.db.store.maildrop("mmondor@example.org").await.unwrap();
     assert_eq!(left.len(), 1, "the late message stays");
-    let (size, mails) = t.db.counters("mmondor@example.org").await;
-    assert_eq!((size, mails), t.db.store.recount("mmondor@example.org").await.unwrap());
-    assert_eq!(mails, 1);
+    let counters = t.db.counters("mmondor@example.org").await;
+    assert_eq!(counters, t.db.store.recount("mmondor@example.org").await.unwrap());
+    assert_eq!(counters.messages, 1);
     // The shared body still serves the sales box.
     assert_eq!(t.db.store.maildrop("sales@example.org").await.unwrap().len(), 1);
 }
@@ -196,7 +196,7 @@ async fn a_session_ending_without_quit_deletes_nothing_and_frees_the_box() {
     second.handle_line(b"USER mmondor@example.org", &t.db.store).await;
     assert_eq!(render(second.handle_line(b"PASS wrong", &t.db.store).await), "-ERR [AUTH] Invalid login");
     drop(t.s); // connection lost
-    assert_eq!(t.db.counters("mmondor@example.org").await.1, 2);
+    assert_eq!(t.db.counters("mmondor@example.org").await.messages, 2);
     let mut ok = false;
     for _ in 0..50 {
         second.handle_line(b"USER mmondor@example.org", &t.db.store).await;
@@ -215,14 +215,14 @@ async fn legacy_passwords_are_rehashed() {
     let mut t = setup("127.0.0.1", |_| {}).await;
     t.say("USER old@example.org").await;
     assert!(t.say(&format!("PASS {PASSWORD}")).await.starts_with("+OK 0 messages"));
-    let (_, stored) = t.db.store.user_password("legacy").await.unwrap().unwrap();
+    let stored = t.db.store.user_password("legacy").await.unwrap().unwrap().passwd;
     assert!(stored.starts_with("$argon2id$"), "{stored}");
     assert_eq!(common::password::verify(PASSWORD.as_bytes(), &stored), common::password::Verified::Yes);
 
     let mut t = setup("127.0.0.1", |c| c.pop3d.rehash_legacy = false).await;
     t.say("USER old@example.org").await;
     assert!(t.say(&format!("PASS {PASSWORD}")).await.starts_with("+OK"));
-    assert_eq!(t.db.store.user_password("legacy").await.unwrap().unwrap().1.len(), 32);
+    assert_eq!(t.db.store.user_password("legacy").await.unwrap().unwrap().passwd.len(), 32);
 }
 
 #[tokio::test]
@@ -284,7 +284,7 @@ async fn error_limit_closes_without_update() {
     assert_eq!(t.say("RETR 99").await, "-ERR No such message");
     assert_eq!(t.say("BOGUS").await, "CLOSE -ERR Too many errors, closing connection");
     drop(t.s);
-    assert_eq!(t.db.counters("mmondor@example.org").await.1, 2);
+    assert_eq!(t.db.counters("mmondor@example.org").await.messages, 2);
 }
 
 #[tokio::test]
@@ -313,5 +313,5 @@ async fn a_lost_lock_ends_the_session_without_update() {
     t.db.sql("UPDATE pop3_lock SET lock_owner = 'someone else'").await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // renewal every lease/3
     assert_eq!(t.say("QUIT").await, "CLOSE -ERR [SYS/TEMP] Maildrop lock lost, closing connection");
-    assert_eq!(t.db.counters("mmondor@example.org").await.1, 2, "nothing deleted");
+    assert_eq!(t.db.counters("mmondor@example.org").await.messages, 2, "nothing deleted");
 }

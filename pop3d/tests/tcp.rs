@@ -5,6 +5,7 @@
 
 mod support;
 
+use common::store::Usage;
 use common::testing::{Backend, TestCert, TestDb};
 use support::{Client, PASSWORD, Server, config, put, seed};
 use tokio::io::AsyncReadExt;
@@ -83,7 +84,7 @@ async fn pipelined_commands() {
     assert_eq!(c.line().await.unwrap(), "+OK Message 1 deleted");
     assert_eq!(c.line().await.unwrap(), "+OK pop.example.org POP3 server signing off (1 messages deleted)");
     assert!(c.closed().await);
-    assert_eq!(db.counters("mmondor@example.org").await, (0, 0));
+    assert_eq!(db.counters("mmondor@example.org").await, Usage::default());
 }
 
 #[tokio::test]
@@ -168,9 +169,9 @@ async fn deletion_round_trip_on_every_backend() {
         assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
         assert_eq!(c.cmd("DELE 2").await, "+OK Message 2 deleted");
         assert_eq!(c.cmd("QUIT").await, "+OK pop.example.org POP3 server signing off (2 messages deleted)");
-        let (size, mails) = db.counters("mmondor@example.org").await;
-        assert_eq!((size, mails), db.store.recount("mmondor@example.org").await.unwrap(), "{b:?}");
-        assert_eq!(mails, 1, "{b:?}");
+        let counters = db.counters("mmondor@example.org").await;
+        assert_eq!(counters, db.store.recount("mmondor@example.org").await.unwrap(), "{b:?}");
+        assert_eq!(counters.messages, 1, "{b:?}");
         assert_eq!(db.store.maildrop("sales@example.org").await.unwrap().len(), 1, "{b:?}");
         server.stop().await;
     }
@@ -186,7 +187,7 @@ async fn input_timeout_ends_without_update() {
     assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
     assert_eq!(c.line().await.unwrap(), "-ERR Timeout, closing connection");
     assert!(c.closed().await);
-    assert_eq!(db.counters("mmondor@example.org").await.1, 1);
+    assert_eq!(db.counters("mmondor@example.org").await.messages, 1);
 }
 
 #[tokio::test]
@@ -200,7 +201,7 @@ async fn shutdown_ends_sessions_without_update() {
     assert!(server.stop().await);
     assert_eq!(c.line().await.unwrap(), "-ERR [SYS/TEMP] pop.example.org shutting down");
     assert!(c.closed().await);
-    assert_eq!(db.counters("mmondor@example.org").await.1, 1);
+    assert_eq!(db.counters("mmondor@example.org").await.messages, 1);
 }
 
 #[tokio::test]
@@ -246,7 +247,7 @@ async fn shutdown_during_retr_finishes_the_message() {
     assert!(got.ends_with(&body), "the message in transfer arrives whole");
     assert_eq!(c.line().await.unwrap(), "-ERR [SYS/TEMP] pop.example.org shutting down");
     assert!(stopping.await.unwrap());
-    assert_eq!(db.counters("mmondor@example.org").await.1, 1, "nothing deleted without QUIT");
+    assert_eq!(db.counters("mmondor@example.org").await.messages, 1, "nothing deleted without QUIT");
 }
 
 #[tokio::test]

@@ -207,11 +207,11 @@ async fn mmmail_readme_admin_session() {
         assert!(ok, "{backend:?}: {out}");
         let m = messages(&db, "mmondor@example.org").await;
         assert_eq!(m.len(), 1, "{backend:?}");
-        let (size, mails) = consistent(&db, "mmondor@example.org").await;
+        let common::store::Usage { bytes: size, messages: mails } = consistent(&db, "mmondor@example.org").await;
         assert_eq!((size, mails), (m[0].len() as i64, 1), "{backend:?}");
         assert!(String::from_utf8_lossy(&m[0]).contains("for <not-a-box@example.org>"));
         // The legacy password from the README verifies (and asks for a re-hash).
-        let (_, pw) = db.store.user_password("some user").await.unwrap().unwrap();
+        let pw = db.store.user_password("some user").await.unwrap().unwrap().passwd;
         assert_eq!(common::password::verify(b"someuserpassword", &pw), common::password::Verified::NeedsRehash);
     }
 }

@@ -118,5 +118,5 @@ async fn message_flood_limit() {
     other.code().await;
     other.cmd("EHLO c").await;
     assert_eq!(other.cmd("MAIL FROM:<a@b.org>").await, 250, "other addresses are not affected");
-    assert_eq!(db.counters("mmondor@example.org").await.1, 2);
+    assert_eq!(db.counters("mmondor@example.org").await.messages, 2);
 }

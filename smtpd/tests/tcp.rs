@@ -117,7 +117,7 @@ async fn concurrent_deliveries_respect_the_box_limit() {
             }
         }
         assert_eq!(stored, 10, "{:?}", db.backend);
-        assert_eq!(consistent(&db, "ten@example.org").await.1, 10, "{:?}", db.backend);
+        assert_eq!(consistent(&db, "ten@example.org").await.messages, 10, "{:?}", db.backend);
         server.stop().await;
     }
 }
@@ -140,7 +140,7 @@ async fn hostile_input_gets_clear_replies() {
     assert_eq!(c.cmd("DATA").await, 503);
     assert_eq!(c.cmd("EHLO still.alive").await, 250);
     assert_eq!(c.cmd("QUIT").await, 221);
-    assert_eq!(consistent(&db, "mmondor@example.org").await, (0, 0));
+    assert_eq!(consistent(&db, "mmondor@example.org").await, common::store::Usage::default());
 }
 
 #[tokio::test]
@@ -159,8 +159,8 @@ async fn smuggling_variants_are_refused_whole() {
         // No reply to any hidden command is pending: the next reply answers NOOP.
         assert_eq!(c.cmd_reply("NOOP").await, (250, "2.0.0 Ok".into()), "{marker:?}");
     }
-    assert_eq!(consistent(&db, "mmondor@example.org").await, (0, 0));
-    assert_eq!(consistent(&db, "sales@example.org").await, (0, 0));
+    assert_eq!(consistent(&db, "mmondor@example.org").await, common::store::Usage::default());
+    assert_eq!(consistent(&db, "sales@example.org").await, common::store::Usage::default());
 }
 
 #[tokio::test]
@@ -176,7 +176,7 @@ async fn client_vanishing_mid_data_stores_nothing() {
     drop(c);
     // The server goes on serving; the half message is not stored.
     assert_eq!(deliver(server.addr, "a@b.org", &["sales@example.org"], "ok\r\n").await, 250);
-    assert_eq!(consistent(&db, "mmondor@example.org").await, (0, 0));
+    assert_eq!(consistent(&db, "mmondor@example.org").await, common::store::Usage::default());
 }
 
 #[tokio::test]

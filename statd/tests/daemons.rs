@@ -414,7 +414,7 @@ async fn daemons_keep_serving_when_mmstatd_dies_or_stops_reading() {
         assert!(w.join().unwrap(), "every delivery succeeded with a deaf mmstatd");
     }
     drop(deaf);
-    assert_eq!(db.counters(BOX).await.1, 160, "every message stored");
+    assert_eq!(db.counters(BOX).await.messages, 160, "every message stored");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -185,7 +185,8 @@ impl Conn<'_> {
                     if !self.link.send(&bytes).await {
                         return End::Silent;
                     }
-                    tokio::spawn(crate::queue::run(session.hub(), key, self.link.clone(), acks));
+                    let hub = session.hub();
+                    hub.tasks.spawn(crate::queue::run(hub.clone(), key, self.link.clone(), acks));
                 }
                 Step::Quit(q) => return End::Quit(q),
             }

@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::stats::Stats;
-use common::store::Store;
+use common::store::{Node, Store};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Auth;
-
-/// A node: `(uid, number)`.
-pub type NodeKey = (String, i64);
 
 /// Settings of the running daemon.
 #[derive(Clone, Debug)]
@@ -119,7 +117,9 @@ pub struct Hub {
     /// OpenID Connect token checks.
     pub oidc: crate::oidc::Verifier,
     ids: AtomicU64,
-    links: Mutex<HashMap<NodeKey, std::sync::Arc<Link>>>,
+    /// The nodes' queue tasks and the `ohi` writers: shutdown waits for them.
+    pub tasks: TaskTracker,
+    links: Mutex<HashMap<Node, std::sync::Arc<Link>>>,
     presence: Mutex<HashMap<String, Presence>>,
 }
 
@@ -140,6 +140,7 @@ impl Hub {
             stats,
             oidc,
             ids: AtomicU64::new(clock.max(last_id)),
+            tasks: TaskTracker::new(),
             links: Mutex::default(),
             presence: Mutex::default(),
         }
@@ -165,7 +166,7 @@ impl Hub {
     }
 
     /// Registers `link` as node `key`'s connection; false if the node has one.
-    pub fn attach(&self, key: &NodeKey, link: &std::sync::Arc<Link>) -> bool {
+    pub fn attach(&self, key: &Node, link: &std::sync::Arc<Link>) -> bool {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if links.get(key).is_some_and(|l| !l.closed.is_cancelled()) {
             return false;
@@ -175,7 +176,7 @@ impl Hub {
     }
 
     /// Forgets node `key`'s connection if it is still `link`.
-    pub fn detach(&self, key: &NodeKey, link: &std::sync::Arc<Link>) {
+    pub fn detach(&self, key: &Node, link: &std::sync::Arc<Link>) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if links.get(key).is_some_and(|l| std::sync::Arc::ptr_eq(l, link)) {
             links.remove(key);
@@ -185,11 +186,11 @@ impl Hub {
     /// Connections of every node of `uid`.
     pub fn links_of(&self, uid: &str) -> Vec<std::sync::Arc<Link>> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        links.iter().filter(|((u, _), _)| u == uid).map(|(_, l)| l.clone()).collect()
+        links.iter().filter(|(n, _)| n.uid == uid).map(|(_, l)| l.clone()).collect()
     }
 
     /// Wakes the queues of `nodes` that are online here.
-    pub fn wake(&self, nodes: &[NodeKey]) {
+    pub fn wake(&self, nodes: &[Node]) {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         for n in nodes {
             if let Some(l) = links.get(n) {
@@ -203,7 +204,7 @@ impl Hub {
     pub fn notify_uid(&self, uid: &str, frame: Vec<u8>) {
         for link in self.links_of(uid) {
             let frame = frame.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Ok(mut w) = tokio::time::timeout(Duration::from_millis(200), link.writer.lock()).await {
                     link.write_locked(&mut w, &frame).await;
                 }

@@ -8,10 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod groups;
 pub mod hub;
-pub mod load;
 pub mod oidc;
 pub mod proto;
 pub mod queue;
@@ -118,8 +119,16 @@ impl Server {
             let (hub, token) = (server.hub.clone(), token.clone());
             async move { conn::serve(shaped, peer, hub, tls, token).await }
         };
+        let tracker = shutdown.tracker.clone();
         listener::accept(listeners, self.core.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler)
             .await;
+        // The nodes' queues and the ohi writers end with their links: the drain waits
+        // for them as for the connections.
+        let tasks = self.hub.tasks.clone();
+        tracker.spawn(async move {
+            tasks.close();
+            tasks.wait().await;
+        });
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::hub::{Hub, Link, NodeKey};
+use common::store::Node;
+
+use crate::hub::{Hub, Link};
 
 /// How often an idle queue looks for messages it was not woken for.
 const POLL: Duration = Duration::from_secs(5);
@@ -25,7 +27,9 @@ pub fn wire_id(id: i64) -> String {
 /// Sends message `id` (header then data chunks) while holding the link's writer.
 /// False when the message is gone (acked through another path) or the link failed.
 async fn send(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreError> {
-    let Some((header, size)) = hub.store.tmtp_message(id).await? else { return Ok(false) };
+    let Some(common::store::TmtpMessage { header, size }) = hub.store.tmtp_message(id).await? else {
+        return Ok(false);
+    };
     let mut w = link.writer.lock().await;
     if !link.write_locked(&mut w, &header).await {
         return Ok(false);
@@ -54,8 +58,8 @@ async fn send(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreErro
 }
 
 /// Runs the queue of node `key` on `link` until the link closes.
-pub async fn run(hub: Arc<Hub>, key: NodeKey, link: Arc<Link>, mut acks: mpsc::Receiver<String>) {
-    let (uid, num) = (&key.0, key.1);
+pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Receiver<String>) {
+    let (uid, num) = (&key.uid, key.num);
     loop {
         let next = match hub.store.tmtp_next(uid, num).await {
             Ok(p) => p,
@@ -67,7 +71,7 @@ pub async fn run(hub: Arc<Hub>, key: NodeKey, link: Arc<Link>, mut acks: mpsc::R
                 }
             }
         };
-        let Some((_, id)) = next else {
+        let Some(common::store::Queued { message: id, .. }) = next else {
             tokio::select! {
                 () = link.closed.cancelled() => return,
                 () = link.wake.notified() => {}

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use common::StoreError;
 use common::stats::Flag;
-use common::store::{AliasError, NodeError};
+use common::store::{AddAlias, AddNode, MemberStatus, Node};
 use serde_json::Value;
 
-use crate::hub::{Hub, Link, NodeKey, now_ms};
+use crate::hub::{Hub, Link, now_ms};
 use crate::proto::Quit;
 use crate::proto::base32;
 use crate::proto::header::{Header, Op, Target};
@@ -41,7 +41,7 @@ pub enum State {
 /// A logged-in connection.
 pub struct Online {
     /// The node.
-    pub key: NodeKey,
+    pub key: Node,
     /// Its link.
     pub link: Arc<Link>,
     /// Whether this connection issued OhiEdit (presence reference).
@@ -53,21 +53,21 @@ pub enum Step {
     /// Write these bytes (may be empty) and read on.
     Reply(Vec<u8>),
     /// Write these bytes, then start delivering to the node now online.
-    LoggedIn(Vec<u8>, NodeKey, tokio::sync::mpsc::Receiver<String>),
+    LoggedIn(Vec<u8>, Node, tokio::sync::mpsc::Receiver<String>),
     /// Write the quit frame (if TmtpRev was seen) and close.
     Quit(Quit),
 }
 
 /// Refusals that stay inside an ack (`error` text).
-type Soft = String;
+pub(crate) type Soft = String;
 
-fn is_uid_text(s: &str) -> bool {
+pub(crate) fn is_uid_text(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'%')
 }
 
 /// mnm's "printable" (spec §10.4): letters, marks, numbers, punctuation, symbols and the
 /// ASCII space; no other white space, controls or U+FFFD.
-fn printable(s: &str) -> bool {
+pub(crate) fn printable(s: &str) -> bool {
     s.chars().all(|c| c == ' ' || !(c.is_control() || c.is_whitespace() || c == '\u{fffd}' || is_format(c)))
 }
 
@@ -92,7 +92,7 @@ pub fn check_text(data: &[u8]) -> Result<(), Quit> {
 }
 
 /// The standard fields of a queued message (spec §4.2).
-fn standard(op: &str, from: &str, id: i64, posted_ms: i64, datalen: i64) -> Fields {
+pub(crate) fn standard(op: &str, from: &str, id: i64, posted_ms: i64, datalen: i64) -> Fields {
     fields([
         ("op", op.into()),
         ("id", wire_id(id).into()),
@@ -103,7 +103,7 @@ fn standard(op: &str, from: &str, id: i64, posted_ms: i64, datalen: i64) -> Fiel
 }
 
 /// Copies `datahead`/`datasum` from the request when non-zero (spec §4.2 quirk).
-fn copy_data_fields(f: &mut Fields, h: &Header) {
+pub(crate) fn copy_data_fields(f: &mut Fields, h: &Header) {
     if h.datahead != 0 {
         f.insert("datahead".into(), h.datahead.into());
     }
@@ -147,13 +147,13 @@ impl Upload {
 }
 
 /// Stores a message with its data in one go and wakes its recipients.
-async fn store_small(
+pub(crate) async fn store_small(
     hub: &Hub,
     id: i64,
     header: Fields,
     data: &[u8],
     prio: &str,
-    nodes: &[NodeKey],
+    nodes: &[Node],
 ) -> Result<(), StoreError> {
     let mut up = Upload::begin(hub, id).await?;
     up.put(hub, data).await?;
@@ -161,7 +161,7 @@ async fn store_small(
 }
 
 /// Makes an upload deliverable to `nodes` and wakes them.
-async fn commit(hub: &Hub, up: Upload, header: Fields, prio: &str, nodes: &[NodeKey]) -> Result<(), StoreError> {
+async fn commit(hub: &Hub, up: Upload, header: Fields, prio: &str, nodes: &[Node]) -> Result<(), StoreError> {
     let frame = with_headsum(header);
     hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, nodes).await?;
     hub.wake(nodes);
@@ -169,15 +169,15 @@ async fn commit(hub: &Hub, up: Upload, header: Fields, prio: &str, nodes: &[Node
 }
 
 /// Recipient resolution (spec §7): the nodes to queue to, or the ack error.
-async fn resolve(
+pub(crate) async fn resolve(
     hub: &Hub,
-    sender: &NodeKey,
+    sender: &Node,
     targets: &[Target],
     with_self: bool,
-) -> Result<Result<Vec<NodeKey>, Soft>, StoreError> {
-    let s = &sender.0;
+) -> Result<Result<Vec<Node>, Soft>, StoreError> {
+    let s = &sender.uid;
     // Nodes of groups come in one query each; uids named directly are looked up below.
-    let mut nodes: std::collections::BTreeSet<NodeKey> = std::collections::BTreeSet::new();
+    let mut nodes: std::collections::BTreeSet<Node> = std::collections::BTreeSet::new();
     let mut uids: Vec<String> = Vec::new();
     let mut reached = false;
     for t in targets {
@@ -190,14 +190,14 @@ async fn resolve(
                 if members.is_empty() {
                     return Ok(Err(format!("GroupGetUsers: iGid {} not found", t.id)));
                 }
-                if !members.iter().any(|m| &m.uid == s && (m.status == 1 || m.status == 2)) {
+                if !members.iter().any(|m| &m.uid == s && m.status != MemberStatus::Barred) {
                     return Ok(Err(format!("GroupGetUsers: iByUid {s} not a member")));
                 }
-                if t.kind == 2 && members.iter().any(|m| &m.uid == s && m.status == 2) {
+                if t.kind == 2 && members.iter().any(|m| &m.uid == s && m.status == MemberStatus::Joined) {
                     reached = true;
                 }
                 let group = hub.store.tmtp_group_nodes(&t.id).await?;
-                nodes.extend(group.into_iter().filter(|(u, _)| t.kind == 2 || u != s));
+                nodes.extend(group.into_iter().filter(|n| t.kind == 2 || &n.uid != s));
             }
             _ => {
                 if !is_uid_text(&t.id) {
@@ -219,8 +219,8 @@ async fn resolve(
     uids.sort();
     uids.dedup();
     for u in uids {
-        for n in hub.store.tmtp_nodes(&u).await? {
-            nodes.insert((u.clone(), n));
+        for num in hub.store.tmtp_nodes(&u).await? {
+            nodes.insert(Node { uid: u.clone(), num });
         }
     }
     if !reached {
@@ -229,12 +229,12 @@ async fn resolve(
     Ok(Ok(nodes.into_iter().collect()))
 }
 
-fn own(uid: &str) -> Vec<Target> {
+pub(crate) fn own(uid: &str) -> Vec<Target> {
     vec![Target { id: uid.to_owned(), kind: 1 }]
 }
 
 /// Adds an alias with mnm's checks and texts (spec §5.3, §10.4).
-async fn add_alias(hub: &Hub, uid: &str, alias: &str) -> Result<Option<Soft>, StoreError> {
+pub(crate) async fn add_alias(hub: &Hub, uid: &str, alias: &str) -> Result<Option<Soft>, StoreError> {
     if alias.len() < MIN_NAME {
         return Ok(Some("newalias must be 8+ characters".into()));
     }
@@ -245,35 +245,57 @@ async fn add_alias(hub: &Hub, uid: &str, alias: &str) -> Result<Option<Soft>, St
         return Ok(Some(format!("AddAlias: alias {alias} not available")));
     }
     Ok(match hub.store.tmtp_add_alias(uid, alias).await? {
-        Ok(()) => None,
-        Err(AliasError::Taken) => Some(format!("AddAlias: alias {alias} already taken")),
-        Err(AliasError::NotAvailable) => Some(format!("AddAlias: alias {alias} not available")),
+        AddAlias::Added => None,
+        AddAlias::Taken => Some(format!("AddAlias: alias {alias} already taken")),
+        AddAlias::NotAvailable => Some(format!("AddAlias: alias {alias} not available")),
     })
 }
 
-/// A new node secret: (the 40-character nodeid, its stored hash).
-async fn new_node_secret() -> (String, String) {
-    let mut raw = [0u8; 25];
-    if getrandom::fill(&mut raw).is_err() {
-        let id = common::random_hex(25);
-        raw.copy_from_slice(&id.as_bytes()[..25]);
-    }
-    let nodeid = base32::encode(&raw);
-    let hash = tokio::task::spawn_blocking(move || base32::node_hash(&raw)).await.unwrap_or_default();
-    (nodeid, hash)
+/// Why a credential could not be made. Never papered over: an account without a
+/// secret from the system's random source, or with an empty stored hash, must not exist.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The system's random source failed.
+    #[error("no randomness for a new credential: {0}")]
+    Random(getrandom::Error),
+    /// The hashing task did not finish.
+    #[error("node secret hashing failed: {0}")]
+    Hash(tokio::task::JoinError),
 }
 
-fn new_uid() -> String {
+/// A new node secret: (the 40-character nodeid, its stored hash).
+///
+/// # Errors
+/// [`CredentialError`]: nothing may be created then.
+pub(crate) async fn new_node_secret() -> Result<(String, String), CredentialError> {
+    let mut raw = [0u8; 25];
+    getrandom::fill(&mut raw).map_err(CredentialError::Random)?;
+    let nodeid = base32::encode(&raw);
+    let hash = node_hash(raw.to_vec()).await?;
+    Ok((nodeid, hash))
+}
+
+/// The stored hash of a node secret (22389 × SHA-256, off the runtime).
+///
+/// # Errors
+/// [`CredentialError::Hash`].
+pub(crate) async fn node_hash(raw: Vec<u8>) -> Result<String, CredentialError> {
+    tokio::task::spawn_blocking(move || base32::node_hash(&raw)).await.map_err(CredentialError::Hash)
+}
+
+/// A new random uid.
+///
+/// # Errors
+/// [`CredentialError::Random`].
+pub(crate) fn new_uid() -> Result<String, CredentialError> {
     let mut raw = [0u8; 20];
-    if getrandom::fill(&mut raw).is_err() {
-        raw.copy_from_slice(&common::random_hex(10).as_bytes()[..20]);
-    }
-    base32::encode(&raw)
+    getrandom::fill(&mut raw).map_err(CredentialError::Random)?;
+    Ok(base32::encode(&raw))
 }
 
 /// The connection's request handler.
 pub struct Session {
-    hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     /// Where the connection is.
     pub state: State,
     /// The link to give a node that logs in (its writer).
@@ -389,7 +411,7 @@ impl Session {
     }
 
     /// The logged-in node; `admit()` lets ops 3-12 through only when there is one.
-    fn me(&self) -> Option<(NodeKey, Arc<Link>)> {
+    pub(crate) fn me(&self) -> Option<(Node, Arc<Link>)> {
         match &self.state {
             State::Online(o) => Some((o.key.clone(), o.link.clone())),
             _ => None,
@@ -408,8 +430,17 @@ impl Session {
                 return Ok(Step::Quit(Quit::AuthenticationRequired));
             }
         }
-        let uid = new_uid();
-        let (nodeid, hash) = new_node_secret().await;
+        let credentials = match new_uid() {
+            Ok(uid) => new_node_secret().await.map(|secret| (uid, secret)),
+            Err(e) => Err(e),
+        };
+        let (uid, (nodeid, hash)) = match credentials {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(cause = %e, "register failed");
+                return Ok(Step::Quit(Quit::RegisterFailure));
+            }
+        };
         let identity = match &h.oidc {
             Some(_) => hub.oidc_identity(h.oidc.as_ref().and_then(|o| o.id_token.as_deref())),
             None => None,
@@ -425,7 +456,7 @@ impl Session {
             f.insert("error".into(), e.into());
         }
         let mut out = message::frame(&f);
-        let key = (uid.clone(), 1);
+        let key = Node { uid: uid.clone(), num: 1 };
         let Some((link, acks)) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
         if !hub.attach(&key, &link) {
             return Ok(Step::Quit(Quit::NodeConnected));
@@ -442,12 +473,18 @@ impl Session {
         let Ok(raw) = base32::decode(h.node.as_deref().unwrap_or_default()) else {
             return Ok(Step::Quit(Quit::CorruptBase32));
         };
-        let hash = tokio::task::spawn_blocking(move || base32::node_hash(&raw)).await.unwrap_or_default();
         if !is_uid_text(&uid) {
             return Ok(Step::Quit(Quit::LoginFailed));
         }
+        let hash = match node_hash(raw).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(cause = %e, "login failed");
+                return Ok(Step::Quit(Quit::LoginFailed));
+            }
+        };
         let key = match hub.store.tmtp_node(&hash).await? {
-            Some((u, n)) if u == uid => (u, n),
+            Some(node) if node.uid == uid => node,
             _ => {
                 hub.stats.failed("login", &uid);
                 return Ok(Step::Quit(Quit::LoginFailed));
@@ -477,23 +514,29 @@ impl Session {
         let id = h.id.clone().unwrap_or_default();
         let mut f = match (&h.newalias, &h.newnode) {
             (Some(a), None) if !a.is_empty() => {
-                if let Some(e) = add_alias(&hub, &key.0, a).await? {
+                if let Some(e) = add_alias(&hub, &key.uid, a).await? {
                     return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
                 }
-                let mut f = standard("user", &key.0, 0, 0, 0);
+                let mut f = standard("user", &key.uid, 0, 0, 0);
                 f.insert("newalias".into(), a.clone().into());
                 f
             }
             (None, Some(n)) if !n.is_empty() => {
-                let (nodeid, hash) = new_node_secret().await;
-                match hub.store.tmtp_add_node(&key.0, &hash, key.1, hub.settings.max_nodes).await? {
-                    Ok(_) => {}
-                    Err(NodeError::TooMany) => {
+                let (nodeid, hash) = match new_node_secret().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(cause = %e, "new node refused");
+                        return Ok(Step::Reply(message::ack(&id, Some("AddNode: no node secret"), None)));
+                    }
+                };
+                match hub.store.tmtp_add_node(&key.uid, &hash, key.num, hub.settings.max_nodes).await? {
+                    AddNode::Added(_) => {}
+                    AddNode::TooMany => {
                         let e = format!("AddNode: Exceeds {} nodes", hub.settings.max_nodes);
                         return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
                     }
                 }
-                let mut f = standard("user", &key.0, 0, 0, 0);
+                let mut f = standard("user", &key.uid, 0, 0, 0);
                 f.insert("newnode".into(), n.clone().into());
                 f.insert("nodeid".into(), nodeid.into());
                 f
@@ -504,7 +547,7 @@ impl Session {
         f.insert("id".into(), wire_id(mid).into());
         f.insert("posted".into(), posted(now_ms()).into());
         copy_data_fields(&mut f, h);
-        let nodes = resolve(&hub, &key, &own(&key.0), true).await?.unwrap_or_default();
+        let nodes = resolve(&hub, &key, &own(&key.uid), true).await?.unwrap_or_default();
         store_small(&hub, mid, f, &[], "E", &nodes).await?;
         Ok(Step::Reply(message::ack(&id, None, None)))
     }
@@ -534,198 +577,25 @@ impl Session {
             && !o.ohi
         {
             o.ohi = true;
-            hub.presence_join(&key.0);
+            hub.presence_join(&key.uid);
         }
         for t in &targets {
-            if hub.presence_set(&key.0, &t.id, on) {
-                hub.notify_uid(&t.id, message::ohi(&key.0, on));
+            if hub.presence_set(&key.uid, &t.id, on) {
+                hub.notify_uid(&t.id, message::ohi(&key.uid, on));
             }
         }
         if kind != "init" {
             let mid = hub.next_id() as i64;
-            let mut f = standard("ohiedit", &key.0, mid, now_ms(), 0);
+            let mut f = standard("ohiedit", &key.uid, mid, now_ms(), 0);
             let list: Vec<Value> = targets
                 .iter()
                 .map(|t| Value::Object(fields([("Id", t.id.clone().into()), ("Type", t.kind.into())])))
                 .collect();
             f.insert("for".into(), list.into());
             f.insert("type".into(), kind.into());
-            let nodes = resolve(&hub, &key, &own(&key.0), true).await?.unwrap_or_default();
+            let nodes = resolve(&hub, &key, &own(&key.uid), true).await?.unwrap_or_default();
             store_small(&hub, mid, f, &[], "M", &nodes).await?;
         }
-        Ok(Step::Reply(message::ack(&id, None, None)))
-    }
-
-    async fn group_invite(&mut self, h: &Header, data: &[u8]) -> Result<Step, StoreError> {
-        let hub = self.hub.clone();
-        let Some((key, _)) = self.me() else { return Ok(Step::Quit(Quit::Unauthenticated)) };
-        let uid = key.0.clone();
-        let id = h.id.clone().unwrap_or_default();
-        let (gid, from, to) =
-            (h.gid.clone().unwrap_or_default(), h.from.clone().unwrap_or_default(), h.to.clone().unwrap_or_default());
-        let soft = |e: String| Ok(Step::Reply(message::ack(&id, Some(&e), None)));
-        if gid.len() < MIN_NAME {
-            return soft("gid must be 8+ characters".into());
-        }
-        if hub.store.tmtp_alias_owner(&from).await?.as_deref() != Some(uid.as_str()) {
-            return soft(format!("GroupInvite: iByAlias {from} not for iByUid {uid}"));
-        }
-        let Some(invitee) = hub.store.tmtp_alias_owner(&to).await? else {
-            return soft(format!("GroupInvite: iAlias {to} not found"));
-        };
-        if hub.store.tmtp_alias_owner(&gid).await?.is_some() || gid.len() > MAX_NAME {
-            return soft(format!("GroupInvite: gid {gid} not available"));
-        }
-        if !printable(&gid) {
-            return soft(format!("GroupInvite: invalid string '{gid}'"));
-        }
-        let members = hub.store.tmtp_members(&gid).await?;
-        let mut rows: Vec<(String, String, i64)> = Vec::new();
-        if members.is_empty() {
-            rows.push((uid.clone(), from.clone(), 2));
-        } else {
-            if !members.iter().any(|m| m.uid == uid && m.status == 2) {
-                return soft(format!("GroupInvite: iByUid {uid} not a member"));
-            }
-            if members.iter().any(|m| m.uid == invitee && m.status == 2) {
-                return soft(format!("GroupInvite: iAlias {to} already joined"));
-            }
-        }
-        rows.push((invitee.clone(), to.clone(), 1));
-        let rows_ref: Vec<(&str, &str, i64)> = rows.iter().map(|(u, a, s)| (u.as_str(), a.as_str(), *s)).collect();
-        hub.store.tmtp_set_members(&gid, &rows_ref).await?;
-
-        let t = now_ms();
-        let inv = hub.next_id() as i64;
-        let mut f = standard("invite", &uid, inv, t, data.len() as i64);
-        for (k, v) in [("alias", from.clone()), ("gid", gid.clone()), ("to", to.clone())] {
-            f.insert(k.into(), v.into());
-        }
-        copy_data_fields(&mut f, h);
-        let nodes = resolve(&hub, &key, &[Target { id: invitee, kind: 1 }], true).await?.unwrap_or_default();
-        store_small(&hub, inv, f, data, "M", &nodes).await?;
-        let mem = hub.next_id() as i64;
-        let mut f = standard("member", &uid, mem, now_ms(), 0);
-        for (k, v) in [("act", "invite".to_owned()), ("alias", to), ("gid", gid.clone())] {
-            f.insert(k.into(), v.into());
-        }
-        let nodes = match resolve(&hub, &key, &[Target { id: gid, kind: 2 }], true).await? {
-            Ok(n) => n,
-            Err(_) => resolve(&hub, &key, &[], true).await?.unwrap_or_default(),
-        };
-        store_small(&hub, mem, f, &[], "M", &nodes).await?;
-        Ok(Step::Reply(message::ack(&id, None, Some((&wire_id(inv), &posted(t))))))
-    }
-
-    async fn group_edit(&mut self, h: &Header) -> Result<Step, StoreError> {
-        let hub = self.hub.clone();
-        let Some((key, _)) = self.me() else { return Ok(Step::Quit(Quit::Unauthenticated)) };
-        let uid = key.0.clone();
-        let id = h.id.clone().unwrap_or_default();
-        let gid = h.gid.clone().unwrap_or_default();
-        let act = h.act.clone().unwrap_or_default();
-        let newalias = h.newalias.clone().filter(|a| !a.is_empty());
-        let to = h.to.clone().filter(|a| !a.is_empty());
-        match act.as_str() {
-            "join" => {}
-            "alias" if newalias.is_some() => {}
-            "drop" if to.is_some() => {}
-            _ => return Ok(Step::Quit(Quit::InvalidHeader)),
-        }
-        let soft = |e: String| Ok(Step::Reply(message::ack(&id, Some(&e), None)));
-        let members = if gid.len() > MAX_NAME { Vec::new() } else { hub.store.tmtp_members(&gid).await? };
-        let mine = members.iter().find(|m| m.uid == uid).cloned();
-        let owns = |alias: &str| {
-            let hub = hub.clone();
-            let alias = alias.to_owned();
-            let uid = uid.clone();
-            async move { Ok::<bool, StoreError>(hub.store.tmtp_alias_owner(&alias).await?.as_deref() == Some(uid.as_str())) }
-        };
-        let mut extra_target: Option<String> = None;
-        let (alias_shown, new_shown) = match act.as_str() {
-            "join" => {
-                let what = "GroupJoin";
-                if members.is_empty() {
-                    return soft(format!("{what}: iGid {gid} not found"));
-                }
-                let Some(m) = mine.filter(|m| m.status == 1 || m.status == 2) else {
-                    return soft(format!("{what}: iUid {uid} not invited"));
-                };
-                let alias = match &newalias {
-                    Some(a) if a != &m.alias => {
-                        if !owns(a).await? {
-                            return soft(format!("{what}: iNewAlias {a} not for iUid {uid}"));
-                        }
-                        a.clone()
-                    }
-                    _ => m.alias.clone(),
-                };
-                hub.store.tmtp_set_members(&gid, &[(&uid, &alias, 2)]).await?;
-                (alias, None)
-            }
-            "alias" => {
-                let what = "GroupAlias";
-                let a = newalias.clone().unwrap_or_default();
-                if members.is_empty() {
-                    return soft(format!("{what}: iGid {gid} not found"));
-                }
-                let Some(m) = mine.filter(|m| m.status == 2) else {
-                    return soft(format!("{what}: iUid {uid} not a member"));
-                };
-                if a != m.alias {
-                    if !owns(&a).await? {
-                        return soft(format!("{what}: iNewAlias {a} not for iUid {uid}"));
-                    }
-                    hub.store.tmtp_set_members(&gid, &[(&uid, &a, 2)]).await?;
-                }
-                (m.alias, Some(a))
-            }
-            _ => {
-                let what = "GroupQuit";
-                let to = to.clone().unwrap_or_default();
-                if members.is_empty() {
-                    return soft(format!("{what}: iGid {gid} not found"));
-                }
-                let target_uid = hub.store.tmtp_alias_owner(&to).await?;
-                let Some(target) =
-                    target_uid.and_then(|t| members.iter().find(|m| m.uid == t && m.alias == to).cloned())
-                else {
-                    return soft(format!("{what}: iAlias {to} not a member"));
-                };
-                if target.uid == uid {
-                    if target.status == 2 {
-                        hub.store.tmtp_set_members(&gid, &[(&uid, &to, 1)]).await?;
-                    }
-                } else {
-                    if mine.is_none_or(|m| m.status != 2) {
-                        return soft(format!("{what}: iByUid {uid} not a member"));
-                    }
-                    if target.status != 3 {
-                        hub.store.tmtp_set_members(&gid, &[(&target.uid, &to, 3)]).await?;
-                    }
-                }
-                extra_target = Some(target.uid);
-                (to, None)
-            }
-        };
-        let mid = hub.next_id() as i64;
-        let mut f = standard("member", &uid, mid, now_ms(), 0);
-        f.insert("act".into(), act.clone().into());
-        f.insert("alias".into(), alias_shown.into());
-        f.insert("gid".into(), gid.clone().into());
-        if let Some(n) = new_shown {
-            f.insert("newalias".into(), n.into());
-        }
-        let mut targets = vec![Target { id: gid, kind: 2 }];
-        if let Some(t) = extra_target {
-            targets.push(Target { id: t, kind: 1 });
-        }
-        let nodes = match resolve(&hub, &key, &targets, true).await? {
-            Ok(n) => n,
-            // After a self-drop the sender may no longer be a joined member.
-            Err(_) => resolve(&hub, &key, &targets[1..], true).await?.unwrap_or_default(),
-        };
-        store_small(&hub, mid, f, &[], "M", &nodes).await?;
         Ok(Step::Reply(message::ack(&id, None, None)))
     }
 
@@ -734,7 +604,7 @@ impl Session {
         let Some((key, _)) = self.me() else { return Ok(Step::Quit(Quit::Unauthenticated)) };
         let id = h.id.clone().unwrap_or_default();
         let (from, to) = (h.from.clone().unwrap_or_default(), h.to.clone().unwrap_or_default());
-        if from.len() > MAX_NAME || hub.store.tmtp_alias_owner(&from).await?.as_deref() != Some(key.0.as_str()) {
+        if from.len() > MAX_NAME || hub.store.tmtp_alias_owner(&from).await?.as_deref() != Some(key.uid.as_str()) {
             return Ok(Step::Reply(message::ack(&id, Some("from must identify sender"), None)));
         }
         let target = if to.len() > MAX_NAME { None } else { hub.store.tmtp_alias_owner(&to).await? };
@@ -743,7 +613,7 @@ impl Session {
         };
         let t = now_ms();
         let mid = hub.next_id() as i64;
-        let mut f = standard("ping", &key.0, mid, t, data.len() as i64);
+        let mut f = standard("ping", &key.uid, mid, t, data.len() as i64);
         f.insert("alias".into(), from.into());
         f.insert("to".into(), to.into());
         copy_data_fields(&mut f, h);
@@ -774,7 +644,7 @@ impl Session {
                 return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
             }
         };
-        let mut f = standard("delivery", &key.0, post_id, now_ms(), size);
+        let mut f = standard("delivery", &key.uid, post_id, now_ms(), size);
         copy_data_fields(&mut f, h);
         let Some((note, note_posted)) = note else {
             let p = f.get("posted").cloned().unwrap_or_default();
@@ -791,7 +661,7 @@ impl Session {
         let mut all: Vec<Target> = notefor;
         all.extend(targets);
         let note_id = note.id;
-        let mut nf = standard("notify", &key.0, note_id, note_posted, note.size);
+        let mut nf = standard("notify", &key.uid, note_id, note_posted, note.size);
         if h.notehead != 0 {
             nf.insert("datahead".into(), h.notehead.into());
         }
@@ -825,99 +695,10 @@ impl Session {
             o.link.closed.cancel();
             self.hub.detach(&o.key, &o.link);
             if o.ohi {
-                for target in self.hub.presence_leave(&o.key.0) {
-                    self.hub.notify_uid(&target, message::ohi(&o.key.0, false));
+                for target in self.hub.presence_leave(&o.key.uid) {
+                    self.hub.notify_uid(&target, message::ohi(&o.key.uid, false));
                 }
             }
         }
     }
-}
-
-/// An administrator's change, made directly in the store (`mmtmtpd admin`).
-#[derive(Clone, Debug)]
-pub enum AdminRequest {
-    /// A new account with `nodes` nodes.
-    AddUser {
-        /// The uid, or a random one.
-        uid: Option<String>,
-        /// How many nodes.
-        nodes: u32,
-    },
-    /// One more node.
-    AddNode {
-        /// The account.
-        uid: String,
-    },
-    /// An alias.
-    AddAlias {
-        /// The alias.
-        alias: String,
-        /// The account.
-        uid: String,
-    },
-    /// A group member.
-    SetMember {
-        /// Group id.
-        gid: String,
-        /// Account.
-        uid: String,
-        /// Recorded alias.
-        alias: String,
-        /// `invited`, `joined` or `barred`.
-        status: String,
-    },
-}
-
-/// Runs an [`AdminRequest`], printing uids and node secrets on standard output.
-///
-/// # Errors
-/// Invalid names, unknown accounts, taken aliases, database failures.
-pub async fn admin(store: &common::Store, req: AdminRequest) -> anyhow::Result<()> {
-    match req {
-        AdminRequest::AddUser { uid, nodes } => {
-            let uid = uid.unwrap_or_else(new_uid);
-            anyhow::ensure!(is_uid_text(&uid), "a uid is 1-64 letters, digits, '+' or '%'");
-            anyhow::ensure!(nodes >= 1, "an account needs a node");
-            let (nodeid, hash) = new_node_secret().await;
-            store.tmtp_register(&uid, &hash, None).await?;
-            println!("{uid}");
-            println!("{nodeid}");
-            for _ in 1..nodes {
-                let (nodeid, hash) = new_node_secret().await;
-                store.tmtp_add_node(&uid, &hash, 1, 1000).await?.map_err(|_| anyhow::anyhow!("too many nodes"))?;
-                println!("{nodeid}");
-            }
-        }
-        AdminRequest::AddNode { uid } => {
-            anyhow::ensure!(store.tmtp_user_exists(&uid).await?, "no account {uid}");
-            let (nodeid, hash) = new_node_secret().await;
-            store.tmtp_add_node(&uid, &hash, 1, 1000).await?.map_err(|_| anyhow::anyhow!("too many nodes"))?;
-            println!("{nodeid}");
-        }
-        AdminRequest::AddAlias { alias, uid } => {
-            anyhow::ensure!(store.tmtp_user_exists(&uid).await?, "no account {uid}");
-            anyhow::ensure!(
-                !alias.is_empty() && alias.len() <= MAX_NAME && printable(&alias),
-                "invalid alias {alias:?}"
-            );
-            match store.tmtp_add_alias(&uid, &alias).await? {
-                Ok(()) => {}
-                Err(AliasError::Taken) => anyhow::bail!("alias {alias} already taken"),
-                Err(AliasError::NotAvailable) => anyhow::bail!("alias {alias} not available (a group has that id)"),
-            }
-        }
-        AdminRequest::SetMember { gid, uid, alias, status } => {
-            let status = match status.as_str() {
-                "invited" => 1,
-                "joined" => 2,
-                "barred" => 3,
-                _ => anyhow::bail!("status is invited, joined or barred"),
-            };
-            anyhow::ensure!(store.tmtp_user_exists(&uid).await?, "no account {uid}");
-            anyhow::ensure!(!gid.is_empty() && gid.len() <= MAX_NAME && printable(&gid), "invalid gid {gid:?}");
-            anyhow::ensure!(store.tmtp_alias_owner(&gid).await?.is_none(), "gid {gid} is an alias");
-            store.tmtp_set_members(&gid, &[(&uid, &alias, status)]).await?;
-        }
-    }
-    Ok(())
 }

@@ -1,13 +1,17 @@
-//! The SQL store shared by every daemon: a closed enum over three sqlx pools with the SQL
-//! text per backend (style.md P6), the schema of design.md, and the mail rules that need
-//! it (recipient resolution, box limits, `nofrom`).
+//! The SQL store shared by every daemon: a closed enum over three sqlx pools (style.md
+//! P6), the schema of design.md, and the mail rules that need it (recipient resolution,
+//! box limits, `nofrom`); the TMTP operations are in [`tmtp`].
+//!
+//! Layers: [`sql`] holds every statement, written once; [`ops`] every operation, written
+//! once and expanded per backend in [`backends`]; [`write`] the transactions every write
+//! runs in; this module the public API, which picks the backend ([`dispatch!`]), retries
+//! deadlocks and resolves commits that got no answer.
 
-mod backend;
+mod backends;
 pub mod migrate;
 pub mod model;
-mod mysql;
-mod postgres;
-mod sqlite;
+mod ops;
+mod sql;
 mod tmtp;
 mod write;
 
@@ -20,10 +24,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 pub use model::{
-    AliasError, BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Member, NodeError, Resolution,
-    Retrieved, Update,
+    AddAlias, AddNode, BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Member, MemberStatus, Node,
+    Queued, Resolution, Retrieved, TmtpMessage, Update, Usage, User,
 };
-pub use tmtp::QueueEntry;
+
+use backends::{mysql, postgres, sqlite};
 
 use crate::address::Address;
 use crate::config::DatabaseConfig;
@@ -43,7 +48,7 @@ const RESOLVE_FOR: Duration = Duration::from_secs(30);
 async fn resolve<F, Fut>(what: &'static str, mut committed: F) -> Option<bool>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
 {
     let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
     let mut pause = Duration::from_millis(100);
@@ -119,6 +124,7 @@ pub enum Store {
     Sqlite(SqlitePool),
 }
 
+/// Runs operation `$f` of [`ops`] on the backend of `$self` (a [`Store`]).
 macro_rules! dispatch {
     ($self:expr, $f:ident ( $($arg:expr),* )) => {
         match $self {
@@ -128,6 +134,7 @@ macro_rules! dispatch {
         }
     };
 }
+use dispatch;
 
 impl Store {
     /// Opens a pool for `cfg.url` (`postgres://`, `mysql://` or `mariadb://`, `sqlite:`),
@@ -209,7 +216,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn find_box(&self, address: &str) -> Result<Option<BoxInfo>, StoreError> {
-        Ok(dispatch!(self, find_box(address))?)
+        dispatch!(self, find_box(address))
     }
 
     /// Resolves a recipient (design.md "Mail rules"): the address as a box; else the most
@@ -302,7 +309,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn maildrop(&self, box_address: &str) -> Result<Vec<MailEntry>, StoreError> {
-        Ok(dispatch!(self, maildrop(box_address))?)
+        dispatch!(self, maildrop(box_address))
     }
 
     /// One stored message of `box_address`: its trace fields and the body. `None` if no
@@ -311,24 +318,24 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn retrieve(&self, box_address: &str, mail_id: i64) -> Result<Option<Retrieved>, StoreError> {
-        Ok(dispatch!(self, retrieve(box_address, mail_id))?)
+        dispatch!(self, retrieve(box_address, mail_id))
     }
 
-    /// `(bytes, messages)` of a box counted from its `mail` rows, to compare with the
+    /// The bytes and messages of a box counted from its `mail` rows, to compare with the
     /// `box_size`/`box_mails` counters.
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn recount(&self, box_address: &str) -> Result<(i64, i64), StoreError> {
-        Ok(dispatch!(self, recount(box_address))?)
+    pub async fn recount(&self, box_address: &str) -> Result<Usage, StoreError> {
+        dispatch!(self, recount(box_address))
     }
 
-    /// `(user_id, user_passwd)` of the user called `name`.
+    /// The id and stored password value of the user called `name`.
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn user_password(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
-        Ok(dispatch!(self, user_password(name))?)
+    pub async fn user_password(&self, name: &str) -> Result<Option<User>, StoreError> {
+        dispatch!(self, user_password(name))
     }
 
     /// Replaces the `user_passwd` of the user called `name` by `hash`.
@@ -336,10 +343,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such user; [`StoreError::Db`].
     pub async fn set_user_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
-        let found = retrying("password", move || async move {
-            Ok::<_, StoreError>(dispatch!(self, set_user_password(name, hash))?)
-        })
-        .await?;
+        let found = retrying("password", move || async move { dispatch!(self, set_user_password(name, hash)) }).await?;
         if found { Ok(()) } else { Err(StoreError::NotFound) }
     }
 
@@ -348,7 +352,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn box_owner(&self, box_address: &str) -> Result<Option<BoxOwner>, StoreError> {
-        Ok(dispatch!(self, box_owner(box_address))?)
+        dispatch!(self, box_owner(box_address))
     }
 
     /// Replaces user `user_id`'s password value `old` by `new` (a re-hash after a legacy
@@ -358,7 +362,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn replace_password(&self, user_id: i64, old: &str, new: &str) -> Result<bool, StoreError> {
-        retrying("re-hash", move || async move { Ok(dispatch!(self, replace_password(user_id, old, new))?) }).await
+        retrying("re-hash", move || async move { dispatch!(self, replace_password(user_id, old, new)) }).await
     }
 
     /// Takes the maildrop lock of `box_address` for `owner` (a per-session random id) for
@@ -370,7 +374,7 @@ impl Store {
     pub async fn lock_box(&self, box_address: &str, owner: &str, lease: u64) -> Result<bool, StoreError> {
         let now = unix_now();
         let expires = now.saturating_add(i64::try_from(lease).unwrap_or(i64::MAX));
-        retrying("lock", move || async move { Ok(dispatch!(self, lock_box(box_address, owner, now, expires))?) }).await
+        retrying("lock", move || async move { dispatch!(self, lock_box(box_address, owner, now, expires)) }).await
     }
 
     /// Extends `owner`'s lease of `box_address` to `lease` seconds from now. Returns false
@@ -380,7 +384,7 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn refresh_lock(&self, box_address: &str, owner: &str, lease: u64) -> Result<bool, StoreError> {
         let expires = unix_now().saturating_add(i64::try_from(lease).unwrap_or(i64::MAX));
-        retrying("lock renewal", move || async move { Ok(dispatch!(self, refresh_lock(box_address, owner, expires))?) })
+        retrying("lock renewal", move || async move { dispatch!(self, refresh_lock(box_address, owner, expires)) })
             .await
     }
 
@@ -389,7 +393,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn unlock_box(&self, box_address: &str, owner: &str) -> Result<(), StoreError> {
-        retrying("unlock", move || async move { Ok(dispatch!(self, unlock_box(box_address, owner))?) }).await
+        retrying("unlock", move || async move { dispatch!(self, unlock_box(box_address, owner)) }).await
     }
 
     /// The POP3 UPDATE state (RFC 1939 §6) in one transaction, only under `owner`'s

@@ -137,20 +137,103 @@ pub struct BoxOwner {
     pub passwd: String,
 }
 
-/// Why an alias could not be added (spec/tmtp.md §10.4).
+/// `(bytes, messages)` of a box counted from its copies ([`Store::recount`](super::Store::recount)),
+/// to compare with its `box_size`/`box_mails` counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of every copy (trace fields and body).
+    pub bytes: i64,
+    /// Copies.
+    pub messages: i64,
+}
+
+/// A row of the `user` table as a login needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// `user_id`.
+    pub id: i64,
+    /// `user_passwd`: a PHC string or a legacy MD5 digest.
+    pub passwd: String,
+}
+
+/// A TMTP node: an account's device (spec/tmtp.md §10.2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node {
+    /// The account.
+    pub uid: String,
+    /// The node's number within the account (from 1).
+    pub num: i64,
+}
+
+/// A message waiting in a node's queue, in delivery order: `'E'` (UserEdit results)
+/// before `'M'`, then by id (spec/tmtp.md §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    /// `E` or `M`.
+    pub prio: String,
+    /// The message id.
+    pub message: i64,
+}
+
+/// A deliverable TMTP message: its frame header and the size of its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TmtpMessage {
+    /// Length digits and JSON header, as sent.
+    pub header: Vec<u8>,
+    /// Data bytes, stored in 64 KiB chunks.
+    pub size: i64,
+}
+
+/// What adding an alias did (spec/tmtp.md §10.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AliasError {
+pub enum AddAlias {
+    /// The alias is the user's (now, or already).
+    Added,
     /// Another user has it.
     Taken,
     /// A group has that id (aliases and gids share one namespace).
     NotAvailable,
 }
 
-/// Why a node could not be added (spec/tmtp.md §10.2).
+/// What adding a node did (spec/tmtp.md §10.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeError {
+pub enum AddNode {
+    /// The new node's number.
+    Added(i64),
     /// The user already has the maximum of live nodes.
     TooMany,
+}
+
+/// A group member's standing (spec/tmtp.md §10.5); stored as 1, 2, 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberStatus {
+    /// Invited, not joined yet.
+    Invited,
+    /// A member: receives the group's posts.
+    Joined,
+    /// Left or removed; may not rejoin by itself.
+    Barred,
+}
+
+impl MemberStatus {
+    /// The stored value.
+    pub fn code(self) -> i64 {
+        match self {
+            MemberStatus::Invited => 1,
+            MemberStatus::Joined => 2,
+            MemberStatus::Barred => 3,
+        }
+    }
+
+    /// The status a stored value means (anything unknown counts as barred: it never
+    /// receives posts).
+    pub fn from_code(code: i64) -> MemberStatus {
+        match code {
+            1 => MemberStatus::Invited,
+            2 => MemberStatus::Joined,
+            _ => MemberStatus::Barred,
+        }
+    }
 }
 
 /// A TMTP group member (spec/tmtp.md §10.5).
@@ -160,6 +243,6 @@ pub struct Member {
     pub uid: String,
     /// The alias recorded for the member in this group.
     pub alias: String,
-    /// 1 invited, 2 joined, 3 barred.
-    pub status: i64,
+    /// Invited, joined or barred.
+    pub status: MemberStatus,
 }

@@ -204,8 +204,8 @@ pub async fn messages(db: &TestDb, box_address: &str) -> Vec<Vec<u8>> {
     out
 }
 
-/// Asserts the box counters equal a recount of its rows; returns `(bytes, messages)`.
-pub async fn consistent(db: &TestDb, box_address: &str) -> (i64, i64) {
+/// Asserts the box counters equal a recount of its rows; returns them.
+pub async fn consistent(db: &TestDb, box_address: &str) -> common::store::Usage {
     let counters = db.counters(box_address).await;
     assert_eq!(counters, db.store.recount(box_address).await.unwrap(), "{box_address} on {:?}", db.backend);
     counters

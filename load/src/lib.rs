@@ -1,4 +1,4 @@
-//! A load generator re-implementing mnm's simulation (spec/tmtp.md §14) over TCP+TLS:
+//! mmtmtpd-load: a load generator re-implementing mnm's simulation (spec/tmtp.md §14) over TCP+TLS:
 //! N clients register (open registration), form groups of up to 100, then each runs
 //! mnm's session cycle — TmtpRev, Login, OhiEdit `init` for its block, a Ping (odd
 //! clients) or Post, Posts to two random users, a Post to its group with and without
@@ -137,7 +137,7 @@ fn frame(head: &Value, data: &[u8]) -> Vec<u8> {
 }
 
 fn headsum_ok(head: &Value) -> bool {
-    head.as_object().is_some_and(crate::proto::message::headsum_ok)
+    head.as_object().is_some_and(tmtpd::proto::message::headsum_ok)
 }
 
 async fn connect(

@@ -1,5 +1,5 @@
 //! `mmtmtpd-load`: mnm's simulation over TCP+TLS against a TMTP server (see
-//! `tmtpd::load`); prints its figures, exits 1 if a delivery was missing or unexpected.
+//! `tmtp_load`); prints its figures, exits 1 if a delivery was missing or unexpected.
 
 use std::process::ExitCode;
 
@@ -40,9 +40,9 @@ fn main() -> ExitCode {
     let sizes = if a.sizes_2017 {
         vec![50, 50, 50, 500, 500, 1500, 2000, 5000, 10000, 50000]
     } else {
-        tmtpd::load::MNM_SIZES.to_vec()
+        tmtp_load::MNM_SIZES.to_vec()
     };
-    let opts = tmtpd::load::Options {
+    let opts = tmtp_load::Options {
         addr: a.addr,
         ca: a.ca,
         server_name: a.name,
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(tmtpd::load::run(opts)) {
+    match rt.block_on(tmtp_load::run(opts)) {
         Ok(report) => {
             println!("{report}");
             if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -1,0 +1,457 @@
+//! The store's operations, written once (style.md P6) and expanded by [`operations!`] in
+//! each backend module (`postgres`, `mysql`, `sqlite`) over that backend's pool: sqlx's
+//! generic bounds over three drivers would hide the SQL under trait noise, a macro keeps
+//! it plain. The statements come from [`Sql`](super::sql::Sql); every write is a
+//! [`Write`](super::write::Write) transaction. The backend module provides only what
+//! really differs: `DIALECT`, `BEGIN` (how a write transaction begins) and `keep(&Pool)`
+//! (the in-memory SQLite pool); and the macro is told how a new message id comes back
+//! (`returning`, or MySQL's `last_insert_id`).
+//!
+//! TMTP's durability contract (spec/tmtp.md §8.1): a message's bytes are written in
+//! chunks as they arrive, under a row that is not yet `ready`; `commit_message` marks it
+//! ready and inserts one queue row per recipient node in one transaction, so the sender's
+//! `ack` (sent after that commit) means "durably queued for every recipient node". A
+//! recipient's ack deletes its queue row, and the message goes with the last one.
+
+/// The id of the row `$sql` (an INSERT with 3 parameters) inserts on `$conn`:
+/// from its `RETURNING` clause, or from MySQL's last insert id.
+macro_rules! message_id {
+    (returning, $conn:expr, $sql:expr, $a:expr, $b:expr, $c:expr) => {{
+        let (id,): (i64,) = sqlx::query_as($sql).bind($a).bind($b).bind($c).fetch_one($conn).await?;
+        Ok(id)
+    }};
+    (last_insert_id, $conn:expr, $sql:expr, $a:expr, $b:expr, $c:expr) => {{
+        let done = sqlx::query($sql).bind($a).bind($b).bind($c).execute($conn).await?;
+        i64::try_from(done.last_insert_id()).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    }};
+}
+
+/// Whether statement `$sql` with the arguments bound returns a row on `$e`.
+macro_rules! exists {
+    ($e:expr, $sql:expr $(, $arg:expr)*) => {
+        sqlx::query($sql)$(.bind($arg))*.fetch_optional($e).await.map(|r| r.is_some())
+    };
+}
+
+/// Expands every operation for backend `$db` (a `sqlx::Database`); `$id` is how an
+/// inserted message's id comes back (see [`message_id!`]).
+macro_rules! operations {
+    ($db:ty, $id:ident) => {
+        use crate::error::StoreError;
+        use crate::store::model::{
+            AddAlias, AddNode, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus, Node,
+            Queued, Retrieved, TmtpMessage, Update, Usage, User,
+        };
+        use crate::store::sql::Sql;
+
+        type Pool = sqlx::Pool<$db>;
+        type Result<T> = std::result::Result<T, StoreError>;
+
+        /// The statements, rendered for this backend at first use.
+        static SQL: std::sync::LazyLock<Sql> = std::sync::LazyLock::new(|| Sql::new(DIALECT));
+
+        /// A write transaction on `p`.
+        async fn write(p: &Pool) -> std::result::Result<crate::store::write::Write<$db>, sqlx::Error> {
+            crate::store::write::Write::begin(p, BEGIN, keep(p)).await
+        }
+
+        /// Stores a message body; its id.
+        async fn insert_message(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            size: i64,
+            created: i64,
+            data: &[u8],
+        ) -> std::result::Result<i64, sqlx::Error> {
+            crate::store::ops::message_id!($id, &mut *conn, SQL.insert_message, size, created, data)
+        }
+
+        // --- boxes, aliases, nofrom ---
+
+        pub(crate) async fn find_box(p: &Pool, address: &str) -> Result<Option<BoxInfo>> {
+            let row: Option<(String, i64, i64, i64, i64, i64)> =
+                sqlx::query_as(SQL.find_box).bind(address).fetch_optional(p).await?;
+            Ok(row.map(|r| BoxInfo { address: r.0, user: r.1, max_size: r.2, size: r.3, max_mails: r.4, mails: r.5 }))
+        }
+
+        pub(crate) async fn aliases(p: &Pool) -> Result<Vec<(String, String)>> {
+            Ok(sqlx::query_as(SQL.aliases).fetch_all(p).await?)
+        }
+
+        pub(crate) async fn domain_has_box(p: &Pool, like: &str) -> Result<bool> {
+            Ok(crate::store::ops::exists!(p, SQL.domain_has_box, like)?)
+        }
+
+        pub(crate) async fn nofrom(p: &Pool) -> Result<Vec<String>> {
+            let rows: Vec<(String,)> = sqlx::query_as(SQL.nofrom).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+
+        // --- delivery and retrieval ---
+
+        pub(crate) async fn deliver(p: &Pool, d: &Delivery<'_>, now: i64) -> std::result::Result<(), DeliverError> {
+            let body_len = i64::try_from(d.body.len()).unwrap_or(i64::MAX);
+            let mut copies: Vec<_> = d.copies.iter().collect();
+            // Lock boxes in one global order so concurrent deliveries cannot deadlock.
+            copies.sort_by(|a, b| a.box_address.cmp(&b.box_address));
+            let mut tx = write(p).await.map_err(StoreError::from)?;
+            let r = async {
+                for c in &copies {
+                    let size = body_len.saturating_add(c.trace.len() as i64);
+                    let done = sqlx::query(SQL.take_room).bind(size).bind(&c.box_address).execute(&mut *tx).await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(Err(c.box_address.clone()));
+                    }
+                }
+                let message_id = insert_message(&mut *tx, body_len, now, d.body).await?;
+                for c in &copies {
+                    let size = body_len.saturating_add(c.trace.len() as i64);
+                    sqlx::query(SQL.insert_mail)
+                        .bind(&c.uid)
+                        .bind(&c.box_address)
+                        .bind(message_id)
+                        .bind(size)
+                        .bind(now)
+                        .bind(&c.trace)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(Ok(()))
+            }
+            .await;
+            tx.settle(r).await.map_err(StoreError::from)?.map_err(DeliverError::NoRoom)
+        }
+
+        pub(crate) async fn mail_stored(p: &Pool, uid: &str) -> Result<bool> {
+            Ok(crate::store::ops::exists!(p, SQL.mail_by_uid, uid)?)
+        }
+
+        pub(crate) async fn maildrop(p: &Pool, address: &str) -> Result<Vec<MailEntry>> {
+            let rows: Vec<(i64, String, i64)> = sqlx::query_as(SQL.maildrop).bind(address).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|(id, uid, size)| MailEntry { id, uid, size }).collect())
+        }
+
+        pub(crate) async fn retrieve(p: &Pool, address: &str, id: i64) -> Result<Option<Retrieved>> {
+            let row: Option<(Vec<u8>, Vec<u8>)> =
+                sqlx::query_as(SQL.retrieve).bind(id).bind(address).fetch_optional(p).await?;
+            Ok(row.map(|(trace, body)| Retrieved { trace, body }))
+        }
+
+        pub(crate) async fn recount(p: &Pool, address: &str) -> Result<Usage> {
+            let sizes: Vec<(i64,)> = sqlx::query_as(SQL.mail_sizes).bind(address).fetch_all(p).await?;
+            let bytes = sizes.iter().fold(0i64, |a, s| a.saturating_add(s.0));
+            Ok(Usage { bytes, messages: sizes.len() as i64 })
+        }
+
+        // --- users and passwords ---
+
+        pub(crate) async fn user_password(p: &Pool, name: &str) -> Result<Option<User>> {
+            let row: Option<(i64, String)> = sqlx::query_as(SQL.user_password).bind(name).fetch_optional(p).await?;
+            Ok(row.map(|(id, passwd)| User { id, passwd }))
+        }
+
+        pub(crate) async fn set_user_password(p: &Pool, name: &str, hash: &str) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.set_user_password).bind(hash).bind(name).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
+        }
+
+        pub(crate) async fn box_owner(p: &Pool, address: &str) -> Result<Option<BoxOwner>> {
+            let row: Option<(i64, String, String)> =
+                sqlx::query_as(SQL.box_owner).bind(address).fetch_optional(p).await?;
+            Ok(row.map(|(user_id, user_name, passwd)| BoxOwner { user_id, user_name, passwd }))
+        }
+
+        pub(crate) async fn replace_password(p: &Pool, user_id: i64, old: &str, new: &str) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.replace_password).bind(new).bind(user_id).bind(old).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
+        }
+
+        // --- POP3 maildrop locks and deletions ---
+
+        pub(crate) async fn lock_box(p: &Pool, address: &str, owner: &str, now: i64, expires: i64) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query(SQL.lock_clear_expired).bind(address).bind(now).execute(&mut *tx).await?;
+                let done =
+                    sqlx::query(SQL.lock_insert).bind(address).bind(owner).bind(expires).execute(&mut *tx).await?;
+                Ok(done.rows_affected() > 0)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn refresh_lock(p: &Pool, address: &str, owner: &str, expires: i64) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.lock_refresh).bind(expires).bind(address).bind(owner).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
+        }
+
+        pub(crate) async fn unlock_box(p: &Pool, address: &str, owner: &str) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.lock_release).bind(address).bind(owner).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn commit_deletions(
+            p: &Pool,
+            address: &str,
+            owner: &str,
+            now: i64,
+            ids: &[i64],
+        ) -> Result<Update> {
+            let mut tx = write(p).await?;
+            let r = async {
+                // The lease check and its release, in the transaction that deletes: the
+                // row stays locked by this transaction until it commits.
+                let held =
+                    sqlx::query(SQL.lock_release_live).bind(address).bind(owner).bind(now).execute(&mut *tx).await?;
+                if held.rows_affected() == 0 {
+                    return Ok(Err(Update::LockLost));
+                }
+                let (mut bytes, mut count) = (0i64, 0i64);
+                let mut bodies: Vec<i64> = Vec::new();
+                for id in ids {
+                    let row: Option<(i64, i64)> =
+                        sqlx::query_as(SQL.mail_for_delete).bind(id).bind(address).fetch_optional(&mut *tx).await?;
+                    let Some((size, message)) = row else { continue };
+                    sqlx::query(SQL.delete_mail).bind(id).bind(address).execute(&mut *tx).await?;
+                    bytes = bytes.saturating_add(size);
+                    count += 1;
+                    if !bodies.contains(&message) {
+                        bodies.push(message);
+                    }
+                }
+                sqlx::query(SQL.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
+                for m in bodies {
+                    sqlx::query(SQL.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
+                }
+                Ok(Ok(Update::Deleted(count as u64)))
+            }
+            .await;
+            Ok(tx.settle(r).await?.unwrap_or_else(|lost| lost))
+        }
+
+        pub(crate) async fn mail_present(p: &Pool, address: &str, ids: &[i64]) -> Result<bool> {
+            for id in ids {
+                if crate::store::ops::exists!(p, SQL.mail_for_delete, id, address)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+
+        // --- TMTP accounts, nodes, aliases, groups ---
+
+        pub(crate) async fn register(p: &Pool, uid: &str, hash: &str, now: i64, auth: Option<&str>) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query(SQL.insert_user).bind(uid).bind(now).bind(auth).execute(&mut *tx).await?;
+                sqlx::query(SQL.insert_node).bind(uid).bind(1i64).bind(hash).execute(&mut *tx).await?;
+                Ok(())
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn node_by_hash(p: &Pool, hash: &str) -> Result<Option<Node>> {
+            let row: Option<(String, i64)> = sqlx::query_as(SQL.node_by_hash).bind(hash).fetch_optional(p).await?;
+            Ok(row.map(|(uid, num)| Node { uid, num }))
+        }
+
+        pub(crate) async fn user_exists(p: &Pool, uid: &str) -> Result<bool> {
+            Ok(crate::store::ops::exists!(p, SQL.user_exists, uid)?)
+        }
+
+        pub(crate) async fn nodes(p: &Pool, uid: &str) -> Result<Vec<i64>> {
+            let rows: Vec<(i64,)> = sqlx::query_as(SQL.nodes).bind(uid).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+
+        pub(crate) async fn add_node(p: &Pool, uid: &str, hash: &str, from_num: i64, max: i64) -> Result<AddNode> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let (live, top): (i64, Option<i64>) =
+                    sqlx::query_as(SQL.node_counts).bind(uid).fetch_one(&mut *tx).await?;
+                if live >= max {
+                    return Ok(Err(AddNode::TooMany));
+                }
+                let num = top.unwrap_or(0) + 1;
+                sqlx::query(SQL.insert_node).bind(uid).bind(num).bind(hash).execute(&mut *tx).await?;
+                sqlx::query(SQL.copy_queue).bind(uid).bind(num).bind(uid).bind(from_num).execute(&mut *tx).await?;
+                Ok(Ok(AddNode::Added(num)))
+            }
+            .await;
+            Ok(tx.settle(r).await?.unwrap_or_else(|refused| refused))
+        }
+
+        pub(crate) async fn alias_owner(p: &Pool, alias: &str) -> Result<Option<String>> {
+            let row: Option<(String,)> = sqlx::query_as(SQL.alias_owner).bind(alias).fetch_optional(p).await?;
+            Ok(row.map(|r| r.0))
+        }
+
+        pub(crate) async fn add_alias(p: &Pool, uid: &str, alias: &str) -> Result<AddAlias> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let owner: Option<(String,)> =
+                    sqlx::query_as(SQL.alias_owner).bind(alias).fetch_optional(&mut *tx).await?;
+                match owner {
+                    Some((o,)) if o == uid => return Ok(Err(AddAlias::Added)),
+                    Some(_) => return Ok(Err(AddAlias::Taken)),
+                    None => {}
+                }
+                if crate::store::ops::exists!(&mut *tx, SQL.group_exists, alias)? {
+                    return Ok(Err(AddAlias::NotAvailable));
+                }
+                sqlx::query(SQL.insert_alias).bind(alias).bind(uid).execute(&mut *tx).await?;
+                Ok(Ok(AddAlias::Added))
+            }
+            .await;
+            match tx.settle(r).await.map_err(sqlx::Error::from) {
+                Ok(done) => Ok(done.unwrap_or_else(|nothing_to_do| nothing_to_do)),
+                // Taken by a concurrent request between the check and the insert.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(AddAlias::Taken),
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        pub(crate) async fn group_exists(p: &Pool, gid: &str) -> Result<bool> {
+            Ok(crate::store::ops::exists!(p, SQL.group_exists, gid)?)
+        }
+
+        pub(crate) async fn members(p: &Pool, gid: &str) -> Result<Vec<Member>> {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(SQL.members).bind(gid).fetch_all(p).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(uid, alias, status)| Member { uid, alias, status: MemberStatus::from_code(status) })
+                .collect())
+        }
+
+        pub(crate) async fn group_nodes(p: &Pool, gid: &str) -> Result<Vec<Node>> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(SQL.group_nodes).bind(gid).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|(uid, num)| Node { uid, num }).collect())
+        }
+
+        pub(crate) async fn set_members(p: &Pool, gid: &str, members: &[Member]) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = async {
+                for m in members {
+                    sqlx::query(SQL.delete_member).bind(gid).bind(&m.uid).execute(&mut *tx).await?;
+                    sqlx::query(SQL.insert_member)
+                        .bind(gid)
+                        .bind(&m.uid)
+                        .bind(&m.alias)
+                        .bind(m.status.code())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(())
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        // --- TMTP messages and queues ---
+
+        pub(crate) async fn begin_message(p: &Pool, id: i64, now: i64) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.begin_message).bind(id).bind(now).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn put_chunk(p: &Pool, id: i64, seq: i64, data: &[u8]) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.insert_chunk).bind(id).bind(seq).bind(data).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn commit_message(
+            p: &Pool,
+            id: i64,
+            header: &[u8],
+            size: i64,
+            prio: &str,
+            nodes: &[Node],
+        ) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query(SQL.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
+                for n in nodes {
+                    sqlx::query(SQL.enqueue).bind(&n.uid).bind(n.num).bind(prio).bind(id).execute(&mut *tx).await?;
+                }
+                Ok(())
+            }
+            .await;
+            tx.finish(r).await?;
+            if nodes.is_empty() {
+                discard(p, id).await?;
+            }
+            Ok(())
+        }
+
+        pub(crate) async fn discard(p: &Pool, id: i64) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query(SQL.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
+                sqlx::query(SQL.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
+                Ok(())
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn queue(p: &Pool, uid: &str, num: i64) -> Result<Vec<Queued>> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(SQL.queue).bind(uid).bind(num).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|(prio, message)| Queued { prio, message }).collect())
+        }
+
+        pub(crate) async fn queue_next(p: &Pool, uid: &str, num: i64) -> Result<Option<Queued>> {
+            let row: Option<(String, i64)> =
+                sqlx::query_as(SQL.queue_next).bind(uid).bind(num).fetch_optional(p).await?;
+            Ok(row.map(|(prio, message)| Queued { prio, message }))
+        }
+
+        pub(crate) async fn message(p: &Pool, id: i64) -> Result<Option<TmtpMessage>> {
+            let row: Option<(Vec<u8>, i64)> = sqlx::query_as(SQL.message).bind(id).fetch_optional(p).await?;
+            Ok(row.map(|(header, size)| TmtpMessage { header, size }))
+        }
+
+        pub(crate) async fn chunk(p: &Pool, id: i64, seq: i64) -> Result<Option<Vec<u8>>> {
+            let row: Option<(Vec<u8>,)> = sqlx::query_as(SQL.chunk).bind(id).bind(seq).fetch_optional(p).await?;
+            Ok(row.map(|r| r.0))
+        }
+
+        pub(crate) async fn ack(p: &Pool, uid: &str, num: i64, id: i64) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let done = sqlx::query(SQL.dequeue).bind(uid).bind(num).bind(id).execute(&mut *tx).await?;
+                sqlx::query(SQL.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
+                sqlx::query(SQL.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
+                Ok(done.rows_affected() > 0)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn cleanup(p: &Pool) -> Result<u64> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let n = sqlx::query(SQL.delete_unready).execute(&mut *tx).await?.rows_affected();
+                sqlx::query(SQL.delete_stray_chunks).execute(&mut *tx).await?;
+                Ok(n)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn max_message_id(p: &Pool) -> Result<i64> {
+            let row: (Option<i64>,) = sqlx::query_as(SQL.max_message_id).fetch_one(p).await?;
+            Ok(row.0.unwrap_or(0))
+        }
+    };
+}
+
+pub(crate) use {exists, message_id, operations};

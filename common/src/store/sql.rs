@@ -1,0 +1,272 @@
+//! Every SQL statement of the store, written once (style.md P6).
+//!
+//! A statement is written in PostgreSQL's form: `$1`, `$2`, … for parameters and
+//! `"user"` for the table whose name is a reserved word. [`Sql::new`] renders it for a
+//! [`Dialect`] once, at first use: `?` for MySQL/MariaDB (whose placeholders are bound in
+//! the order they appear, so there a statement must use `$1`, `$2`, … in order and each
+//! once; a test checks it), `?1`, `?2`, … for SQLite, and `` `user` `` for MySQL. Only the
+//! statements whose dialects really differ are written per dialect ([`Text::Per`]).
+
+/// The three SQL dialects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite.
+    Sqlite,
+}
+
+/// A statement's text.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Text {
+    /// The same statement on every backend.
+    Same(&'static str),
+    /// Written for each dialect.
+    Per {
+        /// PostgreSQL.
+        postgres: &'static str,
+        /// MySQL or MariaDB.
+        mysql: &'static str,
+        /// SQLite.
+        sqlite: &'static str,
+    },
+}
+
+use Text::{Per, Same};
+
+/// `text` for `dialect` (see the module notes); made once per statement and dialect and
+/// kept for the life of the process.
+fn render(dialect: Dialect, text: Text) -> &'static str {
+    let text = match (text, dialect) {
+        (Same(t), _) => t,
+        (Per { postgres, .. }, Dialect::Postgres) => postgres,
+        (Per { mysql, .. }, Dialect::MySql) => mysql,
+        (Per { sqlite, .. }, Dialect::Sqlite) => sqlite,
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while let Some(i) = rest.find(['$', '"']) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(quoted) = rest.strip_prefix("\"user\"") {
+            out.push_str(if dialect == Dialect::MySql { "`user`" } else { "\"user\"" });
+            rest = quoted;
+            continue;
+        }
+        let digits = rest[1..].find(|c: char| !c.is_ascii_digit()).map_or(rest.len() - 1, |n| n);
+        let (placeholder, after) = rest.split_at(1 + digits);
+        match dialect {
+            _ if digits == 0 => out.push_str(&placeholder[..1]),
+            Dialect::Postgres => out.push_str(placeholder),
+            Dialect::MySql => out.push('?'),
+            Dialect::Sqlite => {
+                out.push('?');
+                out.push_str(&placeholder[1..]);
+            }
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    Box::leak(out.into_boxed_str())
+}
+
+macro_rules! statements {
+    ($( $(#[doc = $doc:literal])* $name:ident = $text:expr; )*) => {
+        /// The store's statements rendered for one dialect.
+        pub(crate) struct Sql {
+            $( $(#[doc = $doc])* pub(crate) $name: &'static str, )*
+        }
+
+        impl Sql {
+            /// Every statement rendered for `dialect`.
+            pub(crate) fn new(dialect: Dialect) -> Sql {
+                Sql { $( $name: render(dialect, $text), )* }
+            }
+        }
+
+        /// Every statement, for the checks in the tests.
+        #[cfg(test)]
+        const ALL: &[(&str, Text)] = &[ $( (stringify!($name), $text), )* ];
+    };
+}
+
+statements! {
+    // --- boxes, aliases, nofrom (design.md "Schema", "Mail rules") ---
+    /// The box row of address `$1`.
+    find_box = Same("SELECT box_address, box_user, box_max_size, box_size, box_max_mails, box_mails FROM box WHERE box_address = $1");
+    /// Every alias: `(pattern, target box)`.
+    aliases = Same("SELECT alias_pattern, alias_box FROM alias");
+    /// A row if some box address is LIKE `$1` (escape `!`).
+    domain_has_box = Same("SELECT 1 FROM box WHERE box_address LIKE $1 ESCAPE '!' LIMIT 1");
+    /// Every `nofrom` pattern.
+    nofrom = Same("SELECT nofrom_pattern FROM nofrom");
+
+    // --- delivery ---
+    /// Adds one message of `$1` bytes to box `$2` if it is under both limits.
+    take_room = Same("UPDATE box SET box_size = box_size + $1, box_mails = box_mails + 1, box_in = CURRENT_TIMESTAMP \
+                      WHERE box_address = $2 AND (box_max_mails = 0 OR box_mails < box_max_mails) \
+                      AND (box_max_size = 0 OR box_size < box_max_size)");
+    /// Stores a message body (`$1` size, `$2` created, `$3` data); returns its id where
+    /// the dialect can (MySQL reports it as the last insert id instead).
+    insert_message = Per {
+        postgres: "INSERT INTO message (message_size, message_created, message_data) VALUES ($1, $2, $3) RETURNING message_id",
+        mysql: "INSERT INTO message (message_size, message_created, message_data) VALUES ($1, $2, $3)",
+        sqlite: "INSERT INTO message (message_size, message_created, message_data) VALUES ($1, $2, $3) RETURNING message_id",
+    };
+    /// A copy: `$1` uid, `$2` box, `$3` message, `$4` size, `$5` created, `$6` trace.
+    insert_mail = Same("INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) VALUES ($1, $2, $3, $4, $5, $6)");
+    /// A row if a copy with uid `$1` exists.
+    mail_by_uid = Same("SELECT 1 FROM mail WHERE mail_uid = $1");
+
+    // --- retrieval ---
+    /// `(id, uid, size)` of the copies in box `$1`, in delivery order.
+    maildrop = Same("SELECT mail_id, mail_uid, mail_size FROM mail WHERE mail_box = $1 ORDER BY mail_id");
+    /// `(trace, body)` of copy `$1` in box `$2`.
+    retrieve = Same("SELECT mail_trace, message_data FROM mail JOIN message ON message_id = mail_message WHERE mail_id = $1 AND mail_box = $2");
+    /// The size of every copy in box `$1` (a recount is summed by the caller: SUM's type
+    /// differs between the dialects).
+    mail_sizes = Same("SELECT mail_size FROM mail WHERE mail_box = $1");
+
+    // --- users and passwords ---
+    /// `(id, password)` of user `$1`.
+    user_password = Same("SELECT user_id, user_passwd FROM \"user\" WHERE user_name = $1");
+    /// Sets the password of user `$2` to `$1`.
+    set_user_password = Same("UPDATE \"user\" SET user_passwd = $1 WHERE user_name = $2");
+    /// `(user_id, user_name, user_passwd)` of the user owning box `$1`.
+    box_owner = Same("SELECT u.user_id, u.user_name, u.user_passwd FROM box b JOIN \"user\" u ON u.user_id = b.box_user WHERE b.box_address = $1");
+    /// Sets `user_passwd = $1` of user `$2` if it is still `$3`.
+    replace_password = Same("UPDATE \"user\" SET user_passwd = $1 WHERE user_id = $2 AND user_passwd = $3");
+
+    // --- POP3 maildrop locks ---
+    /// Deletes the lease of box `$1` if it expired before `$2`.
+    lock_clear_expired = Same("DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_expires < $2");
+    /// Inserts the lease (`$1` box, `$2` owner, `$3` expiry) unless the box has one.
+    lock_insert = Per {
+        postgres: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES ($1, $2, $3) ON CONFLICT (lock_box) DO NOTHING",
+        mysql: "INSERT IGNORE INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES ($1, $2, $3)",
+        sqlite: "INSERT INTO pop3_lock (lock_box, lock_owner, lock_expires) VALUES ($1, $2, $3) ON CONFLICT (lock_box) DO NOTHING",
+    };
+    /// Sets `lock_expires = $1` of box `$2` held by `$3`.
+    lock_refresh = Same("UPDATE pop3_lock SET lock_expires = $1 WHERE lock_box = $2 AND lock_owner = $3");
+    /// Deletes the lease of box `$1` held by `$2`.
+    lock_release = Same("DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_owner = $2");
+    /// Deletes the lease of box `$1` held by `$2` if it has not expired before `$3`.
+    lock_release_live = Same("DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_owner = $2 AND lock_expires >= $3");
+
+    // --- POP3 deletions ---
+    /// `(size, message)` of copy `$1` in box `$2`.
+    mail_for_delete = Same("SELECT mail_size, mail_message FROM mail WHERE mail_id = $1 AND mail_box = $2");
+    /// Deletes copy `$1` of box `$2`.
+    delete_mail = Same("DELETE FROM mail WHERE mail_id = $1 AND mail_box = $2");
+    /// Subtracts `$1` bytes and `$2` messages (never below 0) from box `$3`, sets box_out.
+    settle_box = Per {
+        postgres: "UPDATE box SET box_size = GREATEST(box_size - $1, 0), box_mails = GREATEST(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
+        mysql: "UPDATE box SET box_size = GREATEST(box_size - $1, 0), box_mails = GREATEST(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
+        sqlite: "UPDATE box SET box_size = MAX(box_size - $1, 0), box_mails = MAX(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
+    };
+    /// Deletes message body `$1` if no copy (`$2`, the same id) refers to it.
+    delete_orphan = Same("DELETE FROM message WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = $2)");
+
+    // --- TMTP accounts, nodes, aliases, groups (spec/tmtp.md §10) ---
+    /// A user: `$1` uid, `$2` created, `$3` OpenID Connect identity.
+    insert_user = Same("INSERT INTO tmtp_user (tmtp_uid, tmtp_created, tmtp_auth) VALUES ($1, $2, $3)");
+    /// A node: `$1` uid, `$2` number, `$3` hash.
+    insert_node = Same("INSERT INTO tmtp_node (node_uid, node_num, node_hash) VALUES ($1, $2, $3)");
+    /// `(uid, num)` of the live node with hash `$1`.
+    node_by_hash = Same("SELECT node_uid, node_num FROM tmtp_node WHERE node_hash = $1 AND node_defunct = 0");
+    /// A row if user `$1` exists.
+    user_exists = Same("SELECT 1 FROM tmtp_user WHERE tmtp_uid = $1");
+    /// Live node numbers of uid `$1`.
+    nodes = Same("SELECT node_num FROM tmtp_node WHERE node_uid = $1 AND node_defunct = 0 ORDER BY node_num");
+    /// `(count of live nodes, highest num)` of uid `$1`.
+    node_counts = Same("SELECT COUNT(CASE WHEN node_defunct = 0 THEN 1 END), MAX(node_num) FROM tmtp_node WHERE node_uid = $1");
+    /// Copies the queue of (`$3`, `$4`) to (`$1`, `$2`).
+    copy_queue = Same("INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) SELECT $1, $2, queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $3 AND queue_num = $4");
+    /// The uid owning alias `$1`.
+    alias_owner = Same("SELECT alias_uid FROM tmtp_alias WHERE alias_name = $1");
+    /// Alias `$1` for uid `$2`.
+    insert_alias = Same("INSERT INTO tmtp_alias (alias_name, alias_uid) VALUES ($1, $2)");
+    /// A row if group `$1` has members.
+    group_exists = Same("SELECT 1 FROM tmtp_member WHERE member_gid = $1 LIMIT 1");
+    /// `(uid, alias, status)` of the members of gid `$1`.
+    members = Same("SELECT member_uid, member_alias, member_status FROM tmtp_member WHERE member_gid = $1 ORDER BY member_uid");
+    /// `(uid, num)` of the live nodes of the joined members of gid `$1`.
+    group_nodes = Same("SELECT n.node_uid, n.node_num FROM tmtp_member m JOIN tmtp_node n ON n.node_uid = m.member_uid WHERE m.member_gid = $1 AND m.member_status = 2 AND n.node_defunct = 0 ORDER BY n.node_uid, n.node_num");
+    /// Deletes member `$2` of gid `$1`.
+    delete_member = Same("DELETE FROM tmtp_member WHERE member_gid = $1 AND member_uid = $2");
+    /// Member `$2` of gid `$1` with alias `$3` and status `$4`.
+    insert_member = Same("INSERT INTO tmtp_member (member_gid, member_uid, member_alias, member_status) VALUES ($1, $2, $3, $4)");
+
+    // --- TMTP messages and queues (spec/tmtp.md §8) ---
+    /// Message `$1` (not ready), created `$2`.
+    begin_message = Same("INSERT INTO tmtp_message (message_id, message_created) VALUES ($1, $2)");
+    /// Chunk `$2` of message `$1`: `$3`.
+    insert_chunk = Same("INSERT INTO tmtp_chunk (chunk_message, chunk_seq, chunk_data) VALUES ($1, $2, $3)");
+    /// Sets header `$1`, size `$2`, ready of message `$3`.
+    ready_message = Same("UPDATE tmtp_message SET message_header = $1, message_size = $2, message_ready = 1 WHERE message_id = $3");
+    /// Queues message `$4` with priority `$3` for node (`$1`, `$2`).
+    enqueue = Same("INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES ($1, $2, $3, $4)");
+    /// `(prio, message)` of node (`$1`, `$2`), in delivery order.
+    queue = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message");
+    /// The first of those.
+    queue_next = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message LIMIT 1");
+    /// `(header, size)` of ready message `$1`.
+    message = Same("SELECT message_header, message_size FROM tmtp_message WHERE message_id = $1 AND message_ready = 1");
+    /// Chunk `$2` of message `$1`.
+    chunk = Same("SELECT chunk_data FROM tmtp_chunk WHERE chunk_message = $1 AND chunk_seq = $2");
+    /// Deletes the queue row (`$1`, `$2`, `$3` message).
+    dequeue = Same("DELETE FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 AND queue_message = $3");
+    /// Deletes message `$1` unless a queue row refers to it (`$2`, the same id).
+    delete_unqueued = Same("DELETE FROM tmtp_message WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM tmtp_queue WHERE queue_message = $2)");
+    /// Deletes the chunks of message `$1` unless it still exists (`$2`, the same id).
+    delete_chunks = Same("DELETE FROM tmtp_chunk WHERE chunk_message = $1 AND NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = $2)");
+    /// Deletes messages not ready (a crash during their upload).
+    delete_unready = Same("DELETE FROM tmtp_message WHERE message_ready = 0");
+    /// Deletes chunks without a message.
+    delete_stray_chunks = Same("DELETE FROM tmtp_chunk WHERE NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = chunk_message)");
+    /// The highest message id.
+    max_message_id = Same("SELECT MAX(message_id) FROM tmtp_message");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_and_quoting_per_dialect() {
+        let t = Same("SELECT x FROM \"user\" WHERE a = $1 AND b = $2 AND c LIKE '%x'");
+        assert_eq!(render(Dialect::Postgres, t), "SELECT x FROM \"user\" WHERE a = $1 AND b = $2 AND c LIKE '%x'");
+        assert_eq!(render(Dialect::MySql, t), "SELECT x FROM `user` WHERE a = ? AND b = ? AND c LIKE '%x'");
+        assert_eq!(render(Dialect::Sqlite, t), "SELECT x FROM \"user\" WHERE a = ?1 AND b = ?2 AND c LIKE '%x'");
+        assert_eq!(render(Dialect::MySql, Same("a = $10, b = \"x\"")), "a = ?, b = \"x\"");
+    }
+
+    /// MySQL binds `?` in order: every statement must use `$1`, `$2`, … in order, once
+    /// each, in every dialect's text.
+    #[test]
+    fn parameters_are_used_in_order_once() {
+        for (name, text) in ALL {
+            let texts = match *text {
+                Same(t) => vec![t],
+                Per { postgres, mysql, sqlite } => vec![postgres, mysql, sqlite],
+            };
+            for t in texts {
+                let used: Vec<usize> = t
+                    .split('$')
+                    .skip(1)
+                    .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0))
+                    .collect();
+                let want: Vec<usize> = (1..=used.len()).collect();
+                assert_eq!(used, want, "{name}: {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn most_statements_are_written_once() {
+        let per = ALL.iter().filter(|(_, t)| matches!(t, Per { .. })).count();
+        assert!(per <= 3, "{per} statements written per dialect");
+    }
+}
