@@ -1,8 +1,7 @@
-//! TOML configuration: the shared sections every daemon embeds (design.md "Config",
-//! style.md P9) and the loader that reports every problem at once.
-//!
-//! A daemon defines its own `#[serde(deny_unknown_fields)]` struct made of these sections
-//! plus its own, implements [`Validate`], and calls [`load`].
+//! TOML configuration: the sections every network daemon shares (design.md "Config",
+//! style.md P9), declared and validated once in [`Shared`]; a daemon adds only its own
+//! section ([`Section`]) and its file is a [`DaemonFile`]; [`load`] reports every problem
+//! at once.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,9 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 
 use crate::error::ConfigError;
+use crate::net::shaping::ShapingConfig;
+use crate::privileges::PrivilegesConfig;
+use crate::stats::StatsConfig;
 
 /// A value that must never be printed (database URLs with passwords).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -345,6 +347,174 @@ impl Validate for LogConfig {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
             p.add("log.level", e);
         }
+    }
+}
+
+/// The sections every network daemon's file has (design.md "Config"): `[server]`,
+/// `[database]` and `[listen]` are required, `[tls]` optional, the rest default.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[listen]`.
+    pub listen: ListenConfig,
+    /// `[tls]`: when present, STARTTLS/STLS is offered and `tls_addresses` may be used.
+    pub tls: Option<TlsConfig>,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[shaping]`.
+    pub shaping: ShapingConfig,
+    /// `[privileges]`.
+    pub privileges: PrivilegesConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[stats]`: where counters go (mmstatd's socket).
+    pub stats: StatsConfig,
+}
+
+/// The names of [`Shared`]'s sections, in file order.
+pub const SHARED_SECTIONS: [&str; 9] =
+    ["server", "database", "listen", "tls", "limits", "shaping", "privileges", "log", "stats"];
+
+impl Shared {
+    /// Shared sections for `name` on `database` with every default: no listeners, no
+    /// TLS (tests and tools).
+    pub fn new(name: &str, database: DatabaseConfig) -> Shared {
+        Shared {
+            server: ServerConfig { name: name.to_owned() },
+            database,
+            listen: ListenConfig::default(),
+            tls: None,
+            limits: LimitsConfig::default(),
+            shaping: ShapingConfig::default(),
+            privileges: PrivilegesConfig::default(),
+            log: LogConfig::default(),
+            stats: StatsConfig::default(),
+        }
+    }
+}
+
+impl Validate for Shared {
+    fn validate(&self, p: &mut Problems) {
+        self.server.validate(p);
+        self.database.validate(p);
+        self.listen.validate_with(self.tls.is_some(), p);
+        if let Some(tls) = &self.tls {
+            tls.validate(p);
+        }
+        self.limits.validate(p);
+        self.shaping.validate(p);
+        self.privileges.validate_with(&self.database, p);
+        self.log.validate(p);
+        self.stats.validate(p);
+    }
+}
+
+/// A daemon's own section (`[smtpd]`, `[pop3d]`, `[tmtpd]`): all a daemon adds to
+/// [`Shared`]. Every key has a default, so the section may be left out.
+pub trait Section: DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync + 'static {
+    /// The section's name in the file.
+    const NAME: &'static str;
+    /// Records every unusable value (as `name.key`); `shared` for checks that depend on
+    /// other sections.
+    fn validate(&self, _shared: &Shared, _problems: &mut Problems) {}
+}
+
+/// A network daemon's file: the [`Shared`] sections and its own. Unknown sections and
+/// keys are errors; every section is parsed by its own type, so errors keep their line
+/// and column.
+#[derive(Clone, Debug)]
+pub struct DaemonFile<T> {
+    /// The shared sections (also reached through `Deref`: `cfg.limits`).
+    pub shared: Shared,
+    /// The daemon's own section.
+    pub own: T,
+}
+
+impl<T: Section> DaemonFile<T> {
+    /// `shared` with the own section's defaults.
+    pub fn new(shared: Shared) -> Self {
+        DaemonFile { shared, own: T::default() }
+    }
+}
+
+impl<T> std::ops::Deref for DaemonFile<T> {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl<T> std::ops::DerefMut for DaemonFile<T> {
+    fn deref_mut(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+}
+
+impl<T: Section> Validate for DaemonFile<T> {
+    fn validate(&self, p: &mut Problems) {
+        self.shared.validate(p);
+        self.own.validate(&self.shared, p);
+    }
+}
+
+impl<'de, T: Section> Deserialize<'de> for DaemonFile<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FileVisitor::<T>(std::marker::PhantomData))
+    }
+}
+
+struct FileVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
+    type Value = DaemonFile<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a configuration with [{}]", T::NAME)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DaemonFile<T>, A::Error> {
+        let (mut server, mut database, mut listen, mut tls) = (None, None, None, None);
+        let (mut limits, mut shaping, mut privileges, mut log, mut stats, mut own) =
+            (None, None, None, None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "server" => server = Some(map.next_value()?),
+                "database" => database = Some(map.next_value()?),
+                "listen" => listen = Some(map.next_value()?),
+                "tls" => tls = Some(map.next_value()?),
+                "limits" => limits = Some(map.next_value()?),
+                "shaping" => shaping = Some(map.next_value()?),
+                "privileges" => privileges = Some(map.next_value()?),
+                "log" => log = Some(map.next_value()?),
+                "stats" => stats = Some(map.next_value()?),
+                k if k == T::NAME => own = Some(map.next_value()?),
+                other => {
+                    // serde's own wording: `--check-config` shows it, and the key lists
+                    // of the documentation tests are read from it.
+                    let expected: Vec<String> =
+                        SHARED_SECTIONS.iter().chain([&T::NAME]).map(|s| format!("`{s}`")).collect();
+                    return Err(de::Error::custom(format_args!(
+                        "unknown field `{other}`, expected one of {}",
+                        expected.join(", ")
+                    )));
+                }
+            }
+        }
+        let shared = Shared {
+            server: server.ok_or_else(|| de::Error::missing_field("server"))?,
+            database: database.ok_or_else(|| de::Error::missing_field("database"))?,
+            listen: listen.ok_or_else(|| de::Error::missing_field("listen"))?,
+            tls,
+            limits: limits.unwrap_or_default(),
+            shaping: shaping.unwrap_or_default(),
+            privileges: privileges.unwrap_or_default(),
+            log: log.unwrap_or_default(),
+            stats: stats.unwrap_or_default(),
+        };
+        Ok(DaemonFile { shared, own: own.unwrap_or_default() })
     }
 }
 

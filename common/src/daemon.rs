@@ -1,101 +1,178 @@
-//! The start-up every daemon shares (design.md "Process model", spec/mail.md §8.5):
-//! load and check the config, take the instance lock and pid file, bind the listeners
-//! and load the TLS keys as root, drop privileges before any thread starts, then start
-//! the runtime, prepare the database and serve; SIGHUP re-reads the config (a bad one is
-//! reported and the old one kept); SIGTERM/SIGINT stop accepting and give sessions
-//! `[limits] shutdown_grace` seconds to end.
+//! The life every daemon shares (design.md "Process model", spec/mail.md §8.5): load
+//! and check the config ([`front`]), take the instance lock and pid file, bind what needs
+//! root and drop privileges before any thread starts, then the runtime ([`process`]);
+//! SIGHUP re-reads the config (a bad one is reported and the old one kept), SIGTERM and
+//! SIGINT stop ([`until_stopped`]). mmstatd lives this life through these functions; the
+//! network daemons through [`main`] and the [`Daemon`] contract, which adds the
+//! listeners, TLS, the database, the admission gate and the drain of `[limits]
+//! shutdown_grace` seconds.
 
 use std::future::Future;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, TlsConfig, Validate};
-use crate::net::listener::Listener;
+use crate::config::{DaemonFile, LimitsConfig, LogConfig, Section, TlsConfig};
+use crate::net::listener::{Listener, Refusals};
+use crate::net::shaping::Shaped;
 use crate::privileges::PrivilegesConfig;
 use crate::shutdown::Shutdown;
-use crate::stats::{Stats, StatsConfig};
+use crate::stats::Stats;
 use crate::store::Store;
 
-/// The shared sections of a daemon's config.
-pub struct Sections<'a> {
-    /// `[database]`.
-    pub database: &'a DatabaseConfig,
-    /// `[listen]`.
-    pub listen: &'a ListenConfig,
-    /// `[tls]`.
-    pub tls: Option<&'a TlsConfig>,
-    /// `[limits]`.
-    pub limits: &'a LimitsConfig,
-    /// `[log]`.
-    pub log: &'a LogConfig,
-    /// `[privileges]`.
-    pub privileges: &'a PrivilegesConfig,
-    /// `[stats]`.
-    pub stats: &'a StatsConfig,
+/// The command line every daemon takes (flattened into each program's own).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file [default: /etc/mmmail/PROGRAM.toml]
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (and the files it names), print the result, exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
-/// What a daemon provides to [`main`].
-pub trait Daemon: Sized + Send + Sync + 'static {
-    /// Its config file.
-    type Config: DeserializeOwned + Validate + Send + Sync + 'static;
-    /// Program name for messages (`mmsmtpd`).
-    const NAME: &'static str;
-    /// The shared sections of `cfg`.
-    fn sections(cfg: &Self::Config) -> Sections<'_>;
-    /// Adjusts a freshly loaded config (called on start and on reload).
-    fn adjust(_cfg: &mut Self::Config) {}
-    /// Builds the server with keys loaded and the stats socket opened before privileges
-    /// were dropped.
-    ///
-    /// # Errors
-    /// Whatever makes serving impossible.
-    fn start(cfg: &Self::Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>>;
-    /// Serves until `shutdown` is cancelled.
-    fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) -> impl Future<Output = ()> + Send;
-    /// Applies a re-read config (SIGHUP).
-    ///
-    /// # Errors
-    /// When the new settings cannot be used; the old ones stay.
-    fn reload(&self, cfg: &Self::Config) -> anyhow::Result<()>;
+impl Args {
+    /// The config file of program `name`: `-c`, or `/etc/mmmail/<name>.toml`.
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(format!("/etc/mmmail/{name}.toml")))
+    }
 }
 
-fn load<D: Daemon>(path: &Path) -> Result<D::Config, crate::ConfigError> {
-    let mut cfg: D::Config = crate::config::load(path)?;
-    D::adjust(&mut cfg);
-    Ok(cfg)
-}
-
-/// The whole life of a daemon process. Returns its exit status: 0 after a clean stop
-/// or a successful `check_only`, 1 on any failure (printed on stderr and logged).
-pub fn main<D: Daemon>(path: &Path, check_only: bool) -> ExitCode {
-    let cfg = match load::<D>(path) {
+/// The front of every daemon's `main`: loads and checks the config with `load`
+/// (`--check-config` stops there), starts logging as `log` says, runs `life`; returns the
+/// exit status: 0 after a clean stop or a successful check, 1 on any failure (printed on
+/// standard error and logged).
+pub fn front<C>(
+    name: &str,
+    args: &Args,
+    load: impl FnOnce(&Path) -> Result<C, crate::ConfigError>,
+    log: impl FnOnce(&C) -> &LogConfig,
+    life: impl FnOnce(&Path, C) -> anyhow::Result<()>,
+) -> ExitCode {
+    let path = args.config_path(name);
+    let cfg = match load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}: {e}", D::NAME);
+            eprintln!("{name}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if check_only {
-        println!("{}: {}: configuration OK", D::NAME, path.display());
+    if args.check_config {
+        println!("{name}: {}: configuration OK", path.display());
         return ExitCode::SUCCESS;
     }
-    crate::logging::init(D::sections(&cfg).log);
-    match start::<D>(path, cfg) {
+    crate::logging::init(log(&cfg));
+    match life(&path, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("{}: {e:#}", D::NAME);
+            eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn bind_std(addrs: &[std::net::SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
+/// The process: takes the instance lock and pid file of the config at `path`, runs
+/// `bind` (still root: sockets, keys, the stats socket), drops privileges as `privileges`
+/// says before any thread exists, then runs `serve` with what was bound on a
+/// multi-threaded runtime.
+///
+/// # Errors
+/// Whatever fails; the instance lock is released in any case.
+pub fn process<B, Fut>(
+    path: &Path,
+    privileges: &PrivilegesConfig,
+    bind: impl FnOnce() -> anyhow::Result<B>,
+    serve: impl FnOnce(B) -> Fut,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let _instance = crate::privileges::claim(path, privileges)?;
+    let bound = bind()?;
+    let who = crate::privileges::drop_root(privileges)?;
+    tracing::info!("{who}");
+    if who.starts_with("running as root") {
+        tracing::warn!("running as root: set [privileges] user");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(bound))
+}
+
+/// Runs `serving` until SIGTERM or SIGINT, calling `reload` on each SIGHUP. Returns
+/// `None` after a stop signal (`serving` is left to be wound down), or `serving`'s own
+/// result if it ended first.
+///
+/// # Errors
+/// The signal handlers could not be installed.
+pub async fn until_stopped<F>(serving: &mut F, mut reload: impl FnMut()) -> anyhow::Result<Option<F::Output>>
+where
+    F: Future + Unpin,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
+            r = &mut *serving => return Ok(Some(r)),
+            _ = hup.recv() => reload(),
+        }
+    }
+}
+
+/// A network daemon's config file: the shared sections and its own.
+pub type Config<D> = DaemonFile<<D as Daemon>::Section>;
+
+/// What a network daemon provides to [`main`]; [`Daemon::start`] is the one way to make
+/// its server (the tests use it too).
+pub trait Daemon: Sized + Send + Sync + 'static {
+    /// Its own config section (`[smtpd]`, …).
+    type Section: Section;
+    /// Program name for messages and the stats keys (`mmsmtpd`).
+    const NAME: &'static str;
+    /// Adjusts a freshly loaded config (called on start and on reload).
+    fn adjust(_cfg: &mut Config<Self>) {}
+    /// Builds the server on the runtime, the database prepared, TLS keys loaded and the
+    /// stats socket opened (before privileges were dropped, when run by [`main`]).
+    ///
+    /// # Errors
+    /// Whatever makes serving impossible.
+    fn start(
+        cfg: &Config<Self>,
+        store: Store,
+        tls: Option<TlsAcceptor>,
+        stats: Stats,
+    ) -> impl Future<Output = anyhow::Result<Arc<Self>>> + Send;
+    /// Serves on `listeners` until `shutdown` is cancelled (connections are then drained
+    /// through `shutdown`'s tracker).
+    fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) -> impl Future<Output = ()> + Send;
+    /// Applies a re-read config (SIGHUP) to new connections.
+    ///
+    /// # Errors
+    /// When the new settings cannot be used; the old ones stay.
+    fn reload(&self, cfg: &Config<Self>) -> anyhow::Result<()>;
+}
+
+fn load<D: Daemon>(path: &Path) -> Result<Config<D>, crate::ConfigError> {
+    let mut cfg: Config<D> = crate::config::load(path)?;
+    D::adjust(&mut cfg);
+    Ok(cfg)
+}
+
+/// The whole life of a network daemon process (see the module notes); the exit status.
+pub fn main<D: Daemon>(args: &Args) -> ExitCode {
+    front(D::NAME, args, load::<D>, |c| &c.log, life::<D>)
+}
+
+fn bind_std(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
     addrs
         .iter()
         .map(|a| {
@@ -106,44 +183,44 @@ fn bind_std(addrs: &[std::net::SocketAddr]) -> anyhow::Result<Vec<std::net::TcpL
         .collect()
 }
 
-fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
-    let s = D::sections(&cfg);
-    let _instance = crate::privileges::claim(path, s.privileges)?;
-    let plain = bind_std(&s.listen.addresses)?;
-    let implicit = bind_std(&s.listen.tls_addresses)?;
-    let tls = match s.tls {
-        Some(t) => Some(crate::net::tls::acceptor(&t.cert, &t.key)?),
-        None => None,
+fn life<D: Daemon>(path: &Path, cfg: Config<D>) -> anyhow::Result<()> {
+    let cfg = &cfg;
+    let bind = || {
+        let plain = bind_std(&cfg.listen.addresses)?;
+        let implicit = bind_std(&cfg.listen.tls_addresses)?;
+        let tls = load_tls(cfg.tls.as_ref())?;
+        // Connected now, while the socket path is reachable (before chroot).
+        let stats = Stats::open(&cfg.stats, D::NAME);
+        Ok((plain, implicit, tls, stats))
     };
-    // Connected now, while the socket path is reachable (before chroot).
-    let stats = Stats::open(s.stats, D::NAME);
-    let who = crate::privileges::drop_root(s.privileges)?;
-    tracing::info!("{who}");
-    if who.starts_with("running as root") {
-        tracing::warn!("running as root: set [privileges] user");
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let s = D::sections(&cfg);
-        let store = Store::prepare(s.database).await?;
+    process(path, &cfg.privileges, bind, |(plain, implicit, tls, stats)| async move {
+        let store = Store::prepare(&cfg.database).await?;
         tracing::info!(backend = store.backend(), "database ready");
         let mut listeners = Vec::new();
-        for l in plain {
-            listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls: false });
+        for (list, implicit_tls) in [(plain, false), (implicit, true)] {
+            for l in list {
+                listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls });
+            }
         }
-        for l in implicit {
-            listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls: true });
-        }
-        let grace = Duration::from_secs(s.limits.shutdown_grace);
         if let Err(e) = stats.start_sender() {
             tracing::warn!(cause = %e, "stats updates are sent without a queue");
         }
         stats.started();
-        let daemon = D::start(&cfg, store.clone(), tls, stats.clone())?;
+        let daemon = D::start(cfg, store.clone(), tls, stats.clone()).await?;
         let shutdown = Shutdown::new();
-        let mut serving = tokio::spawn(daemon.clone().serve(listeners, shutdown.clone()));
-        signals::<D>(path, &daemon, &mut serving).await?;
+        let mut serving = Box::pin(tokio::spawn(daemon.clone().serve(listeners, shutdown.clone())));
+        let reload = || match load::<D>(path) {
+            Ok(new) => match daemon.reload(&new) {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+            },
+            Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+        };
+        if let Some(ended) = until_stopped(&mut serving, reload).await? {
+            ended?;
+        }
         tracing::info!("shutting down");
+        let grace = Duration::from_secs(cfg.limits.shutdown_grace);
         if !shutdown.drain(grace).await {
             tracing::warn!("sessions still open after {} s; closing", grace.as_secs());
         }
@@ -153,34 +230,8 @@ fn start<D: Daemon>(path: &Path, cfg: D::Config) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGTERM/SIGINT (returns) while handling SIGHUP (reload).
-async fn signals<D: Daemon>(
-    path: &Path,
-    daemon: &Arc<D>,
-    serving: &mut tokio::task::JoinHandle<()>,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            r = &mut *serving => { r?; return Ok(()); }
-            _ = hup.recv() => match load::<D>(path) {
-                Ok(new) => match daemon.reload(&new) {
-                    Ok(()) => tracing::info!("configuration reloaded"),
-                    Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
-                },
-                Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
-            },
-        }
-    }
-}
-
 /// What new connections of a daemon use; SIGHUP replaces it whole, connections keep
-/// the one they started with. `S` is the daemon's session settings.
+/// the one they started with. `S` is what the daemon's sessions share (their settings).
 pub struct Live<S> {
     /// Session settings.
     pub settings: Arc<S>,
@@ -211,13 +262,25 @@ pub struct Context<S> {
 }
 
 /// The parts of a running daemon that every protocol shares: the store, the admission
-/// gate, and the replaceable [`Live`] settings.
+/// gate, and the replaceable [`Live`] settings. Cheap to clone.
 pub struct Core<S> {
     store: Store,
     gate: Arc<crate::net::gate::Gate>,
-    live: std::sync::RwLock<Arc<Live<S>>>,
+    live: Arc<std::sync::RwLock<Arc<Live<S>>>>,
     default_input_timeout: u64,
     stats: Stats,
+}
+
+impl<S> Clone for Core<S> {
+    fn clone(&self) -> Self {
+        Core {
+            store: self.store.clone(),
+            gate: self.gate.clone(),
+            live: self.live.clone(),
+            default_input_timeout: self.default_input_timeout,
+            stats: self.stats.clone(),
+        }
+    }
 }
 
 /// Loads `[tls]` into an acceptor.
@@ -231,14 +294,14 @@ pub fn load_tls(tls: Option<&TlsConfig>) -> anyhow::Result<Option<TlsAcceptor>> 
     })
 }
 
-impl<S> Core<S> {
+impl<S: Send + Sync + 'static> Core<S> {
     /// A core; `default_input_timeout` (seconds) applies when `[limits]` sets none;
     /// `stats` counts connections and refusals.
     pub fn new(store: Store, live: Live<S>, default_input_timeout: u64, stats: Stats) -> Self {
         Self {
             gate: crate::net::gate::Gate::new(&live.limits),
             store,
-            live: std::sync::RwLock::new(Arc::new(live)),
+            live: Arc::new(std::sync::RwLock::new(Arc::new(live))),
             default_input_timeout,
             stats,
         }
@@ -281,5 +344,29 @@ impl<S> Core<S> {
             shutdown: shutdown.clone(),
         };
         (ctx, live.shaper.clone())
+    }
+
+    /// Accepts on `listeners` until `shutdown` is cancelled: each admitted connection
+    /// gets its [`Context`] (the live settings of the moment) and its stream wrapped by
+    /// the shaper, and is served by `serve(stream, peer, implicit_tls, context)`.
+    /// Refused connections get their `refusals` line, or none (a protocol whose server
+    /// never speaks first).
+    pub async fn accept<F, Fut>(
+        &self,
+        listeners: Vec<Listener>,
+        refusals: Option<Refusals>,
+        shutdown: Shutdown,
+        serve: F,
+    ) where
+        F: Fn(Shaped<TcpStream>, SocketAddr, bool, Context<S>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let (core, token) = (self.clone(), shutdown.token.clone());
+        let handler = move |stream, peer, implicit_tls| {
+            let (ctx, shaper) = core.context(&token);
+            serve(shaper.wrap(stream), peer, implicit_tls, ctx)
+        };
+        crate::net::listener::accept(listeners, self.gate.clone(), refusals, self.stats.clone(), shutdown, handler)
+            .await;
     }
 }

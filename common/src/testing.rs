@@ -1,5 +1,6 @@
 //! Test helpers (feature `test-util`): a throw-away database per test on each backend
-//! (style.md P11 (d)).
+//! (style.md P11 (d)), daemons in-process ([`Served`]) and as processes ([`Daemon`]), a
+//! line client ([`Client`]) the protocol tests build on.
 //!
 //! Backends: SQLite always (a temporary file). PostgreSQL and MySQL/MariaDB through admin
 //! URLs from the environment, defaulting to the local services:
@@ -12,10 +13,145 @@
 //! Set a variable to `skip` to leave that backend out. An unreachable backend is skipped
 //! with a note on stderr, except when `CI=true`, where it fails the test.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::DatabaseConfig;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{DatabaseConfig, LimitsConfig, Shared};
+use crate::daemon::{Config, Daemon as Contract};
+use crate::net::listener::Listener;
+use crate::shutdown::Shutdown;
+use crate::stats::{Stats, StatsConfig};
 use crate::store::Store;
+
+/// Shared config sections for tests: server `name`, database `url`, no limits, no
+/// counting; a daemon's test config is `DaemonFile::new(shared(..))` with its own
+/// section adjusted.
+pub fn shared(name: &str, url: &str) -> Shared {
+    let mut s = Shared::new(name, DatabaseConfig::from_url(url));
+    s.limits = LimitsConfig::unlimited();
+    s.stats = StatsConfig::disabled();
+    s
+}
+
+/// A daemon of this workspace served in-process on loopback ports, made the one way a
+/// daemon is made ([`Contract::start`]); stopped when dropped.
+pub struct Served<D> {
+    /// The plain listener.
+    pub addr: SocketAddr,
+    /// The implicit-TLS listener, when the config has `[tls]`.
+    pub tls_addr: Option<SocketAddr>,
+    /// The server (to inspect its state).
+    pub server: Arc<D>,
+    shutdown: Shutdown,
+}
+
+impl<D: Contract> Served<D> {
+    /// Prepares the database of `cfg` and serves on `127.0.0.1:0` (and a TLS port when
+    /// `cfg` has `[tls]`).
+    ///
+    /// # Panics
+    /// If anything fails.
+    pub async fn start(cfg: Config<D>) -> Served<D> {
+        let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = plain.local_addr().expect("address");
+        let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
+        let mut tls_addr = None;
+        if cfg.tls.is_some() {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tls_addr = Some(l.local_addr().expect("address"));
+            listeners.push(Listener { socket: l, implicit_tls: true });
+        }
+        let store = Store::prepare(&cfg.database).await.expect("prepare database");
+        let tls = crate::daemon::load_tls(cfg.tls.as_ref()).expect("tls");
+        let server = D::start(&cfg, store, tls, Stats::open(&cfg.stats, D::NAME)).await.expect("start");
+        let shutdown = Shutdown::new();
+        tokio::spawn(server.clone().serve(listeners, shutdown.clone()));
+        Served { addr, tls_addr, server, shutdown }
+    }
+
+    /// Stops accepting and waits (10 s at most) for the sessions to end; whether they did.
+    pub async fn stop(&self) -> bool {
+        self.shutdown.drain(Duration::from_secs(10)).await
+    }
+}
+
+impl<D> Drop for Served<D> {
+    fn drop(&mut self) {
+        self.shutdown.token.cancel();
+    }
+}
+
+/// A line client over any stream: what the SMTP and POP3 test clients build on.
+pub struct Client<S> {
+    /// The stream, buffered.
+    pub io: BufReader<S>,
+}
+
+impl Client<TcpStream> {
+    /// Connects to `addr`.
+    ///
+    /// # Panics
+    /// If the connection fails.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        Client { io: BufReader::new(TcpStream::connect(addr).await.expect("connect")) }
+    }
+
+    /// Connects from a chosen loopback source address (any of 127.0.0.0/8 works).
+    ///
+    /// # Panics
+    /// If the connection fails.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((source, 0))).expect("bind");
+        Client { io: BufReader::new(socket.connect(addr).await.expect("connect")) }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// A client over `s`.
+    pub fn new(s: S) -> Self {
+        Client { io: BufReader::new(s) }
+    }
+
+    /// Writes `bytes` and flushes.
+    ///
+    /// # Panics
+    /// On a write error.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io.get_mut().write_all(bytes).await.expect("write");
+        self.io.get_mut().flush().await.expect("flush");
+    }
+
+    /// One line without its CRLF (which it must have), waiting at most 20 s; `None` at
+    /// the end of the stream.
+    ///
+    /// # Panics
+    /// On a timeout or a line without CRLF.
+    pub async fn line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_until(b'\n', &mut buf))
+            .await
+            .expect("no line within 20 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        assert!(buf.ends_with(b"\r\n"), "line without CRLF: {buf:?}");
+        buf.truncate(buf.len() - 2);
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Whether the server closed the connection (end of stream within 5 s).
+    pub async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_secs(5), self.io.read(&mut buf)).await, Ok(Ok(0)))
+    }
+}
 
 /// The three backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

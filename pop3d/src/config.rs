@@ -1,60 +1,25 @@
 //! `mmpop3d.toml`: the shared sections of `common::config` plus `[pop3d]`
 //! (spec/mail.md §4.1). `etc/mmpop3d.toml` documents every key.
 
-use common::config::{
-    DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Problems, ServerConfig, TlsConfig, Validate,
-};
-use common::net::shaping::ShapingConfig;
-use common::privileges::PrivilegesConfig;
-use common::stats::StatsConfig;
+use common::config::{Problems, Section, Shared};
 use serde::Deserialize;
 
 /// RFC 1939 §3: the inactivity autologout timer must be at least 10 minutes (seconds).
 pub const MIN_INPUT_TIMEOUT: u64 = 600;
 
-/// The whole file.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`.
-    pub server: ServerConfig,
-    /// `[database]`.
-    pub database: DatabaseConfig,
-    /// `[listen]`: plain POP3 (110, STLS when `[tls]` is set) and POP3S (995).
-    pub listen: ListenConfig,
-    /// `[tls]`.
-    pub tls: Option<TlsConfig>,
-    /// `[limits]`.
-    #[serde(default)]
-    pub limits: LimitsConfig,
-    /// `[shaping]`.
-    #[serde(default)]
-    pub shaping: ShapingConfig,
-    /// `[privileges]`.
-    #[serde(default)]
-    pub privileges: PrivilegesConfig,
-    /// `[log]`.
-    #[serde(default)]
-    pub log: LogConfig,
-    /// `[stats]`: where counters go (mmstatd's socket).
-    #[serde(default)]
-    pub stats: StatsConfig,
-    /// `[pop3d]`.
-    #[serde(default)]
-    pub pop3d: Pop3dConfig,
-}
+/// The whole file: the shared sections of `common::config` and `[pop3d]`; `[listen]`
+/// has plain POP3 (110, STLS when `[tls]` is set) and POP3S (995).
+pub type Config = common::config::DaemonFile<Pop3dConfig>;
 
-impl Config {
-    /// Raises `[limits] input_timeout` to [`MIN_INPUT_TIMEOUT`] (RFC 1939 §3); returns
-    /// whether it was lower. `mmpop3d` applies this to every loaded file.
-    pub fn enforce_min_input_timeout(&mut self) -> bool {
-        match self.limits.input_timeout {
-            Some(t) if t < MIN_INPUT_TIMEOUT => {
-                self.limits.input_timeout = Some(MIN_INPUT_TIMEOUT);
-                true
-            }
-            _ => false,
+/// Raises `[limits] input_timeout` to [`MIN_INPUT_TIMEOUT`] (RFC 1939 §3); returns
+/// whether it was lower. `mmpop3d` applies this to every loaded file.
+pub fn enforce_min_input_timeout(cfg: &mut Config) -> bool {
+    match cfg.limits.input_timeout {
+        Some(t) if t < MIN_INPUT_TIMEOUT => {
+            cfg.limits.input_timeout = Some(MIN_INPUT_TIMEOUT);
+            true
         }
+        _ => false,
     }
 }
 
@@ -102,20 +67,11 @@ impl Default for Pop3dConfig {
     }
 }
 
-impl Validate for Config {
-    fn validate(&self, p: &mut Problems) {
-        self.server.validate(p);
-        self.database.validate(p);
-        self.listen.validate_with(self.tls.is_some(), p);
-        if let Some(tls) = &self.tls {
-            tls.validate(p);
-        }
-        self.limits.validate(p);
-        self.shaping.validate(p);
-        self.privileges.validate_with(&self.database, p);
-        self.log.validate(p);
-        self.stats.validate(p);
-        if self.pop3d.lock_lease < 3 {
+impl Section for Pop3dConfig {
+    const NAME: &'static str = "pop3d";
+
+    fn validate(&self, _shared: &Shared, p: &mut Problems) {
+        if self.lock_lease < 3 {
             p.add("pop3d.lock_lease", "must be at least 3 seconds");
         }
     }

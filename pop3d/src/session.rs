@@ -86,17 +86,17 @@ impl Settings {
 
     /// Derives the settings from a validated config, counting with `stats`.
     pub fn with_stats(cfg: &Config, stats: Stats) -> Self {
-        let slots = match cfg.pop3d.hash_concurrency {
+        let slots = match cfg.own.hash_concurrency {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
         };
         Self {
             name: cfg.server.name.clone(),
             tls_available: cfg.tls.is_some(),
-            allow_plaintext_auth: cfg.pop3d.allow_plaintext_auth,
-            dot_login: cfg.pop3d.dot_login,
-            rehash_legacy: cfg.pop3d.rehash_legacy,
-            lock_lease: cfg.pop3d.lock_lease,
+            allow_plaintext_auth: cfg.own.allow_plaintext_auth,
+            dot_login: cfg.own.dot_login,
+            rehash_legacy: cfg.own.rehash_legacy,
+            lock_lease: cfg.own.lock_lease,
             max_errors: cfg.limits.max_errors,
             hash_slots: Arc::new(Semaphore::new(slots)),
             stats,

@@ -110,7 +110,7 @@ async fn login_name_conventions() {
         assert_eq!(t.say(&format!("USER {name}")).await, "+OK Send PASS");
         assert!(t.say(&format!("PASS {PASSWORD}")).await.starts_with("+OK 2 messages ("), "{name}");
     }
-    let mut t = setup("127.0.0.1", |c| c.pop3d.dot_login = false).await;
+    let mut t = setup("127.0.0.1", |c| c.own.dot_login = false).await;
     t.say("USER mmondor.example.org").await;
     assert_eq!(t.say(&format!("PASS {PASSWORD}")).await, "-ERR [AUTH] Invalid login");
 }
@@ -219,7 +219,7 @@ async fn legacy_passwords_are_rehashed() {
     assert!(stored.starts_with("$argon2id$"), "{stored}");
     assert_eq!(common::password::verify(PASSWORD.as_bytes(), &stored), common::password::Verified::Yes);
 
-    let mut t = setup("127.0.0.1", |c| c.pop3d.rehash_legacy = false).await;
+    let mut t = setup("127.0.0.1", |c| c.own.rehash_legacy = false).await;
     t.say("USER old@example.org").await;
     assert!(t.say(&format!("PASS {PASSWORD}")).await.starts_with("+OK"));
     assert_eq!(t.db.store.user_password("legacy").await.unwrap().unwrap().passwd.len(), 32);
@@ -231,7 +231,7 @@ async fn plaintext_needs_tls_off_loopback() {
     assert_eq!(t.say("USER mmondor@example.org").await, "-ERR [AUTH] TLS required; use STLS or POP3S");
     assert_eq!(t.say("AUTH PLAIN").await, "-ERR [AUTH] TLS required; use STLS or POP3S");
     assert!(!t.say("CAPA").await.contains("USER"));
-    let mut open = setup("192.0.2.9", |c| c.pop3d.allow_plaintext_auth = true).await;
+    let mut open = setup("192.0.2.9", |c| c.own.allow_plaintext_auth = true).await;
     assert!(open.login().await.starts_with("+OK 2 messages"));
 }
 
@@ -306,7 +306,7 @@ async fn failed_commit_at_quit_is_reported() {
 
 #[tokio::test]
 async fn a_lost_lock_ends_the_session_without_update() {
-    let mut t = setup("127.0.0.1", |c| c.pop3d.lock_lease = 3).await;
+    let mut t = setup("127.0.0.1", |c| c.own.lock_lease = 3).await;
     t.login().await;
     assert_eq!(t.say("DELE 1").await, "+OK Message 1 deleted");
     // Another session took the lease over (as after an outage longer than the lease).

@@ -2,48 +2,14 @@
 //! (spec/mail.md §3.2, design.md "Config"). `etc/mmsmtpd.toml` documents every key.
 
 use common::address::Address;
-use common::config::{
-    DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Problems, ServerConfig, TlsConfig, Validate,
-};
-use common::net::shaping::ShapingConfig;
-use common::privileges::PrivilegesConfig;
-use common::stats::StatsConfig;
+use common::config::{Problems, Section, Shared};
 use serde::Deserialize;
 
 /// Seconds of client silence allowed when `[limits] input_timeout` is not set.
 pub const DEFAULT_INPUT_TIMEOUT: u64 = 300;
 
-/// The whole file.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`.
-    pub server: ServerConfig,
-    /// `[database]`.
-    pub database: DatabaseConfig,
-    /// `[listen]`.
-    pub listen: ListenConfig,
-    /// `[tls]`: when present, STARTTLS is offered and `tls_addresses` may be used.
-    pub tls: Option<TlsConfig>,
-    /// `[limits]`.
-    #[serde(default)]
-    pub limits: LimitsConfig,
-    /// `[shaping]`.
-    #[serde(default)]
-    pub shaping: ShapingConfig,
-    /// `[privileges]`.
-    #[serde(default)]
-    pub privileges: PrivilegesConfig,
-    /// `[log]`.
-    #[serde(default)]
-    pub log: LogConfig,
-    /// `[stats]`: where counters go (mmstatd's socket).
-    #[serde(default)]
-    pub stats: StatsConfig,
-    /// `[smtpd]`.
-    #[serde(default)]
-    pub smtpd: SmtpdConfig,
-}
+/// The whole file: the shared sections of `common::config` and `[smtpd]`.
+pub type Config = common::config::DaemonFile<SmtpdConfig>;
 
 /// Who may send with the null reverse-path `MAIL FROM:<>` (spec/mail.md §3.6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -136,43 +102,30 @@ impl Default for SmtpdConfig {
     }
 }
 
-impl Config {
-    /// The postmaster box: `[smtpd] postmaster`, or `postmaster@<server.name>`.
-    pub fn postmaster(&self) -> Option<Address> {
-        let text = if self.smtpd.postmaster.is_empty() {
-            format!("postmaster@{}", self.server.name)
-        } else {
-            self.smtpd.postmaster.clone()
-        };
+impl SmtpdConfig {
+    /// The postmaster box: `postmaster`, or `postmaster@<server_name>`.
+    pub fn postmaster(&self, server_name: &str) -> Option<Address> {
+        let text =
+            if self.postmaster.is_empty() { format!("postmaster@{server_name}") } else { self.postmaster.clone() };
         Address::parse(&text, true).ok()
     }
 }
 
-impl Validate for Config {
-    fn validate(&self, p: &mut Problems) {
-        self.server.validate(p);
-        self.database.validate(p);
-        self.listen.validate_with(self.tls.is_some(), p);
-        if let Some(tls) = &self.tls {
-            tls.validate(p);
-        }
-        self.limits.validate(p);
-        self.shaping.validate(p);
-        self.privileges.validate_with(&self.database, p);
-        self.log.validate(p);
-        self.stats.validate(p);
-        let s = &self.smtpd;
-        if s.max_recipients == 0 {
+impl Section for SmtpdConfig {
+    const NAME: &'static str = "smtpd";
+
+    fn validate(&self, shared: &Shared, p: &mut Problems) {
+        if self.max_recipients == 0 {
             p.add("smtpd.max_recipients", "must be at least 1");
         }
-        if s.max_message_size == 0 {
+        if self.max_message_size == 0 {
             p.add("smtpd.max_message_size", "must be at least 1 byte");
         }
-        if s.max_message_lines == 0 {
+        if self.max_message_lines == 0 {
             p.add("smtpd.max_message_lines", "must be at least 1");
         }
-        if self.postmaster().is_none() {
-            p.add("smtpd.postmaster", format_args!("{:?} is not a mailbox", s.postmaster));
+        if self.postmaster(&shared.server.name).is_none() {
+            p.add("smtpd.postmaster", format_args!("{:?} is not a mailbox", self.postmaster));
         }
     }
 }

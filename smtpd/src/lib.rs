@@ -16,16 +16,16 @@ pub mod session;
 
 use std::sync::Arc;
 
-use common::daemon::{Core, Live, load_tls};
+use common::daemon::{Core, Daemon, Live, load_tls};
 use common::net::gate::Gate;
-use common::net::listener::{self, Listener, Refusals};
+use common::net::listener::{Listener, Refusals};
 use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
 use common::stats::Stats;
 use common::store::Store;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, SmtpdConfig};
 use crate::flood::Flood;
 use crate::proto::reply::Reply;
 use crate::session::Settings;
@@ -46,96 +46,39 @@ fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>, stats: &Stat
 }
 
 impl Server {
-    /// Prepares a server for `cfg`, loading its TLS certificate and key.
-    ///
-    /// # Errors
-    /// Unreadable or mismatched certificate and key.
-    pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
-        Ok(Self::with_tls(cfg, store, load_tls(cfg.tls.as_ref())?, Stats::open(&cfg.stats, "mmsmtpd")))
+    /// The admission gate (to inspect its state).
+    pub fn gate(&self) -> &Arc<Gate> {
+        self.core.gate()
+    }
+}
+
+impl Daemon for Server {
+    type Section = SmtpdConfig;
+    const NAME: &'static str = "mmsmtpd";
+
+    async fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
+        let flood = Arc::new(Flood::new(&cfg.own));
+        let core = Core::new(store, live(cfg, &flood, tls, &stats), config::DEFAULT_INPUT_TIMEOUT, stats);
+        Ok(Arc::new(Server { core, flood }))
     }
 
-    /// Prepares a server with TLS keys loaded and the stats socket opened before
-    /// privileges were dropped.
-    pub fn with_tls(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> Arc<Server> {
-        let flood = Arc::new(Flood::new(&cfg.smtpd));
-        let core = Core::new(store, live(cfg, &flood, tls, &stats), config::DEFAULT_INPUT_TIMEOUT, stats);
-        Arc::new(Server { core, flood })
+    /// Serves SMTP on `listeners` until `shutdown` is cancelled; returns once every
+    /// accept loop has stopped (the connections drain through [`Shutdown::drain`]).
+    async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
+        let name = self.core.live().settings.name.clone();
+        let refusals = Refusals::new(|text| Reply::new(421, format!("4.7.0 {name} {text}")).to_bytes());
+        self.core
+            .accept(listeners, Some(refusals), shutdown, |stream, peer, implicit_tls, ctx| async move {
+                conn::serve(stream, peer, &ctx, implicit_tls).await
+            })
+            .await;
     }
 
     /// Takes a new configuration (SIGHUP): TLS files, `[limits]`, `[shaping]` and
     /// `[smtpd]` apply to new connections; open ones go on unchanged. Listeners, the
     /// database and privileges need a restart.
-    ///
-    /// # Errors
-    /// A certificate or key that cannot be loaded; the old settings stay.
-    pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
+    fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
         self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?, self.core.stats()));
         Ok(())
-    }
-
-    /// The admission gate (to inspect its state).
-    pub fn gate(&self) -> &Arc<Gate> {
-        self.core.gate()
-    }
-
-    /// Serves SMTP on `listeners` until `shutdown` is cancelled; returns once every
-    /// accept loop has stopped (drain the connections with [`Shutdown::drain`]).
-    pub async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
-        let name = self.core.live().settings.name.clone();
-        let refusal = |text: &str| Reply::new(421, format!("4.7.0 {name} {text}")).to_bytes();
-        let refusals = Refusals {
-            too_many_clients: refusal("Too many clients, try again later"),
-            too_many_from_address: refusal("Too many connections from your address"),
-            rate_exceeded: refusal("Connection rate exceeded, try again later"),
-        };
-        let token = shutdown.token.clone();
-        let server = self.clone();
-        let handler = move |stream, peer, implicit_tls| {
-            let (ctx, shaper) = server.core.context(&token);
-            async move { conn::serve(shaper.wrap(stream), peer, &ctx, implicit_tls).await }
-        };
-        listener::accept(listeners, self.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler).await;
-    }
-}
-
-/// [`Server::new`] then [`Server::serve`].
-///
-/// # Errors
-/// As [`Server::new`].
-pub async fn run(cfg: Arc<Config>, store: Store, listeners: Vec<Listener>, shutdown: Shutdown) -> anyhow::Result<()> {
-    Server::new(&cfg, store)?.serve(listeners, shutdown).await;
-    Ok(())
-}
-
-impl common::daemon::Daemon for Server {
-    type Config = Config;
-    const NAME: &'static str = "mmsmtpd";
-
-    fn sections(cfg: &Config) -> common::daemon::Sections<'_> {
-        common::daemon::Sections {
-            database: &cfg.database,
-            listen: &cfg.listen,
-            tls: cfg.tls.as_ref(),
-            limits: &cfg.limits,
-            log: &cfg.log,
-            privileges: &cfg.privileges,
-            stats: &cfg.stats,
-        }
-    }
-
-    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
-        Ok(Self::with_tls(cfg, store, tls, stats))
-    }
-
-    fn serve(
-        self: Arc<Self>,
-        listeners: Vec<Listener>,
-        shutdown: Shutdown,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        Server::serve(self, listeners, shutdown)
-    }
-
-    fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        Server::reload(self, cfg)
     }
 }

@@ -61,19 +61,20 @@ impl Settings {
     /// Derives the settings from a validated config, with a fresh flood table and a
     /// stats client of its own.
     pub fn from_config(cfg: &Config) -> Self {
-        Self::with_flood(cfg, Arc::new(Flood::new(&cfg.smtpd)), Stats::open(&cfg.stats, "mmsmtpd"))
+        Self::with_flood(cfg, Arc::new(Flood::new(&cfg.own)), Stats::open(&cfg.stats, "mmsmtpd"))
     }
 
     /// Derives the settings from a validated config, keeping `flood` (SIGHUP) and
     /// counting with `stats`.
     pub fn with_flood(cfg: &Config, flood: Arc<Flood>, stats: Stats) -> Self {
-        flood.update(&cfg.smtpd);
+        flood.update(&cfg.own);
         Self {
             name: cfg.server.name.clone(),
-            smtpd: cfg.smtpd.clone(),
+            smtpd: cfg.own.clone(),
             max_errors: cfg.limits.max_errors,
             postmaster: cfg
-                .postmaster()
+                .own
+                .postmaster(&cfg.server.name)
                 .unwrap_or_else(|| Address::parse("postmaster@localhost", false).expect("constant mailbox")),
             tls_available: cfg.tls.is_some(),
             ipv6_prefix: cfg.limits.ipv6_prefix,

@@ -103,7 +103,7 @@ async fn errors_are_tarpitted() {
 
 #[tokio::test]
 async fn message_flood_limit() {
-    let (db, s) = server(|c| c.smtpd.flood_messages = 2).await;
+    let (db, s) = server(|c| c.own.flood_messages = 2).await;
     for i in 0..2 {
         assert_eq!(deliver(s.addr, "a@b.org", &["mmondor@example.org"], &format!("n {i}\r\n")).await, 250);
     }

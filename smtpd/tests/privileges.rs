@@ -148,7 +148,7 @@ async fn sighup_reloads_the_certificate() {
         c.code().await;
         c.cmd("EHLO c").await;
         assert_eq!(c.cmd("STARTTLS").await, 220);
-        cert.connector().connect("localhost".try_into().unwrap(), c.io.into_inner()).await.ok().map(Client::new)
+        cert.connector().connect("localhost".try_into().unwrap(), c.0.io.into_inner()).await.ok().map(Client::new)
     }
     let mut old = starttls(port, &a).await.expect("certificate A before the reload");
     assert_eq!(old.cmd("EHLO c").await, 250);

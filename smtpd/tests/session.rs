@@ -115,13 +115,13 @@ async fn commands_out_of_order() {
 
 #[tokio::test]
 async fn require_helo_can_be_turned_off() {
-    let mut t = setup(|c| c.smtpd.require_helo = false).await;
+    let mut t = setup(|c| c.own.require_helo = false).await;
     assert_eq!(t.say("MAIL FROM:<a@b.org>").await, "250 2.1.0 Sender ok");
 }
 
 #[tokio::test]
 async fn recipients() {
-    let mut t = setup(|c| c.smtpd.postmaster = "postmaster@example.org".into()).await;
+    let mut t = setup(|c| c.own.postmaster = "postmaster@example.org".into()).await;
     let u = 1;
     t.db.add_box("full@example.org", u, 0, 1).await;
     t.db.sql("UPDATE box SET box_mails = 1 WHERE box_address = 'full@example.org'").await;
@@ -153,7 +153,7 @@ async fn unknown_user_needs_a_served_domain() {
 
 #[tokio::test]
 async fn max_recipients() {
-    let mut t = setup(|c| c.smtpd.max_recipients = 2).await;
+    let mut t = setup(|c| c.own.max_recipients = 2).await;
     t.say("EHLO c").await;
     t.say("MAIL FROM:<a@b.org>").await;
     assert_eq!(t.say("RCPT TO:<a1@example.org>").await, "250 2.1.5 Recipient ok");
@@ -163,7 +163,7 @@ async fn max_recipients() {
 
 #[tokio::test]
 async fn mail_parameters_and_size() {
-    let mut t = setup(|c| c.smtpd.max_message_size = 1000).await;
+    let mut t = setup(|c| c.own.max_message_size = 1000).await;
     t.say("EHLO c").await;
     assert_eq!(t.say("MAIL FROM:<a@b.org> SIZE=1001").await, "552 5.3.4 Message size exceeds fixed maximum");
     assert_eq!(t.say("MAIL FROM:<a@b.org> RET=FULL").await, "555 5.5.4 Unsupported MAIL parameter");
@@ -180,7 +180,7 @@ async fn null_sender_and_nofrom() {
     assert_eq!(t.say("MAIL FROM:<>").await, "550 5.7.1 Null sender not accepted from your host");
     t.db.add_nofrom("192.0.2.*").await;
     assert_eq!(t.say("MAIL FROM:<>").await, "250 2.1.0 Sender ok");
-    let mut open = setup(|c| c.smtpd.null_sender = NullSender::Accept).await;
+    let mut open = setup(|c| c.own.null_sender = NullSender::Accept).await;
     open.say("EHLO c").await;
     assert_eq!(open.say("MAIL FROM:<>").await, "250 2.1.0 Sender ok");
 }
@@ -220,8 +220,8 @@ async fn delivery_with_trace_fields_and_dedup() {
 #[tokio::test]
 async fn refused_messages_store_nothing() {
     let mut t = setup(|c| {
-        c.smtpd.max_message_size = 100;
-        c.smtpd.max_hops = 2;
+        c.own.max_message_size = 100;
+        c.own.max_hops = 2;
     })
     .await;
     let cases: [(&[u8], &str); 3] = [
@@ -246,7 +246,7 @@ async fn refused_messages_store_nothing() {
 
 #[tokio::test]
 async fn exactly_at_the_hop_limit_is_accepted() {
-    let mut t = setup(|c| c.smtpd.max_hops = 2).await;
+    let mut t = setup(|c| c.own.max_hops = 2).await;
     t.say("EHLO c").await;
     t.say("MAIL FROM:<a@b.org>").await;
     t.say("RCPT TO:<mmondor@example.org>").await;

@@ -52,7 +52,7 @@ async fn starttls_discards_pipelined_plaintext() {
     // The classic injection: commands sent in clear right after STARTTLS.
     c.send(b"STARTTLS\r\nMAIL FROM:<evil@b.org>\r\nRCPT TO:<mmondor@example.org>\r\n").await;
     assert_eq!(c.code().await, 220);
-    let tcp = c.io.into_inner();
+    let tcp = c.0.io.into_inner();
     let tls = cert.connector().connect("localhost".try_into().unwrap(), tcp).await.unwrap();
     let mut t = Client::new(tls);
     // Had the injected MAIL been kept, this RCPT would be accepted.
@@ -181,7 +181,7 @@ async fn client_vanishing_mid_data_stores_nothing() {
 
 #[tokio::test]
 async fn message_at_the_size_limit_and_over() {
-    let (db, server) = sqlite_server(|c| c.smtpd.max_message_size = 1000).await;
+    let (db, server) = sqlite_server(|c| c.own.max_message_size = 1000).await;
     let exact = format!("Subject: x\r\n\r\n{}\r\n", "a".repeat(1000 - 16));
     assert_eq!(exact.len(), 1000);
     assert_eq!(deliver(server.addr, "a@b.org", &["mmondor@example.org"], &exact).await, 250);

@@ -2,46 +2,13 @@
 //! §11: `name`, `auth`, `authby` with mnm's meanings). `etc/mmtmtpd.toml` documents every
 //! key.
 
-use common::config::{
-    DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, Problems, ServerConfig, TlsConfig, Validate,
-};
-use common::net::shaping::ShapingConfig;
-use common::privileges::PrivilegesConfig;
-use common::stats::StatsConfig;
+use common::config::{Problems, Section, Shared};
 use serde::Deserialize;
 
-/// The whole file.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`.
-    pub server: ServerConfig,
-    /// `[database]`.
-    pub database: DatabaseConfig,
-    /// `[listen]`: `tls_addresses` for TMTP over TLS (what clients expect); plain
-    /// `addresses` only for loopback or behind a TLS terminator.
-    pub listen: ListenConfig,
-    /// `[tls]`.
-    pub tls: Option<TlsConfig>,
-    /// `[limits]`.
-    #[serde(default)]
-    pub limits: LimitsConfig,
-    /// `[shaping]`.
-    #[serde(default)]
-    pub shaping: ShapingConfig,
-    /// `[privileges]`.
-    #[serde(default)]
-    pub privileges: PrivilegesConfig,
-    /// `[log]`.
-    #[serde(default)]
-    pub log: LogConfig,
-    /// `[stats]`.
-    #[serde(default)]
-    pub stats: StatsConfig,
-    /// `[tmtpd]`.
-    #[serde(default)]
-    pub tmtpd: TmtpdConfig,
-}
+/// The whole file: the shared sections of `common::config` and `[tmtpd]`. `[listen]`
+/// `tls_addresses` for TMTP over TLS (what clients expect); plain `addresses` only for
+/// loopback or behind a TLS terminator.
+pub type Config = common::config::DaemonFile<TmtpdConfig>;
 
 /// One OpenID Connect provider (spec/tmtp.md §11.2 `authby[i]`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -177,20 +144,11 @@ impl TmtpdConfig {
     }
 }
 
-impl Validate for Config {
-    fn validate(&self, p: &mut Problems) {
-        self.server.validate(p);
-        self.database.validate(p);
-        self.listen.validate_with(self.tls.is_some(), p);
-        if let Some(tls) = &self.tls {
-            tls.validate(p);
-        }
-        self.limits.validate(p);
-        self.shaping.validate(p);
-        self.privileges.validate_with(&self.database, p);
-        self.log.validate(p);
-        self.stats.validate(p);
-        let t = &self.tmtpd;
+impl Section for TmtpdConfig {
+    const NAME: &'static str = "tmtpd";
+
+    fn validate(&self, _shared: &Shared, p: &mut Problems) {
+        let t = self;
         if t.auth > 2 {
             p.add("tmtpd.auth", "must be 0, 1 or 2");
         }

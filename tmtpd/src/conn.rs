@@ -30,24 +30,23 @@ enum End {
     Quit(Quit),
 }
 
-/// Serves one connection.
+/// A connection's context: the hub its sessions share (see `common::daemon`).
+pub type Context = common::daemon::Context<Hub>;
+
+/// Serves one connection; on implicit-TLS listeners the handshake comes first.
 ///
 /// # Errors
 /// The TLS handshake failed; everything later ends the connection by itself.
-pub async fn serve<IO>(
-    io: IO,
-    peer: SocketAddr,
-    hub: Arc<Hub>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: CancellationToken,
-) -> io::Result<()>
+pub async fn serve<IO>(io: IO, peer: SocketAddr, ctx: &Context, implicit_tls: bool) -> io::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let hub = ctx.settings.clone();
     let login_deadline = Instant::now() + hub.settings.login_timeout;
-    match tls {
+    let shutdown = ctx.shutdown.clone();
+    match ctx.tls.as_ref().filter(|_| implicit_tls) {
         Some(acceptor) => {
-            let stream = common::net::tls::handshake(&acceptor, io, login_deadline).await?;
+            let stream = common::net::tls::handshake(acceptor, io, login_deadline).await?;
             run(stream, peer, hub, login_deadline, shutdown).await
         }
         None => run(io, peer, hub, login_deadline, shutdown).await,

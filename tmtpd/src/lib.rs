@@ -21,25 +21,24 @@ pub mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::daemon::{Core, Live, load_tls};
-use common::net::listener::{self, Listener, Refusals};
+use common::daemon::{Core, Daemon, Live, load_tls};
+use common::net::listener::Listener;
 use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
 use common::stats::Stats;
 use common::store::Store;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, TmtpdConfig};
 use crate::hub::{Hub, Settings};
 
-/// A running mmtmtpd.
+/// A running mmtmtpd: the shared [`Core`], whose sessions share the [`Hub`].
 pub struct Server {
-    core: Core<()>,
-    hub: Arc<Hub>,
+    core: Core<Hub>,
 }
 
-fn live(cfg: &Config, tls: Option<TlsAcceptor>) -> Live<()> {
-    Live { settings: Arc::new(()), limits: cfg.limits.clone(), tls, shaper: Shaper::new(&cfg.shaping) }
+fn live(cfg: &Config, hub: Arc<Hub>, tls: Option<TlsAcceptor>) -> Live<Hub> {
+    Live { settings: hub, limits: cfg.limits.clone(), tls, shaper: Shaper::new(&cfg.shaping) }
 }
 
 /// The daemon settings from a validated config.
@@ -47,7 +46,7 @@ fn live(cfg: &Config, tls: Option<TlsAcceptor>) -> Live<()> {
 /// # Errors
 /// An `authby` list that does not process (already refused by validation).
 pub fn settings(cfg: &Config) -> anyhow::Result<Settings> {
-    let t = &cfg.tmtpd;
+    let t = &cfg.own;
     Ok(Settings {
         name: if t.name.is_empty() { cfg.server.name.clone() } else { t.name.clone() },
         auth: t.auth().map_err(anyhow::Error::msg)?,
@@ -59,17 +58,19 @@ pub fn settings(cfg: &Config) -> anyhow::Result<Settings> {
 }
 
 impl Server {
-    /// Prepares a server: removes uploads a crash cut off, continues the message ids,
-    /// loads the OpenID Connect keys.
-    ///
-    /// # Errors
-    /// Database failures, unusable TLS files.
-    pub async fn new(
-        cfg: &Config,
-        store: Store,
-        tls: Option<TlsAcceptor>,
-        stats: Stats,
-    ) -> anyhow::Result<Arc<Server>> {
+    /// The shared state (tests inspect it).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.core.live().settings.clone()
+    }
+}
+
+impl Daemon for Server {
+    type Section = TmtpdConfig;
+    const NAME: &'static str = "mmtmtpd";
+
+    /// Removes uploads a crash cut off, continues the message ids, loads the OpenID
+    /// Connect keys.
+    async fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
         let cut = store.tmtp_cleanup().await?;
         if cut > 0 {
             tracing::info!(messages = cut, "removed uploads cut off by a stop");
@@ -78,90 +79,32 @@ impl Server {
         let settings = settings(cfg)?;
         let oidc = oidc::Verifier::load(&settings.auth.providers).await;
         let hub = Arc::new(Hub::new(store.clone(), settings, stats.clone(), oidc, last));
-        let core = Core::new(store, live(cfg, tls), cfg.tmtpd.idle_timeout, stats);
-        Ok(Arc::new(Server { core, hub }))
-    }
-
-    /// [`Server::new`] loading `[tls]` itself, counting with `[stats]`.
-    ///
-    /// # Errors
-    /// As [`Server::new`].
-    pub async fn from_config(cfg: &Config, store: Store) -> anyhow::Result<Arc<Server>> {
-        Self::new(cfg, store, load_tls(cfg.tls.as_ref())?, Stats::open(&cfg.stats, "mmtmtpd")).await
-    }
-
-    /// The shared state (tests inspect it).
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    /// New TLS files, `[limits]` and `[shaping]` for new connections (SIGHUP); the rest
-    /// of `[tmtpd]` needs a restart.
-    ///
-    /// # Errors
-    /// Unusable TLS files; the old settings stay.
-    pub fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        self.core.replace(live(cfg, load_tls(cfg.tls.as_ref())?));
-        Ok(())
+        let core = Core::new(store, live(cfg, hub, tls), cfg.own.idle_timeout, stats);
+        Ok(Arc::new(Server { core }))
     }
 
     /// Serves TMTP until `shutdown` is cancelled. The server never speaks first, so a
     /// refused connection is just closed.
-    pub async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
-        let refusals =
-            Refusals { too_many_clients: Vec::new(), too_many_from_address: Vec::new(), rate_exceeded: Vec::new() };
-        let token = shutdown.token.clone();
-        let server = self.clone();
-        let handler = move |stream, peer, implicit_tls: bool| {
-            let live = server.core.live();
-            let tls = if implicit_tls { live.tls.clone() } else { None };
-            let shaped = live.shaper.wrap(stream);
-            let (hub, token) = (server.hub.clone(), token.clone());
-            async move { conn::serve(shaped, peer, hub, tls, token).await }
-        };
+    async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
         let tracker = shutdown.tracker.clone();
-        listener::accept(listeners, self.core.gate().clone(), refusals, self.core.stats().clone(), shutdown, handler)
+        self.core
+            .accept(listeners, None, shutdown, |stream, peer, implicit_tls, ctx| async move {
+                conn::serve(stream, peer, &ctx, implicit_tls).await
+            })
             .await;
         // The nodes' queues and the ohi writers end with their links: the drain waits
         // for them as for the connections.
-        let tasks = self.hub.tasks.clone();
+        let tasks = self.hub().tasks.clone();
         tracker.spawn(async move {
             tasks.close();
             tasks.wait().await;
         });
     }
-}
 
-impl common::daemon::Daemon for Server {
-    type Config = Config;
-    const NAME: &'static str = "mmtmtpd";
-
-    fn sections(cfg: &Config) -> common::daemon::Sections<'_> {
-        common::daemon::Sections {
-            database: &cfg.database,
-            listen: &cfg.listen,
-            tls: cfg.tls.as_ref(),
-            limits: &cfg.limits,
-            log: &cfg.log,
-            privileges: &cfg.privileges,
-            stats: &cfg.stats,
-        }
-    }
-
-    fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
-        // Called on the runtime: finish the async preparation here.
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(Server::new(cfg, store, tls, stats)))
-    }
-
-    fn serve(
-        self: Arc<Self>,
-        listeners: Vec<Listener>,
-        shutdown: Shutdown,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        Server::serve(self, listeners, shutdown)
-    }
-
+    /// New TLS files, `[limits]` and `[shaping]` for new connections (SIGHUP); the rest
+    /// of `[tmtpd]` needs a restart.
     fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        Server::reload(self, cfg)
+        self.core.replace(live(cfg, self.hub(), load_tls(cfg.tls.as_ref())?));
+        Ok(())
     }
 }

@@ -1,8 +1,7 @@
-//! `mmtmtpd`: see `common::daemon` for the life of the process; `mmtmtpd admin …` creates
-//! accounts, nodes, aliases and group members directly in the database (what mnm's test
-//! suite installs as fixtures, spec/tmtp.md §13.2).
+//! `mmtmtpd`: see `common::daemon` for the life of the process; `mmtmtpd admin …` makes
+//! accounts, nodes, aliases and group members directly in the database (see
+//! [`tmtpd::admin`]).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,13 +9,9 @@ use clap::{Parser, Subcommand};
 /// mmmail's TMTP server (mnm's members-only store-and-forward protocol).
 #[derive(Parser)]
 #[command(name = "mmtmtpd", version)]
-struct Args {
-    /// Configuration file.
-    #[arg(short = 'c', long = "config", default_value = "/etc/mmmail/mmtmtpd.toml", global = true)]
-    config: PathBuf,
-    /// Check the configuration (and the TLS files it names), print the result, exit.
-    #[arg(long)]
-    check_config: bool,
+struct Cli {
+    #[command(flatten)]
+    daemon: common::daemon::Args,
     #[command(subcommand)]
     admin: Option<Admin>,
 }
@@ -29,10 +24,10 @@ enum Admin {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.admin {
-        None => common::daemon::main::<tmtpd::Server>(&args.config, args.check_config),
-        Some(Admin::Admin(task)) => match admin(&args.config, task) {
+    let cli = Cli::parse();
+    match cli.admin {
+        None => common::daemon::main::<tmtpd::Server>(&cli.daemon),
+        Some(Admin::Admin(task)) => match admin(&cli.daemon.config_path("mmtmtpd"), task) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mmtmtpd: {e:#}");

@@ -33,6 +33,17 @@ pub struct Refusals {
 }
 
 impl Refusals {
+    /// The three refusals, each the line `line` makes of its text ("Too many clients,
+    /// try again later", "Too many connections from your address", "Connection rate
+    /// exceeded, try again later") in the protocol's form.
+    pub fn new(line: impl Fn(&str) -> Vec<u8>) -> Refusals {
+        Refusals {
+            too_many_clients: line("Too many clients, try again later"),
+            too_many_from_address: line("Too many connections from your address"),
+            rate_exceeded: line("Connection rate exceeded, try again later"),
+        }
+    }
+
     fn line(&self, r: Refusal) -> &[u8] {
         match r {
             Refusal::TooManyClients => &self.too_many_clients,
@@ -53,7 +64,9 @@ pub struct Listener {
 
 /// Accepts on every listener until `shutdown` is cancelled; returns when all loops have
 /// stopped. Each admitted connection runs `handler(stream, peer, implicit_tls)` in a task
-/// tracked by `shutdown.tracker` and keeps its [`Gate`] admission until it ends.
+/// tracked by `shutdown.tracker` and keeps its [`Gate`] admission until it ends. A
+/// refused one gets its line of `refusals` and is closed (with `None`, closed at once:
+/// for protocols whose server never speaks first).
 ///
 /// Counts (spec/mail.md §3.10, §4.6): `total|connections`, `current|connections` and
 /// `who|<address>` per admitted connection (the last two taken back when it ends), and
@@ -61,7 +74,7 @@ pub struct Listener {
 pub async fn accept<H, F>(
     listeners: Vec<Listener>,
     gate: Arc<Gate>,
-    refusals: Refusals,
+    refusals: Option<Refusals>,
     stats: Stats,
     shutdown: Shutdown,
     handler: H,
@@ -120,8 +133,10 @@ pub async fn accept<H, F>(
                         shutdown.tracker.spawn(
                             async move {
                                 tracing::warn!(cause = ?refusal, "connection refused");
-                                let line = refusals.line(refusal);
-                                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line)).await;
+                                if let Some(refusals) = refusals.as_ref() {
+                                    let line = refusals.line(refusal);
+                                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line)).await;
+                                }
                             }
                             .instrument(span),
                         );

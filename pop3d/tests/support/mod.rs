@@ -3,35 +3,21 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, ServerConfig, TlsConfig};
-use common::net::listener::Listener;
-use common::shutdown::Shutdown;
+use common::config::TlsConfig;
 use common::store::{Delivery, MailCopy};
 use common::testing::{Daemon, ROOT_OK, TestCert, TestDb};
-use pop3d::config::{Config, Pop3dConfig};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use pop3d::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 pub const NAME: &str = "pop.example.org";
 /// The password of user "mmondor" (stored as Argon2id) and "legacy" (stored as MD5).
 pub const PASSWORD: &str = "s3cret pass";
 
 pub fn config(url: &str) -> Config {
-    Config {
-        server: ServerConfig { name: NAME.into() },
-        database: DatabaseConfig::from_url(url),
-        listen: ListenConfig::default(),
-        tls: None,
-        limits: LimitsConfig::unlimited(),
-        shaping: Default::default(),
-        privileges: Default::default(),
-        log: LogConfig::default(),
-        stats: common::stats::StatsConfig::disabled(),
-        pop3d: Pop3dConfig::default(),
-    }
+    Config::new(common::testing::shared(NAME, url))
 }
 
 pub fn tls_config(cert: &TestCert) -> TlsConfig {
@@ -62,73 +48,34 @@ pub async fn put(db: &TestDb, boxes: &[&str], body: &[u8]) {
     db.store.deliver(&Delivery { body, copies }).await.unwrap();
 }
 
-pub struct Server {
-    pub addr: SocketAddr,
-    pub tls_addr: Option<SocketAddr>,
-    shutdown: Shutdown,
-}
+/// An in-process mmpop3d on loopback ports.
+pub type Server = common::testing::Served<pop3d::Server>;
 
-impl Server {
-    pub async fn start(cfg: Config) -> Server {
-        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = plain.local_addr().unwrap();
-        let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
-        let mut tls_addr = None;
-        if cfg.tls.is_some() {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tls_addr = Some(l.local_addr().unwrap());
-            listeners.push(Listener { socket: l, implicit_tls: true });
-        }
-        let store = common::Store::prepare(&cfg.database).await.unwrap();
-        let shutdown = Shutdown::new();
-        tokio::spawn(pop3d::run(Arc::new(cfg), store, listeners, shutdown.clone()));
-        Server { addr, tls_addr, shutdown }
-    }
+/// A POP3 client over any stream (the line client of `common::testing`, plus POP3).
+pub struct Client<S>(pub common::testing::Client<S>);
 
-    pub async fn stop(&self) -> bool {
-        self.shutdown.drain(Duration::from_secs(10)).await
+impl<S> std::ops::Deref for Client<S> {
+    type Target = common::testing::Client<S>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.token.cancel();
+impl<S> std::ops::DerefMut for Client<S> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
-}
-
-pub struct Client<S> {
-    pub io: BufReader<S>,
 }
 
 impl Client<TcpStream> {
     pub async fn connect(addr: SocketAddr) -> Self {
-        Client { io: BufReader::new(TcpStream::connect(addr).await.unwrap()) }
+        Client(common::testing::Client::connect(addr).await)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn new(s: S) -> Self {
-        Client { io: BufReader::new(s) }
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.io.get_mut().write_all(bytes).await.unwrap();
-        self.io.get_mut().flush().await.unwrap();
-    }
-
-    /// One line without CRLF; `None` at end of stream.
-    pub async fn line(&mut self) -> Option<String> {
-        let mut buf = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_until(b'\n', &mut buf))
-            .await
-            .expect("timeout")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        assert!(buf.ends_with(b"\r\n"), "line without CRLF: {buf:?}");
-        buf.truncate(buf.len() - 2);
-        Some(String::from_utf8_lossy(&buf).into_owned())
+        Client(common::testing::Client::new(s))
     }
 
     /// Sends a command, returns its status line.
@@ -164,11 +111,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let r = self.cmd(&format!("USER {user}")).await;
         assert!(r.starts_with("+OK"), "{r}");
         self.cmd(&format!("PASS {pass}")).await
-    }
-
-    pub async fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 1];
-        matches!(tokio::time::timeout(Duration::from_secs(5), self.io.read(&mut buf)).await, Ok(Ok(0)))
     }
 }
 

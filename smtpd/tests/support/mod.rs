@@ -3,32 +3,20 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
-use common::config::{DatabaseConfig, LimitsConfig, ListenConfig, LogConfig, ServerConfig, TlsConfig};
-use common::net::listener::Listener;
-use common::shutdown::Shutdown;
+use common::config::TlsConfig;
 use common::testing::TestDb;
-use smtpd::config::{Config, SmtpdConfig};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use smtpd::config::Config;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 pub const NAME: &str = "mx.example.org";
 
 /// A config for `url` with defaults; tests adjust fields.
 pub fn config(url: &str) -> Config {
-    Config {
-        server: ServerConfig { name: NAME.into() },
-        database: DatabaseConfig::from_url(url),
-        listen: ListenConfig::default(),
-        tls: None,
-        limits: LimitsConfig::unlimited(),
-        shaping: Default::default(),
-        privileges: Default::default(),
-        log: LogConfig::default(),
-        stats: common::stats::StatsConfig::disabled(),
-        smtpd: SmtpdConfig { flood_messages: 0, ..SmtpdConfig::default() },
-    }
+    let mut cfg = Config::new(common::testing::shared(NAME, url));
+    cfg.own.flood_messages = 0;
+    cfg
 }
 
 pub fn tls_config(cert: &common::testing::TestCert) -> TlsConfig {
@@ -47,71 +35,40 @@ pub async fn seed(db: &TestDb) -> i64 {
     u
 }
 
-/// An in-process mmsmtpd on a loopback port.
-pub struct Server {
-    pub addr: SocketAddr,
-    pub tls_addr: Option<SocketAddr>,
-    pub server: std::sync::Arc<smtpd::Server>,
-    shutdown: Shutdown,
-}
+/// An in-process mmsmtpd on loopback ports.
+pub type Server = common::testing::Served<smtpd::Server>;
 
-impl Server {
-    pub async fn start(cfg: Config) -> Server {
-        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = plain.local_addr().unwrap();
-        let (tls, tls_addr) = if cfg.tls.is_some() {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let a = l.local_addr().unwrap();
-            (vec![l], Some(a))
-        } else {
-            (vec![], None)
-        };
-        let store = common::Store::prepare(&cfg.database).await.unwrap();
-        let shutdown = Shutdown::new();
-        let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
-        listeners.extend(tls.into_iter().map(|socket| Listener { socket, implicit_tls: true }));
-        let server = smtpd::Server::new(&cfg, store).unwrap();
-        tokio::spawn(server.clone().serve(listeners, shutdown.clone()));
-        Server { addr, tls_addr, server, shutdown }
-    }
+/// An SMTP client over any stream (the line client of `common::testing`, plus SMTP
+/// replies).
+pub struct Client<S>(pub common::testing::Client<S>);
 
-    pub async fn stop(&self) -> bool {
-        self.shutdown.drain(Duration::from_secs(10)).await
+impl<S> std::ops::Deref for Client<S> {
+    type Target = common::testing::Client<S>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.token.cancel();
+impl<S> std::ops::DerefMut for Client<S> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
-}
-
-/// A line-level SMTP client over any stream.
-pub struct Client<S> {
-    pub io: BufReader<S>,
 }
 
 impl Client<TcpStream> {
     pub async fn connect(addr: SocketAddr) -> Self {
-        Client { io: BufReader::new(TcpStream::connect(addr).await.unwrap()) }
+        Client(common::testing::Client::connect(addr).await)
     }
 
     /// Connects from a chosen loopback source address (any of 127.0.0.0/8 works).
     pub async fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::from((source, 0))).unwrap();
-        Client { io: BufReader::new(socket.connect(addr).await.unwrap()) }
+        Client(common::testing::Client::connect_from(addr, source).await)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn new(s: S) -> Self {
-        Client { io: BufReader::new(s) }
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.io.get_mut().write_all(bytes).await.unwrap();
-        self.io.get_mut().flush().await.unwrap();
+        Client(common::testing::Client::new(s))
     }
 
     /// Reads one (possibly multi-line) reply: code and the text lines joined by `\n`.
@@ -119,18 +76,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn reply(&mut self) -> Option<(u16, String)> {
         let mut text = Vec::new();
         loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_line(&mut line))
-                .await
-                .expect("reply timeout")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-            let code: u16 = line[..3].parse().unwrap_or_else(|_| panic!("bad reply {line:?}"));
-            text.push(line[4..line.len() - 2].to_string());
-            if line.as_bytes()[3] == b' ' {
+            let line = self.line().await?;
+            let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad reply {line:?}"));
+            text.push(line.get(4..).unwrap_or_default().to_string());
+            if line.as_bytes().get(3) != Some(&b'-') {
                 return Some((code, text.join("\n")));
             }
         }
@@ -150,12 +99,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn cmd_reply(&mut self, line: &str) -> (u16, String) {
         self.send(format!("{line}\r\n").as_bytes()).await;
         self.reply().await.expect("connection closed")
-    }
-
-    /// Whether the server closed the connection (EOF within 5 s).
-    pub async fn closed(&mut self) -> bool {
-        let mut buf = String::new();
-        matches!(tokio::time::timeout(Duration::from_secs(5), self.io.read_line(&mut buf)).await, Ok(Ok(0)))
     }
 }
 
