@@ -25,11 +25,58 @@ fn quiet(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
-/// Kills a whole process group with SIGKILL and reaps its leader.
-fn kill_group(child: &mut Child) {
-    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    let _ = child.wait();
+/// A database server process of our own: started in a process group of its own, so
+/// that a kill reaches every process of it at once; its log kept across restarts.
+pub struct Proc {
+    child: Option<Child>,
+    starts: u32,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn new(log: PathBuf) -> Proc {
+        Proc { child: None, starts: 0, log }
+    }
+
+    /// Spawns `cmd` (its standard error appended to the log) and waits until `ready`.
+    fn start(&mut self, what: &str, cmd: &mut Command, ready: impl FnMut() -> bool) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = cmd.process_group(0).stdout(Stdio::null()).stderr(log).spawn().expect("spawn database server");
+        self.child = Some(child);
+        wait_for(what, Duration::from_secs(60), ready);
+    }
+
+    /// Whether the server process is still there (a full disk can make it stop).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL to the whole process group (a server and all its workers); reaps the
+    /// leader.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// What it wrote to standard error so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many times the server was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A PostgreSQL server of our own: `initdb` into `parent/pg` (owned by the `postgres`
@@ -41,9 +88,8 @@ pub struct PrivatePostgres {
     port: u16,
     uid: u32,
     gid: u32,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: u32,
+    /// The server process.
+    pub proc: Proc,
 }
 
 impl PrivatePostgres {
@@ -83,8 +129,8 @@ impl PrivatePostgres {
                 .current_dir("/"),
         );
         assert!(ok, "initdb {}", data.display());
-        let log = parent.join("postgres.log");
-        let mut pg = PrivatePostgres { data, bin, port: free_port(), uid, gid, log, child: None, starts: 0 };
+        let proc = Proc::new(parent.join("postgres.log"));
+        let mut pg = PrivatePostgres { data, bin, port: free_port(), uid, gid, proc };
         pg.start();
         let ok = quiet(
             Command::new("psql")
@@ -101,62 +147,26 @@ impl PrivatePostgres {
     /// # Panics
     /// If it is not up within 60 s.
     pub fn start(&mut self) {
-        self.starts += 1;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(self.bin.join("postgres"))
-            .arg("-D")
+        let port = self.port.to_string();
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
             .arg(&self.data)
-            .args(["-p", &self.port.to_string()])
+            .args(["-p", &port])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"])
             .args(["-c", "shared_buffers=16MB", "-c", "max_wal_size=32MB", "-c", "min_wal_size=2MB"])
             .args(["-c", "max_connections=200"])
             .uid(self.uid)
             .gid(self.gid)
-            .process_group(0)
-            .current_dir("/")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn postgres");
-        self.child = Some(child);
-        let port = self.port.to_string();
-        wait_for("private PostgreSQL", Duration::from_secs(60), || {
+            .current_dir("/");
+        self.proc.start("private PostgreSQL", &mut cmd, || {
             quiet(Command::new("pg_isready").args(["-q", "-h", "127.0.0.1", "-p", &port]))
         });
-    }
-
-    /// Whether the server process is still there (a full disk can make it stop).
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGKILL to the postmaster and every backend at once.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_group(&mut c);
-        }
-    }
-
-    /// How many times the server was started.
-    pub fn starts(&self) -> u32 {
-        self.starts
     }
 
     /// The URL of database `mmmail`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/mmmail", self.port)
-    }
-
-    /// The server's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -169,8 +179,8 @@ pub struct PrivateMariaDb {
     data: PathBuf,
     port: u16,
     log: PathBuf,
-    child: Option<Child>,
-    starts: u32,
+    /// The server process.
+    pub proc: Proc,
 }
 
 const INNODB: [&str; 5] = [
@@ -202,7 +212,7 @@ impl PrivateMariaDb {
         );
         assert!(ok, "mariadb-install-db {}", data.display());
         let log = parent.join("mariadb.log");
-        let mut my = PrivateMariaDb { data, port: free_port(), log, child: None, starts: 0 };
+        let mut my = PrivateMariaDb { data, port: free_port(), proc: Proc::new(parent.join("mariadbd.stderr")), log };
         my.start();
         let ok = quiet(
             Command::new("mariadb")
@@ -219,43 +229,19 @@ impl PrivateMariaDb {
     /// # Panics
     /// If it is not up within 60 s.
     pub fn start(&mut self) {
-        self.starts += 1;
-        let child = Command::new("/usr/sbin/mariadbd")
-            .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
+        let mut cmd = Command::new("/usr/sbin/mariadbd");
+        cmd.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
             .arg(format!("--datadir={}", self.data.display()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--socket={}", self.data.join("sock").display()))
             .arg(format!("--pid-file={}", self.data.join("pid").display()))
             .arg(format!("--log-error={}", self.log.display()))
             .args(INNODB)
-            .args(["--innodb-flush-method=fsync", "--max-connections=300"])
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mariadbd");
-        self.child = Some(child);
+            .args(["--innodb-flush-method=fsync", "--max-connections=300"]);
         let port = format!("-P{}", self.port);
-        wait_for("private MariaDB", Duration::from_secs(60), || {
+        self.proc.start("private MariaDB", &mut cmd, || {
             quiet(Command::new("mysqladmin").args(["-h127.0.0.1", &port, "-uroot", "ping"]))
         });
-    }
-
-    /// Whether the server process is still there.
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGKILL to the server.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_group(&mut c);
-        }
-    }
-
-    /// How many times the server was started.
-    pub fn starts(&self) -> u32 {
-        self.starts
     }
 
     /// The URL of database `mmmail`.
@@ -266,12 +252,6 @@ impl PrivateMariaDb {
     /// The server's error log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for PrivateMariaDb {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -312,8 +292,8 @@ impl Database {
     /// Kills the private server (nothing for the others).
     pub fn kill(&mut self) {
         match self {
-            Database::Postgres(pg) => pg.kill(),
-            Database::MariaDb(my) => my.kill(),
+            Database::Postgres(pg) => pg.proc.kill(),
+            Database::MariaDb(my) => my.proc.kill(),
             _ => {}
         }
     }
@@ -322,18 +302,18 @@ impl Database {
     pub fn ensure_running(&mut self) -> bool {
         match self {
             Database::Postgres(pg) => {
-                if pg.running() {
+                if pg.proc.running() {
                     return false;
                 }
-                pg.kill();
+                pg.proc.kill();
                 pg.start();
                 true
             }
             Database::MariaDb(my) => {
-                if my.running() {
+                if my.proc.running() {
                     return false;
                 }
-                my.kill();
+                my.proc.kill();
                 my.start();
                 true
             }
@@ -344,7 +324,7 @@ impl Database {
     /// The private server's log (empty for the others).
     pub fn server_log(&self) -> String {
         match self {
-            Database::Postgres(pg) => pg.log_text(),
+            Database::Postgres(pg) => pg.proc.log_text(),
             Database::MariaDb(my) => my.log_text(),
             _ => String::new(),
         }

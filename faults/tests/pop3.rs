@@ -183,7 +183,7 @@ async fn a_lock_kept_by_an_outage_goes_when_the_database_is_back() {
     let (mut c, r) = login(daemon.addr(), "box-0@fault.test").await;
     assert!(r.starts_with("+OK"), "{r}");
     dele(&mut c, 2).await;
-    tokio::task::block_in_place(|| pg.kill());
+    tokio::task::block_in_place(|| pg.proc.kill());
     let quit = exchange(&mut c, b"QUIT\r\n").await.unwrap();
     assert!(quit.starts_with("-ERR [SYS/TEMP]"), "{quit}");
     tokio::task::block_in_place(|| pg.start());

@@ -10,7 +10,7 @@ use common::store::Usage;
 use std::process::{Command, Stdio};
 
 use common::testing::{Backend, TestCert, TestDb, have};
-use support::{Client, PASSWORD, pop3d_daemon, seed, smtpd_daemon};
+use support::{Client, PASSWORD, Pop3, pop3d_daemon, seed, smtpd_daemon};
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");

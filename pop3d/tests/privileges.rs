@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 
 use common::testing::{Backend, Daemon, TestDb};
-use support::{Client, PASSWORD, put, seed};
+use support::{Client, PASSWORD, Pop3, put, seed};
 
 #[tokio::test]
 async fn drops_to_nobody_on_port_below_1024_and_serves() {

@@ -7,7 +7,7 @@ mod support;
 
 use common::store::Usage;
 use common::testing::{Backend, TestCert, TestDb};
-use support::{Client, PASSWORD, Server, config, put, seed};
+use support::{Client, PASSWORD, Pop3, Server, config, put, seed};
 use tokio::io::AsyncReadExt;
 
 async fn sqlite_server(tweak: impl FnOnce(&mut pop3d::config::Config)) -> (TestDb, Server) {
@@ -97,7 +97,7 @@ async fn stls_discards_plaintext_injection_and_pop3s_works() {
     c.line().await;
     c.send(b"STLS\r\nUSER mmondor@example.org\r\n").await;
     assert_eq!(c.line().await.unwrap(), "+OK Begin TLS negotiation");
-    let tls = cert.connector().connect("localhost".try_into().unwrap(), c.0.io.into_inner()).await.unwrap();
+    let tls = cert.connector().connect("localhost".try_into().unwrap(), c.io.into_inner()).await.unwrap();
     let mut t = Client::new(tls);
     // Had the injected USER been kept, PASS would log in.
     assert_eq!(t.cmd(&format!("PASS {PASSWORD}")).await, "-ERR Send USER first");

@@ -1,26 +1,34 @@
 //! Message flood limit per client address (spec/mail.md §3.9): at most `flood_messages`
 //! accepted messages from one address (IPv6 network) within `flood_window` seconds; the
-//! table tracks at most `flood_cache` addresses, forgetting the least recently updated.
+//! table tracks at most `flood_cache` addresses, forgetting the least recently updated
+//! (an LRU cache: finding and evicting it costs O(1), whatever the table's size).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hashlink::LruCache;
+
 use crate::config::SmtpdConfig;
 
+/// Accepted messages of one address, oldest first.
 #[derive(Debug)]
 struct Entry {
     accepted: VecDeque<Instant>,
-    touched: Instant,
 }
 
-#[derive(Debug)]
 struct State {
     limit: usize,
     window: Duration,
-    capacity: usize,
-    entries: HashMap<IpAddr, Entry>,
+    /// Most recently updated last.
+    entries: LruCache<IpAddr, Entry>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("limit", &self.limit).field("tracked", &self.entries.len()).finish()
+    }
 }
 
 /// The flood table shared by all sessions of a daemon.
@@ -33,8 +41,7 @@ impl Flood {
         Flood(Mutex::new(State {
             limit: cfg.flood_messages,
             window: Duration::from_secs(cfg.flood_window),
-            capacity: cfg.flood_cache.max(1),
-            entries: HashMap::new(),
+            entries: LruCache::new(cfg.flood_cache.max(1)),
         }))
     }
 
@@ -43,7 +50,7 @@ impl Flood {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.limit = cfg.flood_messages;
         s.window = Duration::from_secs(cfg.flood_window);
-        s.capacity = cfg.flood_cache.max(1);
+        s.entries.set_capacity(cfg.flood_cache.max(1));
     }
 
     /// Whether `key` already sent its quota within the window (0 = never).
@@ -53,7 +60,8 @@ impl Flood {
             return false;
         }
         let (limit, window) = (s.limit, s.window);
-        let Some(e) = s.entries.get_mut(&key) else { return false };
+        // Looking is not updating: the entry keeps its place in the eviction order.
+        let Some(e) = s.entries.peek_mut(&key) else { return false };
         let now = Instant::now();
         while e.accepted.front().is_some_and(|t| now.duration_since(*t) >= window) {
             e.accepted.pop_front();
@@ -67,19 +75,16 @@ impl Flood {
         if s.limit == 0 {
             return;
         }
-        let now = Instant::now();
-        if !s.entries.contains_key(&key) && s.entries.len() >= s.capacity {
-            let oldest = s.entries.iter().min_by_key(|(_, e)| e.touched).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                s.entries.remove(&k);
-            }
-        }
         let limit = s.limit;
-        let e = s.entries.entry(key).or_insert_with(|| Entry { accepted: VecDeque::new(), touched: now });
-        e.accepted.push_back(now);
-        e.touched = now;
-        while e.accepted.len() > limit {
-            e.accepted.pop_front();
+        if s.entries.get_mut(&key).is_none() {
+            // A full cache evicts its least recently updated entry.
+            s.entries.insert(key, Entry { accepted: VecDeque::new() });
+        }
+        if let Some(e) = s.entries.get_mut(&key) {
+            e.accepted.push_back(Instant::now());
+            while e.accepted.len() > limit {
+                e.accepted.pop_front();
+            }
         }
     }
 

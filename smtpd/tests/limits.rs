@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::testing::{Backend, TestDb};
-use support::{Client, Server, config, deliver, seed};
+use support::{Client, Server, Smtp, config, deliver, seed};
 
 async fn server(tweak: impl FnOnce(&mut smtpd::config::Config)) -> (TestDb, Server) {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::testing::{Backend, Daemon, TestCert, TestDb};
-use support::{Client, NAME, deliver, seed};
+use support::{Client, NAME, Smtp, deliver, seed};
 
 fn root() -> bool {
     let is_root = nix::unistd::geteuid().is_root();
@@ -148,7 +148,7 @@ async fn sighup_reloads_the_certificate() {
         c.code().await;
         c.cmd("EHLO c").await;
         assert_eq!(c.cmd("STARTTLS").await, 220);
-        cert.connector().connect("localhost".try_into().unwrap(), c.0.io.into_inner()).await.ok().map(Client::new)
+        cert.connector().connect("localhost".try_into().unwrap(), c.io.into_inner()).await.ok().map(Client::new)
     }
     let mut old = starttls(port, &a).await.expect("certificate A before the reload");
     assert_eq!(old.cmd("EHLO c").await, 250);

@@ -6,7 +6,7 @@
 mod support;
 
 use common::testing::{Backend, TestCert, TestDb};
-use support::{Client, Server, config, consistent, deliver, messages, seed};
+use support::{Client, Server, Smtp, config, consistent, deliver, messages, seed};
 
 async fn sqlite_server(tweak: impl FnOnce(&mut smtpd::config::Config)) -> (TestDb, Server) {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();
@@ -52,7 +52,7 @@ async fn starttls_discards_pipelined_plaintext() {
     // The classic injection: commands sent in clear right after STARTTLS.
     c.send(b"STARTTLS\r\nMAIL FROM:<evil@b.org>\r\nRCPT TO:<mmondor@example.org>\r\n").await;
     assert_eq!(c.code().await, 220);
-    let tcp = c.0.io.into_inner();
+    let tcp = c.io.into_inner();
     let tls = cert.connector().connect("localhost".try_into().unwrap(), tcp).await.unwrap();
     let mut t = Client::new(tls);
     // Had the injected MAIL been kept, this RCPT would be accepted.

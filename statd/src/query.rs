@@ -57,20 +57,23 @@ pub fn parse(line: &str) -> Result<Request, String> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
+/// ISO 8601 in UTC to the second: `YYYY-MM-DDTHH:MM:SSZ`.
+const SECONDS: time::format_description::well_known::Iso8601<
+    {
+        time::format_description::well_known::iso8601::Config::DEFAULT
+            .set_time_precision(time::format_description::well_known::iso8601::TimePrecision::Second {
+                decimal_digits: None,
+            })
+            .encode()
+    },
+> = time::format_description::well_known::Iso8601;
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (the epoch for a time out of range).
 pub fn format_time(t: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(t) {
-        Ok(d) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        ),
-        Err(_) => "1970-01-01T00:00:00Z".into(),
-    }
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&SECONDS)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 /// Answers `req` at time `now`, changing `state` for the writing requests; the answer

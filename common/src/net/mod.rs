@@ -1,5 +1,6 @@
 //! Transport helpers shared by the daemons: TLS setup, bounded line reading, listeners.
 
+pub mod conn;
 pub mod gate;
 pub mod line;
 pub mod listener;

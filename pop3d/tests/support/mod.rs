@@ -1,7 +1,6 @@
 //! Helpers shared by the pop3d integration tests.
 #![allow(dead_code, missing_docs)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use common::store::{Delivery, MailCopy};
 use common::testing::{Daemon, ROOT_OK, TestCert, TestDb};
 use pop3d::config::Config;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 pub const NAME: &str = "pop.example.org";
 /// The password of user "mmondor" (stored as Argon2id) and "legacy" (stored as MD5).
@@ -51,41 +49,28 @@ pub async fn put(db: &TestDb, boxes: &[&str], body: &[u8]) {
 /// An in-process mmpop3d on loopback ports.
 pub type Server = common::testing::Served<pop3d::Server>;
 
-/// A POP3 client over any stream (the line client of `common::testing`, plus POP3).
-pub struct Client<S>(pub common::testing::Client<S>);
+pub use common::testing::Client;
 
-impl<S> std::ops::Deref for Client<S> {
-    type Target = common::testing::Client<S>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl<S> std::ops::DerefMut for Client<S> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Client<TcpStream> {
-    pub async fn connect(addr: SocketAddr) -> Self {
-        Client(common::testing::Client::connect(addr).await)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    pub fn new(s: S) -> Self {
-        Client(common::testing::Client::new(s))
-    }
-
+/// POP3 on the line client of `common::testing`.
+#[allow(async_fn_in_trait)]
+pub trait Pop3 {
     /// Sends a command, returns its status line.
-    pub async fn cmd(&mut self, line: &str) -> String {
+    async fn cmd(&mut self, line: &str) -> String;
+    /// Reads a multi-line body up to the `.` line, undoing byte-stuffing; raw bytes.
+    async fn body(&mut self) -> Vec<u8>;
+    /// Sends a command expecting `+OK` and a multi-line body.
+    async fn multi(&mut self, line: &str) -> (String, Vec<u8>);
+    /// USER and PASS; the reply to PASS.
+    async fn login(&mut self, user: &str, pass: &str) -> String;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Pop3 for Client<S> {
+    async fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;
         self.line().await.expect("closed")
     }
 
-    /// Reads a multi-line body up to the `.` line, undoing byte-stuffing; raw bytes.
-    pub async fn body(&mut self) -> Vec<u8> {
+    async fn body(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         loop {
             let mut buf = Vec::new();
@@ -99,15 +84,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Sends a command expecting `+OK` and a multi-line body.
-    pub async fn multi(&mut self, line: &str) -> (String, Vec<u8>) {
+    async fn multi(&mut self, line: &str) -> (String, Vec<u8>) {
         let status = self.cmd(line).await;
         assert!(status.starts_with("+OK"), "{line}: {status}");
         let body = self.body().await;
         (status, body)
     }
 
-    pub async fn login(&mut self, user: &str, pass: &str) -> String {
+    async fn login(&mut self, user: &str, pass: &str) -> String {
         let r = self.cmd(&format!("USER {user}")).await;
         assert!(r.starts_with("+OK"), "{r}");
         self.cmd(&format!("PASS {pass}")).await

@@ -8,7 +8,6 @@ use common::config::TlsConfig;
 use common::testing::TestDb;
 use smtpd::config::Config;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 pub const NAME: &str = "mx.example.org";
 
@@ -38,42 +37,24 @@ pub async fn seed(db: &TestDb) -> i64 {
 /// An in-process mmsmtpd on loopback ports.
 pub type Server = common::testing::Served<smtpd::Server>;
 
-/// An SMTP client over any stream (the line client of `common::testing`, plus SMTP
-/// replies).
-pub struct Client<S>(pub common::testing::Client<S>);
+pub use common::testing::Client;
 
-impl<S> std::ops::Deref for Client<S> {
-    type Target = common::testing::Client<S>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl<S> std::ops::DerefMut for Client<S> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Client<TcpStream> {
-    pub async fn connect(addr: SocketAddr) -> Self {
-        Client(common::testing::Client::connect(addr).await)
-    }
-
-    /// Connects from a chosen loopback source address (any of 127.0.0.0/8 works).
-    pub async fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Self {
-        Client(common::testing::Client::connect_from(addr, source).await)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    pub fn new(s: S) -> Self {
-        Client(common::testing::Client::new(s))
-    }
-
+/// SMTP replies on the line client of `common::testing`.
+#[allow(async_fn_in_trait)]
+pub trait Smtp {
     /// Reads one (possibly multi-line) reply: code and the text lines joined by `\n`.
     /// `None` at end of stream.
-    pub async fn reply(&mut self) -> Option<(u16, String)> {
+    async fn reply(&mut self) -> Option<(u16, String)>;
+    /// The code of the next reply.
+    async fn code(&mut self) -> u16;
+    /// Sends `line` + CRLF and returns the reply code.
+    async fn cmd(&mut self, line: &str) -> u16;
+    /// Sends `line` + CRLF and returns the full reply.
+    async fn cmd_reply(&mut self, line: &str) -> (u16, String);
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Smtp for Client<S> {
+    async fn reply(&mut self) -> Option<(u16, String)> {
         let mut text = Vec::new();
         loop {
             let line = self.line().await?;
@@ -85,18 +66,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    pub async fn code(&mut self) -> u16 {
+    async fn code(&mut self) -> u16 {
         self.reply().await.expect("connection closed").0
     }
 
-    /// Sends `line` + CRLF and returns the reply code.
-    pub async fn cmd(&mut self, line: &str) -> u16 {
+    async fn cmd(&mut self, line: &str) -> u16 {
         self.send(format!("{line}\r\n").as_bytes()).await;
         self.code().await
     }
 
-    /// Sends `line` + CRLF and returns the full reply.
-    pub async fn cmd_reply(&mut self, line: &str) -> (u16, String) {
+    async fn cmd_reply(&mut self, line: &str) -> (u16, String) {
         self.send(format!("{line}\r\n").as_bytes()).await;
         self.reply().await.expect("connection closed")
     }

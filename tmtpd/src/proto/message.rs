@@ -15,22 +15,24 @@ static CRC32C: LazyLock<crc::Crc<u32>> = LazyLock::new(|| crc::Crc::<u32>::new(&
 /// A header as an ordered-by-encoding map of fields.
 pub type Fields = Map<String, Value>;
 
-/// `YYYY-MM-DDThh:mm:ss.mmmZ` (UTC, always three fraction digits) for Unix milliseconds.
+/// ISO 8601 in UTC to the millisecond, always three fraction digits.
+const MILLIS: time::format_description::well_known::Iso8601<
+    {
+        time::format_description::well_known::iso8601::Config::DEFAULT
+            .set_time_precision(time::format_description::well_known::iso8601::TimePrecision::Second {
+                decimal_digits: std::num::NonZeroU8::new(3),
+            })
+            .encode()
+    },
+> = time::format_description::well_known::Iso8601;
+
+/// `YYYY-MM-DDThh:mm:ss.mmmZ` (UTC, always three fraction digits) for Unix milliseconds,
+/// as mnm writes `posted` (the epoch for a time out of range).
 pub fn posted(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let ms = unix_ms.rem_euclid(1000);
-    match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(d) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        ),
-        Err(_) => "1970-01-01T00:00:00.000Z".into(),
-    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&MILLIS)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 /// A frame header without data: four hex digits and canonical JSON.
