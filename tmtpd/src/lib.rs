@@ -3,8 +3,10 @@
 //! database.
 //!
 //! Layers (style.md P1): [`proto`] frames, headers and the server's JSON (pure);
-//! [`session`] what each request does; [`queue`] delivery to one node; [`conn`] the
-//! I/O; [`hub`] what connections share.
+//! [`session`] what each request does, with the group operations in [`groups`];
+//! [`queue`] delivery to one node; [`conn`] the I/O; [`hub`] what connections share;
+//! [`admin`] the administrator's commands (`mmtmtpd admin`). The load generator is the
+//! `tmtp-load` package (`mmtmtpd-load`).
 
 #![forbid(unsafe_code)]
 
