@@ -5,8 +5,12 @@
 //! domain labels) when the transaction announced `SMTPUTF8`. Size limits: RFC 5321
 //! §4.5.3.1 (local part 64 octets, domain 255 octets, path 256 octets).
 //!
-//! Normalisation (design.md): the whole address is lowercased; a quoted local part whose
-//! content is a valid dot-string loses its quotes (`"bob"@x` is `bob@x`).
+//! An [`Address`] keeps the mailbox exactly as the client gave it (RFC 5321 §2.4: local
+//! parts are case-sensitive, and a server must not change them): that is what trace
+//! fields show. Lookups (boxes, aliases: design.md "Mail rules") use its [`Address::key`]:
+//! the local part lowercased and unquoted when its content is a dot-string (`"Bob"@x` is
+//! `bob@x`), the domain lowercased in U-label form (IDNA, RFC 5890/5891 with UTS 46
+//! mapping), so that `xn--exmple-cua.test` and `Exämple.test` are one domain.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -18,11 +22,13 @@ pub const MAX_DOMAIN: usize = 255;
 /// Maximum octets in a path, including the angle brackets (RFC 5321 §4.5.3.1.3).
 pub const MAX_PATH: usize = 256;
 
-/// A normalised mailbox `local@domain` (lowercase; see the module docs).
+/// A mailbox `local@domain` as given, with its lookup form (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Address {
     local: String,
     domain: String,
+    key_local: String,
+    key_domain: String,
 }
 
 /// Why an address or path did not parse.
@@ -60,27 +66,91 @@ impl Address {
         if !is_domain(domain_raw) && !is_address_literal(domain_raw) {
             return Err(AddressError::Syntax);
         }
-        if local.len() > MAX_LOCAL_PART {
+        if local_raw.len() > MAX_LOCAL_PART {
             return Err(AddressError::TooLong);
         }
-        Ok(Self { local: local.to_lowercase(), domain: domain_raw.to_lowercase() })
+        Ok(Self {
+            local: local_raw.to_owned(),
+            domain: domain_raw.to_owned(),
+            key_local: local.to_lowercase(),
+            key_domain: domain_key(domain_raw),
+        })
     }
 
-    /// The local part, lowercase, quoted only when it must be.
+    /// The local part as given (quotes included).
     pub fn local(&self) -> &str {
         &self.local
     }
 
-    /// The domain (or `[address-literal]`), lowercase.
+    /// The domain (or `[address-literal]`) as given.
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// The lookup form `local@domain`: local part lowercased (unquoted where it may be),
+    /// domain lowercased in U-label form.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.key_local, self.key_domain)
+    }
+
+    /// The domain of the lookup form (lowercase, U-labels).
+    pub fn key_domain(&self) -> &str {
+        &self.key_domain
+    }
+
+    /// Every lookup form: [`Address::key`], then, for an internationalised domain, the
+    /// same with the domain in A-label (`xn--`) form, since a box may be stored either way.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = vec![self.key()];
+        if let Some(ascii) = domain_ascii(&self.key_domain)
+            && ascii != self.key_domain
+        {
+            keys.push(format!("{}@{ascii}", self.key_local));
+        }
+        keys
+    }
+
+    /// The domains of [`Address::keys`], in the same order.
+    pub fn key_domains(&self) -> Vec<String> {
+        let mut domains = vec![self.key_domain.clone()];
+        if let Some(ascii) = domain_ascii(&self.key_domain)
+            && ascii != self.key_domain
+        {
+            domains.push(ascii);
+        }
+        domains
     }
 }
 
 impl fmt::Display for Address {
+    /// The mailbox as the client gave it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.local, self.domain)
     }
+}
+
+/// The lookup form of a domain: lowercase; an internationalised one in U-labels (UTS 46
+/// mapping, as IDNA 2008 lookups do); an address literal only lowercased.
+fn domain_key(domain: &str) -> String {
+    if domain.starts_with('[') {
+        return domain.to_lowercase();
+    }
+    let (unicode, ok) = idna::domain_to_unicode(domain);
+    if ok.is_ok() { unicode } else { domain.to_lowercase() }
+}
+
+/// The A-label (ASCII) form of a lookup domain, when it has one.
+fn domain_ascii(key_domain: &str) -> Option<String> {
+    if key_domain.starts_with('[') || key_domain.is_ascii() {
+        return None;
+    }
+    idna::domain_to_ascii(key_domain).ok()
+}
+
+/// The A-label form of an internationalised domain name (RFC 5890 §2.3.2.1; UTS 46
+/// processing by the `idna` crate); `None` when `domain` is not a valid one.
+pub fn a_label_domain(domain: &str) -> Option<String> {
+    idna::domain_to_ascii(domain).ok().filter(|a| is_domain(a))
 }
 
 /// A parsed `Reverse-path` / `Forward-path` (RFC 5321 §4.1.2) and what followed it.
@@ -232,6 +302,7 @@ mod tests {
 
     #[test]
     fn mailboxes() {
+        // (as given, lookup form)
         let ok: &[(&str, &str)] = &[
             ("bob@example.org", "bob@example.org"),
             ("Bob.Smith@Example.ORG", "bob.smith@example.org"),
@@ -242,9 +313,12 @@ mod tests {
             ("x@[IPv6:::1]", "x@[ipv6:::1]"),
             ("a@b", "a@b"),
             ("a@b-c.d", "a@b-c.d"),
+            ("Bounce+ABC=Def@Sender.Example", "bounce+abc=def@sender.example"),
         ];
         for (input, want) in ok {
-            assert_eq!(Address::parse(input, false).map(|a| a.to_string()).as_deref(), Ok(*want), "{input}");
+            let a = Address::parse(input, false).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(a.to_string(), *input, "RFC 5321 §2.4: kept exactly as given");
+            assert_eq!(a.key(), *want, "{input}");
         }
         let bad = [
             "",
@@ -286,7 +360,21 @@ mod tests {
     #[test]
     fn utf8_needs_smtputf8() {
         assert_eq!(Address::parse("jösé@example.org", false), Err(AddressError::NeedsUtf8));
-        assert_eq!(Address::parse("JÖSÉ@Exämple.org", true).map(|a| a.to_string()).as_deref(), Ok("jösé@exämple.org"));
+        let a = Address::parse("JÖSÉ@Exämple.org", true).unwrap();
+        assert_eq!((a.to_string().as_str(), a.key().as_str()), ("JÖSÉ@Exämple.org", "jösé@exämple.org"));
+    }
+
+    /// RFC 5890/5891: an A-label and its U-label are the same domain.
+    #[test]
+    fn a_labels_and_u_labels_are_one_domain() {
+        let u = Address::parse("jösé@exämple.test", true).unwrap();
+        let a = Address::parse("jösé@xn--exmple-cua.test", true).unwrap();
+        let upper = Address::parse("JÖSÉ@XN--EXMPLE-CUA.TEST", true).unwrap();
+        assert_eq!(u.key(), "jösé@exämple.test");
+        assert_eq!(a.key(), u.key());
+        assert_eq!(upper.key(), u.key());
+        assert_eq!(u.keys(), vec!["jösé@exämple.test".to_owned(), "jösé@xn--exmple-cua.test".to_owned()]);
+        assert_eq!(Address::parse("bob@example.org", false).unwrap().keys(), vec!["bob@example.org".to_owned()]);
     }
 
     #[test]
@@ -297,7 +385,7 @@ mod tests {
         let p = parse_path("<>", false).unwrap();
         assert_eq!((p.address, p.bare_local, p.rest), (None, None, ""));
         let p = parse_path("<@relay.one,@relay.two:Bob@X.org>", false).unwrap();
-        assert_eq!(p.address.unwrap().to_string(), "bob@x.org");
+        assert_eq!(p.address.unwrap().to_string(), "Bob@X.org");
         let p = parse_path("<Postmaster>", false).unwrap();
         assert_eq!(p.bare_local.as_deref(), Some("postmaster"));
         let p = parse_path("<\"a>b\"@x.org>", false).unwrap();

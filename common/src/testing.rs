@@ -57,7 +57,16 @@ impl<D: Contract> Served<D> {
     /// # Panics
     /// If anything fails.
     pub async fn start(cfg: Config<D>) -> Served<D> {
-        let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(cfg, "127.0.0.1:0").await
+    }
+
+    /// As [`start`](Self::start), the plain listener bound to `bind` (`"[::]:0"` for a
+    /// dual-stack one).
+    ///
+    /// # Panics
+    /// If anything fails.
+    pub async fn start_at(cfg: Config<D>, bind: &str) -> Served<D> {
+        let plain = TcpListener::bind(bind).await.expect("bind");
         let addr = plain.local_addr().expect("address");
         let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
         let mut tls_addr = None;

@@ -10,9 +10,12 @@ fuzz_target!(|text: &str| {
         if let Ok(a) = Address::parse(text, utf8) {
             let again = Address::parse(&a.to_string(), utf8).expect("a printed address parses");
             assert_eq!(again, a);
+            // Lookup keys (case folding, IDNA) never fail and are stable.
+            assert_eq!(again.keys(), a.keys());
         }
         let _ = parse_path(text, utf8);
     }
     let _ = common::address::is_domain(text);
     let _ = common::address::is_address_literal(text);
+    let _ = common::address::a_label_domain(text);
 });

@@ -272,7 +272,7 @@ pub fn login_address(name: &str, dot_login: bool) -> Option<String> {
     } else {
         return None;
     };
-    Address::parse(&candidate, true).ok().map(|a| a.to_string())
+    Address::parse(&candidate, true).ok().map(|a| a.key())
 }
 
 impl Session {

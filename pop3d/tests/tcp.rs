@@ -263,3 +263,17 @@ async fn errors_are_tarpitted() {
     assert_eq!(c.cmd("NOOP").await, "+OK");
     assert!(start.elapsed() < std::time::Duration::from_secs(1), "successes are not delayed");
 }
+
+/// An IPv4 loopback client of a dual-stack `[::]` listener is a loopback client: it may
+/// log in without TLS (`allow_plaintext_auth = false` still permits loopback).
+#[tokio::test]
+async fn ipv4_mapped_loopback_is_loopback() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut cfg = config(&db.url);
+    cfg.own.allow_plaintext_auth = false;
+    let server = Server::start_at(cfg, "[::]:0").await;
+    let mut c = Client::connect(std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()))).await;
+    c.line().await;
+    assert!(c.login("mmondor@example.org", PASSWORD).await.starts_with("+OK "));
+}

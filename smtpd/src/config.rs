@@ -15,10 +15,12 @@ pub type Config = common::config::DaemonFile<SmtpdConfig>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NullSender {
-    /// Only clients whose address matches a `nofrom` row (mmmail's behaviour).
-    #[default]
+    /// Only clients whose address matches a `nofrom` row: mmmail's restriction, for a
+    /// server that only trusted relays deliver to.
     Nofrom,
-    /// Everyone, as RFC 5321 §4.5.5 expects of a public MX (bounces use `<>`).
+    /// Everyone: RFC 1123 §5.2.9 and RFC 5321 §4.5.5 require a public MX to accept the
+    /// null reverse-path, which every bounce and delivery report uses.
+    #[default]
     Accept,
 }
 
@@ -33,21 +35,31 @@ pub struct SmtpdConfig {
     /// trace fields are added; advertised as `SIZE` (RFC 1870).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
-    /// Maximum number of lines in a message.
-    #[serde(default = "default_max_message_lines")]
+    /// Maximum number of lines in a message; 0 (the default) = no limit of its own, so a
+    /// message within the advertised `SIZE` is never refused for its line count (RFC 1870).
+    /// A non-zero value is checked too and answered `552 5.3.4`.
+    #[serde(default)]
     pub max_message_lines: usize,
-    /// Maximum `Received:` fields already in a message (mail loop guard, RFC 5321 §6.3).
+    /// Maximum `Received:` fields already in a message (mail loop guard; RFC 5321 §6.3
+    /// asks for at least 100).
     #[serde(default = "default_max_hops")]
     pub max_hops: usize,
     /// Refuse MAIL before HELO/EHLO.
     #[serde(default = "default_true")]
     pub require_helo: bool,
-    /// `"nofrom"` or `"accept"`.
+    /// `"accept"` (default) or `"nofrom"`.
     #[serde(default)]
     pub null_sender: NullSender,
-    /// Box for `RCPT TO:<postmaster>` without a domain; empty = `postmaster@<server.name>`.
+    /// Box for `RCPT TO:<postmaster>` and for `postmaster@<served domain>` when that domain
+    /// has no box or alias of its own (RFC 5321 §4.5.1); empty = `postmaster@<server.name>`.
     #[serde(default)]
     pub postmaster: String,
+    /// Recipients per connection refused because no box or alias serves them; after this
+    /// many the server finishes the transaction in progress (its DATA is still accepted)
+    /// and then closes with `421 4.7.0`. 0 = no limit. These refusals are not counted
+    /// against `[limits] max_errors` and are not tarpitted.
+    #[serde(default = "default_max_unknown_recipients")]
+    pub max_unknown_recipients: usize,
     /// Messages one client address may deliver within `flood_window`; then MAIL gets
     /// `450 4.7.1` until the oldest leaves the window. 0 = no limit.
     #[serde(default = "default_flood_messages")]
@@ -66,11 +78,11 @@ fn default_max_recipients() -> usize {
 fn default_max_message_size() -> usize {
     10_485_760
 }
-fn default_max_message_lines() -> usize {
-    200_000
-}
 fn default_max_hops() -> usize {
-    30
+    100
+}
+fn default_max_unknown_recipients() -> usize {
+    20
 }
 fn default_true() -> bool {
     true
@@ -90,11 +102,12 @@ impl Default for SmtpdConfig {
         Self {
             max_recipients: default_max_recipients(),
             max_message_size: default_max_message_size(),
-            max_message_lines: default_max_message_lines(),
+            max_message_lines: 0,
             max_hops: default_max_hops(),
             require_helo: true,
             null_sender: NullSender::default(),
             postmaster: String::new(),
+            max_unknown_recipients: default_max_unknown_recipients(),
             flood_messages: default_flood_messages(),
             flood_window: default_flood_window(),
             flood_cache: default_flood_cache(),
@@ -120,9 +133,6 @@ impl Section for SmtpdConfig {
         }
         if self.max_message_size == 0 {
             p.add("smtpd.max_message_size", "must be at least 1 byte");
-        }
-        if self.max_message_lines == 0 {
-            p.add("smtpd.max_message_lines", "must be at least 1");
         }
         if self.postmaster(&shared.server.name).is_none() {
             p.add("smtpd.postmaster", format_args!("{:?} is not a mailbox", self.postmaster));

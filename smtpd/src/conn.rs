@@ -61,6 +61,7 @@ impl Pass for Smtp<'_> {
                     |out| session.shutdown_reply().write_to(out),
                 )
                 .await?;
+            let errors = session.errors();
             let outcome = match input {
                 None => return Ok(End::Closed),
                 Some(Input::TooLong) => session.line_too_long(),
@@ -81,7 +82,8 @@ impl Pass for Smtp<'_> {
             };
             match outcome {
                 Outcome::Reply(reply) | Outcome::Data(reply) => {
-                    if reply.is_error() {
+                    // Tarpit only what counted as the client's error (see Session::count).
+                    if session.errors() > errors {
                         lines.tarpit(ctx.limits.tarpit(session.errors())).await?;
                     }
                     reply.write_to(&mut lines.out);

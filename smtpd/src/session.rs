@@ -125,6 +125,11 @@ pub struct Session {
     helo: Option<Helo>,
     state: State,
     errors: u32,
+    /// RCPTs refused as unknown or not local, this session.
+    unknown: usize,
+    /// The unknown-recipient limit was reached during a transaction with accepted
+    /// recipients: the session ends once that transaction is over.
+    close_after: bool,
 }
 
 /// 16 lowercase hex digits from the OS random source: transaction ids (spec/mail.md §3.7).
@@ -135,7 +140,7 @@ pub fn random_id() -> String {
 impl Session {
     /// A session for a client at `peer`; `tls` is true on implicit-TLS listeners.
     pub fn new(settings: Arc<Settings>, peer: IpAddr, tls: bool) -> Self {
-        Self { settings, peer, tls, helo: None, state: State::Idle, errors: 0 }
+        Self { settings, peer, tls, helo: None, state: State::Idle, errors: 0, unknown: 0, close_after: false }
     }
 
     fn name(&self) -> &str {
@@ -158,9 +163,16 @@ impl Session {
         Reply::new(421, format!("4.3.2 {} Service shutting down", self.name()))
     }
 
-    /// The limits for the message after a [`Outcome::Data`].
+    /// The limits for the message after a [`Outcome::Data`]: a `max_message_lines` of 0
+    /// means no line limit of its own (every line is at least CRLF, so the size limit
+    /// bounds the lines, and a message within the advertised SIZE is never refused for
+    /// its line count, RFC 1870).
     pub fn data_limits(&self) -> DataLimits {
-        DataLimits { max_size: self.settings.smtpd.max_message_size, max_lines: self.settings.smtpd.max_message_lines }
+        let lines = match self.settings.smtpd.max_message_lines {
+            0 => usize::MAX,
+            n => n,
+        };
+        DataLimits { max_size: self.settings.smtpd.max_message_size, max_lines: lines }
     }
 
     /// Error replies sent so far (for the tarpit delay).
@@ -192,6 +204,9 @@ impl Session {
 
     /// Parses and handles one command line (without CRLF).
     pub async fn handle_line(&mut self, line: &[u8], store: &Store) -> Outcome {
+        if self.close_after && matches!(self.state, State::Idle) {
+            return Outcome::Close(self.too_many_unknown());
+        }
         let outcome = match parse(line) {
             Ok(cmd) => self.dispatch(cmd, store).await,
             Err(e) => Outcome::Reply(syntax_reply(e)),
@@ -199,10 +214,27 @@ impl Session {
         self.count(outcome)
     }
 
-    /// Counts error replies; at `max_errors` the session ends with `421`.
+    fn too_many_unknown(&self) -> Reply {
+        self.failed("limits");
+        Reply::new(421, format!("4.7.0 {} Too many unknown recipients, closing connection", self.name()))
+    }
+
+    /// Counts error replies; at `max_errors` the session ends with `421`. Replies that
+    /// are not the client's mistake do not count: a full box, a local failure, and `452
+    /// 4.5.3` for too many recipients (RFC 5321 §4.5.3.1.10: how a client learns to split
+    /// the transaction). Unknown recipients have their own limit (see `rcpt`).
     fn count(&mut self, outcome: Outcome) -> Outcome {
         if let Outcome::Reply(r) = &outcome
             && r.is_error()
+            && ![
+                texts::TOO_MANY_RCPTS,
+                texts::MAILBOX_FULL,
+                texts::LOCAL_ERROR,
+                texts::USER_UNKNOWN,
+                texts::RELAY_DENIED,
+            ]
+            .iter()
+            .any(|(code, text)| r.is(*code, text))
         {
             self.errors += 1;
             if self.errors >= self.settings.max_errors {
@@ -243,9 +275,10 @@ impl Session {
             (State::Mail(_), Command::Mail { .. }) => R(texts::SENDER_ALREADY.into()),
             (State::Idle, Command::Mail { from, params }) => R(self.mail(from, params, store).await),
             (State::Idle, Command::Rcpt(_)) => R(texts::NEED_MAIL.into()),
-            (State::Mail(_), Command::Rcpt(to)) => R(self.rcpt(to, store).await),
+            (State::Mail(_), Command::Rcpt(to)) => self.rcpt(to, store).await,
             (State::Mail(tx), Command::Data) if !tx.rcpts.is_empty() => Outcome::Data(texts::START_DATA.into()),
-            (_, Command::Data) => R(texts::NEED_RCPT.into()),
+            (State::Idle, Command::Data) => R(texts::NEED_MAIL.into()),
+            (State::Mail(_), Command::Data) => R(texts::NEED_RCPT.into()),
         }
     }
 
@@ -273,6 +306,9 @@ impl Session {
     async fn mail(&mut self, from: Option<Address>, params: MailParams, store: &Store) -> Reply {
         if self.settings.smtpd.require_helo && self.helo.is_none() {
             return texts::SEND_HELO_FIRST.into();
+        }
+        if params.given && !self.helo.as_ref().is_some_and(|h| h.extended) {
+            return texts::PARAMS_NEED_EHLO.into();
         }
         if params.size > self.settings.smtpd.max_message_size as u64 {
             self.failed("size");
@@ -302,38 +338,44 @@ impl Session {
         texts::SENDER_OK.into()
     }
 
-    async fn rcpt(&mut self, to: ForwardPath, store: &Store) -> Reply {
+    async fn rcpt(&mut self, to: ForwardPath, store: &Store) -> Outcome {
+        use Outcome::Reply as R;
         let State::Mail(tx) = &mut self.state else {
-            return texts::NEED_MAIL.into();
+            return R(texts::NEED_MAIL.into());
         };
         if tx.rcpts.len() >= self.settings.smtpd.max_recipients {
-            return texts::TOO_MANY_RCPTS.into();
+            return R(texts::TOO_MANY_RCPTS.into());
         }
-        let address = match to {
-            ForwardPath::Address(a) => a,
-            ForwardPath::Postmaster => self.settings.postmaster.clone(),
+        let (address, bare_postmaster) = match to {
+            ForwardPath::Address(a) => (a, false),
+            ForwardPath::Postmaster => (self.settings.postmaster.clone(), true),
         };
         if !address.to_string().is_ascii() && !tx.params.smtputf8 {
-            return texts::NEED_SMTPUTF8.into();
+            return R(texts::NEED_SMTPUTF8.into());
         }
-        let resolution = match store.resolve(&address).await {
+        let mut resolution = match store.resolve(&address).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(cause = %e, "recipient lookup failed");
-                return texts::LOCAL_ERROR.into();
+                return R(texts::LOCAL_ERROR.into());
             }
         };
-        match resolution {
-            Resolution::NotLocal => {
-                tracing::info!(peer = %self.peer, rcpt = %address, "relaying denied");
-                self.settings.stats.failed("relay", &self.peer.to_string());
-                texts::RELAY_DENIED.into()
+        // RFC 5321 §4.5.1: postmaster at every served domain reaches the postmaster box
+        // when no box or alias of its own does.
+        if resolution == Resolution::UnknownUser && address.key().starts_with("postmaster@") && !bare_postmaster {
+            match store.resolve(&self.settings.postmaster).await {
+                Ok(r @ Resolution::Boxes(_)) => resolution = r,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(cause = %e, "recipient lookup failed");
+                    return R(texts::LOCAL_ERROR.into());
+                }
             }
-            Resolution::UnknownUser => {
-                tracing::info!(peer = %self.peer, rcpt = %address, "unknown recipient");
-                self.settings.stats.failed("address", &self.peer.to_string());
-                texts::USER_UNKNOWN.into()
-            }
+        }
+        let State::Mail(tx) = &mut self.state else {
+            return R(texts::NEED_MAIL.into());
+        };
+        let refusal: Reply = match resolution {
             Resolution::Boxes(boxes) => {
                 let (room, full): (Vec<_>, Vec<_>) = boxes.into_iter().partition(|b| !b.is_full(tx.params.size));
                 for b in &full {
@@ -341,15 +383,44 @@ impl Session {
                     self.settings.stats.failed("full", &b.address.to_string());
                 }
                 if room.is_empty() {
-                    return texts::MAILBOX_FULL.into();
+                    // RFC 3463: permanent when the message can never fit in any of them.
+                    let announced = i64::try_from(tx.params.size).unwrap_or(i64::MAX);
+                    let never = full.iter().all(|b| b.max_size > 0 && announced > b.max_size);
+                    return R(if never { texts::TOO_BIG_FOR_BOX } else { texts::MAILBOX_FULL }.into());
                 }
                 tx.rcpts.push(Recipient {
+                    // As given; a bare `<Postmaster>` as the box it stands for, since the
+                    // `for` clause takes a Mailbox (RFC 5321 §4.4).
                     forward_path: address.to_string(),
                     boxes: room.into_iter().map(|b| b.address).collect(),
                 });
-                texts::RCPT_OK.into()
+                return R(texts::RCPT_OK.into());
             }
+            Resolution::NotLocal => {
+                tracing::info!(peer = %self.peer, rcpt = %address, "relaying denied");
+                self.settings.stats.failed("relay", &self.peer.to_string());
+                texts::RELAY_DENIED.into()
+            }
+            Resolution::UnknownUser => {
+                if bare_postmaster {
+                    tracing::error!(postmaster = %address, "postmaster reaches no box: set [smtpd] postmaster");
+                }
+                tracing::info!(peer = %self.peer, rcpt = %address, "unknown recipient");
+                self.settings.stats.failed("address", &self.peer.to_string());
+                texts::USER_UNKNOWN.into()
+            }
+        };
+        // Unknown recipients have a limit of their own: a dictionary attack ends there,
+        // but a transaction with accepted recipients is never thrown away before DATA.
+        self.unknown += 1;
+        let limit = self.settings.smtpd.max_unknown_recipients;
+        if limit > 0 && self.unknown >= limit {
+            if tx.rcpts.is_empty() {
+                return Outcome::Close(self.too_many_unknown());
+            }
+            self.close_after = true;
         }
+        R(refusal)
     }
 
     /// Ends a DATA phase: checks what was received and stores it (design.md
@@ -443,7 +514,7 @@ impl Session {
     /// `Return-Path:` and `Received:` (RFC 5321 §4.4, RFC 3848 protocol names, RFC 6531
     /// §4.3 UTF8 variants), CRLF-ended.
     fn trace(&self, tx: &Transaction, forward_path: &str) -> Vec<u8> {
-        let helo = self.helo.as_ref().map_or("unknown", |h| h.name.as_str());
+        let helo = self.helo.as_ref().map_or_else(|| "unknown".to_owned(), |h| trace_name(&h.name));
         let extended = self.helo.as_ref().is_some_and(|h| h.extended);
         let protocol = match (tx.params.smtputf8, extended, self.tls) {
             (true, _, true) => "UTF8SMTPS",
@@ -467,6 +538,35 @@ impl Session {
     }
 }
 
+/// The HELO/EHLO argument as it may stand in `Received: from` (RFC 5321 §4.4
+/// `Extended-Domain`, RFC 5322 syntax): a domain or address literal as given; an
+/// internationalised domain (RFC 6531 allows U-labels in EHLO) in its A-label form;
+/// anything else (unbalanced parentheses, odd characters) as a quoted string with `\`
+/// and `"` escaped and non-ASCII characters replaced by `?`, so the field always parses.
+fn trace_name(name: &str) -> String {
+    if name.is_ascii() && (common::address::is_domain(name) || common::address::is_address_literal(name)) {
+        return name.to_owned();
+    }
+    if !name.is_ascii()
+        && let Some(a_label) = common::address::a_label_domain(name)
+    {
+        return a_label;
+    }
+    let mut quoted = String::from("\"");
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            c if c.is_ascii_graphic() || c == ' ' => quoted.push(c),
+            _ => quoted.push('?'),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
 /// Number of `Received:` fields in the header of `message` (mail-parser does the header
 /// parsing; a message without a header section has none).
 fn count_received(message: &[u8]) -> usize {
@@ -483,6 +583,7 @@ fn syntax_reply(e: SyntaxError) -> Reply {
         SyntaxError::Sender => texts::BAD_SENDER,
         SyntaxError::Recipient => texts::BAD_RCPT,
         SyntaxError::MailParam => texts::BAD_PARAM,
+        SyntaxError::ParamSyntax => texts::PARAM_SYNTAX,
         SyntaxError::RcptParam => texts::BAD_RCPT_PARAM,
         SyntaxError::NeedsUtf8 => texts::NEED_SMTPUTF8,
     }
@@ -491,7 +592,17 @@ fn syntax_reply(e: SyntaxError) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::count_received;
+    use super::{count_received, trace_name};
+
+    #[test]
+    fn odd_helo_names_are_quoted_in_trace_fields() {
+        assert_eq!(trace_name("mail.example.org"), "mail.example.org");
+        assert_eq!(trace_name("[192.0.2.1]"), "[192.0.2.1]");
+        assert_eq!(trace_name("x(unbalanced;"), "\"x(unbalanced;\"");
+        assert_eq!(trace_name("jösé"), "xn--js-cja4c");
+        assert_eq!(trace_name("jö sé"), "\"j? s?\"");
+        assert_eq!(trace_name("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
 
     #[test]
     fn hop_count_reads_header_only() {

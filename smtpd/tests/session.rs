@@ -5,53 +5,10 @@
 
 mod support;
 
-use std::net::IpAddr;
-use std::sync::Arc;
-
 use common::testing::{Backend, TestDb};
-use smtpd::config::{Config, NullSender};
-use smtpd::proto::data::{DataReceiver, Received};
-use smtpd::session::{Outcome, Session, Settings};
-use support::{NAME, config, seed};
-
-struct T {
-    db: TestDb,
-    s: Session,
-}
-
-fn session(cfg: &Config, ip: &str) -> Session {
-    Session::new(Arc::new(Settings::from_config(cfg)), ip.parse::<IpAddr>().unwrap(), false)
-}
-
-async fn setup(tweak: impl FnOnce(&mut Config)) -> T {
-    let db = TestDb::create(Backend::Sqlite).await.unwrap();
-    seed(&db).await;
-    let mut cfg = config(&db.url);
-    tweak(&mut cfg);
-    T { s: session(&cfg, "192.0.2.7"), db }
-}
-
-impl T {
-    async fn line(&mut self, l: &str) -> Outcome {
-        self.s.handle_line(l.as_bytes(), &self.db.store).await
-    }
-    /// Sends a line, expects a plain reply, returns "code text".
-    async fn say(&mut self, l: &str) -> String {
-        match self.line(l).await {
-            Outcome::Reply(r) => format!("{} {}", r.code, r.lines.join("|")),
-            other => panic!("{l}: unexpected {other:?}"),
-        }
-    }
-    async fn data(&mut self, raw: &[u8]) -> String {
-        let mut rx = DataReceiver::new(self.s.data_limits());
-        let (_, done) = rx.feed(raw);
-        let received: Received = done.expect("end of data in input");
-        match self.s.data_end(received, &self.db.store).await {
-            Outcome::Reply(r) => format!("{} {}", r.code, r.lines.join("|")),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
+use smtpd::config::NullSender;
+use smtpd::session::Outcome;
+use support::{NAME, T, config, seed, session, setup};
 
 #[tokio::test]
 async fn greeting_and_ehlo() {
@@ -93,9 +50,9 @@ async fn commands_out_of_order() {
     let mut t = setup(|_| {}).await;
     assert_eq!(t.say("MAIL FROM:<a@b.org>").await, "503 5.5.1 Send HELO/EHLO first");
     assert_eq!(t.say("RCPT TO:<mmondor@example.org>").await, "503 5.5.1 Need MAIL first");
-    assert_eq!(t.say("DATA").await, "503 5.5.1 Need RCPT first");
+    assert_eq!(t.say("DATA").await, "503 5.5.1 Need MAIL first");
     t.say("HELO c").await;
-    assert_eq!(t.say("DATA").await, "503 5.5.1 Need RCPT first");
+    assert_eq!(t.say("DATA").await, "503 5.5.1 Need MAIL first");
     assert_eq!(t.say("MAIL FROM:<a@b.org>").await, "250 2.1.0 Sender ok");
     assert_eq!(t.say("MAIL FROM:<a@b.org>").await, "503 5.5.1 Sender already specified");
     assert_eq!(t.say("DATA").await, "503 5.5.1 Need RCPT first");
@@ -135,8 +92,8 @@ async fn recipients() {
     assert_eq!(t.say("RCPT TO:<Postmaster>").await, "250 2.1.5 Recipient ok");
     assert_eq!(t.say("RCPT TO:<bob@elsewhere.test>").await, "550 5.7.1 Relaying denied");
     assert_eq!(t.say("RCPT TO:<full@example.org>").await, "452 4.2.2 Mailbox full");
-    // SIZE=2000 announced, box limit 1000 bytes.
-    assert_eq!(t.say("RCPT TO:<tight@example.org>").await, "452 4.2.2 Mailbox full");
+    // SIZE=2000 announced, box limit 1000 bytes: it can never fit (RFC 3463 5.2.2).
+    assert_eq!(t.say("RCPT TO:<tight@example.org>").await, "552 5.2.2 Message too big for the mailbox");
     assert_eq!(t.say("RCPT TO:<x@@example.org>").await, "501 5.1.3 Bad recipient address syntax");
     assert_eq!(t.say("RCPT TO:<x@example.org> NOTIFY=NEVER").await, "555 5.5.4 Unsupported RCPT parameter");
     assert_eq!(t.say("RCPT TO:<jö@example.org>").await, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
@@ -175,14 +132,16 @@ async fn mail_parameters_and_size() {
 
 #[tokio::test]
 async fn null_sender_and_nofrom() {
-    let mut t = setup(|_| {}).await;
+    // RFC 5321 §4.5.5: the default accepts bounces from everyone.
+    let mut open = setup(|_| {}).await;
+    open.say("EHLO c").await;
+    assert_eq!(open.say("MAIL FROM:<>").await, "250 2.1.0 Sender ok");
+    // mmmail's restriction, turned on by the administrator.
+    let mut t = setup(|c| c.own.null_sender = NullSender::Nofrom).await;
     t.say("EHLO c").await;
     assert_eq!(t.say("MAIL FROM:<>").await, "550 5.7.1 Null sender not accepted from your host");
     t.db.add_nofrom("192.0.2.*").await;
     assert_eq!(t.say("MAIL FROM:<>").await, "250 2.1.0 Sender ok");
-    let mut open = setup(|c| c.own.null_sender = NullSender::Accept).await;
-    open.say("EHLO c").await;
-    assert_eq!(open.say("MAIL FROM:<>").await, "250 2.1.0 Sender ok");
 }
 
 #[tokio::test]
@@ -269,7 +228,7 @@ async fn error_limit_closes_with_421() {
 
 #[tokio::test]
 async fn database_failure_is_a_temporary_error() {
-    let mut t = setup(|_| {}).await;
+    let mut t = setup(|c| c.own.null_sender = NullSender::Nofrom).await;
     t.say("EHLO c").await;
     t.say("MAIL FROM:<a@b.org>").await;
     assert_eq!(t.say("RCPT TO:<mmondor@example.org>").await, "250 2.1.5 Recipient ok");

@@ -114,7 +114,9 @@ pub async fn accept<H, F>(
                     a = l.socket.accept() => a,
                 };
                 let (mut stream, peer) = match accepted {
-                    Ok(a) => a,
+                    // An IPv4 client of a dual-stack `[::]` listener arrives as
+                    // `::ffff:a.b.c.d`: every rule, counter and trace field sees a.b.c.d.
+                    Ok((s, p)) => (s, SocketAddr::new(p.ip().to_canonical(), p.port())),
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(cause = %e, "accept failed");

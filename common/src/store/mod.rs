@@ -219,24 +219,27 @@ impl Store {
         dispatch!(self, find_box(address))
     }
 
-    /// Resolves a recipient (design.md "Mail rules"): the address as a box; else the most
-    /// specific matching alias pattern ([`pattern::specificity_order`]) and each of its
-    /// `alias_box` values that is a box (aliases do not chain); else whether the domain is
-    /// served here at all (some box at it, or some alias pattern whose domain part
-    /// matches it).
+    /// Resolves a recipient (design.md "Mail rules") by its lookup forms
+    /// ([`Address::keys`]: lowercase, the domain as U-labels and as A-labels): the address
+    /// as a box; else the most specific matching alias pattern
+    /// ([`pattern::specificity_order`]) and each of its `alias_box` values that is a box
+    /// (aliases do not chain); else whether the domain is served here at all (some box at
+    /// it, or some alias pattern whose domain part matches it).
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn resolve(&self, address: &Address) -> Result<Resolution, StoreError> {
-        let full = address.to_string();
-        if let Some(b) = self.find_box(&full).await? {
-            return Ok(Resolution::Boxes(vec![b]));
+        let keys = address.keys();
+        for key in &keys {
+            if let Some(b) = self.find_box(key).await? {
+                return Ok(Resolution::Boxes(vec![b]));
+            }
         }
         let aliases: Vec<(String, String)> = dispatch!(self, aliases())?;
         let winner = aliases
             .iter()
             .map(|(p, _)| p.as_str())
-            .filter(|p| pattern::matches(p, &full))
+            .filter(|p| keys.iter().any(|k| pattern::matches(p, k)))
             .min_by(|a, b| pattern::specificity_order(a, b));
         if let Some(winner) = winner {
             let mut boxes: Vec<BoxInfo> = Vec::new();
@@ -252,16 +255,20 @@ impl Store {
             }
             return Ok(Resolution::UnknownUser);
         }
-        let domain = address.domain();
+        let domains = address.key_domains();
         let served_by_alias = aliases.iter().any(|(p, _)| {
             let domain_part = p.rsplit_once('@').map_or(p.as_str(), |(_, d)| d);
-            pattern::matches(domain_part, domain)
+            domains.iter().any(|d| pattern::matches(domain_part, d))
         });
-        if served_by_alias || dispatch!(self, domain_has_box(&like_suffix(domain)))? {
-            Ok(Resolution::UnknownUser)
-        } else {
-            Ok(Resolution::NotLocal)
+        if served_by_alias {
+            return Ok(Resolution::UnknownUser);
         }
+        for d in &domains {
+            if dispatch!(self, domain_has_box(&like_suffix(d)))? {
+                return Ok(Resolution::UnknownUser);
+            }
+        }
+        Ok(Resolution::NotLocal)
     }
 
     /// Whether a client known as any of `names` (its address, and its host name when

@@ -26,6 +26,8 @@ pub struct MailParams {
     pub body: Body,
     /// `SMTPUTF8` given (RFC 6531 §3.4).
     pub smtputf8: bool,
+    /// Whether any parameter was given (they need EHLO, RFC 5321 §4.1.1.2).
+    pub given: bool,
 }
 
 /// A forward-path of RCPT TO.
@@ -84,8 +86,11 @@ pub enum SyntaxError {
     Sender,
     /// Bad `RCPT TO:` syntax (`501 5.1.3`).
     Recipient,
-    /// Unknown or malformed MAIL parameter (`555 5.5.4`).
+    /// Unknown or unimplemented MAIL parameter (`555 5.5.4`, RFC 5321 §4.1.1.11).
     MailParam,
+    /// A known MAIL parameter given twice or with a malformed value (`501 5.5.4`;
+    /// RFC 1870 §6: `SIZE` takes digits only).
+    ParamSyntax,
     /// Any RCPT parameter: none are supported (`555 5.5.4`).
     RcptParam,
     /// Non-ASCII address without SMTPUTF8 (`553 5.6.7`).
@@ -113,8 +118,10 @@ pub fn parse(line: &[u8]) -> Result<Command, SyntaxError> {
         b"STARTTLS" => no_args(Command::StartTls),
         b"NOOP" => Ok(Command::Noop),
         b"HELP" => Ok(Command::Help),
-        b"VRFY" => Ok(Command::Vrfy),
-        b"EXPN" => Ok(Command::Expn),
+        // RFC 5321 §4.1.1.6, §4.1.1.7: both take a string.
+        b"VRFY" if args.iter().any(|&b| b != b' ') => Ok(Command::Vrfy),
+        b"EXPN" if args.iter().any(|&b| b != b' ') => Ok(Command::Expn),
+        b"VRFY" | b"EXPN" => Err(SyntaxError::Arguments),
         _ => Err(SyntaxError::Unrecognized),
     }
 }
@@ -152,17 +159,26 @@ fn parse_mail(args: &[u8]) -> Result<Command, SyntaxError> {
         return Err(SyntaxError::Sender);
     }
     let mut params = MailParams::default();
+    let mut seen: Vec<String> = Vec::new();
     for p in path.rest.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = p.split_once('=').map_or((p, None), |(k, v)| (k, Some(v)));
-        match (key.to_ascii_uppercase().as_str(), value) {
+        let key = key.to_ascii_uppercase();
+        if seen.contains(&key) {
+            return Err(SyntaxError::ParamSyntax);
+        }
+        match (key.as_str(), value) {
             ("SIZE", Some(v)) if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
                 params.size = v.parse().unwrap_or(u64::MAX);
             }
+            ("SIZE", _) => return Err(SyntaxError::ParamSyntax),
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => params.body = Body::SevenBit,
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => params.body = Body::EightBitMime,
             ("SMTPUTF8", None) => params.smtputf8 = true,
+            ("SMTPUTF8", Some(_)) => return Err(SyntaxError::ParamSyntax),
             _ => return Err(SyntaxError::MailParam),
         }
+        params.given = true;
+        seen.push(key);
     }
     if path.address.as_ref().is_some_and(|a| !a.to_string().is_ascii()) && !params.smtputf8 {
         return Err(SyntaxError::NeedsUtf8);
@@ -202,8 +218,8 @@ mod tests {
             (
                 b"mail from: <A@B.org> SIZE=123 BODY=8BITMIME",
                 Command::Mail {
-                    from: Some(a("a@b.org")),
-                    params: MailParams { size: 123, body: Body::EightBitMime, smtputf8: false },
+                    from: Some(a("A@B.org")),
+                    params: MailParams { size: 123, body: Body::EightBitMime, smtputf8: false, given: true },
                 },
             ),
             (b"MAIL FROM:<>", Command::Mail { from: None, params: MailParams::default() }),
@@ -211,7 +227,7 @@ mod tests {
                 "MAIL FROM:<j\u{f6}@b.org> SMTPUTF8".as_bytes(),
                 Command::Mail {
                     from: Some(a("j\u{f6}@b.org")),
-                    params: MailParams { smtputf8: true, ..MailParams::default() },
+                    params: MailParams { smtputf8: true, given: true, ..MailParams::default() },
                 },
             ),
             (b"RCPT TO:<x@y.org>", Command::Rcpt(ForwardPath::Address(a("x@y.org")))),
@@ -224,6 +240,7 @@ mod tests {
             (b"HELP MAIL", Command::Help),
             (b"VRFY bob", Command::Vrfy),
             (b"EXPN list", Command::Expn),
+            (b"rcpt to:<Bob@Example.ORG>", Command::Rcpt(ForwardPath::Address(a("Bob@Example.ORG")))),
             (b"StartTLS", Command::StartTls),
         ];
         for (line, want) in ok {
@@ -243,11 +260,16 @@ mod tests {
             (b"MAIL FROM:a@b.org", SyntaxError::Sender),
             (b"MAIL FROM:<a@b.org", SyntaxError::Sender),
             (b"MAIL FROM:<postmaster>", SyntaxError::Sender),
-            (b"MAIL FROM:<a@b.org> SIZE=abc", SyntaxError::MailParam),
-            (b"MAIL FROM:<a@b.org> SIZE=", SyntaxError::MailParam),
+            (b"MAIL FROM:<a@b.org> SIZE=abc", SyntaxError::ParamSyntax),
+            (b"MAIL FROM:<a@b.org> SIZE=", SyntaxError::ParamSyntax),
+            (b"MAIL FROM:<a@b.org> SIZE=-1", SyntaxError::ParamSyntax),
+            (b"MAIL FROM:<a@b.org> SIZE=10 size=20", SyntaxError::ParamSyntax),
+            (b"MAIL FROM:<a@b.org> BODY=7BIT BODY=8BITMIME", SyntaxError::ParamSyntax),
+            (b"VRFY", SyntaxError::Arguments),
+            (b"EXPN  ", SyntaxError::Arguments),
             (b"MAIL FROM:<a@b.org> BODY=BINARYMIME", SyntaxError::MailParam),
             (b"MAIL FROM:<a@b.org> RET=HDRS", SyntaxError::MailParam),
-            (b"MAIL FROM:<a@b.org> SMTPUTF8=yes", SyntaxError::MailParam),
+            (b"MAIL FROM:<a@b.org> SMTPUTF8=yes", SyntaxError::ParamSyntax),
             ("MAIL FROM:<j\u{f6}@b.org>".as_bytes(), SyntaxError::NeedsUtf8),
             (b"MAIL FROM:<a@b.org>\xff", SyntaxError::Sender),
             (b"RCPT", SyntaxError::Recipient),

@@ -21,9 +21,14 @@ impl Reply {
         Self { code, lines }
     }
 
-    /// Whether this is a failure (4xx or 5xx), which counts against `max_errors`.
+    /// Whether this is a failure (4xx or 5xx).
     pub fn is_error(&self) -> bool {
         self.code >= 400
+    }
+
+    /// Whether this is the one-line reply `code text`.
+    pub fn is(&self, code: u16, text: &str) -> bool {
+        self.code == code && self.lines.len() == 1 && self.lines[0] == text
     }
 
     /// Appends the wire form to `out`. Each line is cut to fit 512 octets with its code
@@ -64,6 +69,10 @@ pub mod texts {
     pub const BAD_SENDER: (u16, &str) = (501, "5.1.7 Bad sender address syntax");
     /// Unknown MAIL/RCPT parameter.
     pub const BAD_PARAM: (u16, &str) = (555, "5.5.4 Unsupported MAIL parameter");
+    /// A MAIL parameter given twice or with a bad value.
+    pub const PARAM_SYNTAX: (u16, &str) = (501, "5.5.4 Syntax error in MAIL parameters");
+    /// MAIL parameters after HELO (they are ESMTP, RFC 5321 §4.1.1.2).
+    pub const PARAMS_NEED_EHLO: (u16, &str) = (501, "5.5.4 MAIL parameters need EHLO");
     /// Unknown RCPT parameter.
     pub const BAD_RCPT_PARAM: (u16, &str) = (555, "5.5.4 Unsupported RCPT parameter");
     /// `SIZE=` over the limit.
@@ -74,7 +83,7 @@ pub mod texts {
     pub const FLOOD: (u16, &str) = (450, "4.7.1 Too many messages from your address, try again later");
     /// Sender accepted.
     pub const SENDER_OK: (u16, &str) = (250, "2.1.0 Sender ok");
-    /// RCPT before MAIL.
+    /// RCPT or DATA before MAIL.
     pub const NEED_MAIL: (u16, &str) = (503, "5.5.1 Need MAIL first");
     /// Bad forward-path.
     pub const BAD_RCPT: (u16, &str) = (501, "5.1.3 Bad recipient address syntax");
@@ -86,6 +95,8 @@ pub mod texts {
     pub const USER_UNKNOWN: (u16, &str) = (550, "5.1.1 User unknown");
     /// Box over its limits.
     pub const MAILBOX_FULL: (u16, &str) = (452, "4.2.2 Mailbox full");
+    /// The announced size is over the box's whole size limit: it can never fit (RFC 3463).
+    pub const TOO_BIG_FOR_BOX: (u16, &str) = (552, "5.2.2 Message too big for the mailbox");
     /// Over `max_recipients`.
     pub const TOO_MANY_RCPTS: (u16, &str) = (452, "4.5.3 Too many recipients");
     /// Recipient accepted.

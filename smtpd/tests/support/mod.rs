@@ -1,12 +1,15 @@
 //! Helpers shared by the smtpd integration tests.
 #![allow(dead_code, missing_docs)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use common::config::TlsConfig;
-use common::testing::TestDb;
+use common::testing::{Backend, TestDb};
 use smtpd::config::Config;
+use smtpd::proto::data::{DataReceiver, Received};
+use smtpd::session::{Outcome, Session, Settings};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub const NAME: &str = "mx.example.org";
@@ -131,4 +134,48 @@ pub async fn consistent(db: &TestDb, box_address: &str) -> common::store::Usage 
     let counters = db.counters(box_address).await;
     assert_eq!(counters, db.store.recount(box_address).await.unwrap(), "{box_address} on {:?}", db.backend);
     counters
+}
+
+/// A session transcript against a fresh SQLite store (style.md P11 (b)): no sockets.
+pub struct T {
+    pub db: TestDb,
+    pub s: Session,
+}
+
+/// A session for a client at `ip` under `cfg`.
+pub fn session(cfg: &Config, ip: &str) -> Session {
+    Session::new(Arc::new(Settings::from_config(cfg)), ip.parse::<IpAddr>().unwrap(), false)
+}
+
+/// A seeded SQLite store and a session from 192.0.2.7 under the test config as `tweak`
+/// leaves it.
+pub async fn setup(tweak: impl FnOnce(&mut Config)) -> T {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut cfg = config(&db.url);
+    tweak(&mut cfg);
+    T { s: session(&cfg, "192.0.2.7"), db }
+}
+
+impl T {
+    pub async fn line(&mut self, l: &str) -> Outcome {
+        self.s.handle_line(l.as_bytes(), &self.db.store).await
+    }
+    /// Sends a line, expects a plain reply, returns "code text".
+    pub async fn say(&mut self, l: &str) -> String {
+        match self.line(l).await {
+            Outcome::Reply(r) => format!("{} {}", r.code, r.lines.join("|")),
+            other => panic!("{l}: unexpected {other:?}"),
+        }
+    }
+    /// Feeds `raw` (ending in CRLF . CRLF) as the DATA of the transaction; "code text".
+    pub async fn data(&mut self, raw: &[u8]) -> String {
+        let mut rx = DataReceiver::new(self.s.data_limits());
+        let (_, done) = rx.feed(raw);
+        let received: Received = done.expect("end of data in input");
+        match self.s.data_end(received, &self.db.store).await {
+            Outcome::Reply(r) => format!("{} {}", r.code, r.lines.join("|")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
