@@ -278,7 +278,8 @@ url = "sqlite://$db"
 addresses = ["127.0.0.1:$smtp_port"]
 $tls
 [smtpd]
-null_sender = "accept"
+# RFC 5321 4.5.1: mail to postmaster must reach a box; here the demo box.
+postmaster = "demo@example.test"
 $stats
 $root_ok
 CONF

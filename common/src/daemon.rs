@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{DaemonFile, LimitsConfig, LogConfig, Section, TlsConfig};
+use crate::error::StoreError;
 use crate::net::listener::{Listener, Refusals};
 use crate::net::shaping::Shaped;
 use crate::privileges::PrivilegesConfig;
@@ -43,14 +44,25 @@ impl Args {
     }
 }
 
-/// The front of every daemon's `main`: loads and checks the config with `load`
-/// (`--check-config` stops there), starts logging as `log` says, runs `life`; returns the
-/// exit status: 0 after a clean stop or a successful check, 1 on any failure (printed on
-/// standard error and logged).
+/// What `--check-config` found beyond the file's own keys (see [`front`]).
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// What could not be checked, and why (printed; the check still passes).
+    pub notes: Vec<String>,
+    /// What makes the configuration unusable, one line each naming its key (the check
+    /// fails).
+    pub problems: Vec<String>,
+}
+
+/// The front of every daemon's `main`: loads and checks the config with `load`; with
+/// `--check-config`, runs `check` on it, prints the result and stops; otherwise starts
+/// logging as `log` says and runs `life`. Returns the exit status: 0 after a clean stop
+/// or a successful check, 1 on any failure (printed on standard error and logged).
 pub fn front<C>(
     name: &str,
     args: &Args,
     load: impl FnOnce(&Path) -> Result<C, crate::ConfigError>,
+    check: impl FnOnce(&C) -> Checked,
     log: impl FnOnce(&C) -> &LogConfig,
     life: impl FnOnce(&Path, C) -> anyhow::Result<()>,
 ) -> ExitCode {
@@ -63,6 +75,17 @@ pub fn front<C>(
         }
     };
     if args.check_config {
+        let checked = check(&cfg);
+        for note in &checked.notes {
+            println!("{name}: note: {note}");
+        }
+        if !checked.problems.is_empty() {
+            eprintln!("{name}: {}: {} problem(s):", path.display(), checked.problems.len());
+            for p in &checked.problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::FAILURE;
+        }
         println!("{name}: {}: configuration OK", path.display());
         return ExitCode::SUCCESS;
     }
@@ -159,6 +182,15 @@ pub trait Daemon: Sized + Send + Sync + 'static {
     /// # Errors
     /// When the new settings cannot be used; the old ones stay.
     fn reload(&self, cfg: &Config<Self>) -> anyhow::Result<()>;
+    /// What only the database can tell about `cfg` (`--check-config`, and a warning at
+    /// start): problems, one line each naming the key. None by default.
+    ///
+    /// # Errors
+    /// A database failure.
+    fn check(cfg: &Config<Self>, store: &Store) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        let _ = (cfg, store);
+        async { Ok(Vec::new()) }
+    }
 }
 
 fn load<D: Daemon>(path: &Path) -> Result<Config<D>, crate::ConfigError> {
@@ -169,7 +201,57 @@ fn load<D: Daemon>(path: &Path) -> Result<Config<D>, crate::ConfigError> {
 
 /// The whole life of a network daemon process (see the module notes); the exit status.
 pub fn main<D: Daemon>(args: &Args) -> ExitCode {
-    front(D::NAME, args, load::<D>, |c| &c.log, life::<D>)
+    front(D::NAME, args, load::<D>, check::<D>, |c| &c.log, life::<D>)
+}
+
+/// `--check-config` beyond the file: the database's contents, when it can be reached
+/// and its schema is current (box addresses in lowercase, and [`Daemon::check`]). It
+/// is never created or migrated by the check.
+fn check<D: Daemon>(cfg: &Config<D>) -> Checked {
+    let mut checked = Checked::default();
+    let url = cfg.database.url.expose();
+    if let Some(file) = crate::store::sqlite_file(url)
+        && !file.exists()
+    {
+        checked
+            .notes
+            .push(format!("{} does not exist yet (made at start): its contents were not checked", file.display()));
+        return checked;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            checked.notes.push(format!("database not checked: {e}"));
+            return checked;
+        }
+    };
+    rt.block_on(async {
+        let mut db = cfg.database.clone();
+        db.acquire_timeout = db.acquire_timeout.min(5);
+        let store = match Store::connect(&db).await {
+            Ok(s) => s,
+            Err(e) => {
+                checked.notes.push(format!("database not reachable ({e}): its contents were not checked"));
+                return;
+            }
+        };
+        if let Err(e) = crate::store::migrate::check_current(&store).await {
+            checked.notes.push(format!("{e}: its contents were not checked"));
+        } else {
+            match store.mixed_case_boxes().await {
+                Ok(boxes) => checked.problems.extend(boxes.into_iter().map(|b| {
+                    format!("database: box {b:?} is not in lowercase: it receives no mail and cannot log in")
+                })),
+                Err(e) => checked.notes.push(format!("database: {e}")),
+            }
+            match D::check(cfg, &store).await {
+                Ok(problems) => checked.problems.extend(problems),
+                Err(e) => checked.notes.push(format!("database: {e}")),
+            }
+        }
+        store.close().await;
+    });
+    checked
 }
 
 fn bind_std(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {

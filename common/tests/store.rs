@@ -357,3 +357,31 @@ async fn concurrent_migrations_on_a_fresh_database() {
         common::store::migrate::check_current(&db.store).await.unwrap();
     }
 }
+
+/// design.md "Schema": box addresses are lowercase. A mixed-case box would receive no
+/// mail and could not log in, so every backend refuses one when it is inserted or
+/// renamed (migration 0004); one inserted before that migration is reported.
+#[tokio::test]
+async fn mixed_case_boxes_are_refused_or_reported() {
+    use common::testing::Backend;
+    for db in TestDb::all().await {
+        let u = seeded(&db).await;
+        let now = db.backend.now();
+        let insert = format!("INSERT INTO box VALUES ('Bob@Corp.Test', {u}, 0, 0, 0, 0, {now}, {now}, {now})");
+        let refused = db.store.execute_admin_sql(&insert).await;
+        assert!(refused.is_err(), "{:?} accepted a mixed-case box", db.backend);
+        let rename = "UPDATE box SET box_address = 'Small@example.org' WHERE box_address = 'small@example.org'";
+        assert!(db.store.execute_admin_sql(rename).await.is_err(), "{:?} renamed a box to mixed case", db.backend);
+        db.add_box("bob@corp.test", u, 0, 0).await;
+        assert!(db.store.mixed_case_boxes().await.unwrap().is_empty());
+
+        // A row from before migration 0004.
+        let lift = match db.backend {
+            Backend::Postgres => "ALTER TABLE box DROP CONSTRAINT box_address_lowercase",
+            Backend::MySql | Backend::Sqlite => "DROP TRIGGER box_address_lowercase_insert",
+        };
+        db.sql(lift).await;
+        db.sql(&insert).await;
+        assert_eq!(db.store.mixed_case_boxes().await.unwrap(), ["Bob@Corp.Test"], "{:?}", db.backend);
+    }
+}

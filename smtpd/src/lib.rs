@@ -17,12 +17,13 @@ pub mod session;
 use std::sync::Arc;
 
 use common::daemon::{Core, Daemon, Live, load_tls};
+use common::error::StoreError;
 use common::net::gate::Gate;
 use common::net::listener::{Listener, Refusals};
 use common::net::shaping::Shaper;
 use common::shutdown::Shutdown;
 use common::stats::Stats;
-use common::store::Store;
+use common::store::{Resolution, Store};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, SmtpdConfig};
@@ -57,6 +58,10 @@ impl Daemon for Server {
     const NAME: &'static str = "mmsmtpd";
 
     async fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
+        match Self::check(cfg, &store).await {
+            Ok(problems) => problems.iter().for_each(|p| tracing::warn!("{p}")),
+            Err(e) => tracing::warn!(cause = %e, "postmaster box not checked"),
+        }
         let flood = Arc::new(Flood::new(&cfg.own));
         let core = Core::new(store, live(cfg, &flood, tls, &stats), config::DEFAULT_INPUT_TIMEOUT, stats);
         Ok(Arc::new(Server { core, flood }))
@@ -80,5 +85,20 @@ impl Daemon for Server {
     fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
         self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?, self.core.stats()));
         Ok(())
+    }
+
+    /// RFC 5321 §4.5.1: mail to postmaster must be deliverable, so the postmaster box
+    /// (`[smtpd] postmaster`, or `postmaster@<server.name>`) must reach a box.
+    async fn check(cfg: &Config, store: &Store) -> Result<Vec<String>, StoreError> {
+        let Some(postmaster) = cfg.own.postmaster(&cfg.server.name) else {
+            return Ok(Vec::new()); // reported by the config validation
+        };
+        Ok(match store.resolve(&postmaster).await? {
+            Resolution::Boxes(_) => Vec::new(),
+            _ => vec![format!(
+                "smtpd.postmaster: {postmaster} reaches no box, so mail to postmaster (RFC 5321 4.5.1) would be \
+                 refused: add that box or alias, or name an existing box"
+            )],
+        })
     }
 }

@@ -238,3 +238,44 @@ fn check_config_reports_every_problem() {
     let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmsmtpd")).args(["--check-config", "-c", example]));
     assert!(ok, "etc/mmsmtpd.toml must be valid: {out}");
 }
+
+/// `--check-config` looks into the database when it can: a postmaster that reaches no
+/// box (RFC 5321 §4.5.1) and boxes not in lowercase make the check fail; a SQLite file
+/// not made yet is only noted.
+#[tokio::test]
+async fn check_config_looks_into_the_database() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mmsmtpd.toml");
+    let write = |url: &str, postmaster: &str| {
+        std::fs::write(
+            &cfg,
+            format!("[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:2525\"]\n[smtpd]\npostmaster = \"{postmaster}\"\n"),
+        )
+        .unwrap();
+    };
+    let check = || run(Command::new(env!("CARGO_BIN_EXE_mmsmtpd")).args(["--check-config", "-c"]).arg(&cfg));
+
+    write(&db.url, "");
+    let (ok, out) = check();
+    assert!(!ok, "postmaster@mx.example.org is no box: {out}");
+    assert!(out.contains("smtpd.postmaster: postmaster@mx.example.org reaches no box"), "{out}");
+
+    write(&db.url, "Postmaster@Example.org");
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+
+    db.sql("DROP TRIGGER box_address_lowercase_insert").await;
+    db.add_box("Bob@Corp.Test", 1, 0, 0).await;
+    let (ok, out) = check();
+    assert!(!ok, "{out}");
+    assert!(out.contains("box \"Bob@Corp.Test\" is not in lowercase"), "{out}");
+
+    let missing = dir.path().join("not-yet.db");
+    write(&format!("sqlite://{}", missing.display()), "");
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    assert!(out.contains("does not exist yet"), "{out}");
+    assert!(!missing.exists(), "the check made the database");
+}

@@ -19,7 +19,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let args = Cli::parse().daemon;
-    common::daemon::front("mmstatd", &args, common::config::load::<Config>, |c| &c.log, life)
+    common::daemon::front("mmstatd", &args, common::config::load::<Config>, |_| Default::default(), |c| &c.log, life)
 }
 
 fn life(path: &Path, cfg: Config) -> anyhow::Result<()> {

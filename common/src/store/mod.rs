@@ -136,6 +136,15 @@ macro_rules! dispatch {
 }
 use dispatch;
 
+/// The file of a SQLite database URL (`sqlite:///var/lib/mmmail/mmmail.db`); `None` for
+/// other backends and in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    SqliteConnectOptions::from_str(url).ok().map(|o| o.get_filename().to_path_buf())
+}
+
 impl Store {
     /// Opens a pool for `cfg.url` (`postgres://`, `mysql://` or `mariadb://`, `sqlite:`),
     /// creating a missing SQLite file. Does not migrate: see [`Store::prepare`].
@@ -190,7 +199,20 @@ impl Store {
         } else {
             migrate::check_current(&store).await?;
         }
+        for b in store.mixed_case_boxes().await? {
+            tracing::warn!(r#box = %b, "box address not in lowercase: it receives no mail and cannot log in; store it in lowercase");
+        }
         Ok(store)
+    }
+
+    /// Up to 20 box addresses that are not in lowercase (design.md "Schema"). Migration
+    /// 0004 refuses new ones; these were inserted before it. Mail is looked up by the
+    /// lowercased address, so such a box receives nothing and cannot log in.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn mixed_case_boxes(&self) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, mixed_case_boxes())
     }
 
     /// The backend's name, for logs: `postgres`, `mysql` or `sqlite`.

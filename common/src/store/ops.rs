@@ -86,6 +86,11 @@ macro_rules! operations {
             Ok(rows.into_iter().map(|r| r.0).collect())
         }
 
+        pub(crate) async fn mixed_case_boxes(p: &Pool) -> Result<Vec<String>> {
+            let rows: Vec<(String,)> = sqlx::query_as(SQL.mixed_case_boxes).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+
         // --- delivery and retrieval ---
 
         pub(crate) async fn deliver(p: &Pool, d: &Delivery<'_>, now: i64) -> std::result::Result<(), DeliverError> {

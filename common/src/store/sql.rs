@@ -102,6 +102,8 @@ statements! {
     domain_has_box = Same("SELECT 1 FROM box WHERE box_address LIKE $1 ESCAPE '!' LIMIT 1");
     /// Every `nofrom` pattern.
     nofrom = Same("SELECT nofrom_pattern FROM nofrom");
+    /// Up to 20 box addresses not in lowercase (inserted before migration 0004).
+    mixed_case_boxes = Same("SELECT box_address FROM box WHERE box_address <> LOWER(box_address) ORDER BY box_address LIMIT 20");
 
     // --- delivery ---
     /// Adds one message of `$1` bytes to box `$2` if it is under both limits.
