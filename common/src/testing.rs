@@ -155,6 +155,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Some(String::from_utf8_lossy(&buf).into_owned())
     }
 
+    /// Whether the server ended the stream in order within 5 s: the end of the stream
+    /// after whatever was still unread, on a TLS stream with a `close_notify` alert first
+    /// (RFC 8446 §6.1; rustls reports an end without one as an error).
+    pub async fn closed_cleanly(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(tokio::time::timeout(Duration::from_secs(5), self.io.read_to_end(&mut rest)).await, Ok(Ok(_)))
+    }
+
     /// Whether the server closed the connection (end of stream within 5 s).
     pub async fn closed(&mut self) -> bool {
         let mut buf = [0u8; 1];

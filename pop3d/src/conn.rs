@@ -66,7 +66,10 @@ impl Pass for Pop3<'_> {
                 )
                 .await?;
             let outcome = match input {
-                None => return Ok(End::Closed),
+                None => {
+                    lines.close().await?;
+                    return Ok(End::Closed);
+                }
                 Some(Input::TooLong) => session.line_too_long(),
                 Some(Input::Line(l)) => session.handle_line(&l, &ctx.store).await,
             };
@@ -104,7 +107,7 @@ impl Pass for Pop3<'_> {
                 }
                 Outcome::Close(reply) => {
                     reply.write_to(&mut lines.out);
-                    lines.flush().await?;
+                    lines.close().await?;
                     return Ok(End::Closed);
                 }
                 Outcome::StartTls(reply) => {

@@ -103,6 +103,8 @@ async fn stls_discards_plaintext_injection_and_pop3s_works() {
     assert_eq!(t.cmd(&format!("PASS {PASSWORD}")).await, "-ERR Send USER first");
     assert!(t.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 1 messages"));
     assert_eq!(t.cmd("QUIT").await, "+OK pop.example.org POP3 server signing off (0 messages deleted)");
+    // RFC 8446 §6.1: the TLS session ends with close_notify, not a bare FIN.
+    assert!(t.closed_cleanly().await, "no TLS close_notify after QUIT");
 
     let tcp = tokio::net::TcpStream::connect(server.tls_addr.unwrap()).await.unwrap();
     let tls = cert.connector().connect("localhost".try_into().unwrap(), tcp).await.unwrap();
@@ -112,6 +114,8 @@ async fn stls_discards_plaintext_injection_and_pop3s_works() {
     assert!(s.login("mmondor@example.org", PASSWORD).await.starts_with("+OK 1 messages"));
     let (_, m) = s.multi("RETR 1").await;
     assert!(m.ends_with(b"secret\r\n"));
+    assert!(s.cmd("QUIT").await.starts_with("+OK "));
+    assert!(s.closed_cleanly().await, "no TLS close_notify after QUIT on POP3S");
 }
 
 #[tokio::test]

@@ -63,7 +63,10 @@ impl Pass for Smtp<'_> {
                 .await?;
             let errors = session.errors();
             let outcome = match input {
-                None => return Ok(End::Closed),
+                None => {
+                    lines.close().await?;
+                    return Ok(End::Closed);
+                }
                 Some(Input::TooLong) => session.line_too_long(),
                 Some(Input::Line(l)) => session.handle_line(&l, &ctx.store).await,
             };
@@ -73,7 +76,7 @@ impl Pass for Smtp<'_> {
                     lines.flush().await?;
                     let Some(received) = read_data(&mut lines, session).await? else {
                         session.timeout_reply().write_to(&mut lines.out);
-                        lines.flush().await?;
+                        lines.close().await?;
                         return Ok(End::Closed);
                     };
                     session.data_end(received, &ctx.store).await
@@ -90,7 +93,7 @@ impl Pass for Smtp<'_> {
                 }
                 Outcome::Close(reply) => {
                     reply.write_to(&mut lines.out);
-                    lines.flush().await?;
+                    lines.close().await?;
                     return Ok(End::Closed);
                 }
                 Outcome::StartTls(reply) => {

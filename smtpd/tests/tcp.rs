@@ -66,6 +66,7 @@ async fn starttls_discards_pipelined_plaintext() {
     t.send(b"Subject: secret\r\n\r\nover TLS\r\n.\r\n").await;
     assert_eq!(t.code().await, 250);
     assert_eq!(t.cmd("QUIT").await, 221);
+    assert!(t.closed_cleanly().await, "no TLS close_notify after QUIT");
     let m = messages(&db, "mmondor@example.org").await;
     assert_eq!(m.len(), 1);
     let text = String::from_utf8_lossy(&m[0]);
@@ -91,6 +92,9 @@ async fn implicit_tls_listener() {
     t.send(b"hi\r\n.\r\n").await;
     assert_eq!(t.code().await, 250);
     assert_eq!(messages(&db, "mmondor@example.org").await.len(), 1);
+    // RFC 8446 §6.1: QUIT ends the TLS session with close_notify, not a bare FIN.
+    assert_eq!(t.cmd("QUIT").await, 221);
+    assert!(t.closed_cleanly().await, "no TLS close_notify after QUIT");
 }
 
 /// 50 concurrent deliveries into a box with room for 10 leave exactly 10 messages and

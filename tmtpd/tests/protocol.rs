@@ -51,6 +51,8 @@ async fn expect_quit(p: &mut Peer, bytes: &[u8], text: Option<&str>) {
     })
     .await
     .unwrap_or_else(|_| panic!("link not closed after {text:?}"));
+    // RFC 8446 §6.1: the server ends the TLS session with close_notify.
+    assert!(p.closed_cleanly(), "no TLS close_notify after {text:?}");
 }
 
 fn f(head: Value, data: &[u8]) -> Vec<u8> {

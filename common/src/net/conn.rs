@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
@@ -172,6 +172,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
             self.flush().await?;
             tokio::time::sleep(delay).await;
         }
+        Ok(())
+    }
+
+    /// Ends the connection in order: the queued replies, then the end of the stream, a
+    /// TLS `close_notify` alert first on a TLS stream (RFC 8446 §6.1: without it strict
+    /// clients report a truncation attack) and the TCP FIN. A client that does not read
+    /// holds this up for the input timeout at most.
+    ///
+    /// # Errors
+    /// I/O errors while sending the replies.
+    pub async fn close(mut self) -> io::Result<()> {
+        self.flush().await?;
+        let _ = tokio::time::timeout(self.input_timeout, self.r.get_mut().shutdown()).await;
         Ok(())
     }
 

@@ -44,6 +44,8 @@ pub struct Peer {
     pub rx: mpsc::UnboundedReceiver<Frame>,
     pub eof: Arc<tokio::sync::Notify>,
     pub closed: Arc<std::sync::atomic::AtomicBool>,
+    /// The server ended the TLS stream with close_notify (RFC 8446 §6.1).
+    pub clean: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn frame(head: &Value) -> Vec<u8> {
@@ -53,7 +55,14 @@ pub fn frame(head: &Value) -> Vec<u8> {
     out
 }
 
-async fn read_frames(mut r: ReadHalf<Tls>, w: Arc<Mutex<WriteHalf<Tls>>>, tx: mpsc::UnboundedSender<Frame>, ack: bool) {
+/// Reads frames until the stream ends; true when it ended in order (rustls reports an
+/// end without close_notify as an error).
+async fn read_frames(
+    mut r: ReadHalf<Tls>,
+    w: Arc<Mutex<WriteHalf<Tls>>>,
+    tx: mpsc::UnboundedSender<Frame>,
+    ack: bool,
+) -> bool {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 65536];
     loop {
@@ -62,7 +71,9 @@ async fn read_frames(mut r: ReadHalf<Tls>, w: Arc<Mutex<WriteHalf<Tls>>>, tx: mp
             if buf.len() < 4 {
                 break;
             }
-            let Ok(h) = usize::from_str_radix(std::str::from_utf8(&buf[..4]).unwrap_or("zzzz"), 16) else { return };
+            let Ok(h) = usize::from_str_radix(std::str::from_utf8(&buf[..4]).unwrap_or("zzzz"), 16) else {
+                return false;
+            };
             if buf.len() < 4 + h {
                 break;
             }
@@ -78,11 +89,12 @@ async fn read_frames(mut r: ReadHalf<Tls>, w: Arc<Mutex<WriteHalf<Tls>>>, tx: mp
                 let _ = w.lock().await.write_all(&frame(&json!({"Op":10,"Id":id,"Type":"n"}))).await;
             }
             if tx.send(f).is_err() {
-                return;
+                return false;
             }
         }
         match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return true,
+            Err(_) => return false,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -98,13 +110,15 @@ impl Peer {
         let (tx, rx) = mpsc::unbounded_channel();
         let eof = Arc::new(tokio::sync::Notify::new());
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (w2, eof2, closed2) = (w.clone(), eof.clone(), closed.clone());
+        let clean = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w2, eof2, closed2, clean2) = (w.clone(), eof.clone(), closed.clone(), clean.clone());
         tokio::spawn(async move {
-            read_frames(r, w2, tx, ack).await;
+            let in_order = read_frames(r, w2, tx, ack).await;
+            clean2.store(in_order, std::sync::atomic::Ordering::SeqCst);
             closed2.store(true, std::sync::atomic::Ordering::SeqCst);
             eof2.notify_waiters();
         });
-        Peer { w, rx, eof, closed }
+        Peer { w, rx, eof, closed, clean }
     }
 
     pub async fn send(&self, bytes: &[u8]) {
@@ -135,6 +149,11 @@ impl Peer {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the stream ended with close_notify (meaningful once closed).
+    pub fn closed_cleanly(&self) -> bool {
+        self.clean.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// TmtpRev then Login, in one write; returns the frames up to `info`.
