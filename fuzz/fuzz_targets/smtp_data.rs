@@ -1,10 +1,11 @@
-//! The DATA receiver (RFC 5321 §4.5.2, spec/mail.md §3.3): fed the same bytes in any
-//! split it gives the same result, never consumes past the end marker, and keeps to its
-//! limits. The first two input bytes choose the split points.
+//! The DATA receiver (RFC 5321 §4.5.2, spec/mail.md §3.3) and the BDAT one (RFC 3030):
+//! fed the same bytes in any split they give the same result, the DATA receiver never
+//! consumes past the end marker, and both keep to their limits. The first two input
+//! bytes choose the split points.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtpd::proto::data::{DataLimits, DataReceiver};
+use smtpd::proto::data::{ChunkReceiver, DataLimits, DataReceiver};
 
 const LIMITS: DataLimits = DataLimits { max_size: 4096, max_lines: 64 };
 
@@ -35,4 +36,13 @@ fuzz_target!(|input: &[u8]| {
         assert!(r.message.len() <= LIMITS.max_size);
         assert!(!r.too_big || r.message.is_empty());
     }
+    let chunked = |parts: &[&[u8]]| {
+        let mut c = ChunkReceiver::new(LIMITS);
+        parts.iter().for_each(|p| c.feed(p));
+        c.finish()
+    };
+    let once = chunked(&[data]);
+    assert_eq!(once, chunked(&[&data[..i], &data[i..j], &data[j..]]));
+    assert!(once.too_big || once.message == data, "BDAT keeps the octets as sent");
+    assert!(once.message.len() <= LIMITS.max_size);
 });

@@ -81,9 +81,19 @@ impl Pass for Smtp<'_> {
                     };
                     session.data_end(received, &ctx.store).await
                 }
+                Outcome::Chunk(size) => {
+                    if !read_chunk(&mut lines, session, size).await? {
+                        session.timeout_reply().write_to(&mut lines.out);
+                        lines.close().await?;
+                        return Ok(End::Closed);
+                    }
+                    session.chunk_end(&ctx.store).await
+                }
                 other => other,
             };
             match outcome {
+                // (chunk_end never asks for another chunk)
+                Outcome::Chunk(_) => {}
                 Outcome::Reply(reply) | Outcome::Data(reply) => {
                     // Tarpit only what counted as the client's error (see Session::count).
                     if session.errors() > errors {
@@ -103,6 +113,32 @@ impl Pass for Smtp<'_> {
             }
         }
     }
+}
+
+/// Reads the `size` octets of a BDAT chunk into the session. `Ok(false)` on timeout; an
+/// error (including EOF) ends the connection with nothing stored.
+async fn read_chunk<IO>(lines: &mut Lines<IO>, session: &mut Session, size: u64) -> io::Result<bool>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut left = size;
+    while left > 0 {
+        let until = lines.read_deadline();
+        let r = lines.reader();
+        let Ok(buf) = timeout_at(until, r.fill_buf()).await else {
+            tracing::info!("input timeout in BDAT");
+            return Ok(false);
+        };
+        let buf = buf?;
+        if buf.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client left during BDAT"));
+        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        session.chunk_data(&buf[..n]);
+        r.consume(n);
+        left -= n as u64;
+    }
+    Ok(true)
 }
 
 /// Reads the message after `354`. `Ok(None)` on timeout; an error (including EOF) ends

@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc2822;
 use crate::config::{Config, NullSender};
 use crate::flood::Flood;
 use crate::proto::command::{Command, ForwardPath, MailParams, SyntaxError, parse};
-use crate::proto::data::{DataLimits, Received};
+use crate::proto::data::{ChunkReceiver, DataLimits, Received};
 use crate::proto::reply::{Reply, texts};
 
 /// What the connection loop must do after a command.
@@ -34,6 +34,11 @@ pub enum Outcome {
     /// [`DataReceiver`](crate::proto::data::DataReceiver) using [`Session::data_limits`],
     /// then call [`Session::data_end`].
     Data(Reply),
+    /// `BDAT` (RFC 3030): read exactly this many octets, hand them to
+    /// [`Session::chunk_data`], then call [`Session::chunk_end`] for the reply. The
+    /// octets are read even when the command is refused, so that none of them is ever
+    /// taken for a command.
+    Chunk(u64),
 }
 
 /// The settings a session needs, derived once from the config.
@@ -99,21 +104,32 @@ struct Recipient {
 }
 
 /// A mail transaction in progress (after MAIL).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Transaction {
     id: String,
     from: Option<Address>,
     params: MailParams,
     rcpts: Vec<Recipient>,
+    /// The message so far, once a BDAT began it.
+    chunks: Option<ChunkReceiver>,
+}
+
+/// The BDAT whose octets are being read.
+#[derive(Debug)]
+struct PendingChunk {
+    size: u64,
+    last: bool,
+    /// The reply when the chunk is refused (its octets are read and dropped).
+    refusal: Option<Reply>,
 }
 
 /// Where the session stands (RFC 5321 §4.1.4).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum State {
     /// No transaction: before or between transactions.
     Idle,
     /// After MAIL, collecting RCPTs; DATA when at least one was accepted.
-    Mail(Transaction),
+    Mail(Box<Transaction>),
 }
 
 /// One SMTP session.
@@ -130,6 +146,8 @@ pub struct Session {
     /// The unknown-recipient limit was reached during a transaction with accepted
     /// recipients: the session ends once that transaction is over.
     close_after: bool,
+    /// The BDAT being read.
+    chunk: Option<PendingChunk>,
 }
 
 /// 16 lowercase hex digits from the OS random source: transaction ids (spec/mail.md §3.7).
@@ -140,7 +158,17 @@ pub fn random_id() -> String {
 impl Session {
     /// A session for a client at `peer`; `tls` is true on implicit-TLS listeners.
     pub fn new(settings: Arc<Settings>, peer: IpAddr, tls: bool) -> Self {
-        Self { settings, peer, tls, helo: None, state: State::Idle, errors: 0, unknown: 0, close_after: false }
+        Self {
+            settings,
+            peer,
+            tls,
+            helo: None,
+            state: State::Idle,
+            errors: 0,
+            unknown: 0,
+            close_after: false,
+            chunk: None,
+        }
     }
 
     fn name(&self) -> &str {
@@ -209,6 +237,9 @@ impl Session {
         }
         let outcome = match parse(line) {
             Ok(cmd) => self.dispatch(cmd, store).await,
+            // The chunk's octets follow, and their count is unknown: nothing after this
+            // line can be told from a command.
+            Err(SyntaxError::Bdat) => return Outcome::Close(texts::BDAT_SYNTAX.into()),
             Err(e) => Outcome::Reply(syntax_reply(e)),
         };
         self.count(outcome)
@@ -260,7 +291,7 @@ impl Session {
             (_, Command::Help) => R(Reply::multi(
                 214,
                 vec![
-                    "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS".into(),
+                    "2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN STARTTLS".into(),
                     "2.0.0 End of HELP".into(),
                 ],
             )),
@@ -276,6 +307,8 @@ impl Session {
             (State::Idle, Command::Mail { from, params }) => R(self.mail(from, params, store).await),
             (State::Idle, Command::Rcpt(_)) => R(texts::NEED_MAIL.into()),
             (State::Mail(_), Command::Rcpt(to)) => self.rcpt(to, store).await,
+            (_, Command::Bdat { size, last }) => self.bdat(size, last),
+            (State::Mail(tx), Command::Data) if tx.chunks.is_some() => R(texts::DATA_AFTER_BDAT.into()),
             (State::Mail(tx), Command::Data) if !tx.rcpts.is_empty() => Outcome::Data(texts::START_DATA.into()),
             (State::Idle, Command::Data) => R(texts::NEED_MAIL.into()),
             (State::Mail(_), Command::Data) => R(texts::NEED_RCPT.into()),
@@ -296,6 +329,7 @@ impl Session {
             "PIPELINING".into(),
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
+            "CHUNKING".into(),
         ];
         if self.settings.tls_available && !self.tls {
             lines.push("STARTTLS".into());
@@ -334,7 +368,8 @@ impl Session {
                 }
             }
         }
-        self.state = State::Mail(Transaction { id: random_id(), from, params, rcpts: Vec::new() });
+        self.state =
+            State::Mail(Box::new(Transaction { id: random_id(), from, params, rcpts: Vec::new(), chunks: None }));
         texts::SENDER_OK.into()
     }
 
@@ -421,6 +456,60 @@ impl Session {
             self.close_after = true;
         }
         R(refusal)
+    }
+
+    /// `BDAT size [LAST]` (RFC 3030 §2): its octets are read in any case; they join the
+    /// message when a transaction with accepted recipients is open, else the chunk is
+    /// refused like DATA would be.
+    fn bdat(&mut self, size: u64, last: bool) -> Outcome {
+        let limits = self.data_limits();
+        let refusal = match &mut self.state {
+            State::Idle => Some(texts::NEED_MAIL.into()),
+            State::Mail(tx) if tx.rcpts.is_empty() => Some(texts::NEED_RCPT.into()),
+            State::Mail(tx) => {
+                tx.chunks.get_or_insert_with(|| ChunkReceiver::new(limits));
+                None
+            }
+        };
+        self.chunk = Some(PendingChunk { size, last, refusal });
+        Outcome::Chunk(size)
+    }
+
+    /// Octets of the chunk of the last [`Outcome::Chunk`], in order, in any pieces.
+    pub fn chunk_data(&mut self, octets: &[u8]) {
+        if let Some(PendingChunk { refusal: None, .. }) = &self.chunk
+            && let State::Mail(tx) = &mut self.state
+            && let Some(message) = &mut tx.chunks
+        {
+            message.feed(octets);
+        }
+    }
+
+    /// After the octets of a chunk: its reply. A chunk that takes the message over the
+    /// size (or line) limit ends the transaction with `552 5.3.4`, so the chunks that
+    /// follow it get `503 Need MAIL first`; the last chunk stores the message (design.md
+    /// "Durability": `250` only after the commit).
+    pub async fn chunk_end(&mut self, store: &Store) -> Outcome {
+        let Some(chunk) = self.chunk.take() else {
+            return self.count(Outcome::Reply(texts::NEED_MAIL.into()));
+        };
+        if let Some(refusal) = chunk.refusal {
+            return self.count(Outcome::Reply(refusal));
+        }
+        let State::Mail(tx) = &mut self.state else {
+            return self.count(Outcome::Reply(texts::NEED_MAIL.into()));
+        };
+        if tx.chunks.as_ref().is_some_and(ChunkReceiver::too_big) {
+            tracing::info!(peer = %self.peer, id = %tx.id, "message over the size or line limit (BDAT)");
+            self.failed("size");
+            self.state = State::Idle;
+            return self.count(Outcome::Reply(texts::TOO_BIG.into()));
+        }
+        if !chunk.last {
+            return Outcome::Reply(Reply::new(250, format!("2.0.0 {} octets received", chunk.size)));
+        }
+        let message = tx.chunks.take().unwrap_or_else(|| ChunkReceiver::new(self.data_limits()));
+        self.data_end(message.finish(), store).await
     }
 
     /// Ends a DATA phase: checks what was received and stores it (design.md
@@ -586,6 +675,7 @@ fn syntax_reply(e: SyntaxError) -> Reply {
         SyntaxError::ParamSyntax => texts::PARAM_SYNTAX,
         SyntaxError::RcptParam => texts::BAD_RCPT_PARAM,
         SyntaxError::NeedsUtf8 => texts::NEED_SMTPUTF8,
+        SyntaxError::Bdat => texts::BDAT_SYNTAX,
     }
     .into()
 }

@@ -24,6 +24,8 @@ const SEEDS: &[&str] = &[
     "RCPT TO:<Postmaster>",
     "RCPT TO:<@a,@b:c@example.org>",
     "DATA",
+    "BDAT 10",
+    "BDAT 7 LAST",
     "RSET",
     "NOOP",
     "QUIT",
@@ -115,6 +117,14 @@ async fn session_survives_random_commands() {
                     rx.feed(&body);
                     let (_, done) = rx.feed(b"\r\n.\r\n");
                     match s.data_end(done.unwrap(), &db.store).await {
+                        Outcome::Reply(r) | Outcome::Close(r) => well_formed(&r),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                Outcome::Chunk(size) => {
+                    let body: Vec<u8> = (0..size.min(300)).map(|_| rng.next_u64() as u8).collect();
+                    s.chunk_data(&body);
+                    match s.chunk_end(&db.store).await {
                         Outcome::Reply(r) | Outcome::Close(r) => well_formed(&r),
                         other => panic!("{other:?}"),
                     }

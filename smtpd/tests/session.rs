@@ -18,7 +18,7 @@ async fn greeting_and_ehlo() {
     assert_eq!(
         ehlo,
         format!(
-            "250 {NAME} Hello client.test [192.0.2.7]|SIZE 10485760|8BITMIME|PIPELINING|ENHANCEDSTATUSCODES|SMTPUTF8"
+            "250 {NAME} Hello client.test [192.0.2.7]|SIZE 10485760|8BITMIME|PIPELINING|ENHANCEDSTATUSCODES|SMTPUTF8|CHUNKING"
         )
     );
     assert_eq!(t.say("HELO client.test").await, format!("250 {NAME} Hello client.test [192.0.2.7]"));

@@ -71,6 +71,14 @@ pub enum Command {
     Expn,
     /// `STARTTLS`.
     StartTls,
+    /// `BDAT chunk-size [LAST]` (RFC 3030 §2): exactly `size` octets of the message
+    /// follow the command line.
+    Bdat {
+        /// Octets in this chunk.
+        size: u64,
+        /// Whether this is the last chunk of the message.
+        last: bool,
+    },
 }
 
 /// Why a line is not a valid command; each maps to one reply of spec/mail.md §3.11.
@@ -95,6 +103,9 @@ pub enum SyntaxError {
     RcptParam,
     /// Non-ASCII address without SMTPUTF8 (`553 5.6.7`).
     NeedsUtf8,
+    /// A `BDAT` line whose chunk size cannot be read (`501 5.5.4`, then the connection
+    /// closes: the octets that follow cannot be told from commands).
+    Bdat,
 }
 
 /// Parses one command line (without its CRLF).
@@ -122,8 +133,30 @@ pub fn parse(line: &[u8]) -> Result<Command, SyntaxError> {
         b"VRFY" if args.iter().any(|&b| b != b' ') => Ok(Command::Vrfy),
         b"EXPN" if args.iter().any(|&b| b != b' ') => Ok(Command::Expn),
         b"VRFY" | b"EXPN" => Err(SyntaxError::Arguments),
+        b"BDAT" => parse_bdat(args),
         _ => Err(SyntaxError::Unrecognized),
     }
+}
+
+/// `chunk-size [SP end-marker]`: 1*DIGIT (at most 20, so it fits 64 bits), then
+/// optionally `LAST` in any case (RFC 3030 §2, §4).
+fn parse_bdat(args: &[u8]) -> Result<Command, SyntaxError> {
+    let text = std::str::from_utf8(args).map_err(|_| SyntaxError::Bdat)?;
+    let mut words = text.split(' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .filter(|w| w.len() <= 20 && w.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|w| w.parse::<u64>().ok())
+        .ok_or(SyntaxError::Bdat)?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(SyntaxError::Bdat),
+    };
+    if words.next().is_some() {
+        return Err(SyntaxError::Bdat);
+    }
+    Ok(Command::Bdat { size, last })
 }
 
 /// The HELO/EHLO argument: the first word, printable, at most 255 octets. Accepted
@@ -242,6 +275,9 @@ mod tests {
             (b"EXPN list", Command::Expn),
             (b"rcpt to:<Bob@Example.ORG>", Command::Rcpt(ForwardPath::Address(a("Bob@Example.ORG")))),
             (b"StartTLS", Command::StartTls),
+            (b"BDAT 1000", Command::Bdat { size: 1000, last: false }),
+            (b"bdat 0 last", Command::Bdat { size: 0, last: true }),
+            (b"BDAT  42  LAST", Command::Bdat { size: 42, last: true }),
         ];
         for (line, want) in ok {
             assert_eq!(parse(line), Ok(want), "{}", String::from_utf8_lossy(line));
@@ -266,6 +302,11 @@ mod tests {
             (b"MAIL FROM:<a@b.org> SIZE=10 size=20", SyntaxError::ParamSyntax),
             (b"MAIL FROM:<a@b.org> BODY=7BIT BODY=8BITMIME", SyntaxError::ParamSyntax),
             (b"VRFY", SyntaxError::Arguments),
+            (b"BDAT", SyntaxError::Bdat),
+            (b"BDAT -1", SyntaxError::Bdat),
+            (b"BDAT 1 MORE", SyntaxError::Bdat),
+            (b"BDAT 1 LAST x", SyntaxError::Bdat),
+            (b"BDAT 123456789012345678901", SyntaxError::Bdat),
             (b"EXPN  ", SyntaxError::Arguments),
             (b"MAIL FROM:<a@b.org> BODY=BINARYMIME", SyntaxError::MailParam),
             (b"MAIL FROM:<a@b.org> RET=HDRS", SyntaxError::MailParam),

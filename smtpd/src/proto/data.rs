@@ -131,9 +131,117 @@ impl DataReceiver {
     }
 }
 
+/// BDAT message assembly (RFC 3030 §2): the chunks are the message octets as they are,
+/// with no end marker and no dot-stuffing. The same limits and the same refusal of bare
+/// CR or LF as DATA apply, so a message is judged alike whichever way it came; a line
+/// end split across two chunks is one line end. Pure: feeding the same octets in any
+/// split gives the same result.
+#[derive(Debug)]
+pub struct ChunkReceiver {
+    limits: DataLimits,
+    message: Vec<u8>,
+    lines: usize,
+    too_big: bool,
+    bare: bool,
+    /// The last octet so far was a CR.
+    pending_cr: bool,
+}
+
+impl ChunkReceiver {
+    /// A receiver for the first chunk of a message.
+    pub fn new(limits: DataLimits) -> Self {
+        Self { limits, message: Vec::new(), lines: 0, too_big: false, bare: false, pending_cr: false }
+    }
+
+    /// Appends octets of a chunk (any part of one).
+    pub fn feed(&mut self, input: &[u8]) {
+        for &b in input {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b == b'\n' {
+                    self.lines += 1;
+                    continue;
+                }
+                self.bare = true;
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => self.bare = true,
+                _ => {}
+            }
+        }
+        if self.too_big {
+            return;
+        }
+        if self.message.len() + input.len() > self.limits.max_size || self.lines > self.limits.max_lines {
+            self.too_big = true;
+            self.message = Vec::new();
+            return;
+        }
+        self.message.extend_from_slice(input);
+    }
+
+    /// Whether the message is already over a limit (its octets are no longer kept).
+    pub fn too_big(&self) -> bool {
+        self.too_big
+    }
+
+    /// Octets kept so far.
+    pub fn len(&self) -> usize {
+        self.message.len()
+    }
+
+    /// Whether nothing was kept so far.
+    pub fn is_empty(&self) -> bool {
+        self.message.is_empty()
+    }
+
+    /// The message after its last chunk; a CR at the very end is a bare one.
+    pub fn finish(self) -> Received {
+        Received { message: self.message, too_big: self.too_big, bare_line_end: self.bare || self.pending_cr }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `input` to a [`ChunkReceiver`] as chunks cut at `cuts`.
+    fn chunked(input: &[u8], cuts: &[usize], limits: DataLimits) -> Received {
+        let mut r = ChunkReceiver::new(limits);
+        let mut from = 0;
+        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+            r.feed(&input[from..c]);
+            from = c;
+        }
+        r.finish()
+    }
+
+    #[test]
+    fn chunks_join_in_any_split() {
+        let m = b"Subject: x\r\n\r\n.leading dot kept\r\n.\r\nstill the message\r\n";
+        let whole = chunked(m, &[], LIMITS);
+        assert_eq!(whole.message, m, "no unstuffing, no end marker in BDAT");
+        assert!(!whole.too_big && !whole.bare_line_end);
+        for a in 0..=m.len() {
+            for b in a..=m.len() {
+                assert_eq!(chunked(m, &[a, b], LIMITS), whole, "cut at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_limits_and_bare_line_ends() {
+        let limits = DataLimits { max_size: 10, max_lines: 2 };
+        assert!(chunked(b"0123456789", &[5], limits).message.len() == 10);
+        assert!(chunked(b"0123456789A", &[5], limits).too_big);
+        assert!(chunked(b"a\r\nb\r\nc\r\n", &[2, 3], DataLimits { max_size: 100, max_lines: 2 }).too_big);
+        for bare in [&b"a\nb\r\n"[..], b"a\rb\r\n", b"ab\r"] {
+            for cut in 0..=bare.len() {
+                assert!(chunked(bare, &[cut], LIMITS).bare_line_end, "{bare:?} cut at {cut}");
+            }
+        }
+    }
 
     const LIMITS: DataLimits = DataLimits { max_size: 1 << 20, max_lines: 1000 };
 

@@ -103,6 +103,10 @@ pub mod texts {
     pub const RCPT_OK: (u16, &str) = (250, "2.1.5 Recipient ok");
     /// DATA without an accepted RCPT.
     pub const NEED_RCPT: (u16, &str) = (503, "5.5.1 Need RCPT first");
+    /// DATA in a transaction that BDAT began (RFC 3030 §2: not both in one).
+    pub const DATA_AFTER_BDAT: (u16, &str) = (503, "5.5.1 BDAT began this message, DATA cannot end it");
+    /// A `BDAT` line whose chunk size cannot be read; the connection is closed after it.
+    pub const BDAT_SYNTAX: (u16, &str) = (501, "5.5.4 Syntax: BDAT chunk-size [LAST], closing connection");
     /// DATA go-ahead.
     pub const START_DATA: (u16, &str) = (354, "End data with <CR><LF>.<CR><LF>");
     /// Message over `max_message_size` or `max_message_lines`.
