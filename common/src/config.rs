@@ -165,6 +165,13 @@ pub struct ListenConfig {
     /// Implicit-TLS listeners (need `[tls]`).
     #[serde(default)]
     pub tls_addresses: Vec<SocketAddr>,
+    /// Networks of trusted proxies (HAProxy, a load balancer) in CIDR form. A client
+    /// connecting from one of them must begin with a PROXY protocol header, v1 or v2
+    /// (`crate::net::proxy`), and the client it names is the client for every rule,
+    /// counter, log line and trace field; anyone else is served as themselves and a
+    /// header from them closes the connection. Empty (default): no proxies.
+    #[serde(default)]
+    pub proxy_networks: Vec<ipnet::IpNet>,
 }
 
 impl ListenConfig {

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{DaemonFile, LimitsConfig, LogConfig, Section, TlsConfig};
 use crate::error::StoreError;
 use crate::net::listener::{Listener, Refusals};
+use crate::net::proxy::ProxyNetworks;
 use crate::net::shaping::Shaped;
 use crate::privileges::PrivilegesConfig;
 use crate::shutdown::Shutdown;
@@ -279,9 +280,11 @@ fn life<D: Daemon>(path: &Path, cfg: Config<D>) -> anyhow::Result<()> {
         let store = Store::prepare(&cfg.database).await?;
         tracing::info!(backend = store.backend(), "database ready");
         let mut listeners = Vec::new();
+        let proxies = ProxyNetworks::new(&cfg.listen.proxy_networks);
         for (list, implicit_tls) in [(plain, false), (implicit, true)] {
             for l in list {
-                listeners.push(Listener { socket: tokio::net::TcpListener::from_std(l)?, implicit_tls });
+                let socket = tokio::net::TcpListener::from_std(l)?;
+                listeners.push(Listener { socket, implicit_tls, proxies: proxies.clone() });
             }
         }
         if let Err(e) = stats.start_sender() {

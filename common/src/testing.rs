@@ -68,12 +68,13 @@ impl<D: Contract> Served<D> {
     pub async fn start_at(cfg: Config<D>, bind: &str) -> Served<D> {
         let plain = TcpListener::bind(bind).await.expect("bind");
         let addr = plain.local_addr().expect("address");
-        let mut listeners = vec![Listener { socket: plain, implicit_tls: false }];
+        let proxies = crate::net::proxy::ProxyNetworks::new(&cfg.listen.proxy_networks);
+        let mut listeners = vec![Listener { socket: plain, implicit_tls: false, proxies: proxies.clone() }];
         let mut tls_addr = None;
         if cfg.tls.is_some() {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tls_addr = Some(l.local_addr().expect("address"));
-            listeners.push(Listener { socket: l, implicit_tls: true });
+            listeners.push(Listener { socket: l, implicit_tls: true, proxies });
         }
         let store = Store::prepare(&cfg.database).await.expect("prepare database");
         let tls = crate::daemon::load_tls(cfg.tls.as_ref()).expect("tls");

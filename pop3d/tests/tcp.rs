@@ -281,3 +281,35 @@ async fn ipv4_mapped_loopback_is_loopback() {
     c.line().await;
     assert!(c.login("mmondor@example.org", PASSWORD).await.starts_with("+OK "));
 }
+
+/// Behind a trusted proxy (PROXY protocol v2) the client it names is the client: a
+/// remote one may not log in without TLS although the proxy itself is on loopback, and a
+/// loopback one may.
+#[tokio::test]
+async fn proxied_clients_are_judged_by_their_own_address() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut cfg = config(&db.url);
+    cfg.own.allow_plaintext_auth = false;
+    cfg.listen.proxy_networks = vec!["127.0.0.1/32".parse().unwrap()];
+    let server = Server::start(cfg).await;
+    let header = |client: [u8; 4]| {
+        let mut h = common::net::proxy::V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+        h.extend_from_slice(&client);
+        h.extend_from_slice(&[127, 0, 0, 1, 0x9c, 0x40, 0, 110]);
+        h
+    };
+    let mut remote = Client::connect(server.addr).await;
+    remote.send(&header([192, 0, 2, 9])).await;
+    remote.line().await;
+    assert_eq!(remote.cmd("USER mmondor@example.org").await, "-ERR [AUTH] TLS required; use STLS or POP3S");
+    let mut local = Client::connect(server.addr).await;
+    local.send(&header([127, 0, 0, 2])).await;
+    local.line().await;
+    assert!(local.login("mmondor@example.org", PASSWORD).await.starts_with("+OK "));
+    // Without a header the proxy's connection is closed before the greeting.
+    let mut bare = Client::connect(server.addr).await;
+    bare.send(b"USER mmondor@example.org\r\n").await;
+    assert_eq!(bare.line().await, None);
+}

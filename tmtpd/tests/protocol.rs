@@ -360,3 +360,35 @@ async fn max_nodes_refuses_one_more_node() {
     let ack = me.drain(Duration::from_millis(600)).await.into_iter().find(|f| f.op() == "ack").unwrap();
     assert_eq!(ack.head["error"], "AddNode: Exceeds 2 nodes");
 }
+
+/// PROXY protocol in front of mmtmtpd (as HAProxy in TCP mode sends it, before TLS): the
+/// client the proxy names is the client the daemon logs; a proxy that sends no header is
+/// closed on before any TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_nodes_are_known_by_the_named_client() {
+    let db = sqlite().await;
+    let s = suite(&db.url, "[listen]\nproxy_networks = [\"127.0.0.0/8\"]\n").await;
+    let (su, sn) = (s.send.0.clone(), s.send.1[0].clone());
+    let header = b"PROXY TCP4 192.0.2.77 127.0.0.1 45000 443\r\n";
+    let mut p = Peer::connect_after(s.daemon.addr(), &s.cert, true, header).await;
+    let got = p.login(&su, &sn).await;
+    assert_eq!(got.last().unwrap().op(), "info", "{got:?}");
+    // A bad frame ends the session with a quit, which the daemon logs with its client.
+    p.send(b"00z1{}").await;
+    tokio::time::timeout(WAIT * 4, async {
+        while !p.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("closed after a bad frame");
+    let log = s.daemon.log_text();
+    assert!(log.lines().any(|l| l.contains("quit") && l.contains("peer=192.0.2.77:45000")), "{log}");
+
+    // No header from a trusted proxy: closed before the handshake.
+    let mut raw = tokio::net::TcpStream::connect(s.daemon.addr()).await.unwrap();
+    raw.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not a header").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, raw.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    assert_eq!(n, 0, "the daemon answered a proxy that sent no header");
+}

@@ -91,13 +91,15 @@ pub struct Lines<IO> {
     pub out: Vec<u8>,
     input_timeout: Duration,
     deadline: Instant,
+    /// No line read yet.
+    first: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     /// Line I/O on `io`: a client may be silent for `input_timeout` (also the write
     /// timeout), and nothing goes on past `deadline` (the session timeout).
     pub fn new(io: IO, input_timeout: Duration, deadline: Instant) -> Self {
-        Lines { r: BufReader::new(io), out: Vec::with_capacity(512), input_timeout, deadline }
+        Lines { r: BufReader::new(io), out: Vec::with_capacity(512), input_timeout, deadline, first: true }
     }
 
     /// When the current read must be done: the input timeout from now, or the session
@@ -124,7 +126,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     /// passed (`on_timeout` queues the goodbye); the daemon is stopping (`on_shutdown`
     /// queues it, at this command boundary). Queued replies go out first unless more
     /// input is already buffered (PIPELINING, RFC 2920 and RFC 2449: replies to a batch
-    /// go out together); a goodbye goes out before `None`.
+    /// go out together); a goodbye goes out before `None`. A first line that is a PROXY
+    /// protocol header ends the connection too: this peer is not in `[listen]
+    /// proxy_networks`, so it may not name another client (`crate::net::proxy`).
     ///
     /// # Errors
     /// I/O errors.
@@ -158,7 +162,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
             Ok(Err(e)) => Err(e),
             Ok(Ok(None)) => Ok(None),
             Ok(Ok(Some(Line::TooLong))) => Ok(Some(Input::TooLong)),
-            Ok(Ok(Some(Line::Complete(l)))) => Ok(Some(Input::Line(l))),
+            Ok(Ok(Some(Line::Complete(l)))) => {
+                let first = std::mem::replace(&mut self.first, false);
+                // The v2 signature begins with an empty line; the rest is still buffered.
+                let v2 = l.is_empty() && self.r.buffer().starts_with(&super::proxy::V2_SIGNATURE[2..]);
+                if first && (super::proxy::looks_like_header(&l) || v2) {
+                    tracing::warn!("PROXY header from a peer not in [listen] proxy_networks; closing");
+                    return Ok(None);
+                }
+                Ok(Some(Input::Line(l)))
+            }
         }
     }
 

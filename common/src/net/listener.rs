@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::net::gate::{Gate, Refusal};
+use crate::net::proxy::ProxyNetworks;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
@@ -53,20 +54,25 @@ impl Refusals {
     }
 }
 
-/// A bound listener and whether it speaks implicit TLS.
+/// A bound listener, whether it speaks implicit TLS, and which peers on it are proxies.
 #[derive(Debug)]
 pub struct Listener {
     /// The socket.
     pub socket: TcpListener,
     /// True for implicit-TLS listeners (`[listen] tls_addresses`).
     pub implicit_tls: bool,
+    /// `[listen] proxy_networks`.
+    pub proxies: ProxyNetworks,
 }
 
 /// Accepts on every listener until `shutdown` is cancelled; returns when all loops have
-/// stopped. Each admitted connection runs `handler(stream, peer, implicit_tls)` in a task
-/// tracked by `shutdown.tracker` and keeps its [`Gate`] admission until it ends. A
-/// refused one gets its line of `refusals` and is closed (with `None`, closed at once:
-/// for protocols whose server never speaks first).
+/// stopped. Each accepted connection gets a task tracked by `shutdown.tracker`: a peer in
+/// the listener's `proxies` first names its client with a PROXY protocol header
+/// (`crate::net::proxy`; closed without one), then the [`Gate`] admits the client or it
+/// gets its line of `refusals` and is closed (with `None`, closed at once: for protocols
+/// whose server never speaks first); an admitted one runs `handler(stream, client,
+/// implicit_tls)` and keeps its admission until it ends. `accept` never waits for a
+/// client.
 ///
 /// Counts (spec/mail.md §3.10, §4.6): `total|connections`, `current|connections` and
 /// `who|<address>` per admitted connection (the last two taken back when it ends), and
@@ -106,6 +112,9 @@ pub async fn accept<H, F>(
         }
         let (gate, refusals, shutdown, handler, stats) =
             (gate.clone(), refusals.clone(), shutdown.clone(), handler.clone(), stats.clone());
+        if !l.proxies.is_empty() {
+            tracing::info!(proxies = ?l.proxies, "PROXY protocol header required from these peers");
+        }
         loops.spawn(async move {
             let mut next_id: u64 = 0;
             loop {
@@ -113,7 +122,7 @@ pub async fn accept<H, F>(
                     () = shutdown.token.cancelled() => return,
                     a = l.socket.accept() => a,
                 };
-                let (mut stream, peer) = match accepted {
+                let (stream, peer) = match accepted {
                     // An IPv4 client of a dual-stack `[::]` listener arrives as
                     // `::ffff:a.b.c.d`: every rule, counter and trace field sees a.b.c.d.
                     Ok((s, p)) => (s, SocketAddr::new(p.ip().to_canonical(), p.port())),
@@ -126,42 +135,91 @@ pub async fn accept<H, F>(
                 };
                 let _ = stream.set_nodelay(true);
                 next_id += 1;
-                let span = tracing::info_span!("conn", proto, peer = %peer, id = next_id);
-                let admission = match gate.admit(peer.ip()) {
-                    Ok(a) => a,
-                    Err(refusal) => {
-                        stats.failed("limits", &peer.ip().to_string());
-                        let refusals = refusals.clone();
-                        shutdown.tracker.spawn(
-                            async move {
-                                tracing::warn!(cause = ?refusal, "connection refused");
-                                if let Some(refusals) = refusals.as_ref() {
-                                    let line = refusals.line(refusal);
-                                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line)).await;
-                                }
-                            }
-                            .instrument(span),
-                        );
-                        continue;
-                    }
+                let via_proxy = l.proxies.trusts(peer.ip());
+                let conn = Conn {
+                    gate: gate.clone(),
+                    refusals: refusals.clone(),
+                    stats: stats.clone(),
+                    handler: handler.clone(),
+                    implicit_tls: l.implicit_tls,
+                    proto,
+                    id: next_id,
                 };
-                let who = admission.key().to_string();
-                stats.connection_opened(&who, gate.open(), admission.from_key());
-                let fut = handler(stream, peer, l.implicit_tls);
-                let (stats, gate) = (stats.clone(), gate.clone());
-                shutdown.tracker.spawn(
-                    async move {
-                        tracing::debug!("connected");
-                        if let Err(e) = fut.await {
-                            tracing::info!(cause = %e, "connection ended");
-                        }
-                        let remaining = admission.release();
-                        stats.connection_closed(&who, gate.open(), remaining);
-                    }
-                    .instrument(span),
-                );
+                shutdown.tracker.spawn(conn.run(stream, peer, via_proxy));
             }
         });
     }
     while loops.join_next().await.is_some() {}
+}
+
+/// One accepted connection on its way to the handler.
+struct Conn<H> {
+    gate: Arc<Gate>,
+    refusals: Arc<Option<Refusals>>,
+    stats: Stats,
+    handler: H,
+    implicit_tls: bool,
+    proto: &'static str,
+    id: u64,
+}
+
+impl<H, F> Conn<H>
+where
+    H: Fn(TcpStream, SocketAddr, bool) -> F,
+    F: Future<Output = io::Result<()>> + Send + 'static,
+{
+    /// A proxy's connection first names its client (PROXY protocol, within
+    /// [`HEADER_TIMEOUT`](crate::net::proxy::HEADER_TIMEOUT); without a valid header it is
+    /// closed at once); then admission by the gate for that client, and the handler, or
+    /// the refusal line. The task holds the admission until the handler returns.
+    async fn run(self, mut stream: TcpStream, peer: SocketAddr, via_proxy: bool) {
+        let Conn { gate, refusals, stats, handler, implicit_tls, proto, id } = self;
+        let client = if via_proxy {
+            match tokio::time::timeout(crate::net::proxy::HEADER_TIMEOUT, crate::net::proxy::read_header(&mut stream))
+                .await
+            {
+                Ok(Ok(Some(c))) => SocketAddr::new(c.ip().to_canonical(), c.port()),
+                Ok(Ok(None)) => peer,
+                Ok(Err(e)) => {
+                    tracing::warn!(proto, %peer, cause = %e, "connection from a proxy closed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(proto, %peer, "connection from a proxy closed: no PROXY header in time");
+                    return;
+                }
+            }
+        } else {
+            peer
+        };
+        let span = if via_proxy {
+            tracing::info_span!("conn", proto, peer = %client, proxy = %peer, id)
+        } else {
+            tracing::info_span!("conn", proto, peer = %client, id)
+        };
+        async move {
+            let admission = match gate.admit(client.ip()) {
+                Ok(a) => a,
+                Err(refusal) => {
+                    stats.failed("limits", &client.ip().to_string());
+                    tracing::warn!(cause = ?refusal, "connection refused");
+                    if let Some(refusals) = refusals.as_ref() {
+                        let line = refusals.line(refusal);
+                        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line)).await;
+                    }
+                    return;
+                }
+            };
+            let who = admission.key().to_string();
+            stats.connection_opened(&who, gate.open(), admission.from_key());
+            tracing::debug!("connected");
+            if let Err(e) = handler(stream, client, implicit_tls).await {
+                tracing::info!(cause = %e, "connection ended");
+            }
+            let remaining = admission.release();
+            stats.connection_closed(&who, gate.open(), remaining);
+        }
+        .instrument(span)
+        .await;
+    }
 }

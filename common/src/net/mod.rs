@@ -4,6 +4,7 @@ pub mod conn;
 pub mod gate;
 pub mod line;
 pub mod listener;
+pub mod proxy;
 pub mod shaping;
 pub mod tls;
 

@@ -102,7 +102,14 @@ async fn read_frames(
 
 impl Peer {
     pub async fn connect(addr: std::net::SocketAddr, cert: &TestCert, ack: bool) -> Peer {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self::connect_after(addr, cert, ack, b"").await
+    }
+
+    /// As [`connect`](Self::connect), sending `prelude` (a PROXY protocol header, as a
+    /// proxy in TCP mode would) before the TLS handshake.
+    pub async fn connect_after(addr: std::net::SocketAddr, cert: &TestCert, ack: bool, prelude: &[u8]) -> Peer {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(prelude).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let tls = cert.connector().connect(name, tcp).await.unwrap();
         let (r, w) = tokio::io::split(tls);
@@ -267,8 +274,10 @@ pub fn admin(config: &Path, args: &[&str]) -> Vec<String> {
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
 }
 
-/// The config of the verify pass (spec §13.2): name Verify, auth 1, provider X.
+/// The config of the verify pass (spec §13.2): name Verify, auth 1, provider X. `extra`
+/// goes into `[tmtpd]`; what follows a `[listen]` line in it goes into `[listen]`.
 pub fn config(url: &str, cert: &TestCert, port: u16, keys_port: u16, auth: u8, extra: &str) -> String {
+    let (extra, listen) = extra.split_once("[listen]\n").unwrap_or((extra, ""));
     format!(
         r#"[server]
 name = "tmtp.example.org"
@@ -276,6 +285,7 @@ name = "tmtp.example.org"
 url = "{url}"
 [listen]
 tls_addresses = ["127.0.0.1:{port}"]
+{listen}
 [tls]
 cert = "{cert}"
 key = "{key}"
