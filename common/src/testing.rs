@@ -458,7 +458,8 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
@@ -635,6 +636,59 @@ impl Rng {
     /// One byte of `set`.
     pub fn pick(&mut self, set: &[u8]) -> u8 {
         set[self.below(set.len())]
+    }
+}
+
+/// HAProxy from Debian in TCP mode, sending a PROXY protocol v2 header
+/// (`send-proxy-v2`) to each backend: a real proxy in front of a daemon under test. It
+/// runs from its own configuration file in `dir`, in the foreground; killed when dropped.
+pub struct Haproxy {
+    child: std::process::Child,
+    /// Its standard error.
+    pub log: PathBuf,
+}
+
+impl Haproxy {
+    /// Listens on 127.0.0.1 at each `(frontend port, backend address)`; waits until every
+    /// frontend accepts connections.
+    ///
+    /// # Panics
+    /// If HAProxy does not start.
+    pub fn start(dir: &std::path::Path, routes: &[(u16, std::net::SocketAddr)]) -> Haproxy {
+        let mut cfg = String::from(
+            "global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n",
+        );
+        for (i, (port, backend)) in routes.iter().enumerate() {
+            cfg.push_str(&format!(
+                "listen route{i}\n    bind 127.0.0.1:{port}\n    server daemon {backend} send-proxy-v2\n"
+            ));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let log = dir.join("haproxy.log");
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn haproxy");
+        let h = Haproxy { child, log };
+        for _ in 0..200 {
+            if routes.iter().all(|(p, _)| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()) {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("HAProxy did not start: {}", std::fs::read_to_string(&h.log).unwrap_or_default());
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

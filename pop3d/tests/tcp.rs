@@ -313,3 +313,34 @@ async fn proxied_clients_are_judged_by_their_own_address() {
     bare.send(b"USER mmondor@example.org\r\n").await;
     assert_eq!(bare.line().await, None);
 }
+
+/// HAProxy from Debian with `send-proxy-v2` in front of mmpop3d: the per-address limit
+/// counts the clients HAProxy names (127.0.0.5, 127.0.0.6), not HAProxy at 127.0.0.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_send_proxy_v2_in_front_of_mmpop3d() {
+    if !common::testing::have("haproxy") {
+        return;
+    }
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut cfg = config(&db.url);
+    cfg.listen.proxy_networks = vec!["127.0.0.1/32".parse().unwrap()];
+    cfg.limits.max_per_address = 1;
+    let server = Server::start(cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::testing::free_port();
+    let hp = {
+        let (d, routes) = (dir.path().to_path_buf(), [(port, server.addr)]);
+        tokio::task::spawn_blocking(move || common::testing::Haproxy::start(&d, &routes)).await.unwrap()
+    };
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut a = Client::connect_from(front, [127, 0, 0, 5].into()).await;
+    assert!(a.line().await.unwrap().starts_with("+OK "));
+    assert!(a.login("mmondor@example.org", PASSWORD).await.starts_with("+OK "));
+    let mut b = Client::connect_from(front, [127, 0, 0, 6].into()).await;
+    assert!(b.line().await.unwrap().starts_with("+OK "), "127.0.0.6 is another client");
+    let mut again = Client::connect_from(front, [127, 0, 0, 5].into()).await;
+    assert_eq!(again.line().await.unwrap(), "-ERR [SYS/TEMP] Too many connections from your address");
+    assert!(a.cmd("QUIT").await.starts_with("+OK "));
+    drop(hp);
+}

@@ -112,6 +112,8 @@ struct Transaction {
     rcpts: Vec<Recipient>,
     /// The message so far, once a BDAT began it.
     chunks: Option<ChunkReceiver>,
+    /// BDAT carried the message (for the log).
+    chunked: bool,
 }
 
 /// The BDAT whose octets are being read.
@@ -368,8 +370,14 @@ impl Session {
                 }
             }
         }
-        self.state =
-            State::Mail(Box::new(Transaction { id: random_id(), from, params, rcpts: Vec::new(), chunks: None }));
+        self.state = State::Mail(Box::new(Transaction {
+            id: random_id(),
+            from,
+            params,
+            rcpts: Vec::new(),
+            chunks: None,
+            chunked: false,
+        }));
         texts::SENDER_OK.into()
     }
 
@@ -468,6 +476,7 @@ impl Session {
             State::Mail(tx) if tx.rcpts.is_empty() => Some(texts::NEED_RCPT.into()),
             State::Mail(tx) => {
                 tx.chunks.get_or_insert_with(|| ChunkReceiver::new(limits));
+                tx.chunked = true;
                 None
             }
         };
@@ -548,6 +557,7 @@ impl Session {
                     from = %tx.from.as_ref().map(ToString::to_string).unwrap_or_default(),
                     boxes = delivery.copies.len(),
                     size = received.message.len(),
+                    by = if tx.chunked { "BDAT" } else { "DATA" },
                     "stored"
                 );
                 self.count_stored(&delivery);
