@@ -22,8 +22,8 @@
 #
 # What a system install does: builds release binaries (cargo build --release); stops
 # running mmmail daemons (systemd units, or processes named in /run/mmmail/*.pid);
-# installs mmstatd, mmsmtpd, mmpop3d and mmtmtpd in PREFIX/sbin and mmpasswd and mmstat in
-# PREFIX/bin; man pages in PREFIX/share/man/man{5,7,8}; example configs in
+# installs mmstatd, mmsmtpd, mmpop3d and mmtmtpd in PREFIX/sbin and mmpasswd, mmadmin and
+# mmstat in PREFIX/bin; man pages in PREFIX/share/man/man{5,7,8}; example configs in
 # SYSCONFDIR/mmmail, mode 0640 root:mmmail, never overwriting one (a changed example is
 # written beside it as FILE.new); creates the system group and user mmmail (no login
 # shell, home LOCALSTATEDIR/lib/mmmail) and that directory (0750 mmmail:mmmail), and the
@@ -44,7 +44,7 @@ systemd=yes
 mode=install
 # In start order: mmstatd first, so the others' first counts reach it.
 daemons="mmstatd mmsmtpd mmpop3d mmtmtpd"
-tools="mmpasswd mmstat"
+tools="mmpasswd mmadmin mmstat"
 
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 

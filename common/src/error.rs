@@ -72,4 +72,9 @@ impl StoreError {
         // extended BUSY_SNAPSHOT (517) and LOCKED_SHAREDCACHE (262).
         matches!(e.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517" | "262"))
     }
+
+    /// Whether the database refused a row whose key exists already.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
 }

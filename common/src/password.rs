@@ -107,6 +107,35 @@ pub fn dummy_verify(password: &[u8]) -> Verified {
     Verified::No
 }
 
+/// Reads a new password the way mmmail's tools do (never from argv): one line of
+/// standard input when `stdin` is set or standard input is not a terminal (a trailing
+/// CR LF or LF removed), else from the terminal without echo, asked twice.
+///
+/// # Errors
+/// I/O errors; `InvalidInput` when the two entries differ or the password is empty.
+pub fn read_new(stdin: bool) -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if let Some(l) = line.strip_suffix('\n') {
+            line.truncate(l.strip_suffix('\r').unwrap_or(l).len());
+        }
+        line
+    } else {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Again: ")?;
+        if first != second {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the passwords differ"));
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty password"));
+    }
+    Ok(password)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! input (`--stdin`, or whenever standard input is not a terminal). mmmail's form
 //! `mmpasswd PASSWORD` still works but warns: arguments are visible to other users.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,20 +74,7 @@ fn read_password(args: &Args) -> anyhow::Result<String> {
         );
         return Ok(p.clone());
     }
-    if args.stdin || !std::io::stdin().is_terminal() {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading standard input")?;
-        if let Some(l) = line.strip_suffix('\n') {
-            line.truncate(l.strip_suffix('\r').unwrap_or(l).len());
-        }
-        return Ok(line);
-    }
-    let first = rpassword::prompt_password("Password: ").context("reading the terminal")?;
-    let second = rpassword::prompt_password("Again: ").context("reading the terminal")?;
-    if first != second {
-        bail!("the passwords differ");
-    }
-    Ok(first)
+    common::password::read_new(args.stdin).context("reading the password")
 }
 
 fn set_in_database(config: &std::path::Path, user: &str, hash: &str) -> anyhow::Result<()> {

@@ -21,9 +21,9 @@ fn root() -> PathBuf {
 /// The directory holding this build's binaries, with all three present.
 fn binaries() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_mmsmtpd")).parent().unwrap().to_path_buf();
-    if ["mmpop3d", "mmpasswd", "mmstatd", "mmstat", "mmtmtpd"].iter().any(|b| !dir.join(b).exists()) {
+    if ["mmpop3d", "mmpasswd", "mmadmin", "mmstatd", "mmstat", "mmtmtpd"].iter().any(|b| !dir.join(b).exists()) {
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "pop3d", "-p", "passwd", "-p", "statd", "-p", "tmtpd", "--bins"])
+            .args(["build", "-q", "-p", "pop3d", "-p", "passwd", "-p", "admin", "-p", "statd", "-p", "tmtpd", "--bins"])
             .current_dir(root())
             .status()
             .unwrap()
@@ -73,6 +73,8 @@ async fn install_then_round_trip_with_the_installed_files() {
         ("usr/sbin/mmsmtpd", 0o755),
         ("usr/sbin/mmpop3d", 0o755),
         ("usr/bin/mmpasswd", 0o755),
+        ("usr/bin/mmadmin", 0o755),
+        ("usr/share/man/man8/mmadmin.8", 0o644),
         ("usr/sbin/mmstatd", 0o755),
         ("usr/sbin/mmtmtpd", 0o755),
         ("usr/share/man/man8/mmtmtpd.8", 0o644),

@@ -7,6 +7,7 @@
 //! runs in; this module the public API, which picks the backend ([`dispatch!`]), retries
 //! deadlocks and resolves commits that got no answer.
 
+mod admin;
 mod backends;
 pub mod migrate;
 pub mod model;
@@ -24,8 +25,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 pub use model::{
-    AddAlias, AddNode, BoxInfo, BoxOwner, DeliverError, Delivery, MailCopy, MailEntry, Member, MemberStatus, Node,
-    Queued, Resolution, Retrieved, TmtpMessage, Update, Usage, User,
+    AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, Findings, MailCopy, MailEntry, Member,
+    MemberStatus, Node, OwnsBoxes, Queued, Repaired, Resolution, Retrieved, TmtpMessage, Update, Usage, User,
+    UserEntry,
 };
 
 use backends::{mysql, postgres, sqlite};

@@ -246,3 +246,70 @@ pub struct Member {
     /// Invited, joined or barred.
     pub status: MemberStatus,
 }
+
+/// A user as `mmadmin user list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserEntry {
+    /// `user_id`.
+    pub id: i64,
+    /// `user_name`.
+    pub name: String,
+    /// How many boxes the user owns.
+    pub boxes: i64,
+}
+
+/// A box as `mmadmin box list` shows it; sizes in bytes, 0 = unlimited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoxEntry {
+    /// `box_address`.
+    pub address: String,
+    /// The owner's `user_name`; `None` when no such user exists.
+    pub owner: Option<String>,
+    /// `box_max_size`, bytes.
+    pub max_size: i64,
+    /// `box_size`, bytes.
+    pub size: i64,
+    /// `box_max_mails`.
+    pub max_mails: i64,
+    /// `box_mails`.
+    pub mails: i64,
+}
+
+/// Why a user was not deleted: boxes still belong to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnsBoxes;
+
+/// What the plain-SQL route can leave behind (`mmadmin check`, design.md "Schema").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Boxes not stored in lowercase (up to 20): they receive nothing and cannot log in.
+    pub mixed_case_boxes: Vec<String>,
+    /// `(pattern, box)` of aliases whose box does not exist.
+    pub dangling_aliases: Vec<(String, String)>,
+    /// Boxes whose owner does not exist.
+    pub ownerless_boxes: Vec<String>,
+    /// `(box, counters, recount)` of boxes whose counters differ from their copies.
+    pub counter_drift: Vec<(String, Usage, Usage)>,
+    /// Message bodies no copy refers to.
+    pub orphan_messages: i64,
+    /// `(box, owner)` of POP3 leases past their expiry.
+    pub stale_leases: Vec<(String, String)>,
+}
+
+impl Findings {
+    /// Whether nothing was found.
+    pub fn is_clean(&self) -> bool {
+        *self == Findings::default()
+    }
+}
+
+/// What `mmadmin check --fix` repaired, in one transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Boxes whose counters were set to a recount.
+    pub counters: usize,
+    /// Message bodies deleted.
+    pub messages: u64,
+    /// Leases deleted.
+    pub leases: u64,
+}

@@ -39,8 +39,8 @@ macro_rules! operations {
     ($db:ty, $id:ident) => {
         use crate::error::StoreError;
         use crate::store::model::{
-            AddAlias, AddNode, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus, Node,
-            Queued, Retrieved, TmtpMessage, Update, Usage, User,
+            AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus,
+            Node, OwnsBoxes, Queued, Repaired, Retrieved, TmtpMessage, Update, Usage, User, UserEntry,
         };
         use crate::store::sql::Sql;
 
@@ -170,6 +170,160 @@ macro_rules! operations {
             let mut tx = write(p).await?;
             let r = sqlx::query(SQL.replace_password).bind(new).bind(user_id).bind(old).execute(&mut *tx).await;
             Ok(tx.finish(r).await?.rows_affected() > 0)
+        }
+
+        // --- administration (mmadmin) ---
+
+        pub(crate) async fn admin_add_user(p: &Pool, name: &str, passwd: &str) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.admin_add_user).bind(name).bind(passwd).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn admin_users(p: &Pool) -> Result<Vec<UserEntry>> {
+            let rows: Vec<(i64, String, i64)> = sqlx::query_as(SQL.admin_users).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|(id, name, boxes)| UserEntry { id, name, boxes }).collect())
+        }
+
+        pub(crate) async fn admin_delete_user(p: &Pool, id: i64) -> Result<std::result::Result<(), OwnsBoxes>> {
+            let mut tx = write(p).await?;
+            let r = async {
+                if crate::store::ops::exists!(&mut *tx, SQL.admin_user_has_box, id)? {
+                    return Ok(Err(OwnsBoxes));
+                }
+                sqlx::query(SQL.admin_delete_user).bind(id).execute(&mut *tx).await?;
+                Ok(Ok(()))
+            }
+            .await;
+            Ok(tx.settle(r).await?)
+        }
+
+        pub(crate) async fn admin_add_box(
+            p: &Pool,
+            address: &str,
+            user: i64,
+            max_size: i64,
+            max_mails: i64,
+        ) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.admin_add_box)
+                .bind(address)
+                .bind(user)
+                .bind(max_size)
+                .bind(max_mails)
+                .execute(&mut *tx)
+                .await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn admin_box_limits(p: &Pool, address: &str, max_size: i64, max_mails: i64) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r =
+                sqlx::query(SQL.admin_box_limits).bind(max_size).bind(max_mails).bind(address).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected() > 0)
+        }
+
+        pub(crate) async fn admin_boxes(p: &Pool) -> Result<Vec<BoxEntry>> {
+            let rows: Vec<(String, Option<String>, i64, i64, i64, i64)> =
+                sqlx::query_as(SQL.admin_boxes).fetch_all(p).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(address, owner, max_size, size, max_mails, mails)| BoxEntry {
+                    address,
+                    owner,
+                    max_size,
+                    size,
+                    max_mails,
+                    mails,
+                })
+                .collect())
+        }
+
+        pub(crate) async fn admin_delete_box(p: &Pool, address: &str) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let messages: Vec<(i64,)> =
+                    sqlx::query_as(SQL.admin_box_messages).bind(address).fetch_all(&mut *tx).await?;
+                sqlx::query(SQL.admin_delete_box_mail).bind(address).execute(&mut *tx).await?;
+                sqlx::query(SQL.admin_delete_box_aliases).bind(address).execute(&mut *tx).await?;
+                sqlx::query(SQL.admin_delete_box_lock).bind(address).execute(&mut *tx).await?;
+                let gone = sqlx::query(SQL.admin_delete_box).bind(address).execute(&mut *tx).await?.rows_affected();
+                for (m,) in messages {
+                    sqlx::query(SQL.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
+                }
+                Ok(gone > 0)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn admin_add_alias(p: &Pool, pattern: &str, target: &str, user: i64) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.admin_add_alias).bind(pattern).bind(target).bind(user).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn admin_delete_alias(p: &Pool, pattern: &str, target: Option<&str>) -> Result<u64> {
+            let mut tx = write(p).await?;
+            let r = match target {
+                Some(t) => sqlx::query(SQL.admin_delete_alias_to).bind(pattern).bind(t).execute(&mut *tx).await,
+                None => sqlx::query(SQL.admin_delete_alias).bind(pattern).execute(&mut *tx).await,
+            };
+            Ok(tx.finish(r).await?.rows_affected())
+        }
+
+        pub(crate) async fn admin_add_nofrom(p: &Pool, pattern: &str) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.admin_add_nofrom).bind(pattern).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn admin_delete_nofrom(p: &Pool, pattern: &str) -> Result<u64> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.admin_delete_nofrom).bind(pattern).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected())
+        }
+
+        pub(crate) async fn admin_dangling_aliases(p: &Pool) -> Result<Vec<(String, String)>> {
+            Ok(sqlx::query_as(SQL.admin_dangling_aliases).fetch_all(p).await?)
+        }
+
+        pub(crate) async fn admin_ownerless_boxes(p: &Pool) -> Result<Vec<String>> {
+            let rows: Vec<(String,)> = sqlx::query_as(SQL.admin_ownerless_boxes).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+
+        pub(crate) async fn admin_counter_drift(p: &Pool) -> Result<Vec<String>> {
+            let rows: Vec<(String,)> = sqlx::query_as(SQL.admin_counter_drift).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+
+        pub(crate) async fn admin_orphan_messages(p: &Pool) -> Result<i64> {
+            let (n,): (i64,) = sqlx::query_as(SQL.admin_orphan_messages).fetch_one(p).await?;
+            Ok(n)
+        }
+
+        pub(crate) async fn admin_stale_leases(p: &Pool, now: i64) -> Result<Vec<(String, String)>> {
+            Ok(sqlx::query_as(SQL.admin_stale_leases).bind(now).fetch_all(p).await?)
+        }
+
+        pub(crate) async fn admin_repair(p: &Pool, boxes: &[String], now: i64) -> Result<Repaired> {
+            let mut tx = write(p).await?;
+            let r = async {
+                for b in boxes {
+                    sqlx::query(SQL.admin_recount_box).bind(b).execute(&mut *tx).await?;
+                }
+                let messages = sqlx::query(SQL.admin_delete_orphan_messages).execute(&mut *tx).await?.rows_affected();
+                let leases =
+                    sqlx::query(SQL.admin_delete_stale_leases).bind(now).execute(&mut *tx).await?.rows_affected();
+                Ok(Repaired { counters: boxes.len(), messages, leases })
+            }
+            .await;
+            Ok(tx.finish(r).await?)
         }
 
         // --- POP3 maildrop locks and deletions ---

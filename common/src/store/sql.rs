@@ -171,6 +171,68 @@ statements! {
     /// Deletes message body `$1` if no copy (`$2`, the same id) refers to it.
     delete_orphan = Same("DELETE FROM message WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = $2)");
 
+    // --- administration (mmadmin(8)) ---
+    /// Adds user `$1` with password value `$2`.
+    admin_add_user = Same("INSERT INTO \"user\" (user_name, user_passwd, user_created) VALUES ($1, $2, CURRENT_TIMESTAMP)");
+    /// `(id, name, boxes owned)` of every user, by name.
+    admin_users = Same("SELECT u.user_id, u.user_name, (SELECT COUNT(*) FROM box b WHERE b.box_user = u.user_id) \
+                        FROM \"user\" u ORDER BY u.user_name");
+    /// A row if user `$1` owns a box.
+    admin_user_has_box = Same("SELECT 1 FROM box WHERE box_user = $1 LIMIT 1");
+    /// Deletes user `$1` (by id).
+    admin_delete_user = Same("DELETE FROM \"user\" WHERE user_id = $1");
+    /// Adds box `$1` owned by user `$2` with limits `$3` bytes and `$4` messages.
+    admin_add_box = Same("INSERT INTO box (box_address, box_user, box_max_size, box_max_mails, box_created) \
+                          VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)");
+    /// Sets the limits of box `$3` to `$1` bytes and `$2` messages.
+    admin_box_limits = Same("UPDATE box SET box_max_size = $1, box_max_mails = $2 WHERE box_address = $3");
+    /// `(address, owner name, max size, size, max mails, mails)` of every box.
+    admin_boxes = Same("SELECT b.box_address, u.user_name, b.box_max_size, b.box_size, b.box_max_mails, b.box_mails \
+                        FROM box b LEFT JOIN \"user\" u ON u.user_id = b.box_user ORDER BY b.box_address");
+    /// The message bodies box `$1` refers to.
+    admin_box_messages = Same("SELECT DISTINCT mail_message FROM mail WHERE mail_box = $1");
+    /// Deletes every copy in box `$1`.
+    admin_delete_box_mail = Same("DELETE FROM mail WHERE mail_box = $1");
+    /// Deletes every alias to box `$1`.
+    admin_delete_box_aliases = Same("DELETE FROM alias WHERE alias_box = $1");
+    /// Deletes the POP3 lease of box `$1`.
+    admin_delete_box_lock = Same("DELETE FROM pop3_lock WHERE lock_box = $1");
+    /// Deletes box `$1`.
+    admin_delete_box = Same("DELETE FROM box WHERE box_address = $1");
+    /// Adds alias `$1` to box `$2`, owned by user `$3`.
+    admin_add_alias = Same("INSERT INTO alias (alias_pattern, alias_box, alias_user, alias_created) VALUES ($1, $2, $3, CURRENT_TIMESTAMP)");
+    /// Deletes alias pattern `$1` (every target).
+    admin_delete_alias = Same("DELETE FROM alias WHERE alias_pattern = $1");
+    /// Deletes alias pattern `$1` to box `$2`.
+    admin_delete_alias_to = Same("DELETE FROM alias WHERE alias_pattern = $1 AND alias_box = $2");
+    /// Adds `nofrom` pattern `$1`.
+    admin_add_nofrom = Same("INSERT INTO nofrom (nofrom_pattern) VALUES ($1)");
+    /// Deletes `nofrom` pattern `$1`.
+    admin_delete_nofrom = Same("DELETE FROM nofrom WHERE nofrom_pattern = $1");
+    /// `(pattern, box)` of the aliases whose box does not exist.
+    admin_dangling_aliases = Same("SELECT a.alias_pattern, a.alias_box FROM alias a LEFT JOIN box b ON b.box_address = a.alias_box \
+                                   WHERE b.box_address IS NULL ORDER BY a.alias_pattern");
+    /// Boxes whose owner does not exist.
+    admin_ownerless_boxes = Same("SELECT b.box_address FROM box b LEFT JOIN \"user\" u ON u.user_id = b.box_user \
+                                  WHERE u.user_id IS NULL ORDER BY b.box_address");
+    /// The boxes whose counters differ from their copies (the caller reads both: SUM's
+    /// type differs between the dialects).
+    admin_counter_drift = Same("SELECT b.box_address FROM box b LEFT JOIN mail m ON m.mail_box = b.box_address \
+                                GROUP BY b.box_address, b.box_size, b.box_mails \
+                                HAVING b.box_size <> COALESCE(SUM(m.mail_size), 0) OR b.box_mails <> COUNT(m.mail_id) \
+                                ORDER BY b.box_address");
+    /// Sets the counters of box `$1` to a recount of its copies, in one statement.
+    admin_recount_box = Same("UPDATE box SET box_size = (SELECT COALESCE(SUM(mail_size), 0) FROM mail WHERE mail_box = box.box_address), \
+                              box_mails = (SELECT COUNT(*) FROM mail WHERE mail_box = box.box_address) WHERE box_address = $1");
+    /// How many message bodies no copy refers to.
+    admin_orphan_messages = Same("SELECT COUNT(*) FROM message m WHERE NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = m.message_id)");
+    /// Deletes the message bodies no copy refers to.
+    admin_delete_orphan_messages = Same("DELETE FROM message WHERE NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = message.message_id)");
+    /// `(box, owner)` of the POP3 leases that expired before `$1`.
+    admin_stale_leases = Same("SELECT lock_box, lock_owner FROM pop3_lock WHERE lock_expires < $1 ORDER BY lock_box");
+    /// Deletes the POP3 leases that expired before `$1`.
+    admin_delete_stale_leases = Same("DELETE FROM pop3_lock WHERE lock_expires < $1");
+
     // --- TMTP accounts, nodes, aliases, groups (spec/tmtp.md §10) ---
     /// A user: `$1` uid, `$2` created, `$3` OpenID Connect identity.
     insert_user = Same("INSERT INTO tmtp_user (tmtp_uid, tmtp_created, tmtp_auth) VALUES ($1, $2, $3)");
