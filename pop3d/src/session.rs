@@ -351,10 +351,20 @@ impl Session {
         self.count(outcome)
     }
 
+    /// Counts error replies toward `max_errors` (then `421`-like close). The refusals not
+    /// counted where they happen (a login, a box in use, the server's own failures) are
+    /// the client's protocol errors: logged and counted as `failed|protocol|<address>`.
     fn count(&mut self, outcome: Outcome) -> Outcome {
         if let Outcome::Reply(r) = &outcome
             && !r.ok
         {
+            if r.text.starts_with("[SYS/") {
+                // Logged with its cause where it happened; counted here, once per reply.
+                self.settings.stats.failed("local", &self.peer.to_string());
+            } else if !(r.text == INVALID_LOGIN || r.text.starts_with("[IN-USE]")) {
+                tracing::info!(peer = %self.peer, reply = %r.text, "refused");
+                self.settings.stats.failed("protocol", &self.peer.to_string());
+            }
             self.errors += 1;
             if self.errors >= self.settings.max_errors {
                 self.settings.stats.failed("limits", &self.peer.to_string());
@@ -602,7 +612,7 @@ impl Session {
         };
         let verdict = self.verify(password, owner.as_ref()).await;
         let (Some(address), Some(owner), true) = (address, owner, verdict.ok()) else {
-            tracing::info!(peer = %self.peer, "login failed");
+            tracing::info!(peer = %self.peer, login = ?name, "login failed");
             self.settings.stats.failed("login", &self.peer.to_string());
             return Reply::err(INVALID_LOGIN);
         };
@@ -610,7 +620,8 @@ impl Session {
         match store.lock_box(&address, &lease_owner, self.settings.lock_lease).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::info!(r#box = %address, "maildrop in use");
+                tracing::info!(peer = %self.peer, r#box = %address, "maildrop in use");
+                self.settings.stats.failed("inuse", &address);
                 return Reply::err("[IN-USE] Mailbox already in use");
             }
             Err(e) => {

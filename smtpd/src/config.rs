@@ -61,7 +61,10 @@ pub struct SmtpdConfig {
     #[serde(default = "default_max_unknown_recipients")]
     pub max_unknown_recipients: usize,
     /// Messages one client address may deliver within `flood_window`; then MAIL gets
-    /// `450 4.7.1` until the oldest leaves the window. 0 = no limit.
+    /// `450 4.7.1` until the oldest leaves the window. 0 = no limit. The default, 300
+    /// per 30 minutes, lets a mailing list host that sends one message per subscriber
+    /// (VERP) reach a few hundred local subscribers, while a single infected host is
+    /// held to 10 a minute; the refusal is temporary, so a legitimate sender only waits.
     #[serde(default = "default_flood_messages")]
     pub flood_messages: usize,
     /// The flood window in seconds.
@@ -70,6 +73,10 @@ pub struct SmtpdConfig {
     /// Client addresses the flood table tracks; the least recently seen is forgotten.
     #[serde(default = "default_flood_cache")]
     pub flood_cache: usize,
+    /// Client networks (CIDR) the flood limit does not apply to: a relay or content
+    /// filter of one's own that forwards everyone's mail. Default: none.
+    #[serde(default)]
+    pub flood_exempt: Vec<ipnet::IpNet>,
 }
 
 fn default_max_recipients() -> usize {
@@ -88,7 +95,7 @@ fn default_true() -> bool {
     true
 }
 fn default_flood_messages() -> usize {
-    25
+    300
 }
 fn default_flood_window() -> u64 {
     1800
@@ -111,6 +118,7 @@ impl Default for SmtpdConfig {
             flood_messages: default_flood_messages(),
             flood_window: default_flood_window(),
             flood_cache: default_flood_cache(),
+            flood_exempt: Vec::new(),
         }
     }
 }

@@ -157,6 +157,28 @@ pub fn random_id() -> String {
     common::random_hex(8)
 }
 
+/// Error replies that do not count toward `max_errors`: a full box, a local failure, `452
+/// 4.5.3` (RFC 5321 §4.5.3.1.10) and unknown recipients (limited on their own).
+const NOT_THE_CLIENTS_MISTAKE: [(u16, &str); 5] =
+    [texts::TOO_MANY_RCPTS, texts::MAILBOX_FULL, texts::LOCAL_ERROR, texts::USER_UNKNOWN, texts::RELAY_DENIED];
+
+/// Refusals logged and counted under their own cause where they are decided; every other
+/// error reply is counted as `failed|protocol`.
+const COUNTED_WHERE_DECIDED: [(u16, &str); 12] = [
+    texts::TOO_MANY_RCPTS,
+    texts::MAILBOX_FULL,
+    texts::TOO_BIG_FOR_BOX,
+    texts::LOCAL_ERROR,
+    texts::USER_UNKNOWN,
+    texts::RELAY_DENIED,
+    texts::SIZE_TOO_BIG,
+    texts::TOO_BIG,
+    texts::TOO_MANY_HOPS,
+    texts::FLOOD,
+    texts::NULL_SENDER_REFUSED,
+    texts::BARE_CR_LF,
+];
+
 impl Session {
     /// A session for a client at `peer`; `tls` is true on implicit-TLS listeners.
     pub fn new(settings: Arc<Settings>, peer: IpAddr, tls: bool) -> Self {
@@ -215,6 +237,11 @@ impl Session {
         self.settings.stats.failed(cause, &self.peer.to_string());
     }
 
+    /// Whether the client is in `[smtpd] flood_exempt`.
+    fn flood_exempt(&self) -> bool {
+        self.settings.smtpd.flood_exempt.iter().any(|n| n.contains(&self.peer))
+    }
+
     fn flood_key(&self) -> IpAddr {
         common::net::gate::address_key(self.peer, self.settings.ipv6_prefix)
     }
@@ -257,18 +284,23 @@ impl Session {
     /// 4.5.3` for too many recipients (RFC 5321 §4.5.3.1.10: how a client learns to split
     /// the transaction). Unknown recipients have their own limit (see `rcpt`).
     fn count(&mut self, outcome: Outcome) -> Outcome {
-        if let Outcome::Reply(r) = &outcome
-            && r.is_error()
-            && ![
-                texts::TOO_MANY_RCPTS,
-                texts::MAILBOX_FULL,
-                texts::LOCAL_ERROR,
-                texts::USER_UNKNOWN,
-                texts::RELAY_DENIED,
-            ]
-            .iter()
-            .any(|(code, text)| r.is(*code, text))
-        {
+        let Outcome::Reply(r) = &outcome else { return outcome };
+        if !r.is_error() {
+            return outcome;
+        }
+        if r.is(texts::LOCAL_ERROR.0, texts::LOCAL_ERROR.1) {
+            // Logged with its cause where it happened; counted here, once per reply.
+            self.failed("local");
+        } else if r.is(texts::TOO_MANY_RCPTS.0, texts::TOO_MANY_RCPTS.1) {
+            tracing::info!(peer = %self.peer, max = self.settings.smtpd.max_recipients, "too many recipients");
+            self.failed("limits");
+        } else if !COUNTED_WHERE_DECIDED.iter().any(|(code, text)| r.is(*code, text)) {
+            // A protocol error of the client's (syntax, sequence, SMTPUTF8 needed): the
+            // other refusals are logged and counted where they are decided.
+            tracing::info!(peer = %self.peer, reply = %r, "refused");
+            self.failed("protocol");
+        }
+        if !NOT_THE_CLIENTS_MISTAKE.iter().any(|(code, text)| r.is(*code, text)) {
             self.errors += 1;
             if self.errors >= self.settings.max_errors {
                 self.failed("limits");
@@ -350,7 +382,7 @@ impl Session {
             self.failed("size");
             return texts::SIZE_TOO_BIG.into();
         }
-        if self.settings.flood.exceeded(self.flood_key()) {
+        if !self.flood_exempt() && self.settings.flood.exceeded(self.flood_key()) {
             tracing::info!(peer = %self.peer, "flood limit reached");
             self.failed("flood");
             return texts::FLOOD.into();
@@ -533,7 +565,8 @@ impl Session {
             return texts::NEED_RCPT.into();
         };
         if received.bare_line_end {
-            tracing::info!(peer = %self.peer, id = %tx.id, "bare CR or LF in DATA");
+            tracing::info!(peer = %self.peer, id = %tx.id, "bare CR or LF in the message");
+            self.failed("bare");
             return texts::BARE_CR_LF.into();
         }
         if received.too_big {
@@ -551,11 +584,14 @@ impl Session {
         let delivery = Delivery { body: &received.message, copies };
         match store.deliver(&delivery).await {
             Ok(()) => {
-                self.settings.flood.record(self.flood_key());
+                if !self.flood_exempt() {
+                    self.settings.flood.record(self.flood_key());
+                }
                 tracing::info!(
                     id = %tx.id,
                     from = %tx.from.as_ref().map(ToString::to_string).unwrap_or_default(),
                     boxes = delivery.copies.len(),
+                    to = %tx.rcpts.iter().map(|r| r.forward_path.as_str()).collect::<Vec<_>>().join(","),
                     size = received.message.len(),
                     by = if tx.chunked { "BDAT" } else { "DATA" },
                     "stored"

@@ -120,3 +120,24 @@ async fn message_flood_limit() {
     assert_eq!(other.cmd("MAIL FROM:<a@b.org>").await, 250, "other addresses are not affected");
     assert_eq!(db.counters("mmondor@example.org").await.messages, 2);
 }
+
+#[tokio::test]
+async fn flood_exempt_networks_are_not_limited() {
+    let (db, s) = server(|c| {
+        c.own.flood_messages = 1;
+        c.own.flood_exempt = vec!["127.0.0.0/30".parse().unwrap()];
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(deliver(s.addr, "a@b.org", &["mmondor@example.org"], &format!("n {i}\r\n")).await, 250);
+    }
+    let mut outside = Client::connect_from(s.addr, Ipv4Addr::new(127, 0, 0, 9)).await;
+    outside.code().await;
+    outside.cmd("EHLO c").await;
+    assert_eq!(outside.cmd("MAIL FROM:<a@b.org>").await, 250);
+    assert_eq!(outside.cmd("RCPT TO:<mmondor@example.org>").await, 250);
+    assert_eq!(outside.cmd("DATA").await, 354);
+    assert_eq!(outside.cmd("x\r\n.").await, 250);
+    assert_eq!(outside.cmd("MAIL FROM:<a@b.org>").await, 450, "outside the exempt network the limit holds");
+    assert_eq!(db.counters("mmondor@example.org").await.messages, 4);
+}

@@ -96,6 +96,27 @@ fn poplib(port: u16, password: &str) -> Result<i64, String> {
     if out.status.success() { Ok(text.parse().unwrap()) } else { Err(text + &String::from_utf8_lossy(&out.stderr)) }
 }
 
+/// Opens a plain connection, reads the greeting, sends each line and reads one reply to
+/// each, then closes: a client making protocol errors.
+fn raw(port: u16, lines: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    lines
+        .iter()
+        .map(|line| {
+            writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+            let mut reply = String::new();
+            reader.read_line(&mut reply).unwrap();
+            reply
+        })
+        .collect()
+}
+
 async fn seeded_db() -> TestDb {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();
     let hash = common::password::hash(b"secret").unwrap();
@@ -146,14 +167,21 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     assert!(!swaks(smtp.port, "nobody@example.test"), "unknown recipient refused");
     assert!(poplib(pop.port, "wrong").is_err());
     let octets = poplib(pop.port, "secret").unwrap();
+    // Protocol errors are refusals too: counted per address and in total.
+    let replies = raw(smtp.port, &["HELO client.example", "RCPT TO:<x@example.test>", "QUIT"]);
+    assert!(replies[1].starts_with("503"), "{replies:?}");
+    let replies = raw(pop.port, &["NOSUCH", "QUIT"]);
+    assert!(replies[0].starts_with("-ERR"), "{replies:?}");
+    expect(d, "mmsmtpd|failed|protocol|127.0.0.1", Some(1));
+    expect(d, "mmpop3d|failed|protocol|127.0.0.1", Some(1));
 
-    expect(d, "mmsmtpd|total|connections", Some(smtp_base + 4));
+    expect(d, "mmsmtpd|total|connections", Some(smtp_base + 5));
     expect(d, "mmsmtpd|current|connections", Some(0));
     expect(d, "mmsmtpd|total|messages-in", Some(3));
     expect(d, &format!("mmsmtpd|mailbox|{BOX}|messages-in"), Some(3));
     expect(d, "mmsmtpd|failed|address|127.0.0.1", Some(1));
     expect(d, "mmsmtpd|total|failed|address", Some(1));
-    expect(d, "mmpop3d|total|connections", Some(pop_base + 2));
+    expect(d, "mmpop3d|total|connections", Some(pop_base + 3));
     expect(d, "mmpop3d|current|connections", Some(0));
     expect(d, "mmpop3d|failed|login|127.0.0.1", Some(1));
     expect(d, &format!("mmpop3d|mailbox|{BOX}|logins"), Some(1));
@@ -169,7 +197,8 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     let (ok, shown) = mmstat(d, &["show", "mmsmtpd|total|*"]);
     assert!(ok);
     let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines.len(), 4, "{shown}"); // connections, messages-in, bytes-in, failed|address
+    // connections, messages-in, bytes-in, failed|address, failed|protocol
+    assert_eq!(lines.len(), 5, "{shown}");
     let keys: Vec<&str> = lines.iter().map(|l| l.rsplit("  ").next().unwrap()).collect();
     let mut sorted = keys.clone();
     sorted.sort_unstable();
@@ -180,7 +209,7 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
 
     // Reset and delete by pattern.
     let (ok, out) = mmstat(d, &["reset", "mmsmtpd|failed|*"]);
-    assert!(ok && out.starts_with("1 key(s) reset"), "{out}");
+    assert!(ok && out.starts_with("2 key(s) reset"), "{out}");
     assert_eq!(value(d, "mmsmtpd|failed|address|127.0.0.1"), Some(0));
     assert_eq!(value(d, "mmsmtpd|total|failed|address"), Some(1), "only the pattern's keys");
     let before = values(d, "mmpop3d|*").len();
