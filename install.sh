@@ -1,13 +1,26 @@
 #!/bin/sh
 # install.sh: build and install mmmail, or run it locally for a quick try.
 #
-#   ./install.sh --local          build, then run the suite from ./local on SQLite
-#                                 (loopback high ports, foreground; Ctrl-C stops it)
+#   ./install.sh --local [local options]   build, then run the suite from ./local on
+#                                 SQLite (loopback high ports, foreground; Ctrl-C stops it)
 #   ./install.sh [options]        build and install (as root for a system install)
 #   ./install.sh --uninstall      stop and remove binaries, man pages and units;
 #                                 configs, databases and the mmmail user stay
 #
-# Options (defaults in brackets):
+# Local options (defaults in brackets; each also from the environment variable named,
+# and a port once chosen is remembered in local/etc/ports for the next run):
+#   --smtp-port N        mmsmtpd, SMTP with STARTTLS    [2525, MMMAIL_SMTP_PORT]
+#   --pop3-port N        mmpop3d, POP3 with STLS        [2110, MMMAIL_POP3_PORT]
+#   --pop3s-port N       mmpop3d, POP3 over TLS         [2995, MMMAIL_POP3S_PORT]
+#   --tmtp-port N        mmtmtpd, TMTP over TLS         [2443, MMMAIL_TMTP_PORT]
+#   --metrics-port N     mmstatd, Prometheus metrics    [2112, MMMAIL_METRICS_PORT]
+#   --local-dir DIR      where configs, database and logs live   [./local]
+#   --binaries DIR       run the binaries found in DIR instead of building
+# Every run rewrites the configs in local/etc from these settings (so a changed port
+# applies); the database and the certificate are kept. A second run while one is
+# running says so and changes nothing.
+#
+# Install options (defaults in brackets):
 #   --prefix DIR         programs in DIR/sbin and DIR/bin, man pages in
 #                        DIR/share/man                                  [/usr/local]
 #   --sysconfdir DIR     configs in DIR/mmmail                                 [/etc]
@@ -45,8 +58,15 @@ mode=install
 # In start order: mmstatd first, so the others' first counts reach it.
 daemons="mmstatd mmsmtpd mmpop3d mmtmtpd"
 tools="mmpasswd mmadmin mmstat"
+local=$here/local
+opt_smtp_port=${MMMAIL_SMTP_PORT:-}
+opt_pop3_port=${MMMAIL_POP3_PORT:-}
+opt_pop3s_port=${MMMAIL_POP3S_PORT:-}
+opt_tmtp_port=${MMMAIL_TMTP_PORT:-}
+opt_metrics_port=${MMMAIL_METRICS_PORT:-}
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+# The comment block at the top, up to the first line that is not a comment.
+usage() { sed -n '2,/^[^#]/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +80,12 @@ while [ $# -gt 0 ]; do
         --binaries) binaries=$2; shift ;;
         --no-user) make_user=no ;;
         --no-systemd) systemd=no ;;
+        --smtp-port) opt_smtp_port=$2; shift ;;
+        --pop3-port) opt_pop3_port=$2; shift ;;
+        --pop3s-port) opt_pop3s_port=$2; shift ;;
+        --tmtp-port) opt_tmtp_port=$2; shift ;;
+        --metrics-port) opt_metrics_port=$2; shift ;;
+        --local-dir) local=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -128,7 +154,50 @@ if [ "$mode" = uninstall ]; then
     exit 0
 fi
 
-if [ "$mode" = local ] || [ -z "$binaries" ]; then
+# A port option is a number from 1 to 65535.
+check_port() {
+    case "$2" in
+        ''|*[!0-9]*) echo "install.sh: $1 needs a port number, not \"$2\"" >&2; exit 2 ;;
+    esac
+    if [ "$2" -lt 1 ] || [ "$2" -gt 65535 ]; then
+        echo "install.sh: $1 $2 is not a port (1-65535)" >&2
+        exit 2
+    fi
+}
+
+# alive FILE: the pid in FILE names a running process.
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+if [ "$mode" = local ]; then
+    case "$local" in /*) ;; *) local=$(pwd)/$local ;; esac
+    # Before anything is built or written: a local suite already running from this
+    # directory is left alone, logs and configs included.
+    for p in install mmstatd mmsmtpd mmpop3d mmtmtpd; do
+        if alive "$local/var/$p.pid"; then
+            echo "install.sh: the local suite is already running from $local" >&2
+            echo "    ($p, pid $(cat "$local/var/$p.pid")); stop it with Ctrl-C where it runs, or" >&2
+            echo "    kill $(cat "$local/var/$p.pid"), then run ./install.sh --local again. Nothing was changed." >&2
+            exit 1
+        fi
+    done
+    # Ports: option or environment, else what the last run used, else the default.
+    if [ -f "$local/etc/ports" ]; then
+        # shellcheck disable=SC1091
+        . "$local/etc/ports"
+    fi
+    smtp_port=${opt_smtp_port:-${smtp_port:-2525}}
+    pop3_port=${opt_pop3_port:-${pop3_port:-2110}}
+    pop3s_port=${opt_pop3s_port:-${pop3s_port:-2995}}
+    tmtp_port=${opt_tmtp_port:-${tmtp_port:-2443}}
+    metrics_port=${opt_metrics_port:-${metrics_port:-2112}}
+    check_port --smtp-port "$smtp_port"
+    check_port --pop3-port "$pop3_port"
+    check_port --pop3s-port "$pop3s_port"
+    check_port --tmtp-port "$tmtp_port"
+    check_port --metrics-port "$metrics_port"
+fi
+
+if [ -z "$binaries" ]; then
     command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
     say "building release binaries"
     (cd "$here" && cargo build --release --locked --bins)
@@ -222,15 +291,19 @@ if [ "$mode" = install ]; then
     exit 0
 fi
 
-# --local: everything under ./local, SQLite, loopback high ports, in the foreground.
-local=$here/local
+# --local: everything under ./local (or --local-dir), SQLite, loopback ports, in the
+# foreground. Nothing runs from here yet (checked above).
 mkdir -p "$local/etc" "$local/var"
 db=$local/var/mmmail.db
-smtp_port=${MMMAIL_SMTP_PORT:-2525}
-pop3_port=${MMMAIL_POP3_PORT:-2110}
-pop3s_port=${MMMAIL_POP3S_PORT:-2995}
-metrics_port=${MMMAIL_METRICS_PORT:-2112}
-tmtp_port=${MMMAIL_TMTP_PORT:-2443}
+echo "$$" > "$local/var/install.pid"
+cat > "$local/etc/ports" <<PORTS
+# Ports of the local suite, written by install.sh --local and read by its next run.
+smtp_port=$smtp_port
+pop3_port=$pop3_port
+pop3s_port=$pop3s_port
+tmtp_port=$tmtp_port
+metrics_port=$metrics_port
+PORTS
 
 tls=""
 if command -v openssl >/dev/null 2>&1; then
@@ -254,10 +327,15 @@ fi
 
 stats="[stats]
 socket = \"$local/var/mmstatd.sock\""
+# Loopback only, and the clients are your own tests: no per-address limits.
+limits="[limits]
+max_per_address = 0
+connection_rate = 0"
+header="# Written by install.sh --local on every run: change ports with its options (see
+# ./install.sh --help), other keys in a copy passed with -c (see etc/"
 
-if [ ! -f "$local/etc/mmstatd.toml" ]; then
-    cat > "$local/etc/mmstatd.toml" <<CONF
-# Local quick-start configuration written by install.sh --local (see etc/mmstatd.toml).
+cat > "$local/etc/mmstatd.toml" <<CONF
+${header}mmstatd.toml).
 $stats
 [statd]
 query_socket = "$local/var/mmstatd-query.sock"
@@ -265,11 +343,9 @@ dir = "$local/var/mmstatd"
 prometheus = "127.0.0.1:$metrics_port"
 $root_ok
 CONF
-fi
 
-if [ ! -f "$local/etc/mmsmtpd.toml" ]; then
-    cat > "$local/etc/mmsmtpd.toml" <<CONF
-# Local quick-start configuration written by install.sh --local (see etc/mmsmtpd.toml).
+cat > "$local/etc/mmsmtpd.toml" <<CONF
+${header}mmsmtpd.toml).
 [server]
 name = "localhost"
 [database]
@@ -277,19 +353,21 @@ url = "sqlite://$db"
 [listen]
 addresses = ["127.0.0.1:$smtp_port"]
 $tls
+$limits
 [smtpd]
 # RFC 5321 4.5.1: mail to postmaster must reach a box; here the demo box.
 postmaster = "demo@example.test"
+# Your own tests from this machine are not a flood (the default, 300 per 30 minutes,
+# is for a public MX).
+flood_exempt = ["127.0.0.0/8", "::1/128"]
 $stats
 $root_ok
 CONF
-fi
 
-if [ ! -f "$local/etc/mmpop3d.toml" ]; then
-    pop3s=""
-    [ -n "$tls" ] && pop3s="tls_addresses = [\"127.0.0.1:$pop3s_port\"]"
-    cat > "$local/etc/mmpop3d.toml" <<CONF
-# Local quick-start configuration written by install.sh --local (see etc/mmpop3d.toml).
+pop3s=""
+[ -n "$tls" ] && pop3s="tls_addresses = [\"127.0.0.1:$pop3s_port\"]"
+cat > "$local/etc/mmpop3d.toml" <<CONF
+${header}mmpop3d.toml).
 [server]
 name = "localhost"
 [database]
@@ -298,14 +376,15 @@ url = "sqlite://$db"
 addresses = ["127.0.0.1:$pop3_port"]
 $pop3s
 $tls
+$limits
 $stats
 $root_ok
 CONF
-fi
 
-if [ -n "$tls" ] && [ ! -f "$local/etc/mmtmtpd.toml" ]; then
+rm -f "$local/etc/mmtmtpd.toml"
+if [ -n "$tls" ]; then
     cat > "$local/etc/mmtmtpd.toml" <<CONF
-# Local quick-start configuration written by install.sh --local (see etc/mmtmtpd.toml).
+${header}mmtmtpd.toml).
 [server]
 name = "localhost"
 [database]
@@ -313,15 +392,37 @@ url = "sqlite://$db"
 [listen]
 tls_addresses = ["127.0.0.1:$tmtp_port"]
 $tls
-# Loopback only: no per-address limits, so mmtmtpd-load's many clients get in.
-[limits]
-max_per_address = 0
-connection_rate = 0
+$limits
 [tmtpd]
 name = "mmmail local"
 $stats
 $root_ok
 CONF
+
+    # Mail clients set up for the demo box: POP3 with STLS, checking the local
+    # certificate (hence "localhost", the name it is issued to), keeping the mail.
+    cat > "$local/etc/fetchmailrc" <<CONF
+# fetchmail -f $local/etc/fetchmailrc   (written by install.sh --local)
+poll localhost protocol pop3 port $pop3_port
+  user "demo@example.test" password "demo"
+  sslproto tls1.2+ sslcertck sslcertfile "$local/etc/cert.pem"
+  keep mda "cat >> $local/var/fetchmail.out"
+CONF
+    chmod 0600 "$local/etc/fetchmailrc"
+    cat > "$local/etc/mpoprc" <<CONF
+# mpop -C $local/etc/mpoprc local   (written by install.sh --local)
+account local
+host localhost
+port $pop3_port
+user demo@example.test
+password demo
+tls on
+tls_starttls on
+tls_trust_file $local/etc/cert.pem
+keep on
+delivery mbox $local/var/mpop.mbox
+CONF
+    chmod 0600 "$local/etc/mpoprc"
 fi
 
 pids=""
@@ -329,69 +430,85 @@ stop() {
     trap - INT TERM EXIT
     [ -n "$pids" ] && kill $pids 2>/dev/null || true
     wait 2>/dev/null || true
+    rm -f "$local/var/install.pid" "$local/var/mmstatd.pid" "$local/var/mmsmtpd.pid" \
+        "$local/var/mmpop3d.pid" "$local/var/mmtmtpd.pid"
     echo
     echo "==> stopped"
 }
 trap stop INT TERM EXIT
 
-# start NAME: runs NAME with its local config, logging to local/var/NAME.log, and waits
-# until it listens.
+# start NAME OPTION PORT...: runs NAME with its local config, logging to
+# local/var/NAME.log, and waits until it listens; on failure names the option that
+# moves each port.
 start() {
-    echo "==> starting $1 (log: $local/var/$1.log)"
-    "$bin/$1" -c "$local/etc/$1.toml" 2> "$local/var/$1.log" &
+    name=$1
+    shift
+    echo "==> starting $name (log: $local/var/$name.log)"
+    "$bin/$name" -c "$local/etc/$name.toml" 2> "$local/var/$name.log" &
     pid=$!
     pids="$pids $pid"
+    echo "$pid" > "$local/var/$name.pid"
     i=0
-    until grep -q listening "$local/var/$1.log" 2>/dev/null; do
+    until grep -q listening "$local/var/$name.log" 2>/dev/null; do
         i=$((i + 1))
-        if [ $i -gt 100 ] || ! kill -0 $pid 2>/dev/null; then
-            echo "install.sh: $1 did not start:" >&2
-            cat "$local/var/$1.log" >&2
+        if [ $i -gt 300 ] || ! kill -0 $pid 2>/dev/null; then
+            echo "install.sh: $name did not start:" >&2
+            cat "$local/var/$name.log" >&2
+            if grep -qi "in use" "$local/var/$name.log"; then
+                while [ $# -gt 0 ]; do
+                    echo "install.sh: if port $2 is the one taken, choose another: ./install.sh --local $1 N" >&2
+                    shift 2
+                done
+            fi
             exit 1
         fi
         sleep 0.1
     done
 }
 # mmstatd first, so it counts from the start; then mmsmtpd, which creates the schema.
-start mmstatd
-start mmsmtpd
-start mmpop3d
-[ -f "$local/etc/mmtmtpd.toml" ] && start mmtmtpd
-
-# The demo account: user "demo" (password "demo"), box demo@example.test, and every
-# other address at example.test reaching it through a wildcard alias.
-hash=$(printf 'demo\n' | "$bin/mmpasswd" --stdin)
-sql="INSERT OR IGNORE INTO \"user\" (user_id, user_name, user_passwd, user_created) VALUES (1, 'demo', '$hash', CURRENT_TIMESTAMP);
-INSERT OR IGNORE INTO box VALUES ('demo@example.test', 1, 10485760, 0, 1000, 0, CURRENT_TIMESTAMP, NULL, NULL);
-INSERT OR IGNORE INTO alias VALUES ('*@example.test', 'demo@example.test', 1, CURRENT_TIMESTAMP);
-INSERT OR IGNORE INTO nofrom VALUES ('127.0.0.1');"
-if command -v sqlite3 >/dev/null 2>&1; then
-    printf '%s\n' "$sql" | sqlite3 "$db"
-elif command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()' "$db" "$sql"
+start mmstatd --metrics-port "$metrics_port"
+start mmsmtpd --smtp-port "$smtp_port"
+if [ -n "$tls" ]; then
+    start mmpop3d --pop3-port "$pop3_port" --pop3s-port "$pop3s_port"
+    start mmtmtpd --tmtp-port "$tmtp_port"
 else
-    echo "install.sh: need sqlite3 or python3 to create the demo box" >&2
-    exit 1
+    start mmpop3d --pop3-port "$pop3_port"
+fi
+
+# The demo account, made once: user "demo" (password "demo"), box demo@example.test,
+# and every other address at example.test reaching it through a wildcard alias.
+admin() { "$bin/mmadmin" -c "$local/etc/mmsmtpd.toml" "$@"; }
+if ! admin user list | awk 'NR > 1 { print $1 }' | grep -qx demo; then
+    printf 'demo\n' | admin user add demo --stdin >/dev/null
+    admin box add --user demo --max-size 10M --max-mails 1000 demo@example.test >/dev/null
+    admin alias add '*@example.test' demo@example.test >/dev/null
 fi
 
 cat <<MSG
 
 mmmail is running from $local (database $db).
   demo box: demo@example.test (user "demo", password "demo"); *@example.test reaches it
+  ports: SMTP $smtp_port, POP3 $pop3_port$( [ -n "$tls" ] && echo ", POP3S $pop3s_port, TMTP $tmtp_port"), metrics $metrics_port
+  (change them with --smtp-port N and the like: ./install.sh --help)
 
 Send it a message:
   swaks --server 127.0.0.1:$smtp_port --to demo@example.test --from you@example.net
   printf 'Subject: hi\r\n\r\nhello\r\n' | curl -sS smtp://127.0.0.1:$smtp_port --mail-from you@example.net --mail-rcpt anything@example.test -T -
-$( [ -n "$tls" ] && echo "  (STARTTLS works too: swaks --tls ..., curl --ssl-reqd --cacert $local/etc/cert.pem ...)" )
+$( [ -n "$tls" ] && echo "  swaks --server 127.0.0.1:$smtp_port --tls --to demo@example.test --from you@example.net   # STARTTLS" )
 
 Fetch it over POP3 (user demo@example.test, or mmmail style demo.example.test):
   curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/        # list
   curl -sS -u demo@example.test:demo pop3://127.0.0.1:$pop3_port/1       # retrieve message 1
-$( [ -n "$tls" ] && echo "  curl -sS --cacert $local/etc/cert.pem -u demo@example.test:demo pop3s://localhost:$pop3s_port/1" )
+$( [ -n "$tls" ] && echo "  curl -sS --cacert $local/etc/cert.pem -u demo@example.test:demo pop3s://localhost:$pop3s_port/1
+  fetchmail -f $local/etc/fetchmailrc      # STLS, keeps the mail
+  mpop -C $local/etc/mpoprc local           # STLS, keeps the mail" )
 
 $( [ -n "$tls" ] && echo "TMTP (mnm clients) over TLS on 127.0.0.1:$tmtp_port (self-signed: =127.0.0.1:$tmtp_port); accounts:
-  $bin/mmtmtpd -c $local/etc/mmtmtpd.toml admin add-user --nodes 1
-" )
+  $bin/mmtmtpd -c $local/etc/mmtmtpd.toml admin add-user --nodes 1" )
+
+Manage users, boxes and aliases:
+  $bin/mmadmin -c $local/etc/mmsmtpd.toml box list
+
 See the counters (mmstatd):
   $bin/mmstat -q $local/var/mmstatd-query.sock show
   $bin/mmstat -q $local/var/mmstatd-query.sock watch 'mmsmtpd|total|*'

@@ -214,3 +214,143 @@ async fn install_then_round_trip_with_the_installed_files() {
     assert!(shown.contains("  1  mmsmtpd|mailbox|inst@example.org|messages-in\n"), "{shown}");
     assert!(shown.contains("  1  mmpop3d|mailbox|inst@example.org|messages-deleted\n"), "{shown}");
 }
+
+/// `install.sh --local` with its output on a pipe, in its own process group.
+fn local_run(dir: &Path, args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .arg(root().join("install.sh"))
+        .args(["--local", "--binaries"])
+        .arg(binaries())
+        .arg("--local-dir")
+        .arg(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Everything a finished run printed.
+fn finished(child: std::process::Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Waits for the banner's last line; returns the banner.
+fn banner(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        text += &line;
+        text.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            return text;
+        }
+    }
+    panic!("install.sh --local ended before its banner:\n{text}");
+}
+
+fn tool_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// The quick start as a newcomer meets it on a machine whose default port is taken: the
+/// failure names the option that moves the port; the option works and is remembered; a
+/// second run while one runs changes nothing; the banner's clients work against it.
+#[test]
+fn local_quick_start_moves_ports_refuses_a_second_run_and_serves_real_clients() {
+    if !common::testing::have("openssl") || !common::testing::have("swaks") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("local");
+    let [taken, smtp, pop3, pop3s, tmtp, metrics] = std::array::from_fn(|_| common::testing::free_port());
+    let (pop3, pop3s, tmtp, metrics) = (pop3.to_string(), pop3s.to_string(), tmtp.to_string(), metrics.to_string());
+
+    // The SMTP port is taken: the run fails and says how to move it.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    let taken_arg = taken.to_string();
+    let (ok, out) = finished(local_run(
+        &dir,
+        &[
+            "--smtp-port",
+            &taken_arg,
+            "--pop3-port",
+            &pop3,
+            "--pop3s-port",
+            &pop3s,
+            "--tmtp-port",
+            &tmtp,
+            "--metrics-port",
+            &metrics,
+        ],
+    ));
+    assert!(!ok, "{out}");
+    assert!(out.contains("in use") && out.contains("./install.sh --local --smtp-port N"), "{out}");
+    assert!(!dir.join("var/install.pid").exists(), "a failed run cleans up after itself");
+    drop(holder);
+
+    // Moved: only the SMTP port given, the others remembered from the run before.
+    let smtp_arg = smtp.to_string();
+    let mut running = local_run(&dir, &["--smtp-port", &smtp_arg]);
+    let shown = banner(&mut running);
+    let ports = format!("ports: SMTP {smtp}, POP3 {pop3}, POP3S {pop3s}, TMTP {tmtp}, metrics {metrics}");
+    assert!(shown.contains(&ports), "{shown}");
+    let smtpd_conf = std::fs::read_to_string(dir.join("etc/mmsmtpd.toml")).unwrap();
+    assert!(smtpd_conf.contains(&format!("127.0.0.1:{smtp}")), "{smtpd_conf}");
+
+    // The banner's clients: swaks with and without STARTTLS, then fetchmail and mpop
+    // with the configurations the run wrote, checking the local certificate.
+    for i in 0..30 {
+        let tls: &[&str] = if i == 0 { &["--tls"] } else { &[] };
+        tool_ok(
+            Command::new("swaks")
+                .args(["--server", &format!("127.0.0.1:{smtp}"), "--from", "you@example.net"])
+                .args(["--to", "anything@example.test", "--silent", "2"])
+                .args(tls),
+        );
+    }
+    let boxes = tool_ok(
+        Command::new(binaries().join("mmadmin")).arg("-c").arg(dir.join("etc/mmsmtpd.toml")).args(["box", "list"]),
+    );
+    let row = boxes.lines().find(|l| l.starts_with("demo@example.test")).unwrap_or_else(|| panic!("{boxes}"));
+    assert_eq!(row.split_whitespace().nth(4), Some("30"), "{boxes}");
+    if common::testing::have("fetchmail") {
+        let etc = dir.join("etc");
+        tool_ok(Command::new("fetchmail").arg("-f").arg(etc.join("fetchmailrc")).env("HOME", tmp.path()));
+        let got = std::fs::read_to_string(dir.join("var/fetchmail.out")).unwrap();
+        assert_eq!(got.matches("\nSubject: ").count(), 30, "{got}");
+    }
+    if common::testing::have("mpop") {
+        tool_ok(Command::new("mpop").arg("-C").arg(dir.join("etc/mpoprc")).arg("local").env("HOME", tmp.path()));
+        let got = std::fs::read_to_string(dir.join("var/mpop.mbox")).unwrap();
+        assert_eq!(got.lines().filter(|l| l.starts_with("From ")).count(), 30);
+    }
+
+    // A second run while this one runs: refused, nothing touched.
+    let logs = |d: &Path| -> Vec<u64> {
+        ["mmstatd", "mmsmtpd", "mmpop3d", "mmtmtpd"]
+            .iter()
+            .map(|n| std::fs::metadata(d.join(format!("var/{n}.log"))).unwrap().len())
+            .collect()
+    };
+    let before = logs(&dir);
+    let (ok, out) = finished(local_run(&dir, &["--smtp-port", &taken_arg]));
+    assert!(!ok && out.contains("already running") && out.contains("Nothing was changed"), "{out}");
+    assert_eq!(logs(&dir), before, "logs untouched");
+    assert_eq!(std::fs::read_to_string(dir.join("etc/mmsmtpd.toml")).unwrap(), smtpd_conf, "config untouched");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", smtp)).is_ok(), "the running suite still serves");
+
+    // Stopped, it leaves nothing running.
+    assert!(Command::new("kill").arg("-TERM").arg(running.id().to_string()).status().unwrap().success());
+    running.wait().unwrap();
+    assert!(!dir.join("var/install.pid").exists() && !dir.join("var/mmsmtpd.pid").exists());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", smtp)).is_err(), "mmsmtpd stopped");
+}
