@@ -143,6 +143,19 @@ impl Validate for DatabaseConfig {
         {
             p.add("database.url", "must start with postgres://, mysql:// or sqlite:");
         }
+        if let Some(file) = crate::store::sqlite_file(url)
+            && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            p.add(
+                "database.url",
+                format_args!(
+                    "directory {} does not exist: the database {} cannot be made",
+                    dir.display(),
+                    file.display()
+                ),
+            );
+        }
         if self.max_connections == 0 {
             p.add("database.max_connections", "must be at least 1");
         }
@@ -198,7 +211,13 @@ pub struct TlsConfig {
 
 impl Validate for TlsConfig {
     fn validate(&self, p: &mut Problems) {
-        if let Err(e) = crate::net::tls::load_server_config(&self.cert, &self.key) {
+        // Each file on its own, so that a bad key is reported beside a bad certificate.
+        let certs = crate::net::tls::load_certs(&self.cert).map_err(|e| p.add("tls.cert", e));
+        let key = crate::net::tls::load_key(&self.key).map_err(|e| p.add("tls.key", e));
+        if certs.is_ok()
+            && key.is_ok()
+            && let Err(e) = crate::net::tls::load_server_config(&self.cert, &self.key)
+        {
             p.add("tls", e);
         }
     }
@@ -533,8 +552,7 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
 /// semantic problem.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
     let (text, world_readable) = read(path)?;
-    let value: T =
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+    let value: T = parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
     let mut problems = Problems { world_readable, ..Problems::default() };
     value.validate(&mut problems);
     if problems.is_empty() {
@@ -563,6 +581,68 @@ pub fn load_database(path: &Path) -> Result<DatabaseConfig, ConfigError> {
     let mut problems = Problems { world_readable, ..Problems::default() };
     db.validate(&mut problems);
     if problems.is_empty() { Ok(db) } else { Err(ConfigError::Invalid { path: path.into(), problems: problems.list }) }
+}
+
+/// Parses `text` as `T`; on failure, every error the parser finds, not only the first:
+/// after each error the line it points at (a `key = value` line) or its whole section (a
+/// header, or a value over several lines) is blanked, keeping the line numbers, and the
+/// text is parsed again, at most 20 times. Errors are in plain words (see [`plain`]).
+fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut errors: Vec<String> = Vec::new();
+    let mut blanked_header = false;
+    for _ in 0..20 {
+        let attempt = lines.join("\n");
+        let e = match toml::from_str::<T>(&attempt) {
+            Ok(v) if errors.is_empty() => return Ok(v),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let message = plain(&e.to_string());
+        // With a section blanked, its absence is not a problem of the file.
+        let absent_section = blanked_header && e.message().starts_with("missing field");
+        if !absent_section && !errors.contains(&message) {
+            errors.push(message);
+        }
+        let Some(at) = e.span().map(|s| attempt[..s.start.min(attempt.len())].matches('\n').count()) else { break };
+        let line = lines.get(at).map(|l| l.trim().to_owned()).unwrap_or_default();
+        let single = !line.starts_with('[') && line.contains('=') && toml::from_str::<toml::Table>(&line).is_ok();
+        if single {
+            lines[at].clear();
+            continue;
+        }
+        // The section holding line `at`: from its header to the next header.
+        let start = (0..=at.min(lines.len().saturating_sub(1))).rev().find(|&i| lines[i].trim_start().starts_with('['));
+        let Some(start) = start else { break };
+        let end = (start + 1..lines.len()).find(|&i| lines[i].trim_start().starts_with('[')).unwrap_or(lines.len());
+        if lines[start..end].iter().all(String::is_empty) {
+            break;
+        }
+        lines[start..end].iter_mut().for_each(String::clear);
+        blanked_header = true;
+    }
+    Err(errors.join("\n"))
+}
+
+/// The parser's words for an expected type, said for an administrator: `expected u64`
+/// becomes `expected a whole number, 0 or more`.
+fn plain(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list in brackets, such as [\"a\", \"b\"]"),
+        ("invalid value: integer", "invalid value: number"),
+        ("invalid type: integer", "invalid type: number"),
+    ] {
+        out = out.replace(rust, words);
+    }
+    out
 }
 
 fn read(path: &Path) -> Result<(String, bool), ConfigError> {

@@ -33,9 +33,14 @@ pub struct Args {
     /// Configuration file [default: /etc/mmmail/PROGRAM.toml]
     #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
-    /// Check the configuration (and the files it names), print the result, exit.
+    /// Check the configuration and what starting needs (users and groups, the files it
+    /// names and who can read them, the database and its schema), print every problem,
+    /// exit: 0 when it can start, 1 when not.
     #[arg(long)]
     pub check_config: bool,
+    /// With --check-config: skip what needs the network (a PostgreSQL or MySQL server).
+    #[arg(long, requires = "check_config")]
+    pub offline: bool,
 }
 
 impl Args {
@@ -63,7 +68,7 @@ pub fn front<C>(
     name: &str,
     args: &Args,
     load: impl FnOnce(&Path) -> Result<C, crate::ConfigError>,
-    check: impl FnOnce(&C) -> Checked,
+    check: impl FnOnce(&Path, &C, bool) -> Checked,
     log: impl FnOnce(&C) -> &LogConfig,
     life: impl FnOnce(&Path, C) -> anyhow::Result<()>,
 ) -> ExitCode {
@@ -76,7 +81,7 @@ pub fn front<C>(
         }
     };
     if args.check_config {
-        let checked = check(&cfg);
+        let checked = check(&path, &cfg, args.offline);
         for note in &checked.notes {
             println!("{name}: note: {note}");
         }
@@ -94,8 +99,12 @@ pub fn front<C>(
     match life(&path, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("{name}: {e:#}");
+            // Logging goes to standard error: said once, there.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("{name}: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -205,13 +214,63 @@ pub fn main<D: Daemon>(args: &Args) -> ExitCode {
     front(D::NAME, args, load::<D>, check::<D>, |c| &c.log, life::<D>)
 }
 
-/// `--check-config` beyond the file: the database's contents, when it can be reached
-/// and its schema is current (box addresses in lowercase, and [`Daemon::check`]). It
-/// is never created or migrated by the check.
-fn check<D: Daemon>(cfg: &Config<D>) -> Checked {
+/// Whether the identity the daemon takes on can use what it needs after dropping root: its config
+/// file (re-read on SIGHUP), an SQLite database and its directory, the stats socket, the
+/// TLS files (re-read on SIGHUP). Problems and notes go into `checked`.
+pub fn check_files(
+    path: &Path,
+    privileges: &PrivilegesConfig,
+    database: Option<&crate::config::DatabaseConfig>,
+    stats: &crate::stats::StatsConfig,
+    tls: Option<&TlsConfig>,
+    checked: &mut Checked,
+) {
+    use crate::privileges::Access;
+    let Some(who) = privileges.identity() else { return };
+    let mut need = |key: &str, file: &Path, access: Access, problem: bool, why: &str| {
+        if let Err(reason) = who.may(file, access) {
+            let line = format!("{key}: {reason}: {why}");
+            if problem { checked.problems.push(line) } else { checked.notes.push(line) }
+        }
+    };
+    need("config file", path, Access::Read, true, "SIGHUP could not re-read it");
+    if let Some(file) = database.and_then(|d| crate::store::sqlite_file(d.url.expose())) {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if dir.is_dir() {
+            need("database.url", dir, Access::ReadWrite, true, "SQLite makes its journal files there");
+        }
+        if file.exists() {
+            need("database.url", &file, Access::ReadWrite, true, "the daemon stores mail in it");
+        }
+    }
+    if stats.enabled && stats.socket.exists() {
+        need(
+            "stats.socket",
+            &stats.socket,
+            Access::ReadWrite,
+            true,
+            "counts would be lost after mmstatd restarts (add its group to [privileges] groups)",
+        );
+    }
+    if let Some(tls) = tls {
+        for (key, file) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+            if file.exists() {
+                need(key, file, Access::Read, false, "read at start as root, but SIGHUP cannot reload it");
+            }
+        }
+    }
+}
+
+/// `--check-config` beyond the file's own keys: [`check_files`], then the database
+/// (unless `offline` and it is reached over the network): reachable, its schema current
+/// (or to be migrated at start), its contents (box addresses in lowercase, and
+/// [`Daemon::check`]). It is never created or migrated by the check.
+fn check<D: Daemon>(path: &Path, cfg: &Config<D>, offline: bool) -> Checked {
     let mut checked = Checked::default();
+    check_files(path, &cfg.privileges, Some(&cfg.database), &cfg.stats, cfg.tls.as_ref(), &mut checked);
     let url = cfg.database.url.expose();
-    if let Some(file) = crate::store::sqlite_file(url)
+    let sqlite = crate::store::sqlite_file(url);
+    if let Some(file) = &sqlite
         && !file.exists()
     {
         checked
@@ -219,10 +278,14 @@ fn check<D: Daemon>(cfg: &Config<D>) -> Checked {
             .push(format!("{} does not exist yet (made at start): its contents were not checked", file.display()));
         return checked;
     }
+    if offline && sqlite.is_none() {
+        checked.notes.push("database not checked (--offline)".into());
+        return checked;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            checked.notes.push(format!("database not checked: {e}"));
+            checked.problems.push(format!("database not checked: {e}"));
             return checked;
         }
     };
@@ -232,22 +295,26 @@ fn check<D: Daemon>(cfg: &Config<D>) -> Checked {
         let store = match Store::connect(&db).await {
             Ok(s) => s,
             Err(e) => {
-                checked.notes.push(format!("database not reachable ({e}): its contents were not checked"));
+                checked.problems.push(format!("database.url: {e}"));
                 return;
             }
         };
-        if let Err(e) = crate::store::migrate::check_current(&store).await {
-            checked.notes.push(format!("{e}: its contents were not checked"));
-        } else {
-            match store.mixed_case_boxes().await {
-                Ok(boxes) => checked.problems.extend(boxes.into_iter().map(|b| {
-                    format!("database: box {b:?} is not in lowercase: it receives no mail and cannot log in")
-                })),
-                Err(e) => checked.notes.push(format!("database: {e}")),
+        match crate::store::migrate::check_current(&store).await {
+            Err(e @ StoreError::SchemaBehind(_)) if cfg.database.migrate => {
+                checked.notes.push(format!("{e}: migrated at start (migrate = true); its contents were not checked"));
             }
-            match D::check(cfg, &store).await {
-                Ok(problems) => checked.problems.extend(problems),
-                Err(e) => checked.notes.push(format!("database: {e}")),
+            Err(e) => checked.problems.push(format!("database: {e}")),
+            Ok(()) => {
+                match store.mixed_case_boxes().await {
+                    Ok(boxes) => checked.problems.extend(boxes.into_iter().map(|b| {
+                        format!("database: box {b:?} is not in lowercase: it receives no mail and cannot log in")
+                    })),
+                    Err(e) => checked.problems.push(format!("database: {e}")),
+                }
+                match D::check(cfg, &store).await {
+                    Ok(problems) => checked.problems.extend(problems),
+                    Err(e) => checked.problems.push(format!("database: {e}")),
+                }
             }
         }
         store.close().await;

@@ -45,6 +45,16 @@ pub enum StoreError {
     /// `migrate = false` and the schema lacks migrations this program needs.
     #[error("database schema is behind this program (missing migration {0}); run with migrate = true once")]
     SchemaBehind(i64),
+    /// The database could not be opened at start: `place` is `host:port/database` or the
+    /// SQLite file, `cause` the reason in the driver's words (said once, not repeated as
+    /// a source).
+    #[error("cannot open the database at {place}: {cause}")]
+    Open {
+        /// Where: `host:port/database`, or the SQLite file's path.
+        place: String,
+        /// Why, as the driver or the system said it.
+        cause: String,
+    },
     /// The database reported an error or could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),

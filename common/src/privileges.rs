@@ -62,6 +62,21 @@ pub enum PrivilegeError {
 
 impl Validate for PrivilegesConfig {
     fn validate(&self, p: &mut Problems) {
+        if let Some(name) = &self.user
+            && !matches!(User::from_name(name), Ok(Some(_)))
+        {
+            p.add("privileges.user", format_args!("there is no user {name:?} on this system"));
+        }
+        for (key, name) in self
+            .group
+            .iter()
+            .map(|g| ("privileges.group", g))
+            .chain(self.groups.iter().map(|g| ("privileges.groups", g)))
+        {
+            if !matches!(Group::from_name(name), Ok(Some(_))) {
+                p.add(key, format_args!("there is no group {name:?} on this system"));
+            }
+        }
         if let Some(dir) = &self.chroot
             && !dir.is_dir()
         {
@@ -80,6 +95,100 @@ impl PrivilegesConfig {
         if self.chroot.is_some() && database.url.expose().starts_with("sqlite:") {
             p.add("privileges.chroot", "needs a database reached over TCP (PostgreSQL or MySQL), not an SQLite file");
         }
+    }
+}
+
+/// Who a daemon is once [`drop_root`] has run: the user and every group it holds, for
+/// `--check-config` to ask whether the files the daemon uses after that are reachable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// User name (or uid, for a user without one), for messages.
+    pub name: String,
+    /// User id.
+    pub uid: Uid,
+    /// Primary group first, then the supplementary groups.
+    pub gids: Vec<Gid>,
+}
+
+/// What a file must allow [`Identity::may`]: read, write, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read (a file) or list (a directory).
+    Read,
+    /// Read and write (a database file; a directory files are made in).
+    ReadWrite,
+}
+
+impl PrivilegesConfig {
+    /// The identity the daemon will hold: `user`/`group`/`groups` when started as root,
+    /// else the current user. `None` when it stays root (no `user`; root may open
+    /// anything) or a name does not resolve (reported by `validate`).
+    pub fn identity(&self) -> Option<Identity> {
+        if !geteuid().is_root() {
+            let uid = geteuid();
+            let mut gids = vec![getegid()];
+            gids.extend(nix::unistd::getgroups().unwrap_or_default().into_iter().filter(|g| *g != getegid()));
+            let name = User::from_uid(uid).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name);
+            return Some(Identity { name, uid, gids });
+        }
+        let name = self.user.as_ref()?;
+        let user = User::from_name(name).ok().flatten()?;
+        let primary = match &self.group {
+            Some(g) => Group::from_name(g).ok().flatten()?.gid,
+            None => user.gid,
+        };
+        let mut gids = vec![primary];
+        for g in &self.groups {
+            let gid = Group::from_name(g).ok().flatten()?.gid;
+            if !gids.contains(&gid) {
+                gids.push(gid);
+            }
+        }
+        Some(Identity { name: name.clone(), uid: user.uid, gids })
+    }
+}
+
+impl Identity {
+    /// Whether this identity may use `path` as `access` says, by the permission bits of
+    /// the path and every directory above it (each must be searchable); ACLs are not
+    /// consulted. `Err` says in plain words what stands in the way.
+    ///
+    /// # Errors
+    /// The reason, naming the file or directory and the user.
+    pub fn may(&self, path: &Path, access: Access) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let bits = |m: &std::fs::Metadata| -> u32 {
+            if m.uid() == self.uid.as_raw() {
+                (m.mode() >> 6) & 7
+            } else if self.gids.iter().any(|g| g.as_raw() == m.gid()) {
+                (m.mode() >> 3) & 7
+            } else {
+                m.mode() & 7
+            }
+        };
+        let absolute = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for dir in absolute.ancestors().skip(1) {
+            let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if bits(&meta) & 1 == 0 {
+                return Err(format!("user {} cannot enter directory {}", self.name, dir.display()));
+            }
+        }
+        let meta = std::fs::metadata(&absolute).map_err(|e| format!("{}: {e}", absolute.display()))?;
+        let want = match access {
+            Access::Read if meta.is_dir() => 4 | 1,
+            Access::Read => 4,
+            Access::ReadWrite if meta.is_dir() => 4 | 2 | 1,
+            Access::ReadWrite => 4 | 2,
+        };
+        if bits(&meta) & want == want {
+            return Ok(());
+        }
+        let what = if meta.is_dir() { "directory" } else { "file" };
+        let verb = match access {
+            Access::Read => "read",
+            Access::ReadWrite => "write",
+        };
+        Err(format!("user {} cannot {verb} {what} {}", self.name, absolute.display()))
     }
 }
 

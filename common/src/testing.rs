@@ -692,6 +692,29 @@ impl Drop for Haproxy {
     }
 }
 
+/// The example config `text` (from `etc/`) made checkable on this machine, written into
+/// `dir` as `name`: the accounts install.sh creates (`mmmail`, `mmstat`) become `root`
+/// where they do not exist here, and `/var/lib/mmmail/` (the SQLite database's
+/// directory) becomes `dir`. Every other key is the example's own.
+///
+/// # Panics
+/// If the file cannot be written.
+pub fn example_here(text: &str, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let mut text = text.replace("/var/lib/mmmail/", &format!("{}/", dir.display()));
+    for account in ["mmmail", "mmstat"] {
+        if nix::unistd::User::from_name(account).ok().flatten().is_none() {
+            text = text.replace(&format!("user = \"{account}\""), "user = \"root\"");
+        }
+        if nix::unistd::Group::from_name(account).ok().flatten().is_none() {
+            text = text.replace(&format!("group = \"{account}\""), "group = \"root\"");
+            text = text.replace(&format!("\"{account}\"]"), "\"root\"]");
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the example");
+    path
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -168,10 +168,10 @@ async fn lock_holds_across_processes_on_postgres() {
 
 #[test]
 fn check_config_and_example() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/mmpop3d.toml");
-    let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmpop3d")).args(["--check-config", "-c", example]));
-    assert!(ok, "etc/mmpop3d.toml must be valid: {out}");
     let dir = tempfile::tempdir().unwrap();
+    let example = common::testing::example_here(include_str!("../../etc/mmpop3d.toml"), dir.path(), "example.toml");
+    let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmpop3d")).args(["--check-config", "-c"]).arg(&example));
+    assert!(ok, "etc/mmpop3d.toml must be valid: {out}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nname = \"pop\"\n[database]\nurl = \"sqlite::memory:\"\n[listen]\naddresses = []\n[pop3d]\nlock_lease = 1\nbogus = 2\n").unwrap();
     let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmpop3d")).args(["--check-config", "-c"]).arg(&bad));

@@ -234,8 +234,9 @@ fn check_config_reports_every_problem() {
     let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmsmtpd")).args(["--check-config", "-c"]).arg(&cfg));
     assert!(!ok);
     assert!(out.contains("max_recipient"), "{out}");
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/mmsmtpd.toml");
-    let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmsmtpd")).args(["--check-config", "-c", example]));
+    let text = include_str!("../../etc/mmsmtpd.toml");
+    let example = common::testing::example_here(text, dir.path(), "example.toml");
+    let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mmsmtpd")).args(["--check-config", "-c"]).arg(&example));
     assert!(ok, "etc/mmsmtpd.toml must be valid: {out}");
 }
 
@@ -278,4 +279,102 @@ async fn check_config_looks_into_the_database() {
     assert!(ok, "{out}");
     assert!(out.contains("does not exist yet"), "{out}");
     assert!(!missing.exists(), "the check made the database");
+}
+
+/// `--check-config` checks what starting needs and says every problem at once: every
+/// parse error (in plain words), users and groups, the TLS certificate and key each, an
+/// SQLite directory, a database that refuses (`--offline` skips it), and files the
+/// daemon's user could not read; a start against a refusing database says where and
+/// why, once, without waiting for the pool's timeout.
+#[test]
+fn check_config_checks_what_start_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mmsmtpd.toml");
+    let check = |extra: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_mmsmtpd")).args(["--check-config", "-c"]).arg(&cfg).args(extra))
+    };
+    let base = |url: &str| {
+        format!(
+            "[server]\nname = \"mx.example.org\"\n[database]\nurl = \"{url}\"\n[listen]\naddresses = [\"127.0.0.1:2525\"]\n"
+        )
+    };
+    let db = dir.path().join("mail.db");
+    let sqlite = format!("sqlite://{}", db.display());
+
+    // Three parse errors in two sections, each with its line.
+    std::fs::write(&cfg, base(&sqlite) + "[limits]\nmax_clients = \"many\"\nbogus = 1\n[smtpd]\nmax_recipients = -3\n")
+        .unwrap();
+    let (ok, out) = check(&[]);
+    assert!(!ok);
+    for want in ["line 8", "unknown field `bogus`", "line 9", "line 11", "expected a whole number"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(!out.contains("usize"), "{out}");
+
+    // Unknown user and group, a certificate and a key that are both missing, a missing
+    // SQLite directory: all at once.
+    let nowhere = dir.path().join("no-such-dir/mail.db");
+    std::fs::write(
+        &cfg,
+        base(&format!("sqlite://{}", nowhere.display()))
+            + "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n[privileges]\nuser = \"no-such-user-mm\"\ngroup = \"no-such-group-mm\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&[]);
+    assert!(!ok);
+    for want in ["privileges.user", "privileges.group", "tls.cert", "tls.key", "no-such-dir"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+
+    // A database that refuses: a problem naming where, unless --offline.
+    let port = common::testing::free_port();
+    std::fs::write(&cfg, base(&format!("postgres://mmmail@127.0.0.1:{port}/mail"))).unwrap();
+    let (ok, out) = check(&[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}/mail")) && out.contains("refused"), "{out}");
+    let (ok, out) = check(&["--offline"]);
+    assert!(ok && out.contains("--offline"), "{out}");
+
+    // Started against it: where and why, said once, long before acquire_timeout.
+    let cfg_text = base(&format!("postgres://mmmail@127.0.0.1:{port}/mail"))
+        .replace("[listen]", "acquire_timeout = 600\n[listen]")
+        .replace("127.0.0.1:2525", &format!("127.0.0.1:{}", common::testing::free_port()))
+        + "[privileges]\nallow_root = true\n[stats]\nenabled = false\n";
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmsmtpd"))
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("mmsmtpd still waiting for a refusing database (acquire_timeout = 600)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(text.matches(&format!("127.0.0.1:{port}/mail")).count(), 1, "{text}");
+    assert_eq!(text.matches("refused").count(), 1, "{text}");
+
+    // Files the daemon's user cannot reach (as root, with user nobody): the config
+    // file in a directory only root may enter.
+    if nix::unistd::geteuid().is_root() && nix::unistd::User::from_name("nobody").ok().flatten().is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(&cfg, base(&sqlite) + "[privileges]\nuser = \"nobody\"\n").unwrap();
+        let (ok, out) = check(&[]);
+        assert!(!ok, "{out}");
+        assert!(out.contains("config file: user nobody cannot enter directory"), "{out}");
+        assert!(out.contains("database.url: user nobody cannot write directory"), "{out}");
+        // Made reachable, the same config checks out.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (ok, out) = check(&[]);
+        assert!(ok, "{out}");
+    }
 }

@@ -19,7 +19,21 @@ struct Cli {
 
 fn main() -> ExitCode {
     let args = Cli::parse().daemon;
-    common::daemon::front("mmstatd", &args, common::config::load::<Config>, |_| Default::default(), |c| &c.log, life)
+    common::daemon::front("mmstatd", &args, common::config::load::<Config>, check, |c| &c.log, life)
+}
+
+/// `--check-config` beyond the file's keys: the state directory, made at start as root
+/// for the `[privileges]` user, must be writable by that user when it exists already.
+fn check(_path: &Path, cfg: &Config, _offline: bool) -> common::daemon::Checked {
+    let mut checked = common::daemon::Checked::default();
+    let dir = &cfg.statd.dir;
+    if dir.exists()
+        && let Some(who) = cfg.privileges.identity()
+        && let Err(reason) = who.may(dir, common::privileges::Access::ReadWrite)
+    {
+        checked.problems.push(format!("statd.dir: {reason}: the counters could not be saved"));
+    }
+    checked
 }
 
 fn life(path: &Path, cfg: Config) -> anyhow::Result<()> {

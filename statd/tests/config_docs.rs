@@ -32,9 +32,11 @@ fn every_key_is_documented() {
 
 #[test]
 fn the_example_config_checks_out() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dir = tempfile::tempdir().unwrap();
+    let example = common::testing::example_here(include_str!("../../etc/mmstatd.toml"), dir.path(), "example.toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmstatd"))
-        .args(["--check-config", "-c", &format!("{root}/etc/mmstatd.toml")])
+        .args(["--check-config", "-c"])
+        .arg(&example)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -99,14 +99,19 @@ fn poplib(port: u16, password: &str) -> Result<i64, String> {
 /// Opens a plain connection, reads the greeting, sends each line and reads one reply to
 /// each, then closes: a client making protocol errors.
 fn raw(port: u16, lines: &[&str]) -> Vec<String> {
+    raw_open(port, lines).1
+}
+
+/// As [`raw`], but the connection stays open as long as the returned stream lives.
+fn raw_open(port: u16, lines: &[&str]) -> (std::net::TcpStream, Vec<String>) {
     use std::io::{BufRead, BufReader, Write};
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
+    let mut writer = stream.try_clone().unwrap();
     let mut greeting = String::new();
     reader.read_line(&mut greeting).unwrap();
-    lines
+    let replies = lines
         .iter()
         .map(|line| {
             writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
@@ -114,7 +119,8 @@ fn raw(port: u16, lines: &[&str]) -> Vec<String> {
             reader.read_line(&mut reply).unwrap();
             reply
         })
-        .collect()
+        .collect();
+    (stream, replies)
 }
 
 async fn seeded_db() -> TestDb {
@@ -174,8 +180,23 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     assert!(replies[0].starts_with("-ERR"), "{replies:?}");
     expect(d, "mmsmtpd|failed|protocol|127.0.0.1", Some(1));
     expect(d, "mmpop3d|failed|protocol|127.0.0.1", Some(1));
+    // A bare LF in a message (the mark of SMTP smuggling): refused and counted as such.
+    let replies = raw(
+        smtp.port,
+        &[
+            "HELO client.example",
+            "MAIL FROM:<a@example.org>",
+            &format!("RCPT TO:<{BOX}>"),
+            "DATA",
+            "Subject: x\nbare\r\n.",
+            "QUIT",
+        ],
+    );
+    assert!(replies[4].starts_with("554 5.5.2"), "{replies:?}");
+    expect(d, "mmsmtpd|failed|bare|127.0.0.1", Some(1));
+    assert_eq!(value(d, "mmsmtpd|failed|protocol|127.0.0.1"), Some(1), "not a protocol error as well");
 
-    expect(d, "mmsmtpd|total|connections", Some(smtp_base + 5));
+    expect(d, "mmsmtpd|total|connections", Some(smtp_base + 6));
     expect(d, "mmsmtpd|current|connections", Some(0));
     expect(d, "mmsmtpd|total|messages-in", Some(3));
     expect(d, &format!("mmsmtpd|mailbox|{BOX}|messages-in"), Some(3));
@@ -192,13 +213,19 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     expect(d, &format!("mmsmtpd|mailbox|{BOX}|bytes-in"), Some(octets));
     assert!(values(d, "mmsmtpd|who|*").is_empty(), "who keys leave with their connections");
     assert!(values(d, "mmpop3d|who|*").is_empty());
+    // A correct login while another session holds the box: counted per box.
+    let held = raw_open(pop.port, &[&format!("USER {BOX}"), "PASS secret"]);
+    let refused = poplib(pop.port, "secret").unwrap_err();
+    assert!(refused.contains("IN-USE"), "{refused}");
+    expect(d, &format!("mmpop3d|failed|inuse|{BOX}"), Some(1));
+    drop(held);
 
     // The human form: sorted, aligned columns, flag first.
     let (ok, shown) = mmstat(d, &["show", "mmsmtpd|total|*"]);
     assert!(ok);
     let lines: Vec<&str> = shown.lines().collect();
-    // connections, messages-in, bytes-in, failed|address, failed|protocol
-    assert_eq!(lines.len(), 5, "{shown}");
+    // connections, messages-in, bytes-in, failed|address, failed|protocol, failed|bare
+    assert_eq!(lines.len(), 6, "{shown}");
     let keys: Vec<&str> = lines.iter().map(|l| l.rsplit("  ").next().unwrap()).collect();
     let mut sorted = keys.clone();
     sorted.sort_unstable();
@@ -209,7 +236,7 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
 
     // Reset and delete by pattern.
     let (ok, out) = mmstat(d, &["reset", "mmsmtpd|failed|*"]);
-    assert!(ok && out.starts_with("2 key(s) reset"), "{out}");
+    assert!(ok && out.starts_with("3 key(s) reset"), "{out}");
     assert_eq!(value(d, "mmsmtpd|failed|address|127.0.0.1"), Some(0));
     assert_eq!(value(d, "mmsmtpd|total|failed|address"), Some(1), "only the pattern's keys");
     let before = values(d, "mmpop3d|*").len();

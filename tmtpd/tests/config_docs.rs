@@ -51,8 +51,7 @@ fn the_example_config_checks_out_with_real_key_files() {
     let text = example
         .replace("/etc/mmmail/tls/cert.pem", &cert.cert.display().to_string())
         .replace("/etc/mmmail/tls/key.pem", &cert.key.display().to_string());
-    let path = dir.path().join("mmtmtpd.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = common::testing::example_here(&text, dir.path(), "mmtmtpd.toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmtmtpd"))
         .arg("--check-config")
         .arg("-c")

@@ -21,15 +21,13 @@ pub struct TlsError(String);
 ///
 /// # Errors
 /// [`TlsError`] when a file is unreadable, holds no certificate or key, or the key does
-/// not match the certificate.
+/// not match the certificate; both files are read, so one error can name both.
 pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| TlsError(format!("certificate {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError(format!("certificate {}: no CERTIFICATE block", cert.display())));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError(format!("key {}: {e}", key.display())))?;
+    let (certs, key) = match (load_certs(cert), load_key(key)) {
+        (Ok(c), Ok(k)) => (c, k),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+        (Err(c), Err(k)) => return Err(TlsError(format!("{c}; {k}"))),
+    };
     let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
@@ -37,6 +35,28 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
         .with_single_cert(certs, key)
         .map_err(|e| TlsError(format!("certificate/key: {e}")))?;
     Ok(Arc::new(config))
+}
+
+/// The certificate chain in the PEM file at `path`.
+///
+/// # Errors
+/// [`TlsError`] naming the file when it cannot be read or holds no `CERTIFICATE` block.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| TlsError(format!("certificate {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("certificate {}: no CERTIFICATE block", path.display())));
+    }
+    Ok(certs)
+}
+
+/// The private key in the PEM file at `path`.
+///
+/// # Errors
+/// [`TlsError`] naming the file when it cannot be read or holds no private key.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("key {}: {e}", path.display())))
 }
 
 /// [`load_server_config`] wrapped in an acceptor.

@@ -19,8 +19,9 @@ mod write;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
@@ -147,27 +148,63 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     SqliteConnectOptions::from_str(url).ok().map(|o| o.get_filename().to_path_buf())
 }
 
+/// A connection error in few words: the I/O error itself ("Connection refused (os error
+/// 111)") or the database's message, without sqlx's wrapping.
+fn connect_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        other => other.to_string(),
+    }
+}
+
 impl Store {
     /// Opens a pool for `cfg.url` (`postgres://`, `mysql://` or `mariadb://`, `sqlite:`),
-    /// creating a missing SQLite file. Does not migrate: see [`Store::prepare`].
+    /// creating a missing SQLite file (not its directory). Does not migrate: see
+    /// [`Store::prepare`]. One connection is made first, on its own, so that a refused
+    /// connection is reported at once rather than after the pool's `acquire_timeout`.
     ///
     /// # Errors
-    /// [`StoreError::UnsupportedUrl`] for another scheme; [`StoreError::Db`] when the
-    /// database cannot be reached within `acquire_timeout` seconds.
+    /// [`StoreError::UnsupportedUrl`] for another scheme; [`StoreError::Open`] naming the
+    /// host or file and the cause when the database cannot be opened within
+    /// `acquire_timeout` seconds.
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
         let url = cfg.url.expose().as_str();
         let timeout = Duration::from_secs(cfg.acquire_timeout.max(1));
+        // The first connection, alone and within the timeout: its error is the answer.
+        async fn probe<C: Connection>(opts: &C::Options, place: &str, timeout: Duration) -> Result<(), StoreError> {
+            let open = |cause: String| StoreError::Open { place: place.to_owned(), cause };
+            match tokio::time::timeout(timeout, C::connect_with(opts)).await {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(open(connect_cause(&e))),
+                Err(_) => Err(open(format!("no answer within {} s", timeout.as_secs()))),
+            }
+        }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool =
-                PgPoolOptions::new().max_connections(cfg.max_connections).acquire_timeout(timeout).connect(url).await?;
+            let opts = PgConnectOptions::from_str(url)?;
+            let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
+            probe::<sqlx::PgConnection>(&opts, &place, timeout).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections)
+                .acquire_timeout(timeout)
+                .connect_with(opts)
+                .await
+                .map_err(|e| StoreError::Open { place, cause: connect_cause(&e) })?;
             Ok(Self::Postgres(pool))
         } else if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
             let opts = MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4");
+            let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
+            probe::<sqlx::MySqlConnection>(&opts, &place, timeout).await?;
             let pool = MySqlPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .connect_with(opts)
-                .await?;
+                .await
+                .map_err(|e| StoreError::Open { place, cause: connect_cause(&e) })?;
             Ok(Self::MySql(pool))
         } else if url.starts_with("sqlite:") {
             let memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -175,6 +212,13 @@ impl Store {
                 .create_if_missing(true)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
+            let place = opts.get_filename().display().to_string();
+            if !memory
+                && let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty())
+                && !dir.is_dir()
+            {
+                return Err(StoreError::Open { place, cause: format!("directory {} does not exist", dir.display()) });
+            }
             let opts = if memory { opts } else { opts.journal_mode(SqliteJournalMode::Wal) };
             // An in-memory database exists once per connection: keep exactly one, forever.
             let mut pool = SqlitePoolOptions::new().acquire_timeout(timeout);
@@ -183,7 +227,9 @@ impl Store {
             } else {
                 pool.max_connections(cfg.max_connections)
             };
-            Ok(Self::Sqlite(pool.connect_with(opts).await?))
+            let pool =
+                pool.connect_with(opts).await.map_err(|e| StoreError::Open { place, cause: connect_cause(&e) })?;
+            Ok(Self::Sqlite(pool))
         } else {
             Err(StoreError::UnsupportedUrl)
         }
