@@ -260,6 +260,19 @@ pub struct LimitsConfig {
     /// Seconds sessions get to finish after SIGTERM/SIGINT before they are cut.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: u64,
+    /// Seconds a TLS handshake may take (implicit TLS, STARTTLS, STLS); a client that
+    /// stalls it is closed then.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: u64,
+    /// Stress mode begins when open connections reach this percentage of `max_clients`
+    /// (`crate::net::stress`); 0 = never.
+    #[serde(default = "default_stress_threshold")]
+    pub stress_threshold: u8,
+    /// In stress mode, seconds of silence allowed to a connection that has not logged
+    /// in (every SMTP connection); when all places are taken, the one that has waited
+    /// longest is closed for a new client.
+    #[serde(default = "default_stress_timeout")]
+    pub stress_timeout: u64,
 }
 
 fn default_max_clients() -> usize {
@@ -283,6 +296,15 @@ fn default_error_delay() -> u64 {
 fn default_shutdown_grace() -> u64 {
     30
 }
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_stress_threshold() -> u8 {
+    80
+}
+fn default_stress_timeout() -> u64 {
+    10
+}
 fn default_session_timeout() -> u64 {
     3600
 }
@@ -303,6 +325,9 @@ impl Default for LimitsConfig {
             ipv6_prefix: default_ipv6_prefix(),
             error_delay: default_error_delay(),
             shutdown_grace: default_shutdown_grace(),
+            handshake_timeout: default_handshake_timeout(),
+            stress_threshold: default_stress_threshold(),
+            stress_timeout: default_stress_timeout(),
         }
     }
 }
@@ -338,6 +363,15 @@ impl Validate for LimitsConfig {
         }
         if self.max_errors == 0 {
             p.add("limits.max_errors", "must be at least 1");
+        }
+        if self.handshake_timeout == 0 {
+            p.add("limits.handshake_timeout", "must be at least 1 second");
+        }
+        if self.stress_threshold > 100 {
+            p.add("limits.stress_threshold", "is a percentage of max_clients: 0 (off) to 100");
+        }
+        if self.stress_timeout == 0 {
+            p.add("limits.stress_timeout", "must be at least 1 second");
         }
         if self.connection_rate > 0 && self.connection_period == 0 {
             p.add("limits.connection_period", "must be at least 1 second when connection_rate is set");

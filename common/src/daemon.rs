@@ -411,6 +411,10 @@ pub struct Context<S> {
     pub limits: LimitsConfig,
     /// Cancelled at shutdown.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Seconds a TLS handshake may take (`[limits] handshake_timeout`).
+    pub handshake_timeout: Duration,
+    /// This connection as stress mode sees it.
+    pub watch: crate::net::stress::Watch,
 }
 
 /// The parts of a running daemon that every protocol shares: the store, the admission
@@ -484,6 +488,7 @@ impl<S: Send + Sync + 'static> Core<S> {
     pub fn context(
         &self,
         shutdown: &tokio_util::sync::CancellationToken,
+        watch: crate::net::stress::Watch,
     ) -> (Context<S>, Arc<crate::net::shaping::Shaper>) {
         let live = self.live();
         let ctx = Context {
@@ -492,8 +497,10 @@ impl<S: Send + Sync + 'static> Core<S> {
             tls: live.tls.clone(),
             input_timeout: Duration::from_secs(live.limits.input_timeout_or(self.default_input_timeout)),
             session_timeout: Duration::from_secs(live.limits.session_timeout),
+            handshake_timeout: Duration::from_secs(live.limits.handshake_timeout),
             limits: live.limits.clone(),
             shutdown: shutdown.clone(),
+            watch,
         };
         (ctx, live.shaper.clone())
     }
@@ -514,8 +521,8 @@ impl<S: Send + Sync + 'static> Core<S> {
         Fut: Future<Output = std::io::Result<()>> + Send + 'static,
     {
         let (core, token) = (self.clone(), shutdown.token.clone());
-        let handler = move |stream, peer, implicit_tls| {
-            let (ctx, shaper) = core.context(&token);
+        let handler = move |stream, peer, implicit_tls, watch| {
+            let (ctx, shaper) = core.context(&token, watch);
             serve(shaper.wrap(stream), peer, implicit_tls, ctx)
         };
         crate::net::listener::accept(listeners, self.gate.clone(), refusals, self.stats.clone(), shutdown, handler)

@@ -46,6 +46,11 @@ pub struct Pop3dConfig {
     /// number of CPUs. Further logins wait.
     #[serde(default)]
     pub hash_concurrency: usize,
+    /// Seconds of silence allowed before login (USER/PASS or AUTH done); `[limits]
+    /// input_timeout` (at least 600, RFC 1939 §3) applies after. Attackers that connect
+    /// and wait hold a place this long.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: u64,
 }
 
 fn default_true() -> bool {
@@ -53,6 +58,9 @@ fn default_true() -> bool {
 }
 fn default_lock_lease() -> u64 {
     120
+}
+fn default_login_timeout() -> u64 {
+    60
 }
 
 impl Default for Pop3dConfig {
@@ -63,6 +71,7 @@ impl Default for Pop3dConfig {
             rehash_legacy: true,
             lock_lease: default_lock_lease(),
             hash_concurrency: 0,
+            login_timeout: default_login_timeout(),
         }
     }
 }
@@ -73,6 +82,9 @@ impl Section for Pop3dConfig {
     fn validate(&self, _shared: &Shared, p: &mut Problems) {
         if self.lock_lease < 3 {
             p.add("pop3d.lock_lease", "must be at least 3 seconds");
+        }
+        if self.login_timeout == 0 {
+            p.add("pop3d.login_timeout", "must be at least 1 second");
         }
     }
 }

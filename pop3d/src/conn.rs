@@ -52,10 +52,19 @@ impl Pass for Pop3<'_> {
     ) -> io::Result<End<IO>> {
         let (session, ctx) = (&mut self.session, self.ctx);
         let mut lines = Lines::new(io, ctx.input_timeout, deadline);
+        lines.watch(ctx.watch.clone());
         if greet {
             session.greeting().write_to(&mut lines.out);
         }
         loop {
+            // Before login a client gets `[pop3d] login_timeout`; RFC 1939's ten-minute
+            // autologout is for an authenticated session.
+            if session.logged_in() {
+                ctx.watch.logged_in();
+                lines.set_input_timeout(ctx.input_timeout);
+            } else {
+                lines.set_input_timeout(ctx.input_timeout.min(session.login_timeout()));
+            }
             let max = session.max_line();
             let input = lines
                 .next(

@@ -70,6 +70,8 @@ pub struct Settings {
     pub rehash_legacy: bool,
     /// `[pop3d] lock_lease`, seconds.
     pub lock_lease: u64,
+    /// `[pop3d] login_timeout`, seconds.
+    pub login_timeout: u64,
     /// `[limits] max_errors`.
     pub max_errors: u32,
     /// Slots for password verifications (`[pop3d] hash_concurrency`).
@@ -97,6 +99,7 @@ impl Settings {
             dot_login: cfg.own.dot_login,
             rehash_legacy: cfg.own.rehash_legacy,
             lock_lease: cfg.own.lock_lease,
+            login_timeout: cfg.own.login_timeout,
             max_errors: cfg.limits.max_errors,
             hash_slots: Arc::new(Semaphore::new(slots)),
             stats,
@@ -306,7 +309,17 @@ impl Session {
         }
     }
 
-    /// Error replies sent so far (for the tarpit delay).
+    /// Whether the client has logged in (the TRANSACTION state, RFC 1939 §3).
+    pub fn logged_in(&self) -> bool {
+        matches!(self.state, State::Transaction(_))
+    }
+
+    /// Seconds of silence allowed before login (`[pop3d] login_timeout`).
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.login_timeout)
+    }
+
+    /// Error replies so far (for the tarpit).
     pub fn errors(&self) -> u32 {
         self.errors
     }

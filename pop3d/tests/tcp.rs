@@ -210,7 +210,11 @@ async fn shutdown_ends_sessions_without_update() {
 
 #[tokio::test]
 async fn too_many_clients() {
-    let (_db, server) = sqlite_server(|c| c.limits.max_clients = 1).await;
+    let (_db, server) = sqlite_server(|c| {
+        c.limits.max_clients = 1;
+        c.limits.stress_threshold = 0;
+    })
+    .await;
     let mut first = Client::connect(server.addr).await;
     first.line().await;
     let mut second = Client::connect(server.addr).await;
@@ -343,4 +347,61 @@ async fn haproxy_send_proxy_v2_in_front_of_mmpop3d() {
     assert_eq!(again.line().await.unwrap(), "-ERR [SYS/TEMP] Too many connections from your address");
     assert!(a.cmd("QUIT").await.starts_with("+OK "));
     drop(hp);
+}
+
+/// Stress mode: with every place taken, the connection that has waited longest without
+/// logging in is closed for a new client; a logged-in session never is; with nothing to
+/// close, the new client is refused.
+#[tokio::test]
+async fn stress_mode_closes_the_longest_idle_before_login_for_a_new_client() {
+    let (_db, server) = sqlite_server(|c| {
+        c.limits.max_clients = 2;
+        c.limits.stress_threshold = 50;
+    })
+    .await;
+    let mut user = Client::connect(server.addr).await;
+    user.line().await;
+    assert!(user.login("mmondor@example.org", PASSWORD).await.starts_with("+OK"));
+    let mut idle = Client::connect(server.addr).await;
+    assert!(idle.line().await.unwrap().starts_with("+OK"));
+    let mut new = Client::connect(server.addr).await;
+    assert!(new.line().await.unwrap().starts_with("+OK"), "the new client is served");
+    assert!(idle.line().await.unwrap().starts_with("-ERR"), "the idle one gets the timeout reply");
+    assert!(idle.closed().await);
+    assert!(user.cmd("STAT").await.starts_with("+OK"), "a logged-in session is kept");
+    assert!(new.login("mmondor@example.org", PASSWORD).await.starts_with("-ERR [IN-USE]"));
+    // Now both places hold sessions that are not idle-before-login... `new` is idle again
+    // after its refused login; logged-in `user` is not. One more client takes `new`'s place.
+    let mut third = Client::connect(server.addr).await;
+    assert!(third.line().await.unwrap().starts_with("+OK"));
+    assert!(new.line().await.unwrap().starts_with("-ERR"));
+    assert!(new.closed().await);
+    assert!(user.cmd("QUIT").await.starts_with("+OK"));
+}
+
+/// Before login a client gets `[pop3d] login_timeout`, not the ten minutes RFC 1939 asks
+/// for an authenticated session; a stalled TLS handshake gets `[limits]
+/// handshake_timeout`.
+#[tokio::test]
+async fn login_and_handshake_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate(dir.path());
+    let (_db, server) = sqlite_server(|c| {
+        c.own.login_timeout = 1;
+        c.limits.handshake_timeout = 1;
+        c.tls = Some(support::tls_config(&cert));
+    })
+    .await;
+    let mut c = Client::connect(server.addr).await;
+    c.line().await;
+    assert!(c.line().await.unwrap().starts_with("-ERR"), "timeout reply before login");
+    assert!(c.closed().await);
+    let mut logged = Client::connect(server.addr).await;
+    logged.line().await;
+    assert!(logged.login("mmondor@example.org", PASSWORD).await.starts_with("+OK"));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(logged.cmd("NOOP").await.starts_with("+OK"), "after login the input timeout applies");
+    // POP3S: connect and never start the handshake.
+    let mut stalled = Client::new(tokio::net::TcpStream::connect(server.tls_addr.unwrap()).await.unwrap());
+    assert!(stalled.closed().await, "a stalled handshake is closed");
 }

@@ -49,6 +49,7 @@ impl Pass for Smtp<'_> {
     ) -> io::Result<End<IO>> {
         let (session, ctx) = (&mut self.session, self.ctx);
         let mut lines = Lines::new(io, ctx.input_timeout, deadline);
+        lines.watch(ctx.watch.clone());
         if greet {
             session.greeting().write_to(&mut lines.out);
         }

@@ -208,7 +208,11 @@ async fn input_timeout_closes_with_421() {
 
 #[tokio::test]
 async fn too_many_clients_get_421_and_accept_goes_on() {
-    let (_db, server) = sqlite_server(|c| c.limits.max_clients = 1).await;
+    let (_db, server) = sqlite_server(|c| {
+        c.limits.max_clients = 1;
+        c.limits.stress_threshold = 0;
+    })
+    .await;
     let mut first = Client::connect(server.addr).await;
     assert_eq!(first.code().await, 220);
     let mut second = Client::connect(server.addr).await;
@@ -280,4 +284,31 @@ async fn shutdown_during_data_lets_the_message_finish() {
     let m = messages(&db, "mmondor@example.org").await;
     assert_eq!(m.len(), 1, "stored once");
     assert!(m[0].ends_with(b"first half\r\nsecond half\r\n"));
+}
+
+/// Stress mode: with every place taken, the connection that has waited longest for a
+/// command is closed with the timeout reply and the new client is greeted; a connection
+/// in the middle of a command (here: DATA) is not idle and stays.
+#[tokio::test]
+async fn stress_mode_serves_a_new_client_instead_of_refusing_it() {
+    let (_db, server) = sqlite_server(|c| {
+        c.limits.max_clients = 2;
+        c.limits.stress_threshold = 50;
+    })
+    .await;
+    let mut idle = Client::connect(server.addr).await;
+    assert_eq!(idle.code().await, 220);
+    let mut sending = Client::connect(server.addr).await;
+    assert_eq!(sending.code().await, 220);
+    assert_eq!(sending.cmd("EHLO c").await, 250);
+    assert_eq!(sending.cmd("MAIL FROM:<a@b.org>").await, 250);
+    assert_eq!(sending.cmd("RCPT TO:<mmondor@example.org>").await, 250);
+    assert_eq!(sending.cmd("DATA").await, 354);
+    sending.send(b"Subject: during stress\r\n").await;
+    let mut new = Client::connect(server.addr).await;
+    assert_eq!(new.code().await, 220, "served, not refused");
+    assert_eq!(idle.reply().await.unwrap().0, 421);
+    assert!(idle.closed().await);
+    sending.send(b"\r\nbody\r\n.\r\n").await;
+    assert_eq!(sending.code().await, 250, "the message in progress is stored");
 }

@@ -44,8 +44,8 @@ pub trait Pass {
 /// Serves one connection with `pass` under `ctx`'s timeouts: with `implicit_tls`
 /// (RFC 8314) the TLS handshake comes first; otherwise a plain pass, and when it ends
 /// with STARTTLS/STLS the handshake and a second pass over TLS (the sessions refuse a
-/// second STARTTLS/STLS, so that pass cannot ask again). A handshake gets the input
-/// timeout, the whole connection the session timeout.
+/// second STARTTLS/STLS, so that pass cannot ask again). A handshake gets `[limits]
+/// handshake_timeout`, the whole connection the session timeout.
 ///
 /// # Errors
 /// I/O and handshake failures (they end this connection only); TLS asked for without
@@ -61,7 +61,7 @@ where
     P: Pass,
 {
     let deadline = Instant::now() + ctx.session_timeout;
-    let handshake_deadline = || deadline.min(Instant::now() + ctx.input_timeout);
+    let handshake_deadline = || deadline.min(Instant::now() + ctx.handshake_timeout);
     let acceptor = || ctx.tls.as_ref().ok_or_else(|| io::Error::other("TLS without [tls]"));
     if implicit_tls {
         let stream = handshake(acceptor()?, io, handshake_deadline()).await?;
@@ -93,19 +93,40 @@ pub struct Lines<IO> {
     deadline: Instant,
     /// No line read yet.
     first: bool,
+    /// This connection as stress mode sees it.
+    watch: crate::net::stress::Watch,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     /// Line I/O on `io`: a client may be silent for `input_timeout` (also the write
     /// timeout), and nothing goes on past `deadline` (the session timeout).
     pub fn new(io: IO, input_timeout: Duration, deadline: Instant) -> Self {
-        Lines { r: BufReader::new(io), out: Vec::with_capacity(512), input_timeout, deadline, first: true }
+        Lines {
+            r: BufReader::new(io),
+            out: Vec::with_capacity(512),
+            input_timeout,
+            deadline,
+            first: true,
+            watch: crate::net::stress::Watch::none(),
+        }
     }
 
-    /// When the current read must be done: the input timeout from now, or the session
+    /// Follows the connection for stress mode: reads mark it idle while they wait, and
+    /// a connection closed for stress ends as on an input timeout.
+    pub fn watch(&mut self, watch: crate::net::stress::Watch) {
+        self.watch = watch;
+    }
+
+    /// Replaces the input timeout (POP3: a shorter one before login).
+    pub fn set_input_timeout(&mut self, input_timeout: Duration) {
+        self.input_timeout = input_timeout;
+    }
+
+    /// When the current read must be done: the input timeout from now (the stress
+    /// timeout for a connection not logged in while stress mode is on), or the session
     /// deadline if sooner.
     pub fn read_deadline(&self) -> Instant {
-        self.deadline.min(Instant::now() + self.input_timeout)
+        self.deadline.min(Instant::now() + self.watch.input_timeout(self.input_timeout))
     }
 
     /// The reader, for protocol data that is not lines (SMTP DATA).
@@ -143,6 +164,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
             self.flush().await?;
         }
         let until = self.read_deadline();
+        self.watch.idle();
         let line = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
@@ -150,8 +172,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
                 self.flush().await?;
                 return Ok(None);
             }
+            () = self.watch.evicted() => {
+                tracing::info!("closed in stress mode: idle before login");
+                on_timeout(&mut self.out);
+                self.flush().await?;
+                return Ok(None);
+            }
             line = timeout_at(until, read_line(&mut self.r, max)) => line,
         };
+        self.watch.busy();
         match line {
             Err(_) => {
                 tracing::info!("input timeout");

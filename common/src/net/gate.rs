@@ -61,6 +61,8 @@ struct Settings {
 
 /// Admission state shared by a daemon's accept loops.
 pub struct Gate {
+    /// Stress mode: connections' idleness, and whether it is on.
+    pub stress: Arc<crate::net::stress::Stress>,
     settings: RwLock<Settings>,
     per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
     slots: Arc<Semaphore>,
@@ -129,6 +131,7 @@ impl Gate {
     /// A gate enforcing `limits`.
     pub fn new(limits: &LimitsConfig) -> Arc<Gate> {
         Arc::new(Gate {
+            stress: crate::net::stress::Stress::new(limits),
             settings: RwLock::new(Settings {
                 max_per_address: limits.max_per_address,
                 ipv6_prefix: limits.ipv6_prefix,
@@ -145,6 +148,7 @@ impl Gate {
     /// `max_clients` takes effect as they leave. Rate counts start afresh when the rate
     /// settings change.
     pub fn update(&self, limits: &LimitsConfig) {
+        self.stress.update(limits);
         let mut s = self.settings.write().unwrap_or_else(|p| p.into_inner());
         if limits.max_clients > s.max_clients {
             self.slots.add_permits(limits.max_clients - s.max_clients);
@@ -172,13 +176,49 @@ impl Gate {
     /// # Errors
     /// The [`Refusal`].
     pub fn admit(&self, ip: IpAddr) -> Result<Admission, Refusal> {
+        {
+            let s = self.settings.read().unwrap_or_else(|p| p.into_inner());
+            let key = address_key(ip, s.ipv6_prefix);
+            if let Some(rate) = &s.rate
+                && rate.check_key(&key).is_err()
+            {
+                return Err(Refusal::RateExceeded);
+            }
+        }
+        self.place(ip)
+    }
+
+    /// [`Gate::admit`], and in stress mode, when every place is taken, the connection
+    /// that has waited longest for input without logging in is closed and this one
+    /// takes its place (waiting up to 2 seconds for it to go).
+    ///
+    /// # Errors
+    /// The [`Refusal`].
+    pub async fn admit_or_evict(&self, ip: IpAddr) -> Result<Admission, Refusal> {
+        let refusal = match self.admit(ip) {
+            Err(Refusal::TooManyClients) => Refusal::TooManyClients,
+            other => return other,
+        };
+        self.stress.tick(self.open());
+        if !self.stress.is_on() || !self.stress.evict_oldest() {
+            return Err(refusal);
+        }
+        tracing::info!("stress: closed the longest-idle connection not logged in for a new client");
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.place(ip) {
+                Err(Refusal::TooManyClients) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The places: per address, then daemon-wide.
+    fn place(&self, ip: IpAddr) -> Result<Admission, Refusal> {
         let s = self.settings.read().unwrap_or_else(|p| p.into_inner());
         let key = address_key(ip, s.ipv6_prefix);
-        if let Some(rate) = &s.rate
-            && rate.check_key(&key).is_err()
-        {
-            return Err(Refusal::RateExceeded);
-        }
         let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.get(&key).copied().unwrap_or(0);
         if s.max_per_address > 0 && n >= s.max_per_address {

@@ -16,7 +16,9 @@ use tracing::Instrument;
 
 use crate::net::gate::{Gate, Refusal};
 use crate::net::proxy::ProxyNetworks;
+use crate::net::stress::{Change, Watch};
 use crate::shutdown::Shutdown;
+use crate::stats::Flag;
 use crate::stats::Stats;
 
 /// How often the janitor forgets stale rate-limit state.
@@ -85,7 +87,7 @@ pub async fn accept<H, F>(
     shutdown: Shutdown,
     handler: H,
 ) where
-    H: Fn(TcpStream, SocketAddr, bool) -> F + Clone + Send + Sync + 'static,
+    H: Fn(TcpStream, SocketAddr, bool, Watch) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = io::Result<()>> + Send + 'static,
 {
     let refusals = Arc::new(refusals);
@@ -96,10 +98,25 @@ pub async fn accept<H, F>(
         loops.spawn(async move {
             let mut tick = tokio::time::interval(JANITOR_PERIOD);
             let mut gauges = tokio::time::interval(crate::stats::GAUGE_PERIOD);
+            let mut stress = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
                     _ = tick.tick() => gate.sweep(),
+                    _ = stress.tick() => match gate.stress.tick(gate.open()) {
+                        Some(Change::Began) => {
+                            tracing::warn!(open = gate.open(), "stress mode on: short timeouts before login");
+                            stats.batch()
+                                .update(Flag::Persistent, &["total", "stress"], 1)
+                                .set(Flag::Volatile, &["current", "stress"], 1)
+                                .send();
+                        }
+                        Some(Change::Ended) => {
+                            tracing::info!(open = gate.open(), "stress mode off");
+                            stats.batch().set(Flag::Volatile, &["current", "stress"], 0).send();
+                        }
+                        None => {}
+                    },
                     // Heals a gauge whose last update was lost.
                     _ = gauges.tick() => stats.gauges(gate.open()),
                 }
@@ -165,7 +182,7 @@ struct Conn<H> {
 
 impl<H, F> Conn<H>
 where
-    H: Fn(TcpStream, SocketAddr, bool) -> F,
+    H: Fn(TcpStream, SocketAddr, bool, Watch) -> F,
     F: Future<Output = io::Result<()>> + Send + 'static,
 {
     /// A proxy's connection first names its client (PROXY protocol, within
@@ -198,7 +215,7 @@ where
             tracing::info_span!("conn", proto, peer = %client, id)
         };
         async move {
-            let admission = match gate.admit(client.ip()) {
+            let admission = match gate.admit_or_evict(client.ip()).await {
                 Ok(a) => a,
                 Err(refusal) => {
                     stats.failed("limits", &client.ip().to_string());
@@ -213,7 +230,8 @@ where
             let who = admission.key().to_string();
             stats.connection_opened(&who, gate.open(), admission.from_key());
             tracing::debug!("connected");
-            if let Err(e) = handler(stream, client, implicit_tls).await {
+            let watch = gate.stress.watch();
+            if let Err(e) = handler(stream, client, implicit_tls, watch).await {
                 tracing::info!(cause = %e, "connection ended");
             }
             let remaining = admission.release();

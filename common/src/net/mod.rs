@@ -6,6 +6,7 @@ pub mod line;
 pub mod listener;
 pub mod proxy;
 pub mod shaping;
+pub mod stress;
 pub mod tls;
 
 use std::time::Duration;
