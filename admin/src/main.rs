@@ -47,6 +47,9 @@ enum What {
     /// `[smtpd] null_sender = "nofrom"`.
     #[command(subcommand)]
     Nofrom(NofromCmd),
+    /// Client addresses banned at connect (`[bans]`): listed, or lifted.
+    #[command(subcommand)]
+    Ban(BanCmd),
     /// Find what plain SQL can leave behind; exit status 1 if anything is found.
     Check {
         /// Repair, in one transaction, what can be: counters (set to a recount), message
@@ -153,6 +156,17 @@ enum NofromCmd {
     Del {
         /// The pattern.
         pattern: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BanCmd {
+    /// List the bans in force: address and when each ends (UTC).
+    List,
+    /// Lift a ban (the daemons stop refusing the address within 5 seconds).
+    Del {
+        /// The address as listed (IPv6: its network address).
+        address: String,
     },
 }
 
@@ -333,6 +347,21 @@ async fn execute(store: &Store, what: What, password: Option<String>) -> anyhow:
             0 => bail!("no nofrom pattern {pattern}"),
             _ => println!("nofrom {pattern} deleted"),
         },
+        What::Ban(BanCmd::List) => {
+            for (address, until) in store.active_bans().await? {
+                let end = time::OffsetDateTime::from_unix_timestamp(until).map_or_else(
+                    |_| until.to_string(),
+                    |t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| until.to_string()),
+                );
+                println!("{address:<40} until {end}");
+            }
+        }
+        What::Ban(BanCmd::Del { address }) => {
+            if !store.delete_ban(&address).await? {
+                bail!("no ban of {address}");
+            }
+            println!("ban of {address} lifted");
+        }
         What::Check { fix } => return check(store, fix).await,
     }
     Ok(ExitCode::SUCCESS)

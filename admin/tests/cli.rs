@@ -136,6 +136,14 @@ async fn the_admin_session_on_every_backend() {
         assert!(db.store.user_password("bob").await.unwrap().is_none());
         a.ok(&["alias", "del", "sales-*@example.org"]);
         a.ok(&["nofrom", "del", "127.0.0.1"]);
+        // Bans made by the daemons: listed and lifted.
+        let until = common::store::unix_now() + 3600;
+        db.store.ban("192.0.2.7", until, "login").await.unwrap();
+        let listed = a.ok(&["ban", "list"]);
+        assert!(listed.starts_with("192.0.2.7") && listed.contains("until 20"), "{listed}");
+        a.ok(&["ban", "del", "192.0.2.7"]);
+        assert!(a.refused(&["ban", "del", "192.0.2.7"]).contains("no ban of 192.0.2.7"));
+        assert_eq!(a.ok(&["ban", "list"]), "");
         assert_eq!(a.ok(&["check"]), "no problems found\n", "{:?}", db.backend);
     }
 }

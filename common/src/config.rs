@@ -432,11 +432,13 @@ pub struct Shared {
     pub log: LogConfig,
     /// `[stats]`: where counters go (mmstatd's socket).
     pub stats: StatsConfig,
+    /// `[bans]`: addresses refused at connect after too many failures (issue 13).
+    pub bans: crate::bans::BansConfig,
 }
 
 /// The names of [`Shared`]'s sections, in file order.
-pub const SHARED_SECTIONS: [&str; 9] =
-    ["server", "database", "listen", "tls", "limits", "shaping", "privileges", "log", "stats"];
+pub const SHARED_SECTIONS: [&str; 10] =
+    ["server", "database", "listen", "tls", "limits", "shaping", "privileges", "log", "stats", "bans"];
 
 impl Shared {
     /// Shared sections for `name` on `database` with every default: no listeners, no
@@ -452,6 +454,7 @@ impl Shared {
             privileges: PrivilegesConfig::default(),
             log: LogConfig::default(),
             stats: StatsConfig::default(),
+            bans: crate::bans::BansConfig::default(),
         }
     }
 }
@@ -469,6 +472,7 @@ impl Validate for Shared {
         self.privileges.validate_with(&self.database, p);
         self.log.validate(p);
         self.stats.validate(p);
+        self.bans.validate(p);
     }
 }
 
@@ -539,6 +543,7 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
         let (mut server, mut database, mut listen, mut tls) = (None, None, None, None);
         let (mut limits, mut shaping, mut privileges, mut log, mut stats, mut own) =
             (None, None, None, None, None, None);
+        let mut bans = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "server" => server = Some(map.next_value()?),
@@ -550,6 +555,7 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
                 "privileges" => privileges = Some(map.next_value()?),
                 "log" => log = Some(map.next_value()?),
                 "stats" => stats = Some(map.next_value()?),
+                "bans" => bans = Some(map.next_value()?),
                 k if k == T::NAME => own = Some(map.next_value()?),
                 other => {
                     // serde's own wording: `--check-config` shows it, and the key lists
@@ -573,6 +579,7 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
             privileges: privileges.unwrap_or_default(),
             log: log.unwrap_or_default(),
             stats: stats.unwrap_or_default(),
+            bans: bans.unwrap_or_default(),
         };
         Ok(DaemonFile { shared, own: own.unwrap_or_default() })
     }

@@ -393,6 +393,8 @@ pub struct Live<S> {
     pub tls: Option<TlsAcceptor>,
     /// Bandwidth shaping.
     pub shaper: Arc<crate::net::shaping::Shaper>,
+    /// `[bans]`.
+    pub bans: crate::bans::BansConfig,
 }
 
 /// What one connection needs, taken from the [`Live`] settings when it is accepted.
@@ -415,6 +417,8 @@ pub struct Context<S> {
     pub handshake_timeout: Duration,
     /// This connection as stress mode sees it.
     pub watch: crate::net::stress::Watch,
+    /// The daemon's bans, to count failures toward them.
+    pub bans: Arc<crate::bans::Bans>,
 }
 
 /// The parts of a running daemon that every protocol shares: the store, the admission
@@ -422,6 +426,7 @@ pub struct Context<S> {
 pub struct Core<S> {
     store: Store,
     gate: Arc<crate::net::gate::Gate>,
+    bans: Arc<crate::bans::Bans>,
     live: Arc<std::sync::RwLock<Arc<Live<S>>>>,
     default_input_timeout: u64,
     stats: Stats,
@@ -432,6 +437,7 @@ impl<S> Clone for Core<S> {
         Core {
             store: self.store.clone(),
             gate: self.gate.clone(),
+            bans: self.bans.clone(),
             live: self.live.clone(),
             default_input_timeout: self.default_input_timeout,
             stats: self.stats.clone(),
@@ -456,6 +462,7 @@ impl<S: Send + Sync + 'static> Core<S> {
     pub fn new(store: Store, live: Live<S>, default_input_timeout: u64, stats: Stats) -> Self {
         Self {
             gate: crate::net::gate::Gate::new(&live.limits),
+            bans: crate::bans::Bans::new(store.clone(), &live.bans, live.limits.ipv6_prefix, stats.clone()),
             store,
             live: Arc::new(std::sync::RwLock::new(Arc::new(live))),
             default_input_timeout,
@@ -471,12 +478,18 @@ impl<S: Send + Sync + 'static> Core<S> {
     /// Replaces the live settings and the gate's limits (SIGHUP).
     pub fn replace(&self, live: Live<S>) {
         self.gate.update(&live.limits);
+        self.bans.update(&live.bans, live.limits.ipv6_prefix);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
 
     /// The admission gate.
     pub fn gate(&self) -> &Arc<crate::net::gate::Gate> {
         &self.gate
+    }
+
+    /// The bans.
+    pub fn bans(&self) -> &Arc<crate::bans::Bans> {
+        &self.bans
     }
 
     /// The current live settings.
@@ -501,6 +514,7 @@ impl<S: Send + Sync + 'static> Core<S> {
             limits: live.limits.clone(),
             shutdown: shutdown.clone(),
             watch,
+            bans: self.bans.clone(),
         };
         (ctx, live.shaper.clone())
     }
@@ -525,7 +539,16 @@ impl<S: Send + Sync + 'static> Core<S> {
             let (ctx, shaper) = core.context(&token, watch);
             serve(shaper.wrap(stream), peer, implicit_tls, ctx)
         };
-        crate::net::listener::accept(listeners, self.gate.clone(), refusals, self.stats.clone(), shutdown, handler)
-            .await;
+        tokio::spawn(self.bans.clone().keep_fresh(shutdown.token.clone()));
+        crate::net::listener::accept(
+            listeners,
+            self.gate.clone(),
+            Some(self.bans.clone()),
+            refusals,
+            self.stats.clone(),
+            shutdown,
+            handler,
+        )
+        .await;
     }
 }

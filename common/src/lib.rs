@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod bans;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod guard;
 pub mod logging;
 pub mod net;
 pub mod password;

@@ -27,7 +27,8 @@ pub async fn serve<IO>(io: IO, peer: SocketAddr, ctx: &Context, implicit_tls: bo
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut pop3 = Pop3 { session: Session::new(ctx.settings.clone(), peer.ip(), implicit_tls), ctx };
+    let session = Session::new(ctx.settings.clone(), peer.ip(), implicit_tls).with_bans(ctx.bans.clone());
+    let mut pop3 = Pop3 { session, ctx };
     let served = common::net::conn::serve(io, ctx, implicit_tls, &mut pop3).await;
     // However it ended: a maildrop lock still held is released.
     pop3.session.end().await;

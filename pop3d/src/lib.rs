@@ -31,12 +31,18 @@ pub struct Server {
     core: Core<Settings>,
 }
 
-fn live(cfg: &Config, tls: Option<TlsAcceptor>, stats: &Stats) -> Live<Settings> {
+fn live(
+    cfg: &Config,
+    tls: Option<TlsAcceptor>,
+    stats: &Stats,
+    logins: Option<Arc<common::guard::Logins>>,
+) -> Live<Settings> {
     Live {
-        settings: Arc::new(Settings::with_stats(cfg, stats.clone())),
+        settings: Arc::new(Settings::with_stats(cfg, stats.clone(), logins)),
         limits: cfg.limits.clone(),
         tls,
         shaper: Shaper::new(&cfg.shaping),
+        bans: cfg.bans.clone(),
     }
 }
 
@@ -53,7 +59,7 @@ impl Daemon for Server {
     }
 
     async fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(Server { core: Core::new(store, live(cfg, tls, &stats), MIN_INPUT_TIMEOUT, stats) }))
+        Ok(Arc::new(Server { core: Core::new(store, live(cfg, tls, &stats, None), MIN_INPUT_TIMEOUT, stats) }))
     }
 
     /// Serves POP3 on `listeners` until `shutdown` is cancelled.
@@ -68,7 +74,8 @@ impl Daemon for Server {
 
     /// Takes a new configuration (SIGHUP) for new connections; open ones go on unchanged.
     fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        self.core.replace(live(cfg, load_tls(cfg.tls.as_ref())?, self.core.stats()));
+        let logins = self.core.live().settings.logins.clone();
+        self.core.replace(live(cfg, load_tls(cfg.tls.as_ref())?, self.core.stats(), Some(logins)));
         Ok(())
     }
 }

@@ -16,7 +16,6 @@ use common::address::Address;
 use common::password::{self, Verified};
 use common::stats::{Flag, Stats};
 use common::store::{BoxOwner, Retrieved, Store, Update};
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::proto::command::{Command, MAX_COMMAND_LINE, MAX_SASL_LINE, SyntaxError, parse};
@@ -74,8 +73,11 @@ pub struct Settings {
     pub login_timeout: u64,
     /// `[limits] max_errors`.
     pub max_errors: u32,
-    /// Slots for password verifications (`[pop3d] hash_concurrency`).
-    pub hash_slots: Arc<Semaphore>,
+    /// Password verifications: `[pop3d] hash_concurrency` at once, in fair turns per
+    /// address, with failures per address (issue 13). Kept across SIGHUP.
+    pub logins: Arc<common::guard::Logins>,
+    /// `[limits] ipv6_prefix`: how clients are grouped for fairness.
+    pub ipv6_prefix: u8,
     /// Where counters go (spec/mail.md §4.6).
     pub stats: Stats,
 }
@@ -83,14 +85,27 @@ pub struct Settings {
 impl Settings {
     /// Derives the settings from a validated config, with a stats client of its own.
     pub fn from_config(cfg: &Config) -> Self {
-        Self::with_stats(cfg, Stats::open(&cfg.stats, "mmpop3d"))
+        Self::with_stats(cfg, Stats::open(&cfg.stats, "mmpop3d"), None)
     }
 
-    /// Derives the settings from a validated config, counting with `stats`.
-    pub fn with_stats(cfg: &Config, stats: Stats) -> Self {
-        let slots = match cfg.own.hash_concurrency {
+    /// Verification slots: `[pop3d] hash_concurrency`, or the number of CPUs.
+    fn slots(cfg: &Config) -> usize {
+        match cfg.own.hash_concurrency {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
+        }
+    }
+
+    /// Derives the settings from a validated config, counting with `stats`, keeping the
+    /// login fairness state `logins` (SIGHUP) or starting a fresh one.
+    pub fn with_stats(cfg: &Config, stats: Stats, logins: Option<Arc<common::guard::Logins>>) -> Self {
+        let step = Duration::from_secs(cfg.limits.error_delay);
+        let logins = match logins {
+            Some(l) => {
+                l.update(Self::slots(cfg), step);
+                l
+            }
+            None => common::guard::Logins::new(Self::slots(cfg), Duration::from_secs(cfg.bans.window), step),
         };
         Self {
             name: cfg.server.name.clone(),
@@ -101,7 +116,8 @@ impl Settings {
             lock_lease: cfg.own.lock_lease,
             login_timeout: cfg.own.login_timeout,
             max_errors: cfg.limits.max_errors,
-            hash_slots: Arc::new(Semaphore::new(slots)),
+            logins,
+            ipv6_prefix: cfg.limits.ipv6_prefix,
             stats,
         }
     }
@@ -255,6 +271,10 @@ pub struct Session {
     tls: bool,
     state: State,
     errors: u32,
+    /// The daemon's bans: failed logins count toward them.
+    bans: Option<Arc<common::bans::Bans>>,
+    /// This session's last failure banned its address: it ends after the reply.
+    banned: bool,
 }
 
 const NOT_IN_STATE: &str = "Command not valid in this state";
@@ -281,7 +301,21 @@ pub fn login_address(name: &str, dot_login: bool) -> Option<String> {
 impl Session {
     /// A session for a client at `peer`; `tls` on implicit-TLS listeners.
     pub fn new(settings: Arc<Settings>, peer: IpAddr, tls: bool) -> Self {
-        Self { settings, peer, tls, state: State::Authorization { user: None, sasl: false }, errors: 0 }
+        Self {
+            settings,
+            peer,
+            tls,
+            state: State::Authorization { user: None, sasl: false },
+            errors: 0,
+            bans: None,
+            banned: false,
+        }
+    }
+
+    /// Counts failed logins toward `bans` (issue 13).
+    pub fn with_bans(mut self, bans: Arc<common::bans::Bans>) -> Self {
+        self.bans = Some(bans);
+        self
     }
 
     /// `+OK <name> POP3 server ready` (no APOP timestamp: APOP is not offered).
@@ -368,6 +402,9 @@ impl Session {
     /// counted where they happen (a login, a box in use, the server's own failures) are
     /// the client's protocol errors: logged and counted as `failed|protocol|<address>`.
     fn count(&mut self, outcome: Outcome) -> Outcome {
+        if self.banned {
+            return Outcome::Close(Reply::err("[SYS/TEMP] Too many failures from your address, try again later"));
+        }
         if let Outcome::Reply(r) = &outcome
             && !r.ok
         {
@@ -623,10 +660,18 @@ impl Session {
             },
             None => None,
         };
-        let verdict = self.verify(password, owner.as_ref()).await;
+        let key = common::net::gate::address_key(self.peer, self.settings.ipv6_prefix);
+        let verdict = self.verify(key, password, owner.as_ref()).await;
         let (Some(address), Some(owner), true) = (address, owner, verdict.ok()) else {
-            tracing::info!(peer = %self.peer, login = ?name, "login failed");
+            let recent = self.settings.logins.failed(key);
+            tracing::info!(peer = %self.peer, login = ?name, recent, "login failed");
             self.settings.stats.failed("login", &self.peer.to_string());
+            if let Some(bans) = &self.bans {
+                self.banned = bans.strike(self.peer, common::bans::Cause::Login);
+            }
+            // The tarpit of this address grows with its recent failures (issue 13); it
+            // holds this connection, not a verification slot.
+            tokio::time::sleep(self.settings.logins.tarpit(key)).await;
             return Reply::err(INVALID_LOGIN);
         };
         let lease_owner = common::random_hex(16);
@@ -671,10 +716,10 @@ impl Session {
         Reply::ok(format!("{n} messages ({octets} octets)"))
     }
 
-    async fn verify(&self, password: &str, owner: Option<&BoxOwner>) -> Verified {
-        let Ok(_slot) = self.settings.hash_slots.clone().acquire_owned().await else {
-            return Verified::No;
-        };
+    /// Checks `password` in this address's fair turn (`common::guard`), spending an
+    /// Argon2id verification's time whatever the outcome.
+    async fn verify(&self, key: IpAddr, password: &str, owner: Option<&BoxOwner>) -> Verified {
+        let _turn = self.settings.logins.turn(key).await;
         let password = password.as_bytes().to_vec();
         let stored = owner.map(|o| o.passwd.clone());
         tokio::task::spawn_blocking(move || match stored {

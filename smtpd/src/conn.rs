@@ -27,7 +27,8 @@ pub async fn serve<IO>(io: IO, peer: SocketAddr, ctx: &Context, implicit_tls: bo
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut smtp = Smtp { session: Session::new(ctx.settings.clone(), peer.ip(), implicit_tls), ctx };
+    let session = Session::new(ctx.settings.clone(), peer.ip(), implicit_tls).with_bans(ctx.bans.clone());
+    let mut smtp = Smtp { session, ctx };
     common::net::conn::serve(io, ctx, implicit_tls, &mut smtp).await
 }
 

@@ -43,6 +43,7 @@ fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>, stats: &Stat
         limits: cfg.limits.clone(),
         tls,
         shaper: Shaper::new(&cfg.shaping),
+        bans: cfg.bans.clone(),
     }
 }
 

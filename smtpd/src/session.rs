@@ -150,6 +150,8 @@ pub struct Session {
     close_after: bool,
     /// The BDAT being read.
     chunk: Option<PendingChunk>,
+    /// The daemon's bans: unknown recipients count toward them.
+    bans: Option<Arc<common::bans::Bans>>,
 }
 
 /// 16 lowercase hex digits from the OS random source: transaction ids (spec/mail.md §3.7).
@@ -192,7 +194,14 @@ impl Session {
             unknown: 0,
             close_after: false,
             chunk: None,
+            bans: None,
         }
+    }
+
+    /// Counts unknown recipients toward `bans` (issue 13).
+    pub fn with_bans(mut self, bans: Arc<common::bans::Bans>) -> Self {
+        self.bans = Some(bans);
+        self
     }
 
     fn name(&self) -> &str {
@@ -482,6 +491,17 @@ impl Session {
                 }
                 tracing::info!(peer = %self.peer, rcpt = %address, "unknown recipient");
                 self.settings.stats.failed("address", &self.peer.to_string());
+                if self.bans.as_ref().is_some_and(|b| b.strike(self.peer, common::bans::Cause::Recipients)) {
+                    // Banned: like the per-session limit, the transaction in progress
+                    // (if any) completes; then the session ends.
+                    if tx.rcpts.is_empty() {
+                        return Outcome::Close(Reply::new(
+                            421,
+                            format!("4.7.0 {} Too many failures from your address, try again later", self.name()),
+                        ));
+                    }
+                    self.close_after = true;
+                }
                 texts::USER_UNKNOWN.into()
             }
         };

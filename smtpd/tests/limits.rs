@@ -141,3 +141,37 @@ async fn flood_exempt_networks_are_not_limited() {
     assert_eq!(outside.cmd("MAIL FROM:<a@b.org>").await, 450, "outside the exempt network the limit holds");
     assert_eq!(db.counters("mmondor@example.org").await.messages, 4);
 }
+
+/// Probing unknown recipients bans the address (`[bans] unknown_recipients`): the probe
+/// that reaches the limit ends the session, and the next connection is refused.
+#[tokio::test]
+async fn probing_unknown_recipients_bans_the_address() {
+    let (db, s) = server(|c| {
+        c.bans.unknown_recipients = 3;
+        c.bans.allow = Vec::new();
+    })
+    .await;
+    // A domain served without a wildcard alias, so unknown names are unknown.
+    db.add_box("known@example.com", 1, 0, 0).await;
+    let prober = Ipv4Addr::new(127, 0, 0, 40);
+    let mut c = Client::connect_from(s.addr, prober).await;
+    c.code().await;
+    c.cmd("EHLO c").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@b.org>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<nobody1@example.com>").await, 550);
+    assert_eq!(c.cmd("RCPT TO:<nobody2@example.com>").await, 550);
+    assert_eq!(
+        c.cmd_reply("RCPT TO:<nobody3@example.com>").await,
+        (421, "4.7.0 mx.example.org Too many failures from your address, try again later".into())
+    );
+    assert!(c.closed().await);
+    let mut again = Client::connect_from(s.addr, prober).await;
+    assert_eq!(
+        again.reply().await.unwrap(),
+        (421, "4.7.0 mx.example.org Too many failures from your address, try again later".into())
+    );
+    let mut other = Client::connect_from(s.addr, Ipv4Addr::new(127, 0, 0, 41)).await;
+    assert_eq!(other.code().await, 220, "other addresses are served");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.store.active_bans().await.unwrap().len(), 1, "stored for the other daemons");
+}

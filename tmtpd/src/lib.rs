@@ -40,7 +40,7 @@ pub struct Server {
 }
 
 fn live(cfg: &Config, hub: Arc<Hub>, tls: Option<TlsAcceptor>) -> Live<Hub> {
-    Live { settings: hub, limits: cfg.limits.clone(), tls, shaper: Shaper::new(&cfg.shaping) }
+    Live { settings: hub, limits: cfg.limits.clone(), tls, shaper: Shaper::new(&cfg.shaping), bans: cfg.bans.clone() }
 }
 
 /// The daemon settings from a validated config.

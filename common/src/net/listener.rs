@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use crate::bans::Bans;
 use crate::net::gate::{Gate, Refusal};
 use crate::net::proxy::ProxyNetworks;
 use crate::net::stress::{Change, Watch};
@@ -33,17 +34,21 @@ pub struct Refusals {
     pub too_many_from_address: Vec<u8>,
     /// Over `connection_rate`.
     pub rate_exceeded: Vec<u8>,
+    /// A banned address (`[bans]`).
+    pub banned: Vec<u8>,
 }
 
 impl Refusals {
-    /// The three refusals, each the line `line` makes of its text ("Too many clients,
-    /// try again later", "Too many connections from your address", "Connection rate
-    /// exceeded, try again later") in the protocol's form.
+    /// The refusals, each the line `line` makes of its text ("Too many clients, try
+    /// again later", "Too many connections from your address", "Connection rate
+    /// exceeded, try again later", and for a banned address "Too many failures from
+    /// your address, try again later") in the protocol's form.
     pub fn new(line: impl Fn(&str) -> Vec<u8>) -> Refusals {
         Refusals {
             too_many_clients: line("Too many clients, try again later"),
             too_many_from_address: line("Too many connections from your address"),
             rate_exceeded: line("Connection rate exceeded, try again later"),
+            banned: line("Too many failures from your address, try again later"),
         }
     }
 
@@ -78,10 +83,12 @@ pub struct Listener {
 ///
 /// Counts (spec/mail.md §3.10, §4.6): `total|connections`, `current|connections` and
 /// `who|<address>` per admitted connection (the last two taken back when it ends), and
-/// `failed|limits|<address>` per refusal.
+/// `failed|limits|<address>` per refusal, `failed|banned|<address>` per connection from a
+/// banned address (refused before the gate, so it takes no place).
 pub async fn accept<H, F>(
     listeners: Vec<Listener>,
     gate: Arc<Gate>,
+    bans: Option<Arc<Bans>>,
     refusals: Option<Refusals>,
     stats: Stats,
     shutdown: Shutdown,
@@ -127,8 +134,8 @@ pub async fn accept<H, F>(
         if let Ok(addr) = l.socket.local_addr() {
             tracing::info!(%addr, tls = l.implicit_tls, proto, "listening");
         }
-        let (gate, refusals, shutdown, handler, stats) =
-            (gate.clone(), refusals.clone(), shutdown.clone(), handler.clone(), stats.clone());
+        let (gate, refusals, shutdown, handler, stats, bans) =
+            (gate.clone(), refusals.clone(), shutdown.clone(), handler.clone(), stats.clone(), bans.clone());
         if !l.proxies.is_empty() {
             tracing::info!(proxies = ?l.proxies, "PROXY protocol header required from these peers");
         }
@@ -155,6 +162,7 @@ pub async fn accept<H, F>(
                 let via_proxy = l.proxies.trusts(peer.ip());
                 let conn = Conn {
                     gate: gate.clone(),
+                    bans: bans.clone(),
                     refusals: refusals.clone(),
                     stats: stats.clone(),
                     handler: handler.clone(),
@@ -172,6 +180,7 @@ pub async fn accept<H, F>(
 /// One accepted connection on its way to the handler.
 struct Conn<H> {
     gate: Arc<Gate>,
+    bans: Option<Arc<Bans>>,
     refusals: Arc<Option<Refusals>>,
     stats: Stats,
     handler: H,
@@ -190,7 +199,7 @@ where
     /// closed at once); then admission by the gate for that client, and the handler, or
     /// the refusal line. The task holds the admission until the handler returns.
     async fn run(self, mut stream: TcpStream, peer: SocketAddr, via_proxy: bool) {
-        let Conn { gate, refusals, stats, handler, implicit_tls, proto, id } = self;
+        let Conn { gate, bans, refusals, stats, handler, implicit_tls, proto, id } = self;
         let client = if via_proxy {
             match tokio::time::timeout(crate::net::proxy::HEADER_TIMEOUT, crate::net::proxy::read_header(&mut stream))
                 .await
@@ -215,6 +224,14 @@ where
             tracing::info_span!("conn", proto, peer = %client, id)
         };
         async move {
+            if let Some(until) = bans.as_ref().and_then(|b| b.banned(client.ip())) {
+                stats.failed("banned", &client.ip().to_string());
+                tracing::info!(until, "connection refused: banned");
+                if let Some(refusals) = refusals.as_ref() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&refusals.banned)).await;
+                }
+                return;
+            }
             let admission = match gate.admit_or_evict(client.ip()).await {
                 Ok(a) => a,
                 Err(refusal) => {

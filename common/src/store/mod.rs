@@ -442,6 +442,40 @@ impl Store {
         retrying("re-hash", move || async move { dispatch!(self, replace_password(user_id, old, new)) }).await
     }
 
+    /// Bans client address `address` (an address key: IPv6 cut to its network) until
+    /// `until` (epoch seconds) for `reason`; an existing ban is extended, never
+    /// shortened. Every daemon on the database refuses it at connect (issue 13).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn ban(&self, address: &str, until: i64, reason: &str) -> Result<(), StoreError> {
+        match retrying("ban", move || async move { dispatch!(self, ban(address, until, reason)) }).await {
+            // Another daemon banned it at the same moment: it is banned.
+            Err(e) if e.is_duplicate() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Lifts the ban of `address` (as stored: an address key); whether there was one.
+    /// Daemons stop refusing it at their next reading of the table (within 5 s).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn delete_ban(&self, address: &str) -> Result<bool, StoreError> {
+        retrying("ban del", move || async move { dispatch!(self, delete_ban(address)) }).await.map(|n| n > 0)
+    }
+
+    /// The bans in force now: address and until (epoch seconds). Bans that are over
+    /// are deleted first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn active_bans(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let now = unix_now();
+        retrying("ban expiry", move || async move { dispatch!(self, expire_bans(now)) }).await?;
+        dispatch!(self, active_bans(now))
+    }
+
     /// Takes the maildrop lock of `box_address` for `owner` (a per-session random id) for
     /// `lease` seconds, taking over a lease that expired. Returns false if another live
     /// session holds it. Works across processes and hosts sharing the database.

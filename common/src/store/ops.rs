@@ -326,6 +326,45 @@ macro_rules! operations {
             Ok(tx.finish(r).await?)
         }
 
+        // --- Bans ---
+
+        pub(crate) async fn ban(p: &Pool, address: &str, until: i64, reason: &str) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let done = sqlx::query(SQL.ban_extend)
+                    .bind(until)
+                    .bind(reason)
+                    .bind(address)
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 && !crate::store::ops::exists!(&mut *tx, SQL.ban_exists, address)? {
+                    sqlx::query(SQL.ban_insert).bind(address).bind(until).bind(reason).execute(&mut *tx).await?;
+                }
+                Ok(())
+            }
+            .await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn active_bans(p: &Pool, now: i64) -> Result<Vec<(String, i64)>> {
+            Ok(sqlx::query_as(SQL.ban_active).bind(now).fetch_all(p).await?)
+        }
+
+        pub(crate) async fn delete_ban(p: &Pool, address: &str) -> Result<u64> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.ban_delete).bind(address).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected())
+        }
+
+        pub(crate) async fn expire_bans(p: &Pool, now: i64) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.ban_expire).bind(now).execute(&mut *tx).await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
         // --- POP3 maildrop locks and deletions ---
 
         pub(crate) async fn lock_box(p: &Pool, address: &str, owner: &str, now: i64, expires: i64) -> Result<bool> {

@@ -157,6 +157,21 @@ statements! {
     /// Deletes the lease of box `$1` held by `$2` if it has not expired before `$3`.
     lock_release_live = Same("DELETE FROM pop3_lock WHERE lock_box = $1 AND lock_owner = $2 AND lock_expires >= $3");
 
+    // --- Bans ---
+    /// Extends the ban of address `$3` to `$1` (reason `$2`) if it ends before `$4` (the
+    /// same instant as `$1`).
+    ban_extend = Same("UPDATE ban SET ban_until = $1, ban_reason = $2 WHERE ban_address = $3 AND ban_until < $4");
+    /// Whether address `$1` has a ban row.
+    ban_exists = Same("SELECT 1 FROM ban WHERE ban_address = $1");
+    /// Bans address `$1` until `$2` for reason `$3`.
+    ban_insert = Same("INSERT INTO ban (ban_address, ban_until, ban_reason) VALUES ($1, $2, $3)");
+    /// Bans in force at `$1`: address, until.
+    ban_active = Same("SELECT ban_address, ban_until FROM ban WHERE ban_until > $1");
+    /// Deletes the ban of address `$1`.
+    ban_delete = Same("DELETE FROM ban WHERE ban_address = $1");
+    /// Deletes the bans over at `$1`.
+    ban_expire = Same("DELETE FROM ban WHERE ban_until <= $1");
+
     // --- POP3 deletions ---
     /// `(size, message)` of copy `$1` in box `$2`.
     mail_for_delete = Same("SELECT mail_size, mail_message FROM mail WHERE mail_id = $1 AND mail_box = $2");

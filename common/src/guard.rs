@@ -1,0 +1,283 @@
+//! Fair password checks under attack (issue 13). Every Argon2id verification costs
+//! tens of milliseconds of CPU and 64 MiB, so a daemon runs only a few at once; this
+//! module decides who goes next, so that guessing from some addresses does not keep
+//! everyone else out:
+//!
+//! - at most one verification per client address (IPv6: per `ipv6_prefix` network) runs
+//!   at a time; an address's further logins wait behind it;
+//! - among the waiting, an address with fewer recent failures goes first (first come,
+//!   first served among equals), so a client that has not failed waits for at most one
+//!   verification to finish;
+//! - a failed login is answered after a delay that grows with its address's recent
+//!   failures ([`Logins::tarpit`]).
+//!
+//! Failures are remembered per address for `window` seconds; at most `capacity`
+//! addresses are tracked, the least recently failing forgotten first.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hashlink::LruCache;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Addresses whose failures are remembered, at most.
+pub const CAPACITY: usize = 16_384;
+
+/// The longest a failed login's answer is delayed.
+pub const MAX_TARPIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Waiter {
+    key: IpAddr,
+    failures: usize,
+    seq: u64,
+    go: oneshot::Sender<Turn>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    running: usize,
+    per_address: HashMap<IpAddr, usize>,
+    waiting: Vec<Waiter>,
+    seq: u64,
+}
+
+/// A daemon's login fairness: its verification slots, its queue, and the recent
+/// failures per address. Shared by all its sessions and kept across SIGHUP.
+#[derive(Debug)]
+pub struct Logins {
+    slots: Mutex<usize>,
+    queue: Mutex<Queue>,
+    failures: Mutex<LruCache<IpAddr, VecDeque<Instant>>>,
+    window: Duration,
+    step: Mutex<Duration>,
+}
+
+/// A running verification's place; the next waiter goes when it is dropped.
+#[derive(Debug)]
+pub struct Turn {
+    /// `None` once the place was given back another way.
+    logins: Option<Arc<Logins>>,
+    key: IpAddr,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(logins) = self.logins.take() else { return };
+        let mut q = logins.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.running = q.running.saturating_sub(1);
+        if let Some(n) = q.per_address.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                q.per_address.remove(&self.key);
+            }
+        }
+        let slots = *logins.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Logins::dispatch(&logins, &mut q, slots);
+    }
+}
+
+impl Logins {
+    /// `slots` verifications at once (at least 1); failures remembered for `window`;
+    /// each remembered failure adds `step` to the delay of the next failed answer.
+    pub fn new(slots: usize, window: Duration, step: Duration) -> Arc<Logins> {
+        Arc::new(Logins {
+            slots: Mutex::new(slots.max(1)),
+            queue: Mutex::default(),
+            failures: Mutex::new(LruCache::new(CAPACITY)),
+            window,
+            step: Mutex::new(step),
+        })
+    }
+
+    /// Takes new settings (SIGHUP); the queue and the failures stay.
+    pub fn update(self: &Arc<Self>, slots: usize, step: Duration) {
+        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = slots.max(1);
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        Logins::dispatch(self, &mut q, slots.max(1));
+    }
+
+    /// Starts waiters while there are free slots: the best eligible first (fewest
+    /// failures, then earliest), skipping addresses with a verification running and
+    /// waiters that left. The turn travels in the channel: a waiter that leaves after
+    /// it was sent drops it, which gives the place back.
+    fn dispatch(this: &Arc<Logins>, q: &mut Queue, slots: usize) {
+        while q.running < slots {
+            let best = q
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !q.per_address.contains_key(&w.key))
+                .min_by_key(|(_, w)| (w.failures, w.seq))
+                .map(|(i, _)| i);
+            let Some(i) = best else { return };
+            let w = q.waiting.swap_remove(i);
+            q.running += 1;
+            *q.per_address.entry(w.key).or_default() += 1;
+            if let Err(mut turn) = w.go.send(Turn { logins: Some(this.clone()), key: w.key }) {
+                // The waiter left: undo here (dropping the turn would take the lock again).
+                turn.logins = None;
+                q.running -= 1;
+                if let Some(n) = q.per_address.get_mut(&w.key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        q.per_address.remove(&w.key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a turn to verify a password for a client counted under `key` (see
+    /// `crate::net::gate::address_key`). Cancel-safe: a waiter that gives up leaves the
+    /// queue.
+    pub async fn turn(self: &Arc<Self>, key: IpAddr) -> Turn {
+        let failures = self.failures(key);
+        let rx = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = *self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.retain(|w| !w.go.is_closed());
+            let ahead = q.waiting.iter().any(|w| w.failures <= failures && !q.per_address.contains_key(&w.key));
+            if q.running < slots && !q.per_address.contains_key(&key) && !ahead {
+                q.running += 1;
+                *q.per_address.entry(key).or_default() += 1;
+                return Turn { logins: Some(self.clone()), key };
+            }
+            let (go, rx) = oneshot::channel();
+            q.seq += 1;
+            let seq = q.seq;
+            q.waiting.push(Waiter { key, failures, seq, go });
+            rx
+        };
+        match rx.await {
+            Ok(turn) => turn,
+            // Unreachable: a waiter is removed only by sending it its turn, or once it
+            // has left. Should it happen, take a place anyway rather than hang.
+            Err(_) => {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.running += 1;
+                *q.per_address.entry(key).or_default() += 1;
+                Turn { logins: Some(self.clone()), key }
+            }
+        }
+    }
+
+    /// Recent failures (within the window) of `key`.
+    pub fn failures(&self, key: IpAddr) -> usize {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(times) = f.get_mut(&key) else { return 0 };
+        let now = Instant::now();
+        while times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            times.pop_front();
+        }
+        times.len()
+    }
+
+    /// Records a failed login from `key`; returns its recent failures, this one included.
+    pub fn failed(&self, key: IpAddr) -> usize {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let times = match f.get_mut(&key) {
+            Some(t) => t,
+            None => {
+                f.insert(key, VecDeque::new());
+                f.get_mut(&key).expect("just inserted")
+            }
+        };
+        while times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            times.pop_front();
+        }
+        // Bounded: only the count within the window matters, and a window holds at most
+        // what a tarpitted address can try.
+        if times.len() >= 1024 {
+            times.pop_front();
+        }
+        times.push_back(now);
+        times.len()
+    }
+
+    /// How long to hold back the answer to a failed login from `key`: `step` per recent
+    /// failure, at most [`MAX_TARPIT`].
+    pub fn tarpit(&self, key: IpAddr) -> Duration {
+        let step = *self.step.lock().unwrap_or_else(|p| p.into_inner());
+        step.saturating_mul(u32::try_from(self.failures(key)).unwrap_or(u32::MAX)).min(MAX_TARPIT)
+    }
+
+    /// Verifications running and waiting (for tests and the benchmark).
+    pub fn load(&self) -> (usize, usize) {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        (q.running, q.waiting.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, n])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clean_address_goes_before_failing_ones_and_one_per_address_runs() {
+        let l = Logins::new(2, Duration::from_secs(60), Duration::from_secs(1));
+        for _ in 0..3 {
+            l.failed(ip(1));
+            l.failed(ip(2));
+        }
+        let first = l.turn(ip(1)).await;
+        // Asked in this order: a failing address twice (it has a turn running, so both
+        // wait), another failing one (a slot is free: it runs), a clean one (waits for a
+        // slot, but goes before the first address's two).
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for n in [1u8, 1, 2, 3] {
+            let (l, order) = (l.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = l.turn(ip(n)).await;
+                order.lock().unwrap().push(n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(t);
+            }));
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(l.load(), (2, 3));
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![2, 3, 1, 1], "the clean address before the waiting ones");
+        assert_eq!(l.load(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_frees_its_place() {
+        let l = Logins::new(1, Duration::from_secs(60), Duration::ZERO);
+        let first = l.turn(ip(1)).await;
+        let gone = tokio::time::timeout(Duration::from_millis(20), l.turn(ip(2))).await;
+        assert!(gone.is_err());
+        drop(first);
+        let _next = tokio::time::timeout(Duration::from_secs(1), l.turn(ip(3))).await.expect("not blocked");
+    }
+
+    #[tokio::test]
+    async fn failures_expire_and_the_tarpit_grows_to_a_cap() {
+        let l = Logins::new(2, Duration::from_millis(100), Duration::from_secs(1));
+        assert_eq!(l.tarpit(ip(1)), Duration::ZERO);
+        assert_eq!(l.failed(ip(1)), 1);
+        assert_eq!(l.failed(ip(1)), 2);
+        assert_eq!(l.tarpit(ip(1)), Duration::from_secs(2));
+        for _ in 0..100 {
+            l.failed(ip(1));
+        }
+        assert_eq!(l.tarpit(ip(1)), MAX_TARPIT);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(l.failures(ip(1)), 0, "the window passed");
+    }
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Under attack, real users still get in: runs the attacks of issue 13 against a real
+mmpop3d and mmsmtpd (fresh SQLite database, default limits, bans with an empty
+allow-list so that loopback attackers count) and prints what a legitimate client sees
+meanwhile, and the daemons' memory.
+
+1. Password guessing: CONNS POP3 connections from ADDRS loopback addresses each trying
+   wrong passwords over and over; meanwhile a user logs in from a clean address every
+   second. Prints the user's login times (connect to +OK after PASS), how many guesses
+   were answered, how many attacking connections were refused as banned.
+2. Slow SMTP: HOLD connections from HOLD/4 addresses that greet nothing and hold their
+   place; meanwhile a client delivers a message every second. Prints its delivery times
+   and whether any was refused (stress mode closes the idle ones instead).
+3. Stalled TLS handshakes on POP3S: how long the daemon keeps them.
+
+Peak RSS (VmHWM) of each daemon after each attack. Timings are printed, never asserted:
+the test suite runs small versions of these attacks with assertions on outcomes
+(pop3d/tests/attack.rs, smtpd/tests/tcp.rs, smtpd/tests/limits.rs).
+
+Usage: scripts/bench-attack.py [--bin target/release] [--conns 100] [--addrs 25]
+                               [--hold 128] [--seconds 20]
+"""
+import argparse, os, poplib, smtplib, socket, subprocess, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_log(path, proc):
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise SystemExit(open(path).read())
+        if "listening" in open(path).read():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{path}: not listening")
+
+
+def hwm(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return -1
+
+
+def summary(times):
+    if not times:
+        return "none completed"
+    t = sorted(times)
+    return f"n={len(t)} median {t[len(t) // 2]:.3f} s, max {t[-1]:.3f} s"
+
+
+def connect_from(port, source, timeout=30):
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--addrs", type=int, default=25)
+    ap.add_argument("--hold", type=int, default=128)
+    ap.add_argument("--seconds", type=int, default=20)
+    a = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="mmmail-bench-attack-")
+    db = f"{tmp}/mail.db"
+    root_ok = "[privileges]\nallow_root = true\n" if os.geteuid() == 0 else ""
+    cert, key = f"{tmp}/cert.pem", f"{tmp}/key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    pop, pops, smtp = free_port(), free_port(), free_port()
+    common = (f'[server]\nname = "bench.test"\n[database]\nurl = "sqlite://{db}"\n'
+              f'[tls]\ncert = "{cert}"\nkey = "{key}"\n[stats]\nenabled = false\n'
+              f'[bans]\nallow = []\n{root_ok}')
+    open(f"{tmp}/mmpop3d.toml", "w").write(
+        common + f'[listen]\naddresses = ["127.0.0.1:{pop}"]\ntls_addresses = ["127.0.0.1:{pops}"]\n'
+        "[pop3d]\nallow_plaintext_auth = true\n")
+    open(f"{tmp}/mmsmtpd.toml", "w").write(common + f'[listen]\naddresses = ["127.0.0.1:{smtp}"]\n')
+    procs = {}
+    try:
+        for name in ["mmsmtpd", "mmpop3d"]:
+            log = f"{tmp}/{name}.log"
+            procs[name] = subprocess.Popen([os.path.join(a.bin, name), "-c", f"{tmp}/{name}.toml"],
+                                           stderr=open(log, "w"))
+            wait_log(log, procs[name])
+        admin = [os.path.join(a.bin, "mmadmin"), "-c", f"{tmp}/mmsmtpd.toml"]
+        subprocess.run(admin + ["user", "add", "user", "--stdin"], input=b"right\n", check=True, capture_output=True)
+        subprocess.run(admin + ["box", "add", "--user", "user", "user@bench.test"], check=True, capture_output=True)
+
+        # 1. Password guessing.
+        stop = threading.Event()
+        answered, banned = [0], [0]
+        lock = threading.Lock()
+
+        def guesser(i):
+            source = f"127.0.{10 + i % a.addrs // 250}.{1 + i % a.addrs % 250}"
+            while not stop.is_set():
+                try:
+                    s = connect_from(pop, source)
+                    f = s.makefile("rb")
+                    line = f.readline()
+                    if b"Too many failures" in line or not line.startswith(b"+OK"):
+                        with lock:
+                            banned[0] += 1
+                        s.close(); time.sleep(0.5); continue
+                    while not stop.is_set():
+                        s.sendall(b"USER user@bench.test\r\n"); f.readline()
+                        s.sendall(b"PASS wrong\r\n"); r = f.readline()
+                        with lock:
+                            answered[0] += 1
+                        if not r.startswith(b"-ERR [AUTH]"):
+                            break
+                    s.close()
+                except OSError:
+                    time.sleep(0.2)
+
+        threads = [threading.Thread(target=guesser, args=(i,), daemon=True) for i in range(a.conns)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        logins = []
+        end = time.time() + a.seconds
+        while time.time() < end:
+            t0 = time.time()
+            try:
+                p = poplib.POP3("127.0.0.1", pop, timeout=60)
+                p.user("user@bench.test"); p.pass_("right"); p.quit()
+                logins.append(time.time() - t0)
+            except Exception as e:
+                print(f"  user login failed: {e}")
+            time.sleep(1)
+        stop.set()
+        print(f"1. password guessing, {a.conns} connections from {a.addrs} addresses:")
+        print(f"   user's logins: {summary(logins)}")
+        print(f"   guesses answered: {answered[0]}; attacking connections refused as banned: {banned[0]}")
+        print(f"   mmpop3d peak RSS {hwm(procs['mmpop3d'].pid)} MiB")
+        time.sleep(1)
+
+        # 2. Slow SMTP connections holding places.
+        held = []
+        for i in range(a.hold):
+            try:
+                held.append(connect_from(smtp, f"127.0.{20 + i // 4 // 250}.{1 + i // 4 % 250}"))
+            except OSError:
+                pass
+        time.sleep(1)
+        deliveries, refused = [], 0
+        end = time.time() + a.seconds
+        while time.time() < end:
+            t0 = time.time()
+            try:
+                s = smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test", timeout=60)
+                s.sendmail("a@client.test", ["user@bench.test"], b"Subject: during\r\n\r\nhello\r\n")
+                s.quit()
+                deliveries.append(time.time() - t0)
+            except Exception:
+                refused += 1
+            time.sleep(1)
+        alive = 0
+        for s in held:
+            try:
+                s.setblocking(False)
+                data = s.recv(4096, socket.MSG_PEEK)
+                alive += 0 if data == b"" else 1
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+            s.close()
+        print(f"2. {len(held)} idle SMTP connections from {a.hold // 4} addresses:")
+        print(f"   deliveries: {summary(deliveries)}; refused: {refused}")
+        print(f"   mmsmtpd peak RSS {hwm(procs['mmsmtpd'].pid)} MiB")
+
+        # 3. Stalled TLS handshakes.
+        t0 = time.time()
+        s = connect_from(pops, "127.0.0.99", timeout=120)
+        try:
+            data = s.recv(1)
+            print(f"3. stalled POP3S handshake closed after {time.time() - t0:.1f} s ({'EOF' if not data else 'data'})")
+        except OSError as e:
+            print(f"3. stalled POP3S handshake: {e} after {time.time() - t0:.1f} s")
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()
