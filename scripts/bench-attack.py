@@ -18,9 +18,11 @@ the test suite runs small versions of these attacks with assertions on outcomes
 (pop3d/tests/attack.rs, smtpd/tests/tcp.rs, smtpd/tests/limits.rs).
 
 Usage: scripts/bench-attack.py [--bin target/release] [--conns 100] [--addrs 25]
-                               [--hold 128] [--seconds 20]
+                               [--hold 128] [--seconds 20] [--before]
+
+--before runs binaries built from an older commit (without [bans]) for a side-by-side.
 """
-import argparse, os, poplib, smtplib, socket, subprocess, tempfile, threading, time
+import argparse, os, smtplib, socket, subprocess, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,6 +71,8 @@ def main():
     ap.add_argument("--addrs", type=int, default=25)
     ap.add_argument("--hold", type=int, default=128)
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--before", action="store_true",
+                    help="binaries from before issue 13: no [bans] section in their configs")
     a = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="mmmail-bench-attack-")
@@ -81,7 +85,7 @@ def main():
     pop, pops, smtp = free_port(), free_port(), free_port()
     common = (f'[server]\nname = "bench.test"\n[database]\nurl = "sqlite://{db}"\n'
               f'[tls]\ncert = "{cert}"\nkey = "{key}"\n[stats]\nenabled = false\n'
-              f'[bans]\nallow = []\n{root_ok}')
+              + ("" if a.before else "[bans]\nallow = []\n") + root_ok)
     open(f"{tmp}/mmpop3d.toml", "w").write(
         common + f'[listen]\naddresses = ["127.0.0.1:{pop}"]\ntls_addresses = ["127.0.0.1:{pops}"]\n'
         "[pop3d]\nallow_plaintext_auth = true\n")
@@ -128,20 +132,34 @@ def main():
         for t in threads:
             t.start()
         time.sleep(2)
-        logins = []
+        logins, failed = [], 0
         end = time.time() + a.seconds
+        n = 0
         while time.time() < end:
+            # Each login from an address of its own: users, not one client over its
+            # connection rate.
+            n += 1
             t0 = time.time()
             try:
-                p = poplib.POP3("127.0.0.1", pop, timeout=60)
-                p.user("user@bench.test"); p.pass_("right"); p.quit()
+                s = connect_from(pop, f"127.0.3.{n % 250 + 1}", timeout=60)
+                f = s.makefile("rb")
+                replies = [f.readline()]
+                for line in [b"USER user@bench.test\r\n", b"PASS right\r\n", b"QUIT\r\n"]:
+                    s.sendall(line)
+                    replies.append(f.readline())
+                s.close()
+                if not all(r.startswith(b"+OK") for r in replies):
+                    raise OSError(b" / ".join(r.strip() for r in replies).decode(errors="replace"))
                 logins.append(time.time() - t0)
             except Exception as e:
-                print(f"  user login failed: {e}")
+                failed += 1
+                print(f"   user login failed: {e}")
             time.sleep(1)
         stop.set()
         print(f"1. password guessing, {a.conns} connections from {a.addrs} addresses:")
-        print(f"   user's logins: {summary(logins)}")
+        print(f"   user's logins: {summary(logins)}; failed: {failed}")
+        if logins:
+            print(f"   first login (attackers not yet known): {logins[0]:.3f} s")
         print(f"   guesses answered: {answered[0]}; attacking connections refused as banned: {banned[0]}")
         print(f"   mmpop3d peak RSS {hwm(procs['mmpop3d'].pid)} MiB")
         time.sleep(1)
@@ -156,15 +174,19 @@ def main():
         time.sleep(1)
         deliveries, refused = [], 0
         end = time.time() + a.seconds
+        n = 0
         while time.time() < end:
+            n += 1
             t0 = time.time()
             try:
-                s = smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test", timeout=60)
+                s = smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test", timeout=60,
+                                 source_address=(f"127.0.4.{n % 250 + 1}", 0))
                 s.sendmail("a@client.test", ["user@bench.test"], b"Subject: during\r\n\r\nhello\r\n")
                 s.quit()
                 deliveries.append(time.time() - t0)
-            except Exception:
+            except Exception as e:
                 refused += 1
+                print(f"   delivery refused: {e}")
             time.sleep(1)
         alive = 0
         for s in held:

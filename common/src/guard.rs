@@ -5,8 +5,9 @@
 //!
 //! - at most one verification per client address (IPv6: per `ipv6_prefix` network) runs
 //!   at a time; an address's further logins wait behind it;
-//! - among the waiting, an address with fewer recent failures goes first (first come,
-//!   first served among equals), so a client that has not failed waits for at most one
+//! - among the waiting, an address with fewer recent failures goes first, then one with
+//!   fewer logins waiting (a guesser opens many connections at once, a user one), then
+//!   first come, first served; so a client that has not failed waits for about one
 //!   verification to finish;
 //! - a failed login is answered after a delay that grows with its address's recent
 //!   failures ([`Logins::tarpit`]).
@@ -107,12 +108,13 @@ impl Logins {
     /// it was sent drops it, which gives the place back.
     fn dispatch(this: &Arc<Logins>, q: &mut Queue, slots: usize) {
         while q.running < slots {
+            let waiting = Self::waiting_per_address(q);
             let best = q
                 .waiting
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| !q.per_address.contains_key(&w.key))
-                .min_by_key(|(_, w)| (w.failures, w.seq))
+                .min_by_key(|(_, w)| (w.failures, waiting.get(&w.key).copied().unwrap_or(0), w.seq))
                 .map(|(i, _)| i);
             let Some(i) = best else { return };
             let w = q.waiting.swap_remove(i);
@@ -132,6 +134,17 @@ impl Logins {
         }
     }
 
+    /// How many logins wait per address: among addresses with as many failures, the one
+    /// with fewer logins waiting goes first (a guesser opens many connections at once;
+    /// a user, one).
+    fn waiting_per_address(q: &Queue) -> HashMap<IpAddr, usize> {
+        let mut n: HashMap<IpAddr, usize> = HashMap::new();
+        for w in &q.waiting {
+            *n.entry(w.key).or_default() += 1;
+        }
+        n
+    }
+
     /// Waits for a turn to verify a password for a client counted under `key` (see
     /// `crate::net::gate::address_key`). Cancel-safe: a waiter that gives up leaves the
     /// queue.
@@ -141,7 +154,12 @@ impl Logins {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let slots = *self.slots.lock().unwrap_or_else(|p| p.into_inner());
             q.waiting.retain(|w| !w.go.is_closed());
-            let ahead = q.waiting.iter().any(|w| w.failures <= failures && !q.per_address.contains_key(&w.key));
+            let waiting = Self::waiting_per_address(&q);
+            let mine = waiting.get(&key).copied().unwrap_or(0) + 1;
+            let ahead = q.waiting.iter().any(|w| {
+                !q.per_address.contains_key(&w.key)
+                    && (w.failures, waiting.get(&w.key).copied().unwrap_or(0)) <= (failures, mine)
+            });
             if q.running < slots && !q.per_address.contains_key(&key) && !ahead {
                 q.running += 1;
                 *q.per_address.entry(key).or_default() += 1;
@@ -254,6 +272,32 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), vec![2, 3, 1, 1], "the clean address before the waiting ones");
         assert_eq!(l.load(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn among_equals_an_address_with_fewer_waiting_goes_first() {
+        let l = Logins::new(1, Duration::from_secs(60), Duration::ZERO);
+        let first = l.turn(ip(9)).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // A burst of a guesser's connections, none failed yet, then one user.
+        for n in [1u8, 1, 1, 2] {
+            let (l, order) = (l.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = l.turn(ip(n)).await;
+                order.lock().unwrap().push(n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(t);
+            }));
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![2, 1, 1, 1]);
     }
 
     #[tokio::test]

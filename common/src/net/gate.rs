@@ -199,8 +199,7 @@ impl Gate {
             Err(Refusal::TooManyClients) => Refusal::TooManyClients,
             other => return other,
         };
-        self.stress.tick(self.open());
-        if !self.stress.is_on() || !self.stress.evict_oldest() {
+        if !self.stress.pressing(self.open()) || !self.stress.evict_oldest() {
             return Err(refusal);
         }
         tracing::info!("stress: closed the longest-idle connection not logged in for a new client");

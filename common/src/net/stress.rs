@@ -105,12 +105,19 @@ impl Stress {
         Watch { inner: Some(Arc::new(WatchInner { id, stress: self.clone(), evict })) }
     }
 
+    /// Whether `open` connections put the daemon in stress mode (without switching it:
+    /// the janitor's [`Stress::tick`] does, and logs and counts the change).
+    pub fn pressing(&self, open: usize) -> bool {
+        let s = self.current();
+        s.threshold > 0 && open.saturating_mul(100) >= s.max_clients.saturating_mul(s.threshold)
+    }
+
     /// Sets stress mode from `open` connections; while it is on, closes the connections
     /// that have waited for input without logging in for longer than `stress_timeout`.
     /// Called by the janitor every second and at each admission; returns a change.
     pub fn tick(&self, open: usize) -> Option<Change> {
         let s = self.current();
-        let on = s.threshold > 0 && open.saturating_mul(100) >= s.max_clients.saturating_mul(s.threshold);
+        let on = self.pressing(open);
         let was = self.on.swap(on, Ordering::Relaxed);
         if on {
             let now = Instant::now();
