@@ -214,9 +214,10 @@ pub fn main<D: Daemon>(args: &Args) -> ExitCode {
     front(D::NAME, args, load::<D>, check::<D>, |c| &c.log, life::<D>)
 }
 
-/// Whether the identity the daemon takes on can use what it needs after dropping root: its config
-/// file (re-read on SIGHUP), an SQLite database and its directory, the stats socket, the
-/// TLS files (re-read on SIGHUP). Problems and notes go into `checked`.
+/// Checks that the user the daemon becomes can use what it needs after dropping root:
+/// its config file (re-read on SIGHUP), an SQLite database and its directory, the stats
+/// socket, the TLS files (re-read on SIGHUP; a note only). Problems and notes go into
+/// `checked`.
 pub fn check_files(
     path: &Path,
     privileges: &PrivilegesConfig,
