@@ -10,16 +10,15 @@
 //! (refused at connect); the state is visible as the volatile key `banned|<address>`,
 //! holding the epoch second the ban ends, removed when it does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use hashlink::LruCache;
 use serde::Deserialize;
-use tokio::time::Instant;
 
 use crate::config::{Problems, Validate};
+use crate::guard::Recent;
 use crate::net::gate::address_key;
 use crate::stats::{Flag, Stats};
 use crate::store::{Store, unix_now};
@@ -126,7 +125,7 @@ pub struct Bans {
     /// Address key → ban end (epoch seconds), and when this daemon made it (until the
     /// database has it; after that the table is the truth, so `mmadmin ban del` lifts it).
     active: RwLock<HashMap<IpAddr, (i64, Option<Instant>)>>,
-    strikes: Mutex<LruCache<(IpAddr, Cause), VecDeque<Instant>>>,
+    strikes: Recent<(IpAddr, Cause)>,
 }
 
 impl std::fmt::Debug for Bans {
@@ -144,17 +143,19 @@ impl Bans {
             store,
             stats,
             active: RwLock::default(),
-            strikes: Mutex::new(LruCache::new(CAPACITY)),
+            strikes: Recent::new(CAPACITY, Duration::from_secs(cfg.window)),
         })
     }
 
     /// Takes new settings (SIGHUP); bans in force stay.
     pub fn update(&self, cfg: &BansConfig, ipv6_prefix: u8) {
+        self.strikes.set(CAPACITY, Duration::from_secs(cfg.window));
         *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = (cfg.clone(), ipv6_prefix);
     }
 
-    fn settings(&self) -> (BansConfig, u8) {
-        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The settings, read in place (asked at every connection: no copy).
+    fn settings(&self) -> std::sync::RwLockReadGuard<'_, (BansConfig, u8)> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn allowed(cfg: &BansConfig, ip: IpAddr) -> bool {
@@ -163,11 +164,14 @@ impl Bans {
 
     /// When the ban of `ip` ends (epoch seconds), if it is banned now.
     pub fn banned(&self, ip: IpAddr) -> Option<i64> {
-        let (cfg, prefix) = self.settings();
-        if !cfg.enabled || Self::allowed(&cfg, ip) {
-            return None;
-        }
-        let (until, _) = *self.active.read().unwrap_or_else(|p| p.into_inner()).get(&address_key(ip, prefix))?;
+        let key = {
+            let s = self.settings();
+            if !s.0.enabled || Self::allowed(&s.0, ip) {
+                return None;
+            }
+            address_key(ip, s.1)
+        };
+        let (until, _) = *self.active.read().unwrap_or_else(|p| p.into_inner()).get(&key)?;
         (until > unix_now()).then_some(until)
     }
 
@@ -175,37 +179,23 @@ impl Bans {
     /// window the address is banned (here at once, in the database in the background).
     /// Returns whether this strike banned it.
     pub fn strike(self: &Arc<Self>, ip: IpAddr, cause: Cause) -> bool {
-        let (cfg, prefix) = self.settings();
-        let limit = match cause {
-            Cause::Login => cfg.login_failures,
-            Cause::Recipients => cfg.unknown_recipients,
+        let (key, limit, duration) = {
+            let (cfg, prefix) = &*self.settings();
+            let limit = match cause {
+                Cause::Login => cfg.login_failures,
+                Cause::Recipients => cfg.unknown_recipients,
+            } as usize;
+            if !cfg.enabled || limit == 0 || Self::allowed(cfg, ip) {
+                return false;
+            }
+            (address_key(ip, *prefix), limit, cfg.duration)
         };
-        if !cfg.enabled || limit == 0 || Self::allowed(&cfg, ip) {
+        let count = self.strikes.record((key, cause), limit);
+        if count < limit {
             return false;
         }
-        let key = address_key(ip, prefix);
-        let window = Duration::from_secs(cfg.window);
-        let count = {
-            let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if strikes.get(&(key, cause)).is_none() {
-                strikes.insert((key, cause), VecDeque::new());
-            }
-            let Some(times) = strikes.get_mut(&(key, cause)) else { return false };
-            while times.front().is_some_and(|t| now.duration_since(*t) > window) {
-                times.pop_front();
-            }
-            times.push_back(now);
-            let count = times.len();
-            if count >= limit as usize {
-                times.clear();
-            }
-            count
-        };
-        if count < limit as usize {
-            return false;
-        }
-        let until = unix_now().saturating_add(i64::try_from(cfg.duration).unwrap_or(i64::MAX));
+        self.strikes.clear(&(key, cause));
+        let until = unix_now().saturating_add(i64::try_from(duration).unwrap_or(i64::MAX));
         self.active.write().unwrap_or_else(|p| p.into_inner()).insert(key, (until, Some(Instant::now())));
         tracing::warn!(address = %key, cause = cause.name(), failures = count, until, "banned");
         self.stats
@@ -225,7 +215,8 @@ impl Bans {
     /// Reads the bans in force from the database (other daemons' too) and forgets the
     /// ones that are over.
     pub async fn refresh(&self) {
-        if !self.settings().0.enabled {
+        let enabled = self.settings().0.enabled;
+        if !enabled {
             return;
         }
         let rows = match self.store.active_bans().await {

@@ -22,7 +22,88 @@ use std::time::Duration;
 
 use hashlink::LruCache;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+
+/// Events per key within a sliding window (failed logins, accepted messages, ban
+/// strikes): for each key the times of its recent events, oldest first; at most
+/// `capacity` keys, the least recently recorded forgotten first (an LRU cache, O(1)
+/// whatever its size). An event older than the window, or as old (a zero window
+/// forgets at once), no longer counts.
+pub struct Recent<K> {
+    inner: Mutex<(LruCache<K, VecDeque<std::time::Instant>>, Duration)>,
+}
+
+impl<K> std::fmt::Debug for Recent<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.inner.lock().map_or(0, |g| g.0.len());
+        f.debug_struct("Recent").field("keys", &keys).finish()
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Recent<K> {
+    /// At most `capacity` keys (at least 1), events counted for `window`.
+    pub fn new(capacity: usize, window: Duration) -> Recent<K> {
+        Recent { inner: Mutex::new((LruCache::new(capacity.max(1)), window)) }
+    }
+
+    /// Takes new settings (SIGHUP); the events so far are kept.
+    pub fn set(&self, capacity: usize, window: Duration) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.set_capacity(capacity.max(1));
+        g.1 = window;
+    }
+
+    fn prune(times: &mut VecDeque<std::time::Instant>, window: Duration) {
+        let now = std::time::Instant::now();
+        while times.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            times.pop_front();
+        }
+    }
+
+    /// Events of `key` within the window. Looking is not recording: the key keeps its
+    /// place in the eviction order.
+    pub fn count(&self, key: &K) -> usize {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let window = g.1;
+        let Some(times) = g.0.peek_mut(key) else { return 0 };
+        Self::prune(times, window);
+        times.len()
+    }
+
+    /// Records an event of `key` now, keeping at most `keep` of its times (only counts
+    /// up to a limit matter); returns its events within the window, this one included.
+    pub fn record(&self, key: K, keep: usize) -> usize {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let window = g.1;
+        let times = match g.0.get_mut(&key) {
+            Some(t) => t,
+            None => {
+                g.0.insert(key.clone(), VecDeque::new());
+                g.0.get_mut(&key).expect("just inserted")
+            }
+        };
+        Self::prune(times, window);
+        times.push_back(std::time::Instant::now());
+        while times.len() > keep.max(1) {
+            times.pop_front();
+        }
+        times.len()
+    }
+
+    /// Forgets the events of `key`.
+    pub fn clear(&self, key: &K) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.remove(key);
+    }
+
+    /// Keys tracked.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Addresses whose failures are remembered, at most.
 pub const CAPACITY: usize = 16_384;
@@ -52,8 +133,7 @@ struct Queue {
 pub struct Logins {
     slots: Mutex<usize>,
     queue: Mutex<Queue>,
-    failures: Mutex<LruCache<IpAddr, VecDeque<Instant>>>,
-    window: Duration,
+    failures: Recent<IpAddr>,
     step: Mutex<Duration>,
 }
 
@@ -88,8 +168,7 @@ impl Logins {
         Arc::new(Logins {
             slots: Mutex::new(slots.max(1)),
             queue: Mutex::default(),
-            failures: Mutex::new(LruCache::new(CAPACITY)),
-            window,
+            failures: Recent::new(CAPACITY, window),
             step: Mutex::new(step),
         })
     }
@@ -186,36 +265,13 @@ impl Logins {
 
     /// Recent failures (within the window) of `key`.
     pub fn failures(&self, key: IpAddr) -> usize {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(times) = f.get_mut(&key) else { return 0 };
-        let now = Instant::now();
-        while times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
-            times.pop_front();
-        }
-        times.len()
+        self.failures.count(&key)
     }
 
-    /// Records a failed login from `key`; returns its recent failures, this one included.
+    /// Records a failed login from `key`; returns its recent failures, this one included
+    /// (counted up to 1024: the tarpit is capped long before).
     pub fn failed(&self, key: IpAddr) -> usize {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let times = match f.get_mut(&key) {
-            Some(t) => t,
-            None => {
-                f.insert(key, VecDeque::new());
-                f.get_mut(&key).expect("just inserted")
-            }
-        };
-        while times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
-            times.pop_front();
-        }
-        // Bounded: only the count within the window matters, and a window holds at most
-        // what a tarpitted address can try.
-        if times.len() >= 1024 {
-            times.pop_front();
-        }
-        times.push_back(now);
-        times.len()
+        self.failures.record(key, 1024)
     }
 
     /// How long to hold back the answer to a failed login from `key`: `step` per recent

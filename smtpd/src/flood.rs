@@ -3,99 +3,59 @@
 //! table tracks at most `flood_cache` addresses, forgetting the least recently updated
 //! (an LRU cache: finding and evicting it costs O(1), whatever the table's size).
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use hashlink::LruCache;
+use common::guard::Recent;
 
 use crate::config::SmtpdConfig;
 
-/// Accepted messages of one address, oldest first.
+/// The flood table shared by all sessions of a daemon: accepted messages per address
+/// within the window ([`Recent`]), and the limit.
 #[derive(Debug)]
-struct Entry {
-    accepted: VecDeque<Instant>,
+pub struct Flood {
+    limit: AtomicUsize,
+    accepted: Recent<IpAddr>,
 }
-
-struct State {
-    limit: usize,
-    window: Duration,
-    /// Most recently updated last.
-    entries: LruCache<IpAddr, Entry>,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("limit", &self.limit).field("tracked", &self.entries.len()).finish()
-    }
-}
-
-/// The flood table shared by all sessions of a daemon.
-#[derive(Debug)]
-pub struct Flood(Mutex<State>);
 
 impl Flood {
     /// A table with the `[smtpd]` flood settings.
     pub fn new(cfg: &SmtpdConfig) -> Self {
-        Flood(Mutex::new(State {
-            limit: cfg.flood_messages,
-            window: Duration::from_secs(cfg.flood_window),
-            entries: LruCache::new(cfg.flood_cache.max(1)),
-        }))
+        Flood {
+            limit: AtomicUsize::new(cfg.flood_messages),
+            accepted: Recent::new(cfg.flood_cache, Duration::from_secs(cfg.flood_window)),
+        }
     }
 
     /// Takes new settings (SIGHUP); counts so far are kept.
     pub fn update(&self, cfg: &SmtpdConfig) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.limit = cfg.flood_messages;
-        s.window = Duration::from_secs(cfg.flood_window);
-        s.entries.set_capacity(cfg.flood_cache.max(1));
+        self.limit.store(cfg.flood_messages, Ordering::Relaxed);
+        self.accepted.set(cfg.flood_cache, Duration::from_secs(cfg.flood_window));
     }
 
     /// Whether `key` already sent its quota within the window (0 = never).
     pub fn exceeded(&self, key: IpAddr) -> bool {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if s.limit == 0 {
-            return false;
-        }
-        let (limit, window) = (s.limit, s.window);
-        // Looking is not updating: the entry keeps its place in the eviction order.
-        let Some(e) = s.entries.peek_mut(&key) else { return false };
-        let now = Instant::now();
-        while e.accepted.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            e.accepted.pop_front();
-        }
-        e.accepted.len() >= limit
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit > 0 && self.accepted.count(&key) >= limit
     }
 
     /// Counts one accepted message from `key`.
     pub fn record(&self, key: IpAddr) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if s.limit == 0 {
-            return;
-        }
-        let limit = s.limit;
-        if s.entries.get_mut(&key).is_none() {
-            // A full cache evicts its least recently updated entry.
-            s.entries.insert(key, Entry { accepted: VecDeque::new() });
-        }
-        if let Some(e) = s.entries.get_mut(&key) {
-            e.accepted.push_back(Instant::now());
-            while e.accepted.len() > limit {
-                e.accepted.pop_front();
-            }
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit > 0 {
+            self.accepted.record(key, limit);
         }
     }
 
     /// Addresses tracked (bounded by `flood_cache`).
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).entries.len()
+        self.accepted.len()
     }
 
     /// Whether no address is tracked.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.accepted.is_empty()
     }
 }
 
