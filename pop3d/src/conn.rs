@@ -52,8 +52,7 @@ impl Pass for Pop3<'_> {
         deadline: Instant,
     ) -> io::Result<End<IO>> {
         let (session, ctx) = (&mut self.session, self.ctx);
-        let mut lines = Lines::new(io, ctx.input_timeout, deadline);
-        lines.watch(ctx.watch.clone());
+        let mut lines = Lines::new(io, ctx.input_timeout, deadline, ctx.watch.clone());
         if greet {
             session.greeting().write_to(&mut lines.out);
         }

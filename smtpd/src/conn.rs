@@ -49,8 +49,7 @@ impl Pass for Smtp<'_> {
         deadline: Instant,
     ) -> io::Result<End<IO>> {
         let (session, ctx) = (&mut self.session, self.ctx);
-        let mut lines = Lines::new(io, ctx.input_timeout, deadline);
-        lines.watch(ctx.watch.clone());
+        let mut lines = Lines::new(io, ctx.input_timeout, deadline, ctx.watch.clone());
         if greet {
             session.greeting().write_to(&mut lines.out);
         }

@@ -99,22 +99,11 @@ pub struct Lines<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     /// Line I/O on `io`: a client may be silent for `input_timeout` (also the write
-    /// timeout), and nothing goes on past `deadline` (the session timeout).
-    pub fn new(io: IO, input_timeout: Duration, deadline: Instant) -> Self {
-        Lines {
-            r: BufReader::new(io),
-            out: Vec::with_capacity(512),
-            input_timeout,
-            deadline,
-            first: true,
-            watch: crate::net::stress::Watch::none(),
-        }
-    }
-
-    /// Follows the connection for stress mode: reads mark it idle while they wait, and
-    /// a connection closed for stress ends as on an input timeout.
-    pub fn watch(&mut self, watch: crate::net::stress::Watch) {
-        self.watch = watch;
+    /// timeout), and nothing goes on past `deadline` (the session timeout). `watch`
+    /// follows the connection for stress mode: reads mark it idle while they wait, and a
+    /// connection closed for stress ends as on an input timeout.
+    pub fn new(io: IO, input_timeout: Duration, deadline: Instant, watch: crate::net::stress::Watch) -> Self {
+        Lines { r: BufReader::new(io), out: Vec::with_capacity(512), input_timeout, deadline, first: true, watch }
     }
 
     /// Replaces the input timeout (POP3: a shorter one before login).

@@ -6,30 +6,22 @@
 //! new client is served rather than refused. Attackers who open connections and say
 //! nothing then hold places for seconds, not minutes.
 //!
-//! Each connection is followed by a [`Watch`]: the line reader marks it idle while it
-//! waits for input ([`Watch::idle`]) and busy when a line came ([`Watch::busy`]); a
+//! Each connection is followed by a [`Watch`] (atomics of its own, so marking costs no
+//! lock): the line reader marks it idle while it waits for input ([`Watch::idle`]) and
+//! busy when a line came ([`Watch::busy`]); a
 //! session marks it logged in ([`Watch::logged_in`]), after which it is never closed
 //! for stress. A connection closed for stress sees its [`Watch::evicted`] token
 //! cancelled and ends as on an input timeout (its timeout reply, then the close).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitsConfig;
-
-#[derive(Debug)]
-struct Entry {
-    /// Waiting for input since then; `None` while a command is being handled.
-    idle_since: Option<Instant>,
-    /// Not logged in (every SMTP session; POP3 and TMTP until authenticated).
-    pre_login: bool,
-    evict: CancellationToken,
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Settings {
@@ -46,7 +38,11 @@ pub struct Stress {
     settings: Mutex<Settings>,
     on: AtomicBool,
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, Entry>>,
+    /// Where idle times are measured from.
+    epoch: Instant,
+    /// Every open connection, for the janitor and the admission to look over; each
+    /// connection updates its own state without this lock.
+    conns: Mutex<HashMap<u64, Weak<WatchInner>>>,
 }
 
 /// What [`Stress::tick`] saw change.
@@ -65,6 +61,7 @@ impl Stress {
             settings: Mutex::new(Self::settings(limits)),
             on: AtomicBool::new(false),
             next: AtomicU64::new(0),
+            epoch: Instant::now(),
             conns: Mutex::default(),
         })
     }
@@ -99,10 +96,27 @@ impl Stress {
     /// Follows a new connection.
     pub fn watch(self: &Arc<Self>) -> Watch {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let evict = CancellationToken::new();
-        let entry = Entry { idle_since: None, pre_login: true, evict: evict.clone() };
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry);
-        Watch { inner: Some(Arc::new(WatchInner { id, stress: self.clone(), evict })) }
+        let inner = Arc::new(WatchInner {
+            id,
+            stress: self.clone(),
+            evict: CancellationToken::new(),
+            idle_since: AtomicU64::new(BUSY),
+            pre_login: AtomicBool::new(true),
+        });
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Arc::downgrade(&inner));
+        Watch { inner: Some(inner) }
+    }
+
+    /// Every open connection that has not logged in and waits for input, with when it
+    /// began to wait.
+    fn idle_before_login(&self) -> Vec<(Instant, Arc<WatchInner>)> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|w| w.pre_login.load(Ordering::Relaxed) && !w.evict.is_cancelled())
+            .filter_map(|w| w.idle_since().map(|t| (t, w)))
+            .collect()
     }
 
     /// Whether `open` connections put the daemon in stress mode (without switching it:
@@ -121,10 +135,9 @@ impl Stress {
         let was = self.on.swap(on, Ordering::Relaxed);
         if on {
             let now = Instant::now();
-            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            for e in conns.values() {
-                if e.pre_login && e.idle_since.is_some_and(|t| now.duration_since(t) > s.timeout) {
-                    e.evict.cancel();
+            for (since, w) in self.idle_before_login() {
+                if now.duration_since(since) > s.timeout {
+                    w.evict.cancel();
                 }
             }
         }
@@ -141,15 +154,9 @@ impl Stress {
         if !self.enabled() {
             return false;
         }
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let oldest = conns
-            .values()
-            .filter(|e| e.pre_login && !e.evict.is_cancelled())
-            .filter_map(|e| e.idle_since.map(|t| (t, e)))
-            .min_by_key(|(t, _)| *t);
-        match oldest {
-            Some((_, e)) => {
-                e.evict.cancel();
+        match self.idle_before_login().into_iter().min_by_key(|(t, _)| *t) {
+            Some((_, w)) => {
+                w.evict.cancel();
                 true
             }
             None => false,
@@ -160,19 +167,30 @@ impl Stress {
     pub fn timeout(&self) -> Duration {
         self.current().timeout
     }
-
-    fn with(&self, id: u64, f: impl FnOnce(&mut Entry)) {
-        if let Some(e) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
-            f(e);
-        }
-    }
 }
+
+/// `idle_since` of a connection handling a command.
+const BUSY: u64 = 0;
 
 #[derive(Debug)]
 struct WatchInner {
     id: u64,
     stress: Arc<Stress>,
     evict: CancellationToken,
+    /// Waiting for input since this many nanoseconds after `stress.epoch`, plus one;
+    /// [`BUSY`] while a command is being handled. Set at every line: an atomic, no lock.
+    idle_since: AtomicU64,
+    /// Not logged in (every SMTP session; POP3 until authenticated).
+    pre_login: AtomicBool,
+}
+
+impl WatchInner {
+    fn idle_since(&self) -> Option<Instant> {
+        match self.idle_since.load(Ordering::Relaxed) {
+            BUSY => None,
+            n => Some(self.stress.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
 }
 
 impl Drop for WatchInner {
@@ -197,21 +215,22 @@ impl Watch {
     /// The connection is waiting for the client's input.
     pub fn idle(&self) {
         if let Some(w) = &self.inner {
-            w.stress.with(w.id, |e| e.idle_since = Some(Instant::now()));
+            let since = u64::try_from(w.stress.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            w.idle_since.store(since + 1, Ordering::Relaxed);
         }
     }
 
     /// The client's input came; a command is being handled.
     pub fn busy(&self) {
         if let Some(w) = &self.inner {
-            w.stress.with(w.id, |e| e.idle_since = None);
+            w.idle_since.store(BUSY, Ordering::Relaxed);
         }
     }
 
     /// The client logged in: never closed for stress from now on.
     pub fn logged_in(&self) {
         if let Some(w) = &self.inner {
-            w.stress.with(w.id, |e| e.pre_login = false);
+            w.pre_login.store(false, Ordering::Relaxed);
         }
     }
 
@@ -226,13 +245,10 @@ impl Watch {
     /// The input timeout to use now: `normal`, or `stress_timeout` when stress mode is
     /// on and this connection has not logged in.
     pub fn input_timeout(&self, normal: Duration) -> Duration {
-        let Some(w) = &self.inner else { return normal };
-        if !w.stress.is_on() {
-            return normal;
+        match &self.inner {
+            Some(w) if w.stress.is_on() && w.pre_login.load(Ordering::Relaxed) => normal.min(w.stress.timeout()),
+            _ => normal,
         }
-        let mut pre_login = false;
-        w.stress.with(w.id, |e| pre_login = e.pre_login);
-        if pre_login { normal.min(w.stress.timeout()) } else { normal }
     }
 }
 
