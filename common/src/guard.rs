@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +122,8 @@ struct Waiter {
 
 #[derive(Debug, Default)]
 struct Queue {
+    /// Verifications allowed at once.
+    slots: usize,
     running: usize,
     per_address: HashMap<IpAddr, usize>,
     waiting: Vec<Waiter>,
@@ -131,10 +134,10 @@ struct Queue {
 /// failures per address. Shared by all its sessions and kept across SIGHUP.
 #[derive(Debug)]
 pub struct Logins {
-    slots: Mutex<usize>,
     queue: Mutex<Queue>,
     failures: Recent<IpAddr>,
-    step: Mutex<Duration>,
+    /// Tarpit per recent failure, milliseconds.
+    step_ms: AtomicU64,
 }
 
 /// A running verification's place; the next waiter goes when it is dropped.
@@ -156,8 +159,7 @@ impl Drop for Turn {
                 q.per_address.remove(&self.key);
             }
         }
-        let slots = *logins.slots.lock().unwrap_or_else(|p| p.into_inner());
-        Logins::dispatch(&logins, &mut q, slots);
+        Logins::dispatch(&logins, &mut q);
     }
 }
 
@@ -165,28 +167,29 @@ impl Logins {
     /// `slots` verifications at once (at least 1); failures remembered for `window`;
     /// each remembered failure adds `step` to the delay of the next failed answer.
     pub fn new(slots: usize, window: Duration, step: Duration) -> Arc<Logins> {
+        let queue = Queue { slots: slots.max(1), ..Queue::default() };
         Arc::new(Logins {
-            slots: Mutex::new(slots.max(1)),
-            queue: Mutex::default(),
+            queue: Mutex::new(queue),
             failures: Recent::new(CAPACITY, window),
-            step: Mutex::new(step),
+            step_ms: AtomicU64::new(millis(step)),
         })
     }
 
     /// Takes new settings (SIGHUP); the queue and the failures stay.
-    pub fn update(self: &Arc<Self>, slots: usize, step: Duration) {
-        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = slots.max(1);
-        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    pub fn update(self: &Arc<Self>, slots: usize, window: Duration, step: Duration) {
+        self.step_ms.store(millis(step), Ordering::Relaxed);
+        self.failures.set(CAPACITY, window);
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        Logins::dispatch(self, &mut q, slots.max(1));
+        q.slots = slots.max(1);
+        Logins::dispatch(self, &mut q);
     }
 
     /// Starts waiters while there are free slots: the best eligible first (fewest
     /// failures, then earliest), skipping addresses with a verification running and
     /// waiters that left. The turn travels in the channel: a waiter that leaves after
     /// it was sent drops it, which gives the place back.
-    fn dispatch(this: &Arc<Logins>, q: &mut Queue, slots: usize) {
-        while q.running < slots {
+    fn dispatch(this: &Arc<Logins>, q: &mut Queue) {
+        while q.running < q.slots {
             let waiting = Self::waiting_per_address(q);
             let best = q
                 .waiting
@@ -231,7 +234,6 @@ impl Logins {
         let failures = self.failures(key);
         let rx = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let slots = *self.slots.lock().unwrap_or_else(|p| p.into_inner());
             q.waiting.retain(|w| !w.go.is_closed());
             let waiting = Self::waiting_per_address(&q);
             let mine = waiting.get(&key).copied().unwrap_or(0) + 1;
@@ -239,7 +241,7 @@ impl Logins {
                 !q.per_address.contains_key(&w.key)
                     && (w.failures, waiting.get(&w.key).copied().unwrap_or(0)) <= (failures, mine)
             });
-            if q.running < slots && !q.per_address.contains_key(&key) && !ahead {
+            if q.running < q.slots && !q.per_address.contains_key(&key) && !ahead {
                 q.running += 1;
                 *q.per_address.entry(key).or_default() += 1;
                 return Turn { logins: Some(self.clone()), key };
@@ -277,7 +279,7 @@ impl Logins {
     /// How long to hold back the answer to a failed login from `key`: `step` per recent
     /// failure, at most [`MAX_TARPIT`].
     pub fn tarpit(&self, key: IpAddr) -> Duration {
-        let step = *self.step.lock().unwrap_or_else(|p| p.into_inner());
+        let step = Duration::from_millis(self.step_ms.load(Ordering::Relaxed));
         step.saturating_mul(u32::try_from(self.failures(key)).unwrap_or(u32::MAX)).min(MAX_TARPIT)
     }
 
@@ -286,6 +288,10 @@ impl Logins {
         let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         (q.running, q.waiting.len())
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ impl Settings {
         let step = Duration::from_secs(cfg.limits.error_delay);
         let logins = match logins {
             Some(l) => {
-                l.update(Self::slots(cfg), step);
+                l.update(Self::slots(cfg), Duration::from_secs(cfg.bans.window), step);
                 l
             }
             None => common::guard::Logins::new(Self::slots(cfg), Duration::from_secs(cfg.bans.window), step),
