@@ -385,3 +385,27 @@ async fn mixed_case_boxes_are_refused_or_reported() {
         assert_eq!(db.store.mixed_case_boxes().await.unwrap(), ["Bob@Corp.Test"], "{:?}", db.backend);
     }
 }
+
+/// Bans (issue 13): a ban is extended by a later one, never shortened; one that is
+/// over is gone from the list and from the table; a lifted one is gone at once.
+#[tokio::test]
+async fn bans_extend_expire_and_lift() {
+    for db in TestDb::all().await {
+        let s = &db.store;
+        let b = db.backend;
+        let now = common::store::unix_now();
+        s.ban("192.0.2.1", now + 600, "login").await.unwrap();
+        s.ban("192.0.2.1", now + 1200, "recipients").await.unwrap();
+        s.ban("192.0.2.1", now + 60, "login").await.unwrap();
+        s.ban("2001:db8::", now + 600, "login").await.unwrap();
+        let mut bans = s.active_bans().await.unwrap();
+        bans.sort();
+        assert_eq!(bans, vec![("192.0.2.1".into(), now + 1200), ("2001:db8::".into(), now + 600)], "{b:?}");
+        // Over: not listed, and deleted.
+        db.sql("UPDATE ban SET ban_until = 1 WHERE ban_address = '2001:db8::'").await;
+        assert_eq!(s.active_bans().await.unwrap(), vec![("192.0.2.1".into(), now + 1200)], "{b:?}");
+        assert!(!s.delete_ban("2001:db8::").await.unwrap(), "{b:?}: the expired row was deleted");
+        assert!(s.delete_ban("192.0.2.1").await.unwrap());
+        assert!(s.active_bans().await.unwrap().is_empty(), "{b:?}");
+    }
+}

@@ -137,3 +137,19 @@ async fn a_user_logs_in_while_others_guess() {
         assert!(!replies.iter().any(|r| r.starts_with("+OK")), "{replies:?}");
     }
 }
+
+#[tokio::test]
+async fn bans_can_be_turned_off() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    seed(&db).await;
+    let mut cfg = config(&db.url);
+    banning(&mut cfg, &[]);
+    cfg.bans.enabled = false;
+    let s = Server::start(cfg).await;
+    let from = Ipv4Addr::new(127, 0, 0, 35);
+    for i in 0..5 {
+        assert_eq!(attempt(s.addr, from, &format!("wrong {i}")).await, "-ERR [AUTH] Invalid login");
+    }
+    assert!(attempt(s.addr, from, PASSWORD).await.starts_with("+OK"));
+    assert!(db.store.active_bans().await.unwrap().is_empty());
+}
