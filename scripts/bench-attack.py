@@ -56,6 +56,24 @@ def summary(times):
     return f"n={len(t)} median {t[len(t) // 2]:.3f} s, max {t[-1]:.3f} s"
 
 
+def every_second(seconds, what, attempt):
+    """Runs attempt(n) once a second for `seconds`, n = 1, 2, ...; returns the times of
+    those that succeeded and how many raised (each printed)."""
+    times, failed, n = [], 0, 0
+    end = time.time() + seconds
+    while time.time() < end:
+        n += 1
+        t0 = time.time()
+        try:
+            attempt(n)
+            times.append(time.time() - t0)
+        except Exception as e:
+            failed += 1
+            print(f"   {what} failed: {e}")
+        time.sleep(1)
+    return times, failed
+
+
 def connect_from(port, source, timeout=30):
     s = socket.socket()
     s.settimeout(timeout)
@@ -132,29 +150,20 @@ def main():
         for t in threads:
             t.start()
         time.sleep(2)
-        logins, failed = [], 0
-        end = time.time() + a.seconds
-        n = 0
-        while time.time() < end:
+        def login(n):
             # Each login from an address of its own: users, not one client over its
             # connection rate.
-            n += 1
-            t0 = time.time()
-            try:
-                s = connect_from(pop, f"127.0.3.{n % 250 + 1}", timeout=60)
-                f = s.makefile("rb")
-                replies = [f.readline()]
-                for line in [b"USER user@bench.test\r\n", b"PASS right\r\n", b"QUIT\r\n"]:
-                    s.sendall(line)
-                    replies.append(f.readline())
-                s.close()
-                if not all(r.startswith(b"+OK") for r in replies):
-                    raise OSError(b" / ".join(r.strip() for r in replies).decode(errors="replace"))
-                logins.append(time.time() - t0)
-            except Exception as e:
-                failed += 1
-                print(f"   user login failed: {e}")
-            time.sleep(1)
+            s = connect_from(pop, f"127.0.3.{n % 250 + 1}", timeout=60)
+            f = s.makefile("rb")
+            replies = [f.readline()]
+            for line in [b"USER user@bench.test\r\n", b"PASS right\r\n", b"QUIT\r\n"]:
+                s.sendall(line)
+                replies.append(f.readline())
+            s.close()
+            if not all(r.startswith(b"+OK") for r in replies):
+                raise OSError(b" / ".join(r.strip() for r in replies).decode(errors="replace"))
+
+        logins, failed = every_second(a.seconds, "user login", login)
         stop.set()
         print(f"1. password guessing, {a.conns} connections from {a.addrs} addresses:")
         print(f"   user's logins: {summary(logins)}; failed: {failed}")
@@ -172,32 +181,14 @@ def main():
             except OSError:
                 pass
         time.sleep(1)
-        deliveries, refused = [], 0
-        end = time.time() + a.seconds
-        n = 0
-        while time.time() < end:
-            n += 1
-            t0 = time.time()
-            try:
-                s = smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test", timeout=60,
-                                 source_address=(f"127.0.4.{n % 250 + 1}", 0))
-                s.sendmail("a@client.test", ["user@bench.test"], b"Subject: during\r\n\r\nhello\r\n")
-                s.quit()
-                deliveries.append(time.time() - t0)
-            except Exception as e:
-                refused += 1
-                print(f"   delivery refused: {e}")
-            time.sleep(1)
-        alive = 0
+        def deliver(n):
+            s = smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test", timeout=60,
+                             source_address=(f"127.0.4.{n % 250 + 1}", 0))
+            s.sendmail("a@client.test", ["user@bench.test"], b"Subject: during\r\n\r\nhello\r\n")
+            s.quit()
+
+        deliveries, refused = every_second(a.seconds, "delivery", deliver)
         for s in held:
-            try:
-                s.setblocking(False)
-                data = s.recv(4096, socket.MSG_PEEK)
-                alive += 0 if data == b"" else 1
-            except BlockingIOError:
-                alive += 1
-            except OSError:
-                pass
             s.close()
         print(f"2. {len(held)} idle SMTP connections from {a.hold // 4} addresses:")
         print(f"   deliveries: {summary(deliveries)}; refused: {refused}")
