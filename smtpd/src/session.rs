@@ -300,9 +300,6 @@ impl Session {
         if r.is(texts::LOCAL_ERROR.0, texts::LOCAL_ERROR.1) {
             // Logged with its cause where it happened; counted here, once per reply.
             self.failed("local");
-        } else if r.is(texts::TOO_MANY_RCPTS.0, texts::TOO_MANY_RCPTS.1) {
-            tracing::info!(peer = %self.peer, max = self.settings.smtpd.max_recipients, "too many recipients");
-            self.failed("limits");
         } else if !COUNTED_WHERE_DECIDED.iter().any(|(code, text)| r.is(*code, text)) {
             // A protocol error of the client's (syntax, sequence, SMTPUTF8 needed): the
             // other refusals are logged and counted where they are decided.
@@ -428,6 +425,8 @@ impl Session {
             return R(texts::NEED_MAIL.into());
         };
         if tx.rcpts.len() >= self.settings.smtpd.max_recipients {
+            tracing::info!(peer = %self.peer, max = self.settings.smtpd.max_recipients, "too many recipients");
+            self.settings.stats.failed("limits", &self.peer.to_string());
             return R(texts::TOO_MANY_RCPTS.into());
         }
         let (address, bare_postmaster) = match to {
