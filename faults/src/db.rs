@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::testing::{Backend, TestDb};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < limit, "{what} not ready after {limit:?}");
@@ -21,7 +21,7 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn quiet(cmd: &mut Command) -> bool {
+pub(crate) fn quiet(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
@@ -34,12 +34,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(log: PathBuf) -> Proc {
+    pub(crate) fn new(log: PathBuf) -> Proc {
         Proc { child: None, starts: 0, log }
     }
 
     /// Spawns `cmd` (its standard error appended to the log) and waits until `ready`.
-    fn start(&mut self, what: &str, cmd: &mut Command, ready: impl FnMut() -> bool) {
+    pub(crate) fn start(&mut self, what: &str, cmd: &mut Command, ready: impl FnMut() -> bool) {
         self.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let child = cmd.process_group(0).stdout(Stdio::null()).stderr(log).spawn().expect("spawn database server");

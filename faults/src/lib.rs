@@ -22,6 +22,7 @@
 pub mod clients;
 pub mod db;
 pub mod disk;
+pub mod galera;
 pub mod ledger;
 pub mod scenario;
 
