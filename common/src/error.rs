@@ -55,6 +55,15 @@ pub enum StoreError {
         /// Why, as the driver or the system said it.
         cause: String,
     },
+    /// The database server is down: a connection to it failed, and a fresh one could
+    /// not be opened just now either (store/health.rs); `place` is `host:port`.
+    #[error("database at {place} unreachable: {cause}")]
+    Unreachable {
+        /// `host:port`.
+        place: String,
+        /// Why the last connection attempt failed, as the driver or the system said it.
+        cause: String,
+    },
     /// The database reported an error or could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),

@@ -4,9 +4,15 @@
 //! others with Galera's own `gmcast.isolate`, which drops the node's group links as a
 //! network partition would. Never the shared MariaDB.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use common::config::DatabaseConfig;
+use common::store::Store;
+use common::testing::{Daemon, TestCert};
 
 use crate::db::{Proc, free_port, quiet, wait_for};
 
@@ -203,4 +209,117 @@ pub fn status(port: u16, name: &str) -> Option<String> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split('\t').nth(1).map(|v| v.trim().to_owned())
+}
+
+// --- The suite on a cluster: daemons per node, fixtures ---
+
+/// The password of user `galera`.
+pub const PASSWORD: &str = "galera-password";
+
+/// A temporary directory the `mysql` user can reach.
+///
+/// # Panics
+/// If it cannot be made.
+pub fn reachable_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::Builder::new().prefix("mmmail-galera-").tempdir().expect("temp dir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// The configuration of `program` (`mmsmtpd`, `mmpop3d`, `mmtmtpd`) on node URL `url`,
+/// listening on `port`; `cert` holds `cert.pem` and `key.pem` for mmtmtpd. Limits and
+/// counting off.
+pub fn config(program: &str, url: &str, port: u16, cert: &Path) -> String {
+    let base = format!(
+        "[server]\nname = \"galera.test\"\n[database]\nurl = \"{url}\"\nmax_connections = 8\nacquire_timeout = 5\n\
+         [limits]\nmax_clients = 500\nmax_per_address = 0\nconnection_rate = 0\nerror_delay = 0\nmax_errors = 1000\n\
+         shutdown_grace = 5\n[stats]\nenabled = false\n[privileges]\nallow_root = true\n"
+    );
+    match program {
+        "mmsmtpd" => format!("{base}[listen]\naddresses = [\"127.0.0.1:{port}\"]\n[smtpd]\nflood_messages = 0\n"),
+        "mmpop3d" => format!("{base}[listen]\naddresses = [\"127.0.0.1:{port}\"]\n[pop3d]\nlock_lease = 6\n"),
+        _ => format!(
+            "{base}[listen]\ntls_addresses = [\"127.0.0.1:{port}\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[tmtpd]\nauth = 0\n",
+            cert.join("cert.pem").display(),
+            cert.join("key.pem").display()
+        ),
+    }
+}
+
+/// The daemons of one node, by program name.
+pub struct NodeDaemons(pub HashMap<&'static str, Daemon>);
+
+impl NodeDaemons {
+    /// Where `program` listens.
+    pub fn addr(&self, program: &str) -> SocketAddr {
+        self.0[program].addr()
+    }
+}
+
+/// Starts `programs` on every node at the same moment (each daemon migrates, or waits
+/// for the one that does), and waits until all serve.
+///
+/// # Panics
+/// If a daemon does not start.
+pub async fn start_all(cluster: &Galera, dir: &Path, programs: &'static [&'static str]) -> Vec<NodeDaemons> {
+    let cert = dir.join("tls");
+    std::fs::create_dir_all(&cert).expect("cert dir");
+    let _ = TestCert::generate(&cert);
+    let mut handles = Vec::new();
+    for node in 0..cluster.nodes.len() {
+        for program in programs {
+            let (url, dir, cert) = (cluster.url(node), dir.join(format!("node{node}")), cert.clone());
+            std::fs::create_dir_all(&dir).expect("daemon dir");
+            let package = &program[2..program.len() - 1];
+            let bin = crate::bin(program, package);
+            handles.push((
+                node,
+                *program,
+                tokio::task::spawn_blocking(move || {
+                    Daemon::start(&bin, &dir, |port| config(program, &url, port, &cert))
+                }),
+            ));
+        }
+    }
+    let mut nodes: Vec<NodeDaemons> = (0..cluster.nodes.len()).map(|_| NodeDaemons(HashMap::new())).collect();
+    for (node, program, h) in handles {
+        nodes[node].0.insert(program, h.await.expect("daemon start"));
+    }
+    nodes
+}
+
+/// The test's own connection, through node `i`.
+///
+/// # Panics
+/// If it cannot connect.
+pub async fn store(cluster: &Galera, i: usize) -> Store {
+    Store::connect(&DatabaseConfig::from_url(cluster.url(i))).await.expect("connect")
+}
+
+/// The MySQL pool of a cluster store.
+pub fn pool(store: &Store) -> &sqlx::MySqlPool {
+    match store {
+        Store::MySql(p) => p,
+        _ => unreachable!("a Galera store is MySQL"),
+    }
+}
+
+/// Adds user `galera` and `boxes` (address, max_mails), returns the user id.
+///
+/// # Panics
+/// If an insert fails.
+pub async fn fixtures(store: &Store, boxes: &[(&str, i64)]) -> i64 {
+    let hash = common::password::hash(PASSWORD.as_bytes()).expect("hash");
+    let sql = |s: String| async move { store.execute_admin_sql(&s).await.unwrap_or_else(|e| panic!("{s}: {e}")) };
+    sql(format!("INSERT INTO user (user_name, user_passwd, user_created) VALUES ('galera', '{hash}', NOW())")).await;
+    let uid = store.user_password("galera").await.expect("user").expect("user row").id;
+    for (address, max) in boxes {
+        sql(format!(
+            "INSERT INTO box (box_address, box_user, box_max_size, box_size, box_max_mails, box_mails) \
+             VALUES ('{address}', {uid}, 0, 0, {max}, 0)"
+        ))
+        .await;
+    }
+    uid
 }

@@ -9,6 +9,7 @@
 
 mod admin;
 mod backends;
+mod health;
 pub mod migrate;
 pub mod model;
 mod ops;
@@ -139,15 +140,24 @@ pub enum Store {
     Sqlite(SqlitePool),
 }
 
-/// Runs operation `$f` of [`ops`] on the backend of `$self` (a [`Store`]).
+/// Runs operation `$f` of [`ops`] on the backend of `$self` (a [`Store`]), failing at
+/// once while its server is known to be down ([`Store::gate`], [`Store::observe`]).
 macro_rules! dispatch {
-    ($self:expr, $f:ident ( $($arg:expr),* )) => {
-        match $self {
-            Store::Postgres(p) => postgres::$f(p, $($arg),*).await,
-            Store::MySql(p) => mysql::$f(p, $($arg),*).await,
-            Store::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+    ($self:expr, $f:ident ( $($arg:expr),* )) => {{
+        let store: &Store = $self;
+        match store.gate().await {
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                let result = match store {
+                    Store::Postgres(p) => postgres::$f(p, $($arg),*).await,
+                    Store::MySql(p) => mysql::$f(p, $($arg),*).await,
+                    Store::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+                };
+                store.observe(&result);
+                result
+            }
         }
-    };
+    }};
 }
 use dispatch;
 

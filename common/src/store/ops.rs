@@ -100,6 +100,10 @@ macro_rules! operations {
             copies.sort_by(|a, b| a.box_address.cmp(&b.box_address));
             let mut tx = write(p).await.map_err(StoreError::from)?;
             let r = async {
+                // The body first: it takes no lock on a box, so the boxes' rows are held
+                // (and, on Galera, open to conflicts with other nodes) only from here to
+                // the commit, not while the body is written.
+                let message_id = insert_message(&mut *tx, body_len, now, d.body).await?;
                 for c in &copies {
                     let size = body_len.saturating_add(c.trace.len() as i64);
                     let done = sqlx::query(SQL.take_room).bind(size).bind(&c.box_address).execute(&mut *tx).await?;
@@ -107,7 +111,6 @@ macro_rules! operations {
                         return Ok(Err(c.box_address.clone()));
                     }
                 }
-                let message_id = insert_message(&mut *tx, body_len, now, d.body).await?;
                 for c in &copies {
                     let size = body_len.saturating_add(c.trace.len() as i64);
                     sqlx::query(SQL.insert_mail)
