@@ -60,6 +60,21 @@ pub struct Checked {
     pub problems: Vec<String>,
 }
 
+/// An error and its causes in one line, each cause said once: a cause whose text the
+/// message before it already holds (`migration: while executing migrations: 1062 …`
+/// wraps its source's text) is not repeated, as `{:#}` would.
+pub fn said_once(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 /// The front of every daemon's `main`: loads and checks the config with `load`; with
 /// `--check-config`, runs `check` on it, prints the result and stops; otherwise starts
 /// logging as `log` says and runs `life`. Returns the exit status: 0 after a clean stop
@@ -101,9 +116,9 @@ pub fn front<C>(
         Err(e) => {
             // Logging goes to standard error: said once, there.
             if tracing::enabled!(tracing::Level::ERROR) {
-                tracing::error!("{e:#}");
+                tracing::error!("{}", said_once(&e));
             } else {
-                eprintln!("{name}: {e:#}");
+                eprintln!("{name}: {}", said_once(&e));
             }
             ExitCode::FAILURE
         }
@@ -365,7 +380,7 @@ fn life<D: Daemon>(path: &Path, cfg: Config<D>) -> anyhow::Result<()> {
         let reload = || match load::<D>(path) {
             Ok(new) => match daemon.reload(&new) {
                 Ok(()) => tracing::info!("configuration reloaded"),
-                Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+                Err(e) => tracing::error!("reload refused, keeping the running configuration: {}", said_once(&e)),
             },
             Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
         };
@@ -551,5 +566,22 @@ impl<S: Send + Sync + 'static> Core<S> {
             handler,
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_are_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("while executing migrations: {0}")]
+        struct Inner(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("migration: {0}")]
+        struct Outer(#[source] Inner);
+        let e = anyhow::Error::new(Outer(Inner(std::io::Error::other("1062 duplicate entry"))));
+        assert_eq!(super::said_once(&e), "migration: while executing migrations: 1062 duplicate entry");
+        let plain = anyhow::Error::new(std::io::Error::other("refused")).context("cannot start");
+        assert_eq!(super::said_once(&plain), "cannot start: refused");
     }
 }

@@ -114,7 +114,7 @@ async fn one_cluster(n: usize, o: &Options) -> Measured {
     let dir = reachable_dir();
     let parent = dir.path().to_path_buf();
     let cluster = tokio::task::spawn_blocking(move || Galera::create(&parent, n)).await.expect("cluster");
-    let daemons = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d"]).await;
+    let (daemons, _) = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d"]).await;
     let st = store(&cluster, 0).await;
     let boxes: Vec<String> =
         (0..n).flat_map(|node| (0..o.clients).map(move |c| format!("b{node}-{c}@galera.test"))).collect();

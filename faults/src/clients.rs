@@ -344,7 +344,7 @@ pub async fn tmtp_worker(account: TmtpAccount, to: String, tag: String, size: us
     }
 }
 
-/// Logs in as the recipient `account` and takes every delivery queued for it, acking
+/// Logs in as the recipient `account` and takes every message queued for it, acking
 /// each, until nothing arrives for `quiet`; returns how often each post (by the first
 /// word of its data) was delivered.
 ///
@@ -361,11 +361,16 @@ pub async fn tmtp_drain(
             Err(_) => return Ok(got),
             Ok(f) => f?,
         };
-        if f.head["op"].as_str() != Some("delivery") {
+        // Every queued message is acked, as a client does (login notes too: the queue
+        // waits for each ack); only posts are counted.
+        let op = f.head["op"].as_str().unwrap_or("");
+        if matches!(op, "info" | "ack" | "quit") || f.head.get("id").is_none() {
             continue;
         }
-        let key = String::from_utf8_lossy(&f.data).split(' ').next().unwrap_or("?").to_owned();
-        *got.entry(key).or_default() += 1;
+        if op == "delivery" {
+            let key = String::from_utf8_lossy(&f.data).split(' ').next().unwrap_or("?").to_owned();
+            *got.entry(key).or_default() += 1;
+        }
         let id = f.head["id"].clone();
         tls.write_all(&tmtp_frame(&json!({"Op":10,"Id":id,"Type":"n"}), b"")).await?;
     }

@@ -262,10 +262,14 @@ impl NodeDaemons {
 ///
 /// # Panics
 /// If a daemon does not start.
-pub async fn start_all(cluster: &Galera, dir: &Path, programs: &'static [&'static str]) -> Vec<NodeDaemons> {
+pub async fn start_all(
+    cluster: &Galera,
+    dir: &Path,
+    programs: &'static [&'static str],
+) -> (Vec<NodeDaemons>, TestCert) {
     let cert = dir.join("tls");
     std::fs::create_dir_all(&cert).expect("cert dir");
-    let _ = TestCert::generate(&cert);
+    let made = TestCert::generate(&cert);
     let mut handles = Vec::new();
     for node in 0..cluster.nodes.len() {
         for program in programs {
@@ -286,7 +290,7 @@ pub async fn start_all(cluster: &Galera, dir: &Path, programs: &'static [&'stati
     for (node, program, h) in handles {
         nodes[node].0.insert(program, h.await.expect("daemon start"));
     }
-    nodes
+    (nodes, made)
 }
 
 /// The test's own connection, through node `i`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::store::{Delivery, MailCopy, Store};
 use common::testing::Daemon;
-use faults::clients::{self, SMTP_MARKER, Stop};
+use faults::clients::{self, SMTP_MARKER, Stop, TmtpAccount};
 use faults::galera::{Galera, NodeDaemons, PASSWORD, fixtures, pool, reachable_dir, start_all, store};
 use faults::ledger::{self, Ledger, Reply, Row};
 use tokio::io::BufReader;
@@ -155,7 +155,8 @@ async fn check_smtp(store: &Store, ledgers: &[Ledger], what: &str) -> Row {
 /// Three daemons of each kind start at once on three nodes (one migrates, the others
 /// wait); deliveries from every node into one box and into a box each land exactly once
 /// with none refused; 50 deliveries at once into a box with room for 10 leave exactly
-/// 10; a maildrop is locked across nodes.
+/// 10; a maildrop is locked across nodes; a TMTP post through one node reaches a node
+/// connected through another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn galera_three_nodes_start_deliver_and_lock() {
     if !runnable("galera_three_nodes_start_deliver_and_lock") {
@@ -164,7 +165,7 @@ async fn galera_three_nodes_start_deliver_and_lock() {
     let dir = reachable_dir();
     let parent = dir.path().to_path_buf();
     let cluster = blocking(move || Galera::create(&parent, 3)).await;
-    let nodes = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d", "mmtmtpd"]).await;
+    let (nodes, tls) = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d", "mmtmtpd"]).await;
 
     // Migrated once, lock released.
     let store = store(&cluster, 0).await;
@@ -249,6 +250,56 @@ async fn galera_three_nodes_start_deliver_and_lock() {
         let _ = clients::exchange(&mut sa, b"QUIT\r\n").await;
         let _ = clients::exchange(&mut sb, b"QUIT\r\n").await;
     }
+    // TMTP: a node connected through node 0 posts to a node connected through node 2.
+    let cfg = dir.path().join("node0").join(format!("mmtmtpd-{}.toml", nodes[0].0["mmtmtpd"].port));
+    let add_user = || {
+        let out = std::process::Command::new(faults::bin("mmtmtpd", "tmtpd"))
+            .arg("-c")
+            .arg(&cfg)
+            .args(["admin", "add-user", "--nodes", "1"])
+            .output()
+            .expect("mmtmtpd admin");
+        assert!(out.status.success(), "mmtmtpd admin add-user: {}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        (lines[0].clone(), lines[1].clone())
+    };
+    let (sender, recipient) = (add_user(), add_user());
+    let account = |node: usize, who: &(String, String)| TmtpAccount {
+        addr: nodes[node].addr("mmtmtpd"),
+        tls: tls.connector(),
+        uid: who.0.clone(),
+        node: who.1.clone(),
+    };
+    let drain = {
+        let r = account(2, &recipient);
+        tokio::spawn(async move { clients::tmtp_drain(&r, Duration::from_secs(12)).await })
+    };
+    let (posts, stop) = (Ledger::default(), Stop::default());
+    let poster = tokio::spawn(clients::tmtp_worker(
+        account(0, &sender),
+        recipient.0.clone(),
+        "tmtp".into(),
+        500,
+        posts.clone(),
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    while posts.acked() < 3 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    poster.await.expect("poster");
+    let delivered = drain.await.expect("drain").expect("recipient logs in on node 2");
+    let acked: HashMap<String, usize> =
+        posts.attempts().into_iter().filter(|a| a.reply == Reply::Acked).map(|a| (a.key, 1)).collect();
+    assert!(acked.len() >= 3, "posts acknowledged on node 0: {:?}", posts.refusal_samples());
+    assert_eq!(
+        delivered,
+        acked,
+        "every post acknowledged on node 0 reaches the recipient on node 2, once\nnode 0:\n{}\nnode 2:\n{}",
+        tail(&nodes[0], "mmtmtpd"),
+        tail(&nodes[2], "mmtmtpd")
+    );
     no_panics(&nodes);
 }
 
@@ -265,7 +316,7 @@ async fn galera_node_killed_and_cut_off_under_load() {
     let dir = reachable_dir();
     let parent = dir.path().to_path_buf();
     let mut cluster = blocking(move || Galera::create(&parent, 3)).await;
-    let nodes = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d"]).await;
+    let (nodes, _) = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d"]).await;
     let store0 = store(&cluster, 0).await;
     fixtures(
         &store0,

@@ -45,6 +45,12 @@ use crate::pattern;
 /// about 3 seconds: long enough for a box that every node delivers into at once.
 const TRANSACTION_ATTEMPTS: u32 = 10;
 
+/// Attempts of a delivery: more than [`TRANSACTION_ATTEMPTS`], as a box that every node
+/// of a Galera cluster delivers into at once (a newsletter, a catch-all alias) can make
+/// one delivery lose several rounds in a row; spread over about 20 seconds, well inside
+/// the 10 minutes an SMTP client waits for the reply to DATA (RFC 5321 §4.5.3.2.6).
+const DELIVERY_ATTEMPTS: u32 = 30;
+
 /// The pause before attempt `attempt + 1`: doubling from 20 ms up to 1 s, each a random
 /// length between half and all of that, so that transactions that collided do not
 /// collide again in step.
@@ -110,7 +116,17 @@ impl Retryable for DeliverError {
 /// Runs a transaction, trying again with a growing pause while it fails on a deadlock or
 /// busy database, up to [`TRANSACTION_ATTEMPTS`] times. Each attempt is a fresh
 /// [`write::Write`] (the failed one's connection was closed).
-async fn retrying<T, E, F, Fut>(what: &'static str, mut transaction: F) -> Result<T, E>
+async fn retrying<T, E, F, Fut>(what: &'static str, transaction: F) -> Result<T, E>
+where
+    E: Retryable,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    retrying_up_to(TRANSACTION_ATTEMPTS, what, transaction).await
+}
+
+/// [`retrying`] with `attempts` attempts.
+async fn retrying_up_to<T, E, F, Fut>(attempts: u32, what: &'static str, mut transaction: F) -> Result<T, E>
 where
     E: Retryable,
     F: FnMut() -> Fut,
@@ -120,7 +136,7 @@ where
     loop {
         attempt += 1;
         match transaction().await {
-            Err(e) if e.retryable() && attempt < TRANSACTION_ATTEMPTS => {
+            Err(e) if e.retryable() && attempt < attempts => {
                 tracing::debug!(attempt, cause = %e, "{what} transaction retried");
                 tokio::time::sleep(retry_pause(attempt)).await;
             }
@@ -376,8 +392,8 @@ impl Store {
     /// Stores a message: the body once, a `mail` row per copy, and each box's `box_size`,
     /// `box_mails` and `box_in` updated, all in one transaction. Each box is re-checked
     /// atomically: it must still be under both limits (so concurrent deliveries overrun a
-    /// limit by at most the message being committed). Deadlocks and busy errors are
-    /// retried a few times.
+    /// limit by at most the message being committed). Deadlocks, busy errors and Galera
+    /// certification conflicts are retried, up to [`DELIVERY_ATTEMPTS`] times.
     ///
     /// A `COMMIT` that got no answer (the database died or the connection broke) is
     /// resolved by looking for the stored copy once the database answers again: found,
@@ -390,7 +406,13 @@ impl Store {
     /// (the message may be stored; the client's retry may make a second copy).
     pub async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliverError> {
         let now = unix_now();
-        match retrying("delivery", move || async move { dispatch!(self, deliver(delivery, now)) }).await {
+        match retrying_up_to(
+            DELIVERY_ATTEMPTS,
+            "delivery",
+            move || async move { dispatch!(self, deliver(delivery, now)) },
+        )
+        .await
+        {
             Err(DeliverError::Store(StoreError::CommitUnknown(e))) => {
                 let Some(first) = delivery.copies.first() else { return Err(StoreError::Db(e).into()) };
                 match resolve("delivery", || async { dispatch!(self, mail_stored(&first.uid)) }).await {
