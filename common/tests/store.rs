@@ -358,6 +358,32 @@ async fn concurrent_migrations_on_a_fresh_database() {
     }
 }
 
+/// A migrator that stopped half-way through a MySQL migration (DDL commits as it goes,
+/// so its `_sqlx_migrations` row stays `success = FALSE` with part of the work done) is
+/// finished by the next daemon that starts, instead of refusing to start; and a
+/// migration lock left by a migrator that died is taken over once its lease ends.
+#[tokio::test]
+async fn mysql_migration_left_half_done_is_finished() {
+    let Some(db) = TestDb::create(common::testing::Backend::MySql).await else { return };
+    db.sql("UPDATE _sqlx_migrations SET success = FALSE WHERE version = 4").await;
+    db.sql("DROP TRIGGER box_address_lowercase_update").await;
+    // A dead migrator's lease, expired.
+    db.sql("INSERT INTO _mmmail_migration_lock (lock_id, lock_owner, lock_expires) VALUES (1, 'dead', 1)").await;
+    common::store::migrate::migrate(&db.store).await.expect("the half-done migration is finished");
+    common::store::migrate::check_current(&db.store).await.unwrap();
+    let common::Store::MySql(p) = &db.store else { unreachable!() };
+    let (triggers,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+         AND trigger_name LIKE 'box_address_lowercase_%'",
+    )
+    .fetch_one(p)
+    .await
+    .unwrap();
+    assert_eq!(triggers, 2, "the dropped trigger is made again");
+    let (locks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _mmmail_migration_lock").fetch_one(p).await.unwrap();
+    assert_eq!(locks, 0, "the lock is released");
+}
+
 /// design.md "Schema": box addresses are lowercase. A mixed-case box would receive no
 /// mail and could not log in, so every backend refuses one when it is inserted or
 /// renamed (migration 0004); one inserted before that migration is reported.

@@ -78,9 +78,10 @@ async fn migrate_mysql(pool: &sqlx::MySqlPool) -> Result<(), StoreError> {
             loop {
                 tokio::time::sleep(Duration::from_secs(MYSQL_LOCK_RENEW)).await;
                 let _ = sqlx::query(
-                    "UPDATE _mmmail_migration_lock SET lock_expires = ? WHERE lock_id = 1 AND lock_owner = ?",
+                    "UPDATE _mmmail_migration_lock SET lock_expires = UNIX_TIMESTAMP() + ? \
+                     WHERE lock_id = 1 AND lock_owner = ?",
                 )
-                .bind(super::unix_now() + MYSQL_LOCK_LEASE)
+                .bind(MYSQL_LOCK_LEASE)
                 .bind(&owner)
                 .execute(&pool)
                 .await;
@@ -120,15 +121,15 @@ async fn take_mysql_lock(pool: &sqlx::MySqlPool, owner: &str) -> Result<(), Stor
     let deadline = tokio::time::Instant::now() + Duration::from_secs(MYSQL_LOCK_WAIT);
     let mut told = false;
     loop {
-        let now = super::unix_now();
-        let _ = sqlx::query("DELETE FROM _mmmail_migration_lock WHERE lock_id = 1 AND lock_expires < ?")
-            .bind(now)
+        // The server's clock, not the hosts': daemons on several hosts compare leases.
+        let _ = sqlx::query("DELETE FROM _mmmail_migration_lock WHERE lock_id = 1 AND lock_expires < UNIX_TIMESTAMP()")
             .execute(pool)
             .await;
-        let taken =
-            sqlx::query("INSERT INTO _mmmail_migration_lock (lock_id, lock_owner, lock_expires) VALUES (1, ?, ?)")
-                .bind(owner)
-                .bind(now + MYSQL_LOCK_LEASE)
+        let taken = sqlx::query(
+            "INSERT INTO _mmmail_migration_lock (lock_id, lock_owner, lock_expires) VALUES (1, ?, UNIX_TIMESTAMP() + ?)",
+        )
+        .bind(owner)
+        .bind(MYSQL_LOCK_LEASE)
                 .execute(pool)
                 .await
                 .map_err(StoreError::from);
