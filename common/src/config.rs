@@ -185,6 +185,13 @@ pub struct ListenConfig {
     /// header from them closes the connection. Empty (default): no proxies.
     #[serde(default)]
     pub proxy_networks: Vec<ipnet::IpNet>,
+    /// Length of each listener's queue of connections the kernel has completed and the
+    /// daemon not yet accepted (`listen(2)`'s backlog); the kernel caps it at
+    /// `net.core.somaxconn`. Unset (default): `net.core.somaxconn` itself, so that a
+    /// burst of connections waits in the queue instead of overflowing it (Rust's own
+    /// default is 128).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 impl ListenConfig {

@@ -338,22 +338,15 @@ fn check<D: Daemon>(path: &Path, cfg: &Config<D>, offline: bool) -> Checked {
     checked
 }
 
-fn bind_std(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    addrs
-        .iter()
-        .map(|a| {
-            let l = std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("bind {a}: {e}"))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .collect()
+fn bind_std(addrs: &[SocketAddr], backlog: Option<u32>) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    addrs.iter().map(|a| Ok(crate::net::listener::bind(*a, backlog)?)).collect()
 }
 
 fn life<D: Daemon>(path: &Path, cfg: Config<D>) -> anyhow::Result<()> {
     let cfg = &cfg;
     let bind = || {
-        let plain = bind_std(&cfg.listen.addresses)?;
-        let implicit = bind_std(&cfg.listen.tls_addresses)?;
+        let plain = bind_std(&cfg.listen.addresses, cfg.listen.backlog)?;
+        let implicit = bind_std(&cfg.listen.tls_addresses, cfg.listen.backlog)?;
         let tls = load_tls(cfg.tls.as_ref())?;
         // Connected now, while the socket path is reachable (before chroot).
         let stats = Stats::open(&cfg.stats, D::NAME);

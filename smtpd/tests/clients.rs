@@ -378,3 +378,23 @@ fn check_config_checks_what_start_needs() {
         assert!(ok, "{out}");
     }
 }
+
+/// `[listen] backlog` is the `listen(2)` backlog of the daemon's listeners (issue 16: at
+/// Rust's own 128 a burst of clients overflowed into SYN cookies); unset, it is the
+/// kernel's cap, `net.core.somaxconn`. `ss` shows a listener's backlog as its Send-Q.
+#[tokio::test]
+async fn listen_backlog_reaches_the_kernel() {
+    if !have("ss") {
+        return;
+    }
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, want) in [("backlog = 77", 77), ("", common::net::listener::somaxconn())] {
+        let d = support::smtpd_daemon(dir.path(), &db.url, extra);
+        let out = Command::new("ss").args(["-Hltn", &format!("sport = :{}", d.port)]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // State, Recv-Q, Send-Q, local address, peer address.
+        let backlog: u32 = text.split_whitespace().nth(2).and_then(|q| q.parse().ok()).unwrap_or(0);
+        assert_eq!(backlog, want, "[listen] {extra:?}: ss says {text:?}");
+    }
+}

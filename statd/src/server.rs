@@ -114,11 +114,7 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Sockets> {
     queries.set_nonblocking(true)?;
     finish(&query_path)?;
     let prometheus = match cfg.statd.prometheus {
-        Some(a) => {
-            let l = std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("bind {a}: {e}"))?;
-            l.set_nonblocking(true)?;
-            Some(l)
-        }
+        Some(a) => Some(common::net::listener::bind(a, None)?),
         None => None,
     };
     let dir = &cfg.statd.dir;

@@ -22,6 +22,30 @@ use crate::shutdown::Shutdown;
 use crate::stats::Flag;
 use crate::stats::Stats;
 
+/// `net.core.somaxconn`, the kernel's cap on a listen backlog; 4096 (Linux's default
+/// since 5.4) where it cannot be read.
+pub fn somaxconn() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096)
+}
+
+/// A listening TCP socket on `addr`, non-blocking, with a queue of `backlog` completed
+/// connections (`listen(2)`; [`somaxconn`] when `None`; the kernel caps it there).
+/// `SO_REUSEADDR` is set, as Rust's own `TcpListener::bind` does.
+///
+/// # Errors
+/// The socket, bind or listen error, naming `addr`.
+pub fn bind(addr: SocketAddr, backlog: Option<u32>) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("bind {addr}: {e}"));
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(named)?;
+    socket.set_reuse_address(true).map_err(named)?;
+    socket.bind(&addr.into()).map_err(named)?;
+    let backlog = backlog.unwrap_or_else(somaxconn);
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX)).map_err(named)?;
+    socket.set_nonblocking(true).map_err(named)?;
+    Ok(socket.into())
+}
+
 /// How often the janitor forgets stale rate-limit state.
 const JANITOR_PERIOD: Duration = Duration::from_secs(60);
 
