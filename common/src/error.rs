@@ -83,17 +83,21 @@ impl StoreError {
     /// Whether retrying the same transaction may succeed (deadlock, serialization
     /// failure, SQLite busy/locked).
     pub fn is_retryable(&self) -> bool {
-        let Self::Db(sqlx::Error::Database(e)) = self else {
-            return false;
-        };
-        // SQLSTATE 40001 (serialization failure; MySQL/MariaDB deadlock 1213 maps to it),
-        // 40P01 (PostgreSQL deadlock); SQLite primary codes 5 BUSY, 6 LOCKED and the
-        // extended BUSY_SNAPSHOT (517) and LOCKED_SHAREDCACHE (262).
-        matches!(e.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517" | "262"))
+        matches!(self, Self::Db(e) if retryable(e))
     }
 
     /// Whether the database refused a row whose key exists already.
     pub fn is_duplicate(&self) -> bool {
         matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
     }
+}
+
+/// Whether a driver error says "the same transaction can succeed if tried again":
+/// SQLSTATE 40001 (serialization failure; MySQL/MariaDB deadlock 1213, which is also how
+/// Galera reports a lost certification, maps to it), 40P01 (PostgreSQL deadlock); SQLite
+/// primary codes 5 BUSY, 6 LOCKED and the extended BUSY_SNAPSHOT (517) and
+/// LOCKED_SHAREDCACHE (262).
+pub(crate) fn retryable(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = e else { return false };
+    matches!(e.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517" | "262"))
 }

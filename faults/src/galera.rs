@@ -60,17 +60,7 @@ impl Galera {
         let mut cluster = Galera { nodes: Vec::new(), uid: user.uid, gid: user.gid };
         for i in 0..n {
             let data = parent.join(format!("node{i}"));
-            let ok = quiet(
-                Command::new("mariadb-install-db")
-                    .args([
-                        "--no-defaults",
-                        "--user=mysql",
-                        "--auth-root-authentication-method=normal",
-                        "--skip-test-db",
-                    ])
-                    .arg(format!("--datadir={}", data.display())),
-            );
-            assert!(ok, "mariadb-install-db {}", data.display());
+            install(&data);
             cluster.chown(&data);
             let node = Node {
                 log: parent.join(format!("node{i}.log")),
@@ -198,6 +188,31 @@ impl Galera {
     pub fn log_text(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
+}
+
+/// `mariadb-install-db` into `data`, tried up to three times (it starts a bootstrap
+/// server of its own, which can fail while the machine is busy).
+///
+/// # Panics
+/// If every try fails, with the last one's output.
+fn install(data: &Path) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(data);
+        match Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+        {
+            Ok(out) if out.status.success() => return,
+            Ok(out) => {
+                last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("mariadb-install-db {}: {last}", data.display());
 }
 
 /// A `SHOW STATUS` value of the node at `port`, if it answers.

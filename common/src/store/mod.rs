@@ -211,38 +211,46 @@ impl Store {
         let url = cfg.url.expose().as_str();
         let timeout = Duration::from_secs(cfg.acquire_timeout.max(1));
         // The first connection, alone and within the timeout: its error is the answer.
+        // A conflict while the session is set up (a Galera node that has just rejoined
+        // can abort it with 1213) is tried again within the timeout.
         async fn probe<C: Connection>(opts: &C::Options, place: &str, timeout: Duration) -> Result<(), StoreError> {
             let open = |cause: String| StoreError::Open { place: place.to_owned(), cause };
-            match tokio::time::timeout(timeout, C::connect_with(opts)).await {
-                Ok(Ok(conn)) => {
-                    let _ = conn.close().await;
-                    Ok(())
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match tokio::time::timeout_at(deadline, C::connect_with(opts)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = conn.close().await;
+                        return Ok(());
+                    }
+                    Ok(Err(e)) if crate::error::retryable(&e) && attempt < TRANSACTION_ATTEMPTS => {
+                        tokio::time::sleep(retry_pause(attempt)).await;
+                    }
+                    Ok(Err(e)) => return Err(open(connect_cause(&e))),
+                    Err(_) => return Err(open(format!("no answer within {} s", timeout.as_secs()))),
                 }
-                Ok(Err(e)) => Err(open(connect_cause(&e))),
-                Err(_) => Err(open(format!("no answer within {} s", timeout.as_secs()))),
             }
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
             probe::<sqlx::PgConnection>(&opts, &place, timeout).await?;
+            // The probe was the first connection; the pool opens its own as needed.
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
-                .connect_with(opts)
-                .await
-                .map_err(|e| StoreError::Open { place, cause: connect_cause(&e) })?;
+                .connect_lazy_with(opts);
             Ok(Self::Postgres(pool))
         } else if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
             let opts = MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4");
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
             probe::<sqlx::MySqlConnection>(&opts, &place, timeout).await?;
+            // The probe was the first connection; the pool opens its own as needed.
             let pool = MySqlPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
-                .connect_with(opts)
-                .await
-                .map_err(|e| StoreError::Open { place, cause: connect_cause(&e) })?;
+                .connect_lazy_with(opts);
             Ok(Self::MySql(pool))
         } else if url.starts_with("sqlite:") {
             let memory = url.contains(":memory:") || url.contains("mode=memory");
