@@ -4,7 +4,8 @@
 //! (10 s by default), so while a server is down every session waited that long for its
 //! temporary error, and an SMTP peer that could have tried the next MX, or a POP3 client
 //! another host, waited with it. Here, an operation that failed on the connection
-//! itself (I/O, TLS, protocol, pool timeout, a commit without an answer) marks its server
+//! itself (I/O, TLS, protocol, pool timeout, a commit without an answer), or an idle
+//! connection that fails its ping as the pool hands it out ([`ping`]), marks its server
 //! suspect; while it is, each operation first asks whether a fresh connection can be
 //! opened: one probe per server at a time, at most one a second, within
 //! [`PROBE_TIMEOUT`], shared by every operation waiting. A refused or unanswered probe
@@ -66,6 +67,31 @@ impl ConnectionFailure for StoreError {
 impl ConnectionFailure for super::DeliverError {
     fn connection_failed(&self) -> bool {
         matches!(self, super::DeliverError::Store(e) if e.connection_failed())
+    }
+}
+
+/// Marks `server` (`host:port`) suspect.
+fn mark(server: String) {
+    if let std::collections::hash_map::Entry::Vacant(v) = lock_map().entry(server) {
+        tracing::warn!(server = %v.key(), "database connection failed; until a new one opens, operations fail at once");
+        v.insert(Arc::default());
+        SUSPECT_COUNT.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The pools' check of an idle connection before handing it out (in place of sqlx's
+/// own ping): a connection that fails its ping marks `server` suspect at once, so that
+/// the next operations ask the probe instead of each waiting for the pool to give up on
+/// a server that is gone. False: the pool drops this connection.
+pub(crate) async fn ping<C: Connection>(conn: &mut C, server: &str) -> bool {
+    match conn.ping().await {
+        Ok(()) => true,
+        Err(e) => {
+            if e.connection_failed() {
+                mark(server.to_owned());
+            }
+            false
+        }
     }
 }
 
@@ -146,11 +172,8 @@ impl Store {
     pub(crate) fn observe<T, E: ConnectionFailure>(&self, result: &Result<T, E>) {
         match result {
             Err(e) if e.connection_failed() => {
-                let Some(server) = self.server() else { return };
-                if let std::collections::hash_map::Entry::Vacant(v) = lock_map().entry(server) {
-                    tracing::warn!(server = %v.key(), "database connection failed; until a new one opens, operations fail at once");
-                    v.insert(Arc::default());
-                    SUSPECT_COUNT.fetch_add(1, Ordering::AcqRel);
+                if let Some(server) = self.server() {
+                    mark(server);
                 }
             }
             Ok(_) if SUSPECT_COUNT.load(Ordering::Acquire) > 0 => {

@@ -237,9 +237,15 @@ impl Store {
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
             probe::<sqlx::PgConnection>(&opts, &place, timeout).await?;
             // The probe was the first connection; the pool opens its own as needed.
+            let server = format!("{}:{}", opts.get_host(), opts.get_port());
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
+                .test_before_acquire(false)
+                .before_acquire(move |conn: &mut sqlx::PgConnection, _| {
+                    let server = server.clone();
+                    Box::pin(async move { Ok(health::ping(conn, &server).await) })
+                })
                 .connect_lazy_with(opts);
             Ok(Self::Postgres(pool))
         } else if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
@@ -247,9 +253,15 @@ impl Store {
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
             probe::<sqlx::MySqlConnection>(&opts, &place, timeout).await?;
             // The probe was the first connection; the pool opens its own as needed.
+            let server = format!("{}:{}", opts.get_host(), opts.get_port());
             let pool = MySqlPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
+                .test_before_acquire(false)
+                .before_acquire(move |conn: &mut sqlx::MySqlConnection, _| {
+                    let server = server.clone();
+                    Box::pin(async move { Ok(health::ping(conn, &server).await) })
+                })
                 .connect_lazy_with(opts);
             Ok(Self::MySql(pool))
         } else if url.starts_with("sqlite:") {
