@@ -174,3 +174,49 @@ async fn mariadb_disk_full_loses_nothing() {
     let my = blocking(|| PrivateMariaDb::create(fs.path()));
     disk_full(fs, Database::MariaDb(my)).await;
 }
+
+/// store/health.rs: once an operation has found the server gone, the next ones are
+/// answered at once (`StoreError::Unreachable`) instead of each waiting out the pool's
+/// `acquire_timeout` (5 s here); when the server is back, operations succeed again
+/// without a new store.
+async fn down_server_fails_fast(mut db: Database) {
+    let mut cfg = common::config::DatabaseConfig::from_url(db.url());
+    cfg.acquire_timeout = 5;
+    let store = common::Store::prepare(&cfg).await.unwrap();
+    store.maildrop("nobody@fault.test").await.unwrap();
+    blocking(|| db.kill());
+    assert!(store.maildrop("nobody@fault.test").await.is_err(), "the server is gone");
+    let t = Instant::now();
+    let e = store.maildrop("nobody@fault.test").await.unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, common::StoreError::Unreachable { .. }), "{e}");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}, not at once");
+    blocking(|| db.ensure_running());
+    let back = Instant::now();
+    while store.maildrop("nobody@fault.test").await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(20), "no operation succeeds after the server is back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_fails_fast() {
+    if !faults::root_or_skip("postgres_down_fails_fast") || !PrivatePostgres::available() {
+        assert!(!faults::ci() || PrivatePostgres::available(), "PostgreSQL server binaries are required under CI=true");
+        return;
+    }
+    let dir = reachable_dir();
+    let pg = blocking(|| PrivatePostgres::create(dir.path()));
+    down_server_fails_fast(Database::Postgres(pg)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_down_fails_fast() {
+    if !faults::root_or_skip("mariadb_down_fails_fast") || !PrivateMariaDb::available() {
+        assert!(!faults::ci() || PrivateMariaDb::available(), "MariaDB server binaries are required under CI=true");
+        return;
+    }
+    let dir = reachable_dir();
+    let my = blocking(|| PrivateMariaDb::create(dir.path()));
+    down_server_fails_fast(Database::MariaDb(my)).await;
+}
