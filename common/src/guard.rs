@@ -302,20 +302,13 @@ mod tests {
         IpAddr::from([192, 0, 2, n])
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_clean_address_goes_before_failing_ones_and_one_per_address_runs() {
-        let l = Logins::new(2, Duration::from_secs(60), Duration::from_secs(1));
-        for _ in 0..3 {
-            l.failed(ip(1));
-            l.failed(ip(2));
-        }
-        let first = l.turn(ip(1)).await;
-        // Asked in this order: a failing address twice (it has a turn running, so both
-        // wait), another failing one (a slot is free: it runs), a clean one (waits for a
-        // slot, but goes before the first address's two).
+    /// Asks for a turn from each address of `from`, in that order (each asking once the
+    /// one before it is queued); each task records its address when its turn comes and
+    /// holds the turn for 10 ms.
+    async fn queue_up(l: &Arc<Logins>, from: &[u8]) -> (Arc<Mutex<Vec<u8>>>, Vec<tokio::task::JoinHandle<()>>) {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for n in [1u8, 1, 2, 3] {
+        for &n in from {
             let (l, order) = (l.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let t = l.turn(ip(n)).await;
@@ -327,6 +320,21 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
+        (order, tasks)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clean_address_goes_before_failing_ones_and_one_per_address_runs() {
+        let l = Logins::new(2, Duration::from_secs(60), Duration::from_secs(1));
+        for _ in 0..3 {
+            l.failed(ip(1));
+            l.failed(ip(2));
+        }
+        let first = l.turn(ip(1)).await;
+        // Asked in this order: a failing address twice (it has a turn running, so both
+        // wait), another failing one (a slot is free: it runs), a clean one (waits for a
+        // slot, but goes before the first address's two).
+        let (order, tasks) = queue_up(&l, &[1, 1, 2, 3]).await;
         assert_eq!(l.load(), (2, 3));
         drop(first);
         for t in tasks {
@@ -340,21 +348,8 @@ mod tests {
     async fn among_equals_an_address_with_fewer_waiting_goes_first() {
         let l = Logins::new(1, Duration::from_secs(60), Duration::ZERO);
         let first = l.turn(ip(9)).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
         // A burst of a guesser's connections, none failed yet, then one user.
-        for n in [1u8, 1, 1, 2] {
-            let (l, order) = (l.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let t = l.turn(ip(n)).await;
-                order.lock().unwrap().push(n);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                drop(t);
-            }));
-            for _ in 0..3 {
-                tokio::task::yield_now().await;
-            }
-        }
+        let (order, tasks) = queue_up(&l, &[1, 1, 1, 2]).await;
         drop(first);
         for t in tasks {
             t.await.unwrap();

@@ -229,15 +229,8 @@ impl PrivateMariaDb {
     /// # Panics
     /// If it is not up within 60 s.
     pub fn start(&mut self) {
-        let mut cmd = Command::new("/usr/sbin/mariadbd");
-        cmd.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
-            .arg(format!("--datadir={}", self.data.display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--socket={}", self.data.join("sock").display()))
-            .arg(format!("--pid-file={}", self.data.join("pid").display()))
-            .arg(format!("--log-error={}", self.log.display()))
-            .args(INNODB)
-            .args(["--innodb-flush-method=fsync", "--max-connections=300"]);
+        let mut cmd = mariadbd("root", &self.data, self.port, &self.log);
+        cmd.args(INNODB);
         let port = format!("-P{}", self.port);
         self.proc.start("private MariaDB", &mut cmd, || {
             quiet(Command::new("mysqladmin").args(["-h127.0.0.1", &port, "-uroot", "ping"]))
@@ -253,6 +246,24 @@ impl PrivateMariaDb {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// A `mariadbd` of our own as `user`: no option files, TCP on 127.0.0.1:`port` only, no
+/// binary log, its socket and pid file in `data`, errors to `log`, fsync'd InnoDB and
+/// room for 300 connections. Callers add their storage and cluster options.
+pub(crate) fn mariadbd(user: &str, data: &Path, port: u16, log: &Path) -> Command {
+    let mut cmd = Command::new("/usr/sbin/mariadbd");
+    cmd.arg("--no-defaults")
+        .arg(format!("--user={user}"))
+        .args(["--bind-address=127.0.0.1", "--skip-log-bin"])
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", data.join("sock").display()))
+        .arg(format!("--pid-file={}", data.join("pid").display()))
+        .arg(format!("--log-error={}", log.display()))
+        .args(["--innodb-flush-method=fsync", "--max-connections=300"])
+        .current_dir("/");
+    cmd
 }
 
 /// The database a scenario runs on.

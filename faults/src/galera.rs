@@ -14,7 +14,7 @@ use common::config::DatabaseConfig;
 use common::store::Store;
 use common::testing::{Daemon, TestCert};
 
-use crate::db::{Proc, free_port, quiet, wait_for};
+use crate::db::{Proc, free_port, mariadbd, quiet, wait_for};
 
 /// The Galera provider library Debian's `galera-4` installs.
 const PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
@@ -99,16 +99,10 @@ impl Galera {
     pub fn start_node(&mut self, i: usize, bootstrap: bool) {
         let members = self.members();
         let node = &mut self.nodes[i];
-        let mut cmd = Command::new("/usr/sbin/mariadbd");
-        cmd.args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1", "--skip-log-bin"])
-            .arg(format!("--datadir={}", node.data.display()))
-            .arg(format!("--port={}", node.port))
-            .arg(format!("--socket={}", node.data.join("sock").display()))
-            .arg(format!("--pid-file={}", node.data.join("pid").display()))
-            .arg(format!("--log-error={}", node.log.display()))
-            .args(["--binlog-format=ROW", "--default-storage-engine=InnoDB", "--innodb-autoinc-lock-mode=2"])
-            .args(["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=8M", "--innodb-flush-method=fsync"])
-            .args(["--max-connections=300", "--wsrep-on=ON", "--wsrep-cluster-name=mmmail-test"])
+        let mut cmd = mariadbd("mysql", &node.data, node.port, &node.log);
+        cmd.args(["--binlog-format=ROW", "--default-storage-engine=InnoDB", "--innodb-autoinc-lock-mode=2"])
+            .args(["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=8M"])
+            .args(["--wsrep-on=ON", "--wsrep-cluster-name=mmmail-test"])
             .arg(format!("--wsrep-provider={PROVIDER}"))
             .arg(format!("--wsrep-cluster-address={members}"))
             .arg(format!("--wsrep-node-name=node{i}"))
@@ -118,8 +112,7 @@ impl Galera {
                 node.group, node.ist
             ))
             .args(["--wsrep-sst-method=rsync"])
-            .arg(format!("--wsrep-sst-receive-address=127.0.0.1:{}", node.sst))
-            .current_dir("/");
+            .arg(format!("--wsrep-sst-receive-address=127.0.0.1:{}", node.sst));
         if bootstrap {
             cmd.arg("--wsrep-new-cluster");
         }

@@ -114,6 +114,10 @@ async fn pop3_login(addr: SocketAddr, user: &str) -> (String, BufReader<TcpStrea
     (pass, s)
 }
 
+/// The boxes [`smtp_load`] sends to (address, max_mails).
+const LOAD_BOXES: [(&str, i64); 4] =
+    [("hot@galera.test", 0), ("spread-0@galera.test", 0), ("spread-1@galera.test", 0), ("spread-2@galera.test", 0)];
+
 /// SMTP senders on every node: `per_node` each, to `hot@` (every node into one box)
 /// and to `spread-N@`; one ledger per node.
 fn smtp_load(nodes: &[NodeDaemons], per_node: usize, stop: &Stop) -> Vec<Ledger> {
@@ -123,9 +127,8 @@ fn smtp_load(nodes: &[NodeDaemons], per_node: usize, stop: &Stop) -> Vec<Ledger>
         for k in 0..per_node {
             let rcpt = if k % 2 == 0 { "hot@galera.test".to_owned() } else { format!("spread-{i}@galera.test") };
             let tag = format!("n{i}w{k}x{}", common::random_hex(3));
-            tokio::spawn(clients::smtp_worker(nodes[i].addr("mmsmtpd"), rcpt, tag, 4096, l.clone(), stop.clone()));
+            tokio::spawn(clients::smtp_worker(n.addr("mmsmtpd"), rcpt, tag, 4096, l.clone(), stop.clone()));
         }
-        let _ = n;
         ledgers.push(l);
     }
     ledgers
@@ -178,18 +181,8 @@ async fn galera_three_nodes_start_deliver_and_lock() {
         sqlx::query_as("SELECT COUNT(*) FROM _mmmail_migration_lock").fetch_one(pool(&store)).await.expect("lock");
     assert_eq!((applied, clean, locks), (5, 5, 0), "every migration applied once, the lock released");
 
-    fixtures(
-        &store,
-        &[
-            ("hot@galera.test", 0),
-            ("spread-0@galera.test", 0),
-            ("spread-1@galera.test", 0),
-            ("spread-2@galera.test", 0),
-            ("small@galera.test", 10),
-            ("pop@galera.test", 0),
-        ],
-    )
-    .await;
+    let boxes = [LOAD_BOXES.as_slice(), &[("small@galera.test", 10), ("pop@galera.test", 0)]].concat();
+    fixtures(&store, &boxes).await;
 
     // Load from every node, half of it into one box.
     let stop: Stop = Default::default();
@@ -318,16 +311,7 @@ async fn galera_node_killed_and_cut_off_under_load() {
     let mut cluster = blocking(move || Galera::create(&parent, 3)).await;
     let (nodes, _) = start_all(&cluster, dir.path(), &["mmsmtpd", "mmpop3d"]).await;
     let store0 = store(&cluster, 0).await;
-    fixtures(
-        &store0,
-        &[
-            ("hot@galera.test", 0),
-            ("spread-0@galera.test", 0),
-            ("spread-1@galera.test", 0),
-            ("spread-2@galera.test", 0),
-        ],
-    )
-    .await;
+    fixtures(&store0, &LOAD_BOXES).await;
     let stop: Stop = Default::default();
     let ledgers = smtp_load(&nodes, 2, &stop);
     let acked = |i: usize| ledgers[i].acked();

@@ -90,19 +90,24 @@ async fn failed_logins_ban_the_address_at_every_daemon_on_the_database() {
     }
 }
 
-#[tokio::test]
-async fn allowed_networks_are_never_banned() {
+/// `tries` wrong passwords from `from` under the `[bans]` of `ban_setup`: each refused as
+/// an invalid login, never banned; the right one then logs in, and no ban is stored.
+async fn never_banned(ban_setup: impl FnOnce(&mut pop3d::config::Config), from: Ipv4Addr, tries: usize) {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();
     seed(&db).await;
     let mut cfg = config(&db.url);
-    banning(&mut cfg, &["127.0.0.30/31"]);
+    ban_setup(&mut cfg);
     let s = Server::start(cfg).await;
-    let trusted = Ipv4Addr::new(127, 0, 0, 30);
-    for i in 0..6 {
-        assert_eq!(attempt(s.addr, trusted, &format!("wrong {i}")).await, "-ERR [AUTH] Invalid login");
+    for i in 0..tries {
+        assert_eq!(attempt(s.addr, from, &format!("wrong {i}")).await, "-ERR [AUTH] Invalid login");
     }
-    assert!(attempt(s.addr, trusted, PASSWORD).await.starts_with("+OK"));
+    assert!(attempt(s.addr, from, PASSWORD).await.starts_with("+OK"));
     assert!(db.store.active_bans().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn allowed_networks_are_never_banned() {
+    never_banned(|cfg| banning(cfg, &["127.0.0.30/31"]), Ipv4Addr::new(127, 0, 0, 30), 6).await;
 }
 
 /// Guessing from four addresses with one verification slot while a user logs in from a
@@ -140,16 +145,9 @@ async fn a_user_logs_in_while_others_guess() {
 
 #[tokio::test]
 async fn bans_can_be_turned_off() {
-    let db = TestDb::create(Backend::Sqlite).await.unwrap();
-    seed(&db).await;
-    let mut cfg = config(&db.url);
-    banning(&mut cfg, &[]);
-    cfg.bans.enabled = false;
-    let s = Server::start(cfg).await;
-    let from = Ipv4Addr::new(127, 0, 0, 35);
-    for i in 0..5 {
-        assert_eq!(attempt(s.addr, from, &format!("wrong {i}")).await, "-ERR [AUTH] Invalid login");
-    }
-    assert!(attempt(s.addr, from, PASSWORD).await.starts_with("+OK"));
-    assert!(db.store.active_bans().await.unwrap().is_empty());
+    let off = |cfg: &mut pop3d::config::Config| {
+        banning(cfg, &[]);
+        cfg.bans.enabled = false;
+    };
+    never_banned(off, Ipv4Addr::new(127, 0, 0, 35), 5).await;
 }

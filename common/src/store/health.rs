@@ -70,6 +70,11 @@ impl ConnectionFailure for super::DeliverError {
     }
 }
 
+/// How a server is named here: `host:port`.
+pub(crate) fn server_key(host: &str, port: u16) -> String {
+    format!("{host}:{port}")
+}
+
 /// Marks `server` (`host:port`) suspect.
 fn mark(server: String) {
     if let std::collections::hash_map::Entry::Vacant(v) = lock_map().entry(server) {
@@ -105,11 +110,11 @@ impl Store {
         match self {
             Store::Postgres(p) => {
                 let o = p.connect_options();
-                Some(format!("{}:{}", o.get_host(), o.get_port()))
+                Some(server_key(o.get_host(), o.get_port()))
             }
             Store::MySql(p) => {
                 let o = p.connect_options();
-                Some(format!("{}:{}", o.get_host(), o.get_port()))
+                Some(server_key(o.get_host(), o.get_port()))
             }
             Store::Sqlite(_) => None,
         }

@@ -237,7 +237,7 @@ impl Store {
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
             probe::<sqlx::PgConnection>(&opts, &place, timeout).await?;
             // The probe was the first connection; the pool opens its own as needed.
-            let server = format!("{}:{}", opts.get_host(), opts.get_port());
+            let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
@@ -253,7 +253,7 @@ impl Store {
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
             probe::<sqlx::MySqlConnection>(&opts, &place, timeout).await?;
             // The probe was the first connection; the pool opens its own as needed.
-            let server = format!("{}:{}", opts.get_host(), opts.get_port());
+            let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
             let pool = MySqlPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
