@@ -9,16 +9,55 @@ use std::time::{Duration, Instant};
 
 use common::testing::{Backend, TestDb};
 
+/// A loopback port for a database server of ours (client, Galera group, IST or SST
+/// port): free now, below the kernel's ephemeral range, and never handed out twice by
+/// this process. Below that range, an outgoing connection (a Galera link, a daemon's
+/// pool) cannot take it between this call and the server's bind, as it can take a port
+/// that `bind(":0")` found free; and no two servers of one test binary get the same one.
+///
+/// # Panics
+/// If no port in the range is free.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    let (first, span) = (10_000_u32, low.saturating_sub(10_000).max(1000));
+    // Each test binary starts at its own place, so that two at once rarely meet.
+    let _ = NEXT.compare_exchange(0, std::process::id() % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = first + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(port) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {first} and {}", first + span);
 }
 
-pub(crate) fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, ready: impl FnMut() -> bool) {
+    assert!(waited(limit, ready), "{what} not ready after {limit:?}");
+}
+
+/// Whether `ready` became true within `limit` (asked every 100 ms).
+pub(crate) fn waited(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !ready() {
-        assert!(start.elapsed() < limit, "{what} not ready after {limit:?}");
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
+}
+
+/// The last `lines` lines of a log file, for a failure message.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 pub(crate) fn quiet(cmd: &mut Command) -> bool {
@@ -38,13 +77,26 @@ impl Proc {
         Proc { child: None, starts: 0, log }
     }
 
-    /// Spawns `cmd` (its standard error appended to the log) and waits until `ready`.
+    /// Spawns `cmd` (its standard error appended to the log) and waits up to 60 s until
+    /// `ready`.
+    ///
+    /// # Panics
+    /// If it is not ready by then, with the end of its standard error.
     pub(crate) fn start(&mut self, what: &str, cmd: &mut Command, ready: impl FnMut() -> bool) {
+        let limit = Duration::from_secs(60);
+        if !self.start_within(cmd, limit, ready) {
+            panic!("{what} not ready after {limit:?}; its standard error ends:\n{}", self.log_tail(30));
+        }
+    }
+
+    /// Spawns `cmd` (its standard error appended to the log); whether it became `ready`
+    /// within `limit`.
+    pub(crate) fn start_within(&mut self, cmd: &mut Command, limit: Duration, ready: impl FnMut() -> bool) -> bool {
         self.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let child = cmd.process_group(0).stdout(Stdio::null()).stderr(log).spawn().expect("spawn database server");
         self.child = Some(child);
-        wait_for(what, Duration::from_secs(60), ready);
+        waited(limit, ready)
     }
 
     /// Whether the server process is still there (a full disk can make it stop).
@@ -65,6 +117,11 @@ impl Proc {
     /// What it wrote to standard error so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its standard error.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
     }
 
     /// How many times the server was started.

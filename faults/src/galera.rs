@@ -14,7 +14,7 @@ use common::config::DatabaseConfig;
 use common::store::Store;
 use common::testing::{Daemon, TestCert};
 
-use crate::db::{Proc, free_port, mariadbd, quiet, wait_for};
+use crate::db::{Proc, free_port, mariadbd, quiet, tail, wait_for};
 
 /// The Galera provider library Debian's `galera-4` installs.
 const PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
@@ -54,7 +54,7 @@ impl Galera {
     /// bootstraps the first, joins the others one by one and creates database `mmmail`.
     ///
     /// # Panics
-    /// If any node does not install, start or reach `Synced` within 60 s.
+    /// If any node does not install, start or reach `Synced` within 120 s.
     pub fn create(parent: &Path, n: usize) -> Galera {
         let user = nix::unistd::User::from_name("mysql").ok().flatten().expect("user mysql");
         let mut cluster = Galera { nodes: Vec::new(), uid: user.uid, gid: user.gid };
@@ -95,7 +95,7 @@ impl Galera {
     /// (after a kill: once it has rejoined and caught up by a state transfer).
     ///
     /// # Panics
-    /// If it is not synced within 60 s.
+    /// If it is not synced within 120 s, with the end of its error log.
     pub fn start_node(&mut self, i: usize, bootstrap: bool) {
         let members = self.members();
         let node = &mut self.nodes[i];
@@ -117,8 +117,18 @@ impl Galera {
             cmd.arg("--wsrep-new-cluster");
         }
         let port = node.port;
-        node.proc
-            .start("Galera node", &mut cmd, || status(port, "wsrep_local_state_comment").as_deref() == Some("Synced"));
+        // A joiner's state transfer on a busy machine (two clusters of two tests at once on
+        // two cores) can take well over the 60 s a single server gets.
+        let limit = Duration::from_secs(120);
+        let synced = node
+            .proc
+            .start_within(&mut cmd, limit, || status(port, "wsrep_local_state_comment").as_deref() == Some("Synced"));
+        assert!(
+            synced,
+            "Galera node {i} not synced after {limit:?}; its error log ends:\n{}\nits standard error ends:\n{}",
+            tail(&node.log, 40),
+            node.proc.log_tail(10),
+        );
     }
 
     /// SIGKILL to node `i` (and its state-transfer helpers).
