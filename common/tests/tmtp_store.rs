@@ -109,8 +109,8 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
             "{name}"
         );
         assert_eq!(s.tmtp_max_message_id().await.unwrap(), user);
-        assert_eq!(s.tmtp_next("B", 1).await.unwrap(), Some(queued("E", user)));
-        assert_eq!(s.tmtp_next("nobody", 1).await.unwrap(), None);
+        assert_eq!(s.tmtp_queue_page("B", 1, 1).await.unwrap(), vec![queued("E", user)]);
+        assert_eq!(s.tmtp_queue_page("nobody", 1, 1).await.unwrap(), vec![]);
         let TmtpMessage { header, size } = s.tmtp_message(big).await.unwrap().unwrap();
         assert_eq!((header.as_slice(), size), (&b"0010{\"op\":\"delivery\"}"[..], 3 * 65536));
         assert_eq!(s.tmtp_chunk(big, 2).await.unwrap().unwrap(), chunk);

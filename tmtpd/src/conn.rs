@@ -17,7 +17,7 @@ use crate::proto::Quit;
 use crate::proto::frame::{Parsed, parse};
 use crate::proto::header::{Header, Op};
 use crate::proto::message;
-use crate::session::{Session, Step, Upload, check_text};
+use crate::session::{Body, Session, Step, Upload, check_text};
 
 /// Post data stored per chunk.
 const CHUNK: usize = 64 * 1024;
@@ -204,14 +204,21 @@ impl Conn<'_> {
                 let note_posted = now_ms();
                 let post_id = self.hub.next_id() as i64;
                 let note_id = (h.op == Op::PostNotify).then(|| self.hub.next_id() as i64);
+                let total = u64::try_from(h.datalen).unwrap_or(0);
+                let note_len = u64::try_from(h.notelen).unwrap_or(0).min(total);
+                let post_len = total - note_len;
+                if total <= CHUNK as u64 {
+                    // Small enough to hold: stored whole, in one commit, after resolution.
+                    let Some(mut data) = self.take(r, session, total as usize).await else { return Ok(None) };
+                    let post = Body::Whole { id: post_id, data: data.split_off(note_len as usize) };
+                    let note = note_id.map(|id| (Body::Whole { id, data }, note_posted));
+                    return Ok(Some(session.post(h, post, note).await?));
+                }
                 let mut post = Upload::begin(self.hub, post_id).await?;
                 let mut note = match note_id {
                     Some(id) => Some(Upload::begin(self.hub, id).await?),
                     None => None,
                 };
-                let note_len = u64::try_from(h.notelen).unwrap_or(0);
-                let post_len =
-                    u64::try_from(h.datalen).unwrap_or(0) - note_len.min(u64::try_from(h.datalen).unwrap_or(0));
                 let mut complete = true;
                 if let Some(n) = note.as_mut() {
                     complete = self.stream(r, session, n, note_len).await?;
@@ -226,7 +233,8 @@ impl Conn<'_> {
                     }
                     return Ok(None);
                 }
-                Ok(Some(session.post(h, post, note.map(|n| (n, note_posted))).await?))
+                let note = note.map(|n| (Body::Streamed(n), note_posted));
+                Ok(Some(session.post(h, Body::Streamed(post), note).await?))
             }
             _ => {
                 let n = usize::try_from(h.datalen).unwrap_or(0);

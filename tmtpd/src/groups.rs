@@ -10,7 +10,10 @@ use crate::proto::Quit;
 use crate::proto::header::{Header, Target};
 use crate::proto::message::{self, posted};
 use crate::queue::wire_id;
-use crate::session::{MAX_NAME, MIN_NAME, Session, Step, copy_data_fields, printable, resolve, standard, store_small};
+use crate::session::{
+    Body, MAX_NAME, MIN_NAME, Queueing, Session, Step, copy_data_fields, printable, queue_all, resolve, standard,
+    store_small,
+};
 
 fn member(uid: &str, alias: &str, status: MemberStatus) -> Member {
     Member { uid: uid.to_owned(), alias: alias.to_owned(), status }
@@ -64,7 +67,7 @@ impl Session {
         }
         copy_data_fields(&mut f, h);
         let nodes = resolve(&hub, &key, &[Target { id: invitee, kind: 1 }], true).await?.unwrap_or_default();
-        store_small(&hub, inv, f, data, "M", &nodes).await?;
+        let invite = Queueing { body: Body::Whole { id: inv, data: data.to_vec() }, header: f, prio: b'M', nodes };
         let mem = hub.next_id() as i64;
         let mut f = standard("member", &uid, mem, now_ms(), 0);
         for (k, v) in [("act", "invite".to_owned()), ("alias", to), ("gid", gid.clone())] {
@@ -74,7 +77,9 @@ impl Session {
             Ok(n) => n,
             Err(_) => resolve(&hub, &key, &[], true).await?.unwrap_or_default(),
         };
-        store_small(&hub, mem, f, &[], "M", &nodes).await?;
+        // The invitation and the member note in one commit.
+        let note = Queueing { body: Body::Whole { id: mem, data: Vec::new() }, header: f, prio: b'M', nodes };
+        queue_all(&hub, vec![invite, note]).await?;
         Ok(Step::Reply(message::ack(&id, None, Some((&wire_id(inv), &posted(t))))))
     }
 
@@ -187,7 +192,7 @@ impl Session {
             // After a self-drop the sender may no longer be a joined member.
             Err(_) => resolve(&hub, &key, &targets[1..], true).await?.unwrap_or_default(),
         };
-        store_small(&hub, mid, f, &[], "M", &nodes).await?;
+        store_small(&hub, mid, f, &[], b'M', nodes).await?;
         Ok(Step::Reply(message::ack(&id, None, None)))
     }
 }

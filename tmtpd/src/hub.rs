@@ -4,8 +4,8 @@
 //! in-memory in mnm too); queues and messages are in the database.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::stats::Stats;
@@ -37,12 +37,29 @@ pub struct Settings {
 /// The writing side of a connection.
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// A message whose data came whole, kept in memory from its commit until its online
+/// recipients have it: the link writes it without reading it back from the database.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The queue priority: `b'E'` or `b'M'` (spec/tmtp.md §4.5).
+    pub prio: u8,
+    /// The message id.
+    pub id: i64,
+    /// The whole frame: length digits, JSON header, data.
+    pub frame: Vec<u8>,
+}
+
 /// A logged-in connection, as the rest of the daemon sees it.
 pub struct Link {
     /// The only way to write to the connection: a frame is written whole while held.
     pub writer: tokio::sync::Mutex<Writer>,
-    /// Woken when a message is queued for this node.
+    /// Woken when a message is queued for this node (in the inbox or in the database).
     pub wake: Notify,
+    /// Messages committed for this node since its queue last looked, in memory.
+    inbox: Mutex<Vec<Arc<Outgoing>>>,
+    /// Set when the database holds messages for this node that the inbox does not (a
+    /// streamed post, or one stored by another instance): the queue reads them.
+    stale: AtomicBool,
     /// Ids the client acknowledged (op 10), for the node's queue.
     pub acks: mpsc::Sender<String>,
     /// Cancelled when the connection ends (or must end: a write failed).
@@ -52,17 +69,41 @@ pub struct Link {
 
 impl Link {
     /// A link writing to `writer`; returns it and the receiving end of its acks.
-    pub fn new(writer: Writer, write_timeout: Duration) -> (std::sync::Arc<Link>, mpsc::Receiver<String>) {
+    pub fn new(writer: Writer, write_timeout: Duration) -> (Arc<Link>, mpsc::Receiver<String>) {
         // mnm: a 10-slot buffer, a full one waits up to 2 s (spec §8.3).
         let (tx, rx) = mpsc::channel(10);
         let link = Link {
             writer: tokio::sync::Mutex::new(writer),
             wake: Notify::new(),
+            inbox: Mutex::default(),
+            stale: AtomicBool::new(false),
             acks: tx,
             closed: CancellationToken::new(),
             write_timeout,
         };
-        (std::sync::Arc::new(link), rx)
+        (Arc::new(link), rx)
+    }
+
+    /// Hands `message` (committed for this node) to the queue.
+    pub fn hand(&self, message: Arc<Outgoing>) {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+        self.wake.notify_one();
+    }
+
+    /// Tells the queue that the database holds messages for it that it was not handed.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The messages handed since the last call.
+    pub fn take_inbox(&self) -> Vec<Arc<Outgoing>> {
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether the queue must read the database (and clears the mark).
+    pub fn take_stale(&self) -> bool {
+        self.stale.swap(false, Ordering::AcqRel)
     }
 
     /// Closes the link: no more writes, and the socket is shut down now (the node's
@@ -119,9 +160,17 @@ pub struct Hub {
     ids: AtomicU64,
     /// The nodes' queue tasks and the `ohi` writers: shutdown waits for them.
     pub tasks: TaskTracker,
-    links: Mutex<HashMap<Node, std::sync::Arc<Link>>>,
+    links: Mutex<HashMap<Node, Arc<Link>>>,
     presence: Mutex<HashMap<String, Presence>>,
+    /// Recipient acks on their way to the database (see [`Hub::ack`]).
+    acks: mpsc::UnboundedSender<(Node, i64)>,
+    /// Acks received and not yet committed: a queue that reads its node's rows leaves
+    /// these out, so that a message acked is not sent again meanwhile.
+    unflushed: Mutex<std::collections::HashSet<(Node, i64)>>,
 }
+
+/// Most acks committed in one transaction.
+const ACK_BATCH: usize = 512;
 
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -131,10 +180,15 @@ pub fn now_ms() -> i64 {
 impl Hub {
     /// A hub whose ids continue after `last_id` (the highest stored) or from the clock
     /// in nanoseconds, whichever is later (spec/tmtp.md §4.4).
-    pub fn new(store: Store, settings: Settings, stats: Stats, oidc: crate::oidc::Verifier, last_id: u64) -> Hub {
+    ///
+    /// Starts the task that commits recipient acks; it must be called within a Tokio
+    /// runtime, and the task ends (after its last commit) once [`Hub::tasks`] is closed
+    /// and the last queue has ended.
+    pub fn new(store: Store, settings: Settings, stats: Stats, oidc: crate::oidc::Verifier, last_id: u64) -> Arc<Hub> {
         let clock =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Hub {
+        let (acks, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub {
             store,
             settings,
             stats,
@@ -143,7 +197,41 @@ impl Hub {
             tasks: TaskTracker::new(),
             links: Mutex::default(),
             presence: Mutex::default(),
+            acks,
+            unflushed: Mutex::default(),
+        });
+        // The writer holds the hub weakly: it ends when every queue (each holding the hub)
+        // has ended and the channel is empty.
+        tokio::spawn(write_acks(Arc::downgrade(&hub), rx));
+        hub
+    }
+
+    /// Node `node` acknowledged message `id`: recorded at once in memory (so the queue
+    /// goes on to its next message), committed with the other acks that arrive
+    /// meanwhile in one transaction (group commit). An ack lost in a crash before its
+    /// commit only means the message is sent again; clients drop a repeated id.
+    pub fn ack(&self, node: &Node, id: i64) {
+        self.unflushed.lock().unwrap_or_else(|p| p.into_inner()).insert((node.clone(), id));
+        let _ = self.acks.send((node.clone(), id));
+    }
+
+    /// Waits (at most `limit`) until every ack received is committed: at shutdown, after
+    /// the last queue has ended.
+    pub async fn flush_acks(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while !self.unflushed.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!("acks not recorded at shutdown; their messages will be sent again");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Whether node `node` acked message `id` in an ack not yet committed.
+    pub fn ack_pending(&self, node: &Node, id: i64) -> bool {
+        let unflushed = self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+        !unflushed.is_empty() && unflushed.contains(&(node.clone(), id))
     }
 
     /// The identity of a valid token as stored on the account (spec §12: subject,
@@ -166,7 +254,7 @@ impl Hub {
     }
 
     /// Registers `link` as node `key`'s connection; false if the node has one.
-    pub fn attach(&self, key: &Node, link: &std::sync::Arc<Link>) -> bool {
+    pub fn attach(&self, key: &Node, link: &Arc<Link>) -> bool {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if links.get(key).is_some_and(|l| !l.closed.is_cancelled()) {
             return false;
@@ -176,25 +264,36 @@ impl Hub {
     }
 
     /// Forgets node `key`'s connection if it is still `link`.
-    pub fn detach(&self, key: &Node, link: &std::sync::Arc<Link>) {
+    pub fn detach(&self, key: &Node, link: &Arc<Link>) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if links.get(key).is_some_and(|l| std::sync::Arc::ptr_eq(l, link)) {
+        if links.get(key).is_some_and(|l| Arc::ptr_eq(l, link)) {
             links.remove(key);
         }
     }
 
     /// Connections of every node of `uid`.
-    pub fn links_of(&self, uid: &str) -> Vec<std::sync::Arc<Link>> {
+    pub fn links_of(&self, uid: &str) -> Vec<Arc<Link>> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links.iter().filter(|(n, _)| n.uid == uid).map(|(_, l)| l.clone()).collect()
     }
 
-    /// Wakes the queues of `nodes` that are online here.
+    /// Tells the queues of `nodes` that are online here to read the database (a message
+    /// streamed into it).
     pub fn wake(&self, nodes: &[Node]) {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         for n in nodes {
             if let Some(l) = links.get(n) {
-                l.wake.notify_one();
+                l.mark_stale();
+            }
+        }
+    }
+
+    /// Hands `message`, just committed for `nodes`, to those of them online here.
+    pub fn hand(&self, nodes: &[Node], message: &Arc<Outgoing>) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for n in nodes {
+            if let Some(l) = links.get(n) {
+                l.hand(message.clone());
             }
         }
     }
@@ -247,5 +346,39 @@ impl Hub {
             p.iter().filter(|(_, e)| e.refs > 0 && e.on.get(target) == Some(&true)).map(|(u, _)| u.clone()).collect();
         users.sort();
         users
+    }
+}
+
+/// Commits recipient acks in batches: whatever arrived while the previous batch was
+/// being committed goes in the next transaction. A failed commit is tried again after a
+/// pause; the acks stay pending (and their messages unsent) meanwhile.
+async fn write_acks(hub: std::sync::Weak<Hub>, mut rx: mpsc::UnboundedReceiver<(Node, i64)>) {
+    let mut batch: Vec<(Node, i64)> = Vec::with_capacity(ACK_BATCH);
+    loop {
+        if batch.is_empty() {
+            // Ends when no sender is left: the hub itself holds one, so only after it.
+            let Some(first) = rx.recv().await else { return };
+            batch.push(first);
+        }
+        while batch.len() < ACK_BATCH {
+            match rx.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        match hub.store.tmtp_acks(&batch).await {
+            Ok(_) => {
+                let mut unflushed = hub.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+                for a in batch.drain(..) {
+                    unflushed.remove(&a);
+                }
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, acks = batch.len(), "recording acks failed; retrying");
+                drop(hub);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }

@@ -80,7 +80,7 @@ impl Daemon for Server {
         let last = u64::try_from(store.tmtp_max_message_id().await?).unwrap_or(0);
         let settings = settings(cfg)?;
         let oidc = oidc::Verifier::load(&settings.auth.providers).await;
-        let hub = Arc::new(Hub::new(store.clone(), settings, stats.clone(), oidc, last));
+        let hub = Hub::new(store.clone(), settings, stats.clone(), oidc, last);
         let core = Core::new(store, live(cfg, hub, tls), cfg.own.idle_timeout, stats);
         Ok(Arc::new(Server { core }))
     }
@@ -96,10 +96,11 @@ impl Daemon for Server {
             .await;
         // The nodes' queues and the ohi writers end with their links: the drain waits
         // for them as for the connections.
-        let tasks = self.hub().tasks.clone();
+        let hub = self.hub();
         tracker.spawn(async move {
-            tasks.close();
-            tasks.wait().await;
+            hub.tasks.close();
+            hub.tasks.wait().await;
+            hub.flush_acks(Duration::from_secs(10)).await;
         });
     }
 

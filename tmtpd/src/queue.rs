@@ -1,10 +1,17 @@
 //! Delivery to one online node (spec/tmtp.md §8.2): stop-and-wait, one message in
 //! flight; the next only after an Ack with exactly its id; resent after `ack_timeout`
-//! seconds without one, or first thing at the next login. Pending messages come from
-//! the database in (priority, id) order, so a restart loses nothing and several daemons
-//! may share one database (an idle queue also looks again every few seconds, for
-//! messages another instance stored).
+//! seconds without one, or first thing at the next login. Messages go in (priority, id)
+//! order.
+//!
+//! A message posted while its recipient is online here is handed to this queue in
+//! memory after its commit ([`Link::hand`]) and written without reading it back. The
+//! database stays the record: the queue reads its node's rows in pages of [`PAGE`] at
+//! login, whenever it was told the database holds more (a streamed post, one stored by
+//! another instance: [`Link::mark_stale`]), when it reaches the end of a page, and every
+//! [`POLL`] while idle. A recipient's ack lets the next message go at once; the ack
+//! itself is committed with others in one transaction ([`Hub::ack`]).
 
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,21 +19,100 @@ use tokio::sync::mpsc;
 
 use common::store::Node;
 
-use crate::hub::{Hub, Link};
+use crate::hub::{Hub, Link, Outgoing};
 
-/// How often an idle queue looks for messages it was not woken for.
+/// How often an idle queue reads the database for messages it was not told about.
 const POLL: Duration = Duration::from_secs(5);
 /// Pause after a database error.
 const RETRY: Duration = Duration::from_secs(1);
+/// Queue rows read at a time.
+pub const PAGE: i64 = 64;
+/// Ids acked here remembered, so that a hand-off that raced the database read is not
+/// delivered twice.
+const RECENT: usize = 1024;
 
 /// The wire form of a message id.
 pub fn wire_id(id: i64) -> String {
     format!("{:016x}", id as u64)
 }
 
-/// Sends message `id` (header then data chunks) while holding the link's writer.
-/// False when the message is gone (acked through another path) or the link failed.
-async fn send(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreError> {
+/// Delivery order: priority byte, then id.
+type Key = (u8, i64);
+
+/// What the queue knows of its node's pending messages.
+#[derive(Default)]
+struct Pending {
+    /// In delivery order; the frame when it is in memory.
+    messages: BTreeMap<Key, Option<Arc<Outgoing>>>,
+    /// The last key of the last page read when that page was full: rows beyond it may
+    /// exist in the database that `messages` does not hold, so nothing past it is sent
+    /// before the next read.
+    horizon: Option<Key>,
+    /// Ids acked by this queue lately.
+    recent: VecDeque<i64>,
+    recent_set: HashSet<i64>,
+}
+
+impl Pending {
+    fn acked(&mut self, key: Key) {
+        self.messages.remove(&key);
+        if self.recent.len() == RECENT
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.recent_set.remove(&old);
+        }
+        self.recent.push_back(key.1);
+        self.recent_set.insert(key.1);
+    }
+
+    /// Messages handed in memory since the last look.
+    fn take(&mut self, handed: Vec<Arc<Outgoing>>) {
+        for m in handed {
+            if !self.recent_set.contains(&m.id) {
+                self.messages.insert((m.prio, m.id), Some(m));
+            }
+        }
+    }
+
+    /// Replaces what is known with a page of database rows (keeping frames in memory
+    /// and, past a full page, what was handed beyond it).
+    fn reload(&mut self, rows: Vec<(u8, i64)>, full: bool, pending_ack: impl Fn(i64) -> bool) {
+        let last = rows.last().copied();
+        let mut old = std::mem::take(&mut self.messages);
+        for key in rows {
+            if pending_ack(key.1) || self.recent_set.contains(&key.1) {
+                continue;
+            }
+            let frame = old.remove(&key).flatten();
+            self.messages.insert(key, frame);
+        }
+        self.horizon = if full { last } else { None };
+        if let Some(h) = self.horizon {
+            // Handed messages past the page are kept: the next read finds them too.
+            self.messages.extend(old.into_iter().filter(|(k, f)| *k > h && f.is_some()));
+        }
+    }
+
+    /// The next message to send, unless the page must be read first.
+    fn next(&self) -> Next {
+        match (self.messages.first_key_value(), self.horizon) {
+            (Some((k, _)), Some(h)) if *k > h => Next::Read,
+            (None, Some(_)) => Next::Read,
+            (Some((k, f)), _) => Next::Send(*k, f.clone()),
+            (None, None) => Next::Idle,
+        }
+    }
+}
+
+enum Next {
+    Send(Key, Option<Arc<Outgoing>>),
+    Read,
+    Idle,
+}
+
+/// Sends message `id` (header then data chunks) from the database while holding the
+/// link's writer. False when the message is gone or the link failed.
+async fn send_stored(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreError> {
     let Some(common::store::TmtpMessage { header, size }) = hub.store.tmtp_message(id).await? else {
         return Ok(false);
     };
@@ -49,42 +135,83 @@ async fn send(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreErro
         sent += chunk.len() as i64;
         seq += 1;
     }
+    count(hub, header.len() as i64 + size);
+    Ok(true)
+}
+
+fn count(hub: &Hub, bytes: i64) {
     hub.stats
         .batch()
         .update(common::stats::Flag::Persistent, &["total", "deliveries"], 1)
-        .update(common::stats::Flag::Persistent, &["total", "bytes-out"], header.len() as i64 + size)
+        .update(common::stats::Flag::Persistent, &["total", "bytes-out"], bytes)
         .send();
-    Ok(true)
+}
+
+/// Sends one message, from memory when it is there. False when it is gone or the link
+/// failed.
+async fn send(hub: &Hub, link: &Link, id: i64, frame: Option<&Outgoing>) -> Result<bool, common::StoreError> {
+    match frame {
+        Some(m) => {
+            let sent = link.send(&m.frame).await;
+            if sent {
+                count(hub, m.frame.len() as i64);
+            }
+            Ok(sent)
+        }
+        None => send_stored(hub, link, id).await,
+    }
 }
 
 /// Runs the queue of node `key` on `link` until the link closes.
 pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Receiver<String>) {
-    let (uid, num) = (&key.uid, key.num);
+    let mut pending = Pending::default();
+    let mut read = true;
     loop {
-        let next = match hub.store.tmtp_next(uid, num).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(cause = %e, "queue lookup failed");
-                tokio::select! {
-                    () = link.closed.cancelled() => return,
-                    () = tokio::time::sleep(RETRY) => continue,
+        pending.take(link.take_inbox());
+        read |= link.take_stale();
+        if read {
+            match hub.store.tmtp_queue_page(&key.uid, key.num, PAGE).await {
+                Ok(rows) => {
+                    let full = rows.len() as i64 >= PAGE;
+                    let rows = rows.into_iter().map(|q| (q.prio.bytes().next().unwrap_or(b'M'), q.message)).collect();
+                    pending.reload(rows, full, |id| hub.ack_pending(&key, id));
+                    read = false;
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "queue lookup failed");
+                    tokio::select! {
+                        () = link.closed.cancelled() => return,
+                        () = tokio::time::sleep(RETRY) => continue,
+                    }
                 }
             }
-        };
-        let Some(common::store::Queued { message: id, .. }) = next else {
-            tokio::select! {
-                () = link.closed.cancelled() => return,
-                () = link.wake.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
+        }
+        let (k, frame) = match pending.next() {
+            Next::Send(k, frame) => (k, frame),
+            Next::Read => {
+                read = true;
+                continue;
             }
-            continue;
+            Next::Idle => {
+                tokio::select! {
+                    () = link.closed.cancelled() => return,
+                    () = link.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => read = true,
+                }
+                continue;
+            }
         };
+        let id = k.1;
         let want = wire_id(id);
         'resend: loop {
-            match send(&hub, &link, id).await {
+            match send(&hub, &link, id, frame.as_deref()).await {
                 Ok(true) => {}
                 Ok(false) if link.closed.is_cancelled() => return,
-                Ok(false) => break 'resend,
+                Ok(false) => {
+                    // Gone from the database: acked through another path.
+                    pending.messages.remove(&k);
+                    break 'resend;
+                }
                 Err(e) => {
                     tracing::error!(cause = %e, "reading a queued message failed");
                     tokio::time::sleep(RETRY).await;
@@ -102,15 +229,8 @@ pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Rece
                     got = acks.recv() => match got {
                         None => return,
                         Some(got) if got == want => {
-                            loop {
-                                match hub.store.tmtp_ack(uid, num, id).await {
-                                    Ok(_) => break,
-                                    Err(e) => {
-                                        tracing::error!(cause = %e, "recording an ack failed; retrying");
-                                        tokio::time::sleep(RETRY).await;
-                                    }
-                                }
-                            }
+                            hub.ack(&key, id);
+                            pending.acked(k);
                             hub.stats.batch()
                                 .update(common::stats::Flag::Persistent, &["total", "acks"], 1)
                                 .send();
@@ -121,5 +241,58 @@ pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Rece
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(prio: u8, id: i64) -> Arc<Outgoing> {
+        Arc::new(Outgoing { prio, id, frame: vec![b'x'] })
+    }
+
+    fn order(p: &Pending) -> Vec<Key> {
+        p.messages.keys().copied().collect()
+    }
+
+    #[test]
+    fn handed_messages_join_the_database_order() {
+        let mut p = Pending::default();
+        p.reload(vec![(b'M', 5), (b'M', 9)], false, |_| false);
+        p.take(vec![out(b'E', 12), out(b'M', 10)]);
+        assert_eq!(order(&p), vec![(b'E', 12), (b'M', 5), (b'M', 9), (b'M', 10)]);
+        assert!(matches!(p.next(), Next::Send((b'E', 12), Some(_))));
+    }
+
+    #[test]
+    fn nothing_past_a_full_page_is_sent_before_the_next_read() {
+        let mut p = Pending::default();
+        p.take(vec![out(b'M', 100)]);
+        p.reload(vec![(b'M', 1), (b'M', 2)], true, |_| false);
+        // The handed message stays, with its frame, but waits for the next page.
+        assert_eq!(order(&p), vec![(b'M', 1), (b'M', 2), (b'M', 100)]);
+        p.acked((b'M', 1));
+        assert!(matches!(p.next(), Next::Send((b'M', 2), None)));
+        p.acked((b'M', 2));
+        assert!(matches!(p.next(), Next::Read));
+        p.reload(vec![(b'M', 3), (b'M', 100)], false, |_| false);
+        assert!(matches!(p.next(), Next::Send((b'M', 3), None)));
+        p.acked((b'M', 3));
+        assert!(matches!(p.next(), Next::Send((b'M', 100), Some(_))), "the frame in memory is kept");
+    }
+
+    #[test]
+    fn acked_messages_are_not_sent_again() {
+        let mut p = Pending::default();
+        p.reload(vec![(b'M', 1), (b'M', 2)], false, |_| false);
+        p.acked((b'M', 1));
+        // The ack is not committed yet: a read still finds the row; and a hand-off of the
+        // same message that raced the read arrives late.
+        p.reload(vec![(b'M', 1), (b'M', 2)], false, |id| id == 1);
+        p.take(vec![out(b'M', 1)]);
+        assert_eq!(order(&p), vec![(b'M', 2)]);
+        p.acked((b'M', 2));
+        assert!(matches!(p.next(), Next::Idle));
     }
 }

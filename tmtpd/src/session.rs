@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use common::StoreError;
 use common::stats::Flag;
-use common::store::{AddAlias, AddNode, MemberStatus, Node};
+use common::store::{AddAlias, AddNode, MemberStatus, Node, WholeMessage};
 use serde_json::Value;
 
-use crate::hub::{Hub, Link, now_ms};
+use crate::hub::{Hub, Link, Outgoing, now_ms};
 use crate::proto::Quit;
 use crate::proto::base32;
 use crate::proto::header::{Header, Op, Target};
@@ -146,26 +146,111 @@ impl Upload {
     }
 }
 
-/// Stores a message with its data in one go and wakes its recipients.
+/// The data of a message being posted.
+pub enum Body {
+    /// All of it in memory (at most one chunk): stored with its queue rows in one
+    /// commit and handed to online recipients from memory.
+    Whole {
+        /// The message id.
+        id: i64,
+        /// The data.
+        data: Vec<u8>,
+    },
+    /// Streamed into the store chunk by chunk as it arrived (a large post).
+    Streamed(Upload),
+}
+
+impl Body {
+    /// The message id.
+    pub fn id(&self) -> i64 {
+        match self {
+            Body::Whole { id, .. } => *id,
+            Body::Streamed(up) => up.id,
+        }
+    }
+
+    /// Data bytes.
+    pub fn size(&self) -> i64 {
+        match self {
+            Body::Whole { data, .. } => data.len() as i64,
+            Body::Streamed(up) => up.size,
+        }
+    }
+
+    /// Drops what was stored of a message that will not be queued.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn discard(&self, hub: &Hub) -> Result<(), StoreError> {
+        match self {
+            Body::Whole { .. } => Ok(()),
+            Body::Streamed(up) => hub.store.tmtp_discard(up.id).await,
+        }
+    }
+}
+
+/// A message ready to be queued: its data, header fields, priority and recipients.
+pub(crate) struct Queueing {
+    pub(crate) body: Body,
+    pub(crate) header: Fields,
+    pub(crate) prio: u8,
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// Queues messages for their recipients and tells the online ones. Messages that came
+/// whole are stored together in one transaction, then handed to the recipients online
+/// here from memory; a streamed one is made deliverable by its own commit, and its
+/// recipients read it from the database.
+///
+/// # Errors
+/// [`StoreError`]: nothing of a failed commit is queued.
+pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), StoreError> {
+    let frames: Vec<Vec<u8>> = messages.iter().map(|m| with_headsum(m.header.clone())).collect();
+    let prios: Vec<[u8; 1]> = messages.iter().map(|m| [m.prio]).collect();
+    let whole: Vec<WholeMessage<'_>> = messages
+        .iter()
+        .zip(&frames)
+        .zip(&prios)
+        .filter_map(|((m, frame), prio)| match &m.body {
+            Body::Whole { id, data } => Some(WholeMessage {
+                id: *id,
+                header: frame,
+                data,
+                prio: std::str::from_utf8(prio).unwrap_or("M"),
+                nodes: &m.nodes,
+            }),
+            Body::Streamed(_) => None,
+        })
+        .collect();
+    hub.store.tmtp_store_messages(&whole).await?;
+    for ((m, frame), prio) in messages.iter().zip(frames).zip(&prios) {
+        match &m.body {
+            Body::Whole { id, data } => {
+                let mut whole = frame;
+                whole.extend_from_slice(data);
+                hub.hand(&m.nodes, &Arc::new(Outgoing { prio: m.prio, id: *id, frame: whole }));
+            }
+            Body::Streamed(up) => {
+                let prio = std::str::from_utf8(prio).unwrap_or("M");
+                hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes).await?;
+                hub.wake(&m.nodes);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores a message with its data (at most one chunk) in one commit and hands it to
+/// its recipients online here.
 pub(crate) async fn store_small(
     hub: &Hub,
     id: i64,
     header: Fields,
     data: &[u8],
-    prio: &str,
-    nodes: &[Node],
+    prio: u8,
+    nodes: Vec<Node>,
 ) -> Result<(), StoreError> {
-    let mut up = Upload::begin(hub, id).await?;
-    up.put(hub, data).await?;
-    commit(hub, up, header, prio, nodes).await
-}
-
-/// Makes an upload deliverable to `nodes` and wakes them.
-async fn commit(hub: &Hub, up: Upload, header: Fields, prio: &str, nodes: &[Node]) -> Result<(), StoreError> {
-    let frame = with_headsum(header);
-    hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, nodes).await?;
-    hub.wake(nodes);
-    Ok(())
+    queue_all(hub, vec![Queueing { body: Body::Whole { id, data: data.to_vec() }, header, prio, nodes }]).await
 }
 
 /// Recipient resolution (spec §7): the nodes to queue to, or the ack error.
@@ -503,7 +588,7 @@ impl Session {
         f.insert("node".into(), "tbd".into());
         copy_data_fields(&mut f, h);
         let nodes = resolve(&hub, &key, &own(&uid), true).await?.unwrap_or_default();
-        store_small(&hub, id, f, &[], "M", &nodes).await?;
+        store_small(&hub, id, f, &[], b'M', nodes).await?;
         hub.stats.batch().update(Flag::Persistent, &["total", "logins"], 1).send();
         Ok(Step::LoggedIn(out, key, acks))
     }
@@ -548,7 +633,7 @@ impl Session {
         f.insert("posted".into(), posted(now_ms()).into());
         copy_data_fields(&mut f, h);
         let nodes = resolve(&hub, &key, &own(&key.uid), true).await?.unwrap_or_default();
-        store_small(&hub, mid, f, &[], "E", &nodes).await?;
+        store_small(&hub, mid, f, &[], b'E', nodes).await?;
         Ok(Step::Reply(message::ack(&id, None, None)))
     }
 
@@ -594,7 +679,7 @@ impl Session {
             f.insert("for".into(), list.into());
             f.insert("type".into(), kind.into());
             let nodes = resolve(&hub, &key, &own(&key.uid), true).await?.unwrap_or_default();
-            store_small(&hub, mid, f, &[], "M", &nodes).await?;
+            store_small(&hub, mid, f, &[], b'M', nodes).await?;
         }
         Ok(Step::Reply(message::ack(&id, None, None)))
     }
@@ -618,28 +703,29 @@ impl Session {
         f.insert("to".into(), to.into());
         copy_data_fields(&mut f, h);
         let nodes = resolve(&hub, &key, &[Target { id: target, kind: 1 }], true).await?.unwrap_or_default();
-        store_small(&hub, mid, f, data, "M", &nodes).await?;
+        store_small(&hub, mid, f, data, b'M', nodes).await?;
         hub.stats.batch().update(Flag::Persistent, &["total", "pings"], 1).send();
         Ok(Step::Reply(message::ack(&id, None, Some((&wire_id(mid), &posted(t))))))
     }
 
-    /// Finishes a Post or PostNotify whose data went into `post` (and, for PostNotify,
-    /// the notification into `note`), spec §5.7, §5.8.
+    /// Finishes a Post or PostNotify whose data is `post` (and, for PostNotify, the
+    /// notification `note`, posted at the given time), spec §5.7, §5.8. Both messages
+    /// of a PostNotify are queued in one commit when they came whole.
     ///
     /// # Errors
     /// [`StoreError`].
-    pub async fn post(&mut self, h: &Header, post: Upload, note: Option<(Upload, i64)>) -> Result<Step, StoreError> {
+    pub async fn post(&mut self, h: &Header, post: Body, note: Option<(Body, i64)>) -> Result<Step, StoreError> {
         let hub = self.hub.clone();
         let Some((key, _)) = self.me() else { return Ok(Step::Quit(Quit::Unauthenticated)) };
         let id = h.id.clone().unwrap_or_default();
         let targets = h.targets.clone().unwrap_or_default();
-        let (post_id, size) = (post.id, post.size);
+        let (post_id, size) = (post.id(), post.size());
         let nodes = match resolve(&hub, &key, &targets, !h.fornotself).await? {
             Ok(n) => n,
             Err(e) => {
-                hub.store.tmtp_discard(post_id).await?;
+                post.discard(&hub).await?;
                 if let Some((n, _)) = note {
-                    hub.store.tmtp_discard(n.id).await?;
+                    n.discard(&hub).await?;
                 }
                 return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
             }
@@ -647,21 +733,18 @@ impl Session {
         let mut f = standard("delivery", &key.uid, post_id, now_ms(), size);
         copy_data_fields(&mut f, h);
         let Some((note, note_posted)) = note else {
-            let p = f.get("posted").cloned().unwrap_or_default();
-            commit(&hub, post, f, "M", &nodes).await?;
+            let p = f.get("posted").and_then(Value::as_str).unwrap_or_default().to_owned();
+            queue_all(&hub, vec![Queueing { body: post, header: f, prio: b'M', nodes }]).await?;
             self.count_post(size);
-            let p = p.as_str().unwrap_or_default().to_owned();
             return Ok(Step::Reply(message::ack(&id, None, Some((&wire_id(post_id), &p)))));
         };
         let notefor = h.notefor.clone().unwrap_or_default();
         let k = targets.len() + notefor.len() + usize::from(!h.fornotself);
         f.insert("notify".into(), k.into());
-        commit(&hub, post, f, "M", &nodes).await?;
-        self.count_post(size);
         let mut all: Vec<Target> = notefor;
         all.extend(targets);
-        let note_id = note.id;
-        let mut nf = standard("notify", &key.uid, note_id, note_posted, note.size);
+        let note_id = note.id();
+        let mut nf = standard("notify", &key.uid, note_id, note_posted, note.size());
         if h.notehead != 0 {
             nf.insert("datahead".into(), h.notehead.into());
         }
@@ -669,10 +752,17 @@ impl Session {
             nf.insert("datasum".into(), h.notesum.into());
         }
         nf.insert("postid".into(), wire_id(post_id).into());
+        let post = Queueing { body: post, header: f, prio: b'M', nodes };
         match resolve(&hub, &key, &all, true).await? {
-            Ok(nodes) => commit(&hub, note, nf, "M", &nodes).await?,
+            Ok(nodes) => {
+                queue_all(&hub, vec![post, Queueing { body: note, header: nf, prio: b'M', nodes }]).await?;
+                self.count_post(size);
+            }
             Err(e) => {
-                hub.store.tmtp_discard(note_id).await?;
+                // As mnm: the post is queued, the notification is not, and the ack says why.
+                queue_all(&hub, vec![post]).await?;
+                self.count_post(size);
+                note.discard(&hub).await?;
                 return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
             }
         }

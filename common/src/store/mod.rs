@@ -29,7 +29,7 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 pub use model::{
     AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, Findings, MailCopy, MailEntry, Member,
     MemberStatus, Node, OwnsBoxes, Queued, Repaired, Resolution, Retrieved, TmtpMessage, Update, Usage, User,
-    UserEntry,
+    UserEntry, WholeMessage,
 };
 
 use backends::{mysql, postgres, sqlite};

@@ -175,6 +175,22 @@ pub struct Queued {
     pub message: i64,
 }
 
+/// A TMTP message whose data came whole, to be stored and queued in one transaction
+/// ([`crate::store::Store::tmtp_store_messages`]).
+#[derive(Clone, Copy, Debug)]
+pub struct WholeMessage<'a> {
+    /// The message id.
+    pub id: i64,
+    /// Length digits and JSON header, as sent.
+    pub header: &'a [u8],
+    /// All its data (at most one 64 KiB chunk).
+    pub data: &'a [u8],
+    /// `E` or `M` (spec/tmtp.md §4.5).
+    pub prio: &'a str,
+    /// The recipient nodes; none: the message is not stored.
+    pub nodes: &'a [Node],
+}
+
 /// A deliverable TMTP message: its frame header and the size of its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TmtpMessage {

@@ -11,6 +11,8 @@
 //! chunks as they arrive, under a row that is not yet `ready`; `commit_message` marks it
 //! ready and inserts one queue row per recipient node in one transaction, so the sender's
 //! `ack` (sent after that commit) means "durably queued for every recipient node". A
+//! message whose data fits one chunk skips the chunked path: `store_messages` writes it,
+//! its chunk and its queue rows (a PostNotify: both messages) in one transaction. A
 //! recipient's ack deletes its queue row, and the message goes with the last one.
 
 /// The id of the row `$sql` (an INSERT with 3 parameters) inserts on `$conn`:
@@ -40,7 +42,7 @@ macro_rules! operations {
         use crate::error::StoreError;
         use crate::store::model::{
             AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus,
-            Node, OwnsBoxes, Queued, Repaired, Retrieved, TmtpMessage, Update, Usage, User, UserEntry,
+            Node, OwnsBoxes, Queued, Repaired, Retrieved, TmtpMessage, Update, Usage, User, UserEntry, WholeMessage,
         };
         use crate::store::sql::Sql;
 
@@ -593,6 +595,38 @@ macro_rules! operations {
             Ok(())
         }
 
+        pub(crate) async fn store_messages(p: &Pool, messages: &[WholeMessage<'_>], now: i64) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = async {
+                for m in messages.iter().filter(|m| !m.nodes.is_empty()) {
+                    let size = m.data.len() as i64;
+                    sqlx::query(SQL.insert_ready_message)
+                        .bind(m.id)
+                        .bind(m.header)
+                        .bind(size)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    if !m.data.is_empty() {
+                        sqlx::query(SQL.insert_chunk).bind(m.id).bind(0_i64).bind(m.data).execute(&mut *tx).await?;
+                    }
+                    for n in m.nodes {
+                        sqlx::query(SQL.enqueue)
+                            .bind(&n.uid)
+                            .bind(n.num)
+                            .bind(m.prio)
+                            .bind(m.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
         pub(crate) async fn discard(p: &Pool, id: i64) -> Result<()> {
             let mut tx = write(p).await?;
             let r = async {
@@ -609,10 +643,10 @@ macro_rules! operations {
             Ok(rows.into_iter().map(|(prio, message)| Queued { prio, message }).collect())
         }
 
-        pub(crate) async fn queue_next(p: &Pool, uid: &str, num: i64) -> Result<Option<Queued>> {
-            let row: Option<(String, i64)> =
-                sqlx::query_as(SQL.queue_next).bind(uid).bind(num).fetch_optional(p).await?;
-            Ok(row.map(|(prio, message)| Queued { prio, message }))
+        pub(crate) async fn queue_page(p: &Pool, uid: &str, num: i64, limit: i64) -> Result<Vec<Queued>> {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as(SQL.queue_page).bind(uid).bind(num).bind(limit).fetch_all(p).await?;
+            Ok(rows.into_iter().map(|(prio, message)| Queued { prio, message }).collect())
         }
 
         pub(crate) async fn message(p: &Pool, id: i64) -> Result<Option<TmtpMessage>> {
@@ -625,13 +659,17 @@ macro_rules! operations {
             Ok(row.map(|r| r.0))
         }
 
-        pub(crate) async fn ack(p: &Pool, uid: &str, num: i64, id: i64) -> Result<bool> {
+        pub(crate) async fn acks(p: &Pool, acks: &[(Node, i64)]) -> Result<u64> {
             let mut tx = write(p).await?;
             let r = async {
-                let done = sqlx::query(SQL.dequeue).bind(uid).bind(num).bind(id).execute(&mut *tx).await?;
-                sqlx::query(SQL.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
-                sqlx::query(SQL.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
-                Ok(done.rows_affected() > 0)
+                let mut dequeued = 0;
+                for (n, id) in acks {
+                    let done = sqlx::query(SQL.dequeue).bind(&n.uid).bind(n.num).bind(id).execute(&mut *tx).await?;
+                    sqlx::query(SQL.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
+                    sqlx::query(SQL.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
+                    dequeued += done.rows_affected();
+                }
+                Ok(dequeued)
             }
             .await;
             Ok(tx.finish(r).await?)

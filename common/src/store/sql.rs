@@ -281,6 +281,9 @@ statements! {
     // --- TMTP messages and queues (spec/tmtp.md §8) ---
     /// Message `$1` (not ready), created `$2`.
     begin_message = Same("INSERT INTO tmtp_message (message_id, message_created) VALUES ($1, $2)");
+    /// Message `$1`, ready at once: header `$2`, size `$3`, created `$4` (a message whose
+    /// data came whole, stored in one transaction with its chunk and queue rows).
+    insert_ready_message = Same("INSERT INTO tmtp_message (message_id, message_header, message_size, message_ready, message_created) VALUES ($1, $2, $3, 1, $4)");
     /// Chunk `$2` of message `$1`: `$3`.
     insert_chunk = Same("INSERT INTO tmtp_chunk (chunk_message, chunk_seq, chunk_data) VALUES ($1, $2, $3)");
     /// Sets header `$1`, size `$2`, ready of message `$3`.
@@ -289,8 +292,8 @@ statements! {
     enqueue = Same("INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES ($1, $2, $3, $4)");
     /// `(prio, message)` of node (`$1`, `$2`), in delivery order.
     queue = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message");
-    /// The first of those.
-    queue_next = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message LIMIT 1");
+    /// The first `$3` of those (a page).
+    queue_page = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message LIMIT $3");
     /// `(header, size)` of ready message `$1`.
     message = Same("SELECT message_header, message_size FROM tmtp_message WHERE message_id = $1 AND message_ready = 1");
     /// Chunk `$2` of message `$1`.

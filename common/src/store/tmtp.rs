@@ -2,7 +2,7 @@
 //! nodes, aliases, groups and the per-node queues, on all three backends. The SQL and
 //! the transactions are in `sql` and `ops`; the durability contract is in `ops`.
 
-use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage};
+use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage, WholeMessage};
 use super::{Store, dispatch, mysql, postgres, retrying, sqlite};
 use crate::error::StoreError;
 
@@ -139,6 +139,29 @@ impl Store {
     ) -> Result<(), StoreError> {
         let done =
             retrying("queueing", || async { dispatch!(self, commit_message(id, header, size, prio, nodes)) }).await;
+        self.resolve_queued(id, done).await
+    }
+
+    /// Stores messages whose data came whole (each at most one 64 KiB chunk), each with
+    /// its chunk and its queue rows, all in one transaction: deliverable (and ackable to
+    /// their sender) after a single commit. A message with no nodes is not stored.
+    ///
+    /// A `COMMIT` without an answer is resolved as in [`Store::tmtp_commit_message`], by
+    /// the first stored message.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`]; nothing was stored then. [`StoreError::CommitUnknown`] if the
+    /// database did not answer again within 30 s.
+    pub async fn tmtp_store_messages(&self, messages: &[WholeMessage<'_>]) -> Result<(), StoreError> {
+        let Some(first) = messages.iter().find(|m| !m.nodes.is_empty()) else { return Ok(()) };
+        let now = super::unix_now();
+        let done = retrying("queueing", || async { dispatch!(self, store_messages(messages, now)) }).await;
+        self.resolve_queued(first.id, done).await
+    }
+
+    /// A queueing transaction's result, with a `COMMIT` that got no answer resolved by
+    /// asking whether message `id` is ready once the database answers again.
+    async fn resolve_queued(&self, id: i64, done: Result<(), StoreError>) -> Result<(), StoreError> {
         match done {
             Err(StoreError::CommitUnknown(e)) => {
                 match super::resolve("queueing", || async { Ok(dispatch!(self, message(id))?.is_some()) }).await {
@@ -167,12 +190,13 @@ impl Store {
         dispatch!(self, queue(uid, num))
     }
 
-    /// The next message for node (`uid`, `num`), if any.
+    /// The first `limit` pending messages of node (`uid`, `num`) in delivery order (a
+    /// node's queue is read in pages, spec/tmtp.md §8.2).
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn tmtp_next(&self, uid: &str, num: i64) -> Result<Option<Queued>, StoreError> {
-        dispatch!(self, queue_next(uid, num))
+    pub async fn tmtp_queue_page(&self, uid: &str, num: i64, limit: i64) -> Result<Vec<Queued>, StoreError> {
+        dispatch!(self, queue_page(uid, num, limit))
     }
 
     /// Deliverable message `id`: its frame header and data size.
@@ -197,7 +221,16 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_ack(&self, uid: &str, num: i64, id: i64) -> Result<bool, StoreError> {
-        retrying("ack", || async { dispatch!(self, ack(uid, num, id)) }).await
+        Ok(self.tmtp_acks(&[(Node { uid: uid.to_owned(), num }, id)]).await? > 0)
+    }
+
+    /// Recipient acks, applied together in one transaction (group commit): each
+    /// (node, message id) as in [`Store::tmtp_ack`]. Returns how many queue rows went.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`]; none of them was applied then.
+    pub async fn tmtp_acks(&self, acks: &[(Node, i64)]) -> Result<u64, StoreError> {
+        retrying("ack", || async { dispatch!(self, acks(acks)) }).await
     }
 
     /// At start: removes messages whose upload never finished; returns how many.
