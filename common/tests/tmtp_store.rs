@@ -4,7 +4,7 @@
 //! and their namespace shared with groups, group members, and the per-node queues with
 //! their durability and retention rules.
 
-use common::store::{AddAlias, AddNode, Member, MemberStatus, Node, Queued, TmtpMessage};
+use common::store::{AddAlias, AddNode, Member, MemberStatus, Node, Queued, TmtpMessage, Wake, WholeMessage};
 use common::testing::TestDb;
 
 fn node(uid: &str, num: i64) -> Node {
@@ -93,16 +93,17 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
             3 * 65536,
             "M",
             &nodes(&[("A", 1), ("B", 1), ("B", 2)]),
+            None,
         )
         .await
         .unwrap();
         // A `user` message sent later overtakes it; an older `M` message stays before.
         let old = big - 50;
         s.tmtp_begin_message(old).await.unwrap();
-        s.tmtp_commit_message(old, b"old", 0, "M", &nodes(&[("B", 1)])).await.unwrap();
+        s.tmtp_commit_message(old, b"old", 0, "M", &nodes(&[("B", 1)]), None).await.unwrap();
         let user = big + 7;
         s.tmtp_begin_message(user).await.unwrap();
-        s.tmtp_commit_message(user, b"user", 0, "E", &nodes(&[("B", 1), ("B", 2)])).await.unwrap();
+        s.tmtp_commit_message(user, b"user", 0, "E", &nodes(&[("B", 1), ("B", 2)]), None).await.unwrap();
         assert_eq!(
             s.tmtp_queue("B", 1).await.unwrap(),
             vec![queued("E", user), queued("M", old), queued("M", big)],
@@ -136,7 +137,7 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         let lonely = big + 100;
         s.tmtp_begin_message(lonely).await.unwrap();
         s.tmtp_put_chunk(lonely, 0, b"x").await.unwrap();
-        s.tmtp_commit_message(lonely, b"h", 1, "M", &[]).await.unwrap();
+        s.tmtp_commit_message(lonely, b"h", 1, "M", &[], None).await.unwrap();
         assert_eq!(s.tmtp_message(lonely).await.unwrap(), None);
         assert_eq!(s.tmtp_chunk(lonely, 0).await.unwrap(), None);
 
@@ -153,5 +154,72 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         s.tmtp_put_chunk(refused, 0, b"data").await.unwrap();
         s.tmtp_discard(refused).await.unwrap();
         assert_eq!(s.tmtp_chunk(refused, 0).await.unwrap(), None);
+    }
+}
+
+/// Several mmtmtpd instances on one database (issue 19): a node's link is held by one
+/// instance at a time, until released or until its lease runs out; a message queued for
+/// a node connected to another instance leaves that instance work, and so does an ohi
+/// note; id blocks never overlap.
+#[tokio::test]
+async fn instances_share_links_work_and_ids() {
+    for db in TestDb::all().await {
+        let s = &db.store;
+        let name = s.backend();
+        let (a1, b1, b2) = (node("A", 1), node("B", 1), node("B", 2));
+        assert!(s.tmtp_link_take(&a1, "one", 1, 30).await.unwrap());
+        assert!(!s.tmtp_link_take(&a1, "two", 7, 30).await.unwrap(), "{name}: held by instance one");
+        assert!(s.tmtp_link_take(&a1, "one", 2, 30).await.unwrap(), "a stale row of one's own is taken over");
+        s.tmtp_link_release(&a1, "one", 1).await.unwrap();
+        assert!(!s.tmtp_link_take(&a1, "two", 7, 30).await.unwrap(), "an old link's release leaves the new one");
+        s.tmtp_link_release(&a1, "one", 2).await.unwrap();
+        assert!(s.tmtp_link_take(&a1, "two", 7, 30).await.unwrap(), "released");
+        // A lease that ran out (an instance that died) is taken over.
+        assert!(s.tmtp_link_take(&b1, "dead", 1, -5).await.unwrap());
+        assert!(s.tmtp_link_take(&b1, "one", 3, 30).await.unwrap(), "{name}: an expired lease is free");
+        assert!(s.tmtp_link_take(&b2, "two", 8, 30).await.unwrap());
+
+        // One's message for A.1 (on two), B.1 (on one itself) and B.2 (on two).
+        let m = WholeMessage {
+            id: 10,
+            header: b"h",
+            data: b"data",
+            prio: "M",
+            nodes: &[a1.clone(), b1.clone(), b2.clone()],
+        };
+        s.tmtp_store_messages(&[m], Some("one")).await.unwrap();
+        assert_eq!(s.tmtp_wakes("one", 100).await.unwrap(), vec![], "nothing for the sender's own instance");
+        let mut work = s.tmtp_wakes("two", 100).await.unwrap();
+        work.sort_by(|x, y| x.node.cmp(&y.node));
+        assert_eq!(work, vec![Wake { node: a1.clone(), frame: None }, Wake { node: b2.clone(), frame: None }]);
+        assert_eq!(s.tmtp_wakes("two", 100).await.unwrap(), vec![], "work is taken once");
+        // Without `remote` (every recipient is local) no work is left.
+        let m = WholeMessage { id: 11, header: b"h", data: b"", prio: "E", nodes: &[a1.clone()] };
+        s.tmtp_store_messages(&[m], None).await.unwrap();
+        assert_eq!(s.tmtp_wakes("two", 100).await.unwrap(), vec![]);
+        assert_eq!(s.tmtp_queue_page("A", 1, 10).await.unwrap(), vec![queued("E", 11), queued("M", 10)]);
+        assert_eq!(s.tmtp_chunk(10, 0).await.unwrap().as_deref(), Some(&b"data"[..]));
+
+        // An ohi note for every instance where a node of B is connected, but this one.
+        assert!(s.tmtp_wake_uid("B", "one", b"ohi").await.unwrap());
+        assert_eq!(
+            s.tmtp_wakes("two", 100).await.unwrap(),
+            vec![Wake { node: node("B", 0), frame: Some(b"ohi".to_vec()) }]
+        );
+        assert!(!s.tmtp_wake_uid("A", "two", b"ohi").await.unwrap(), "A is only on two");
+
+        // Renewal; giving the leases up frees them at once.
+        assert_eq!(s.tmtp_link_renew("two", 30, 60).await.unwrap(), 2);
+        assert!(!s.tmtp_link_take(&b2, "one", 4, 30).await.unwrap());
+        assert_eq!(s.tmtp_link_renew("two", -1, 60).await.unwrap(), 2);
+        assert!(s.tmtp_link_take(&b2, "one", 4, 30).await.unwrap(), "{name}: given up");
+
+        // Id blocks: above the floor, never overlapping, whichever floor comes.
+        let first = s.tmtp_take_ids(1_000, 100).await.unwrap();
+        assert!(first >= 1_100);
+        let second = s.tmtp_take_ids(5, 100).await.unwrap();
+        assert_eq!(second, first + 100, "a floor behind the counter takes the next block");
+        let third = s.tmtp_take_ids(first + 10_000, 100).await.unwrap();
+        assert_eq!(third, first + 10_100, "a clock ahead of the counter raises it");
     }
 }

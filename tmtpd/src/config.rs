@@ -63,6 +63,16 @@ pub struct TmtpdConfig {
     /// Live nodes (devices) a user may have.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: i64,
+    /// Seconds a connected node's link is held for this instance in the database without
+    /// a renewal (renewed every third of it): how long the nodes of an instance that died
+    /// stay "already connected" for the other instances on the database (issue 19).
+    #[serde(default = "default_link_lease")]
+    pub link_lease: u64,
+    /// Milliseconds between looks for work other instances left (a message for a node
+    /// connected here, an `ohi` note) on MySQL/MariaDB and SQLite; PostgreSQL is woken at
+    /// once by `LISTEN/NOTIFY` and looks every 5 s besides.
+    #[serde(default = "default_wake_poll")]
+    pub wake_poll: u64,
 }
 
 fn default_login_timeout() -> u64 {
@@ -77,6 +87,12 @@ fn default_ack_timeout() -> u64 {
 fn default_max_nodes() -> i64 {
     100
 }
+fn default_link_lease() -> u64 {
+    30
+}
+fn default_wake_poll() -> u64 {
+    500
+}
 
 impl Default for TmtpdConfig {
     fn default() -> Self {
@@ -88,6 +104,8 @@ impl Default for TmtpdConfig {
             idle_timeout: default_idle_timeout(),
             ack_timeout: default_ack_timeout(),
             max_nodes: default_max_nodes(),
+            link_lease: default_link_lease(),
+            wake_poll: default_wake_poll(),
         }
     }
 }
@@ -164,6 +182,12 @@ impl Section for TmtpdConfig {
         }
         if !(1..=1000).contains(&t.max_nodes) {
             p.add("tmtpd.max_nodes", "must be 1 to 1000");
+        }
+        if !(3..=3600).contains(&t.link_lease) {
+            p.add("tmtpd.link_lease", "must be 3 to 3600 seconds");
+        }
+        if !(10..=60_000).contains(&t.wake_poll) {
+            p.add("tmtpd.wake_poll", "must be 10 to 60000 milliseconds");
         }
     }
 }

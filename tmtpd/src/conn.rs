@@ -202,8 +202,8 @@ impl Conn<'_> {
         match h.op {
             Op::Post | Op::PostNotify => {
                 let note_posted = now_ms();
-                let post_id = self.hub.next_id() as i64;
-                let note_id = (h.op == Op::PostNotify).then(|| self.hub.next_id() as i64);
+                let post_id = self.hub.next_id().await?;
+                let note_id = if h.op == Op::PostNotify { Some(self.hub.next_id().await?) } else { None };
                 let total = u64::try_from(h.datalen).unwrap_or(0);
                 let note_len = u64::try_from(h.notelen).unwrap_or(0).min(total);
                 let post_len = total - note_len;

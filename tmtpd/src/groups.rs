@@ -60,7 +60,7 @@ impl Session {
         hub.store.tmtp_set_members(&gid, &rows).await?;
 
         let t = now_ms();
-        let inv = hub.next_id() as i64;
+        let inv = hub.next_id().await?;
         let mut f = standard("invite", &uid, inv, t, data.len() as i64);
         for (k, v) in [("alias", from.clone()), ("gid", gid.clone()), ("to", to.clone())] {
             f.insert(k.into(), v.into());
@@ -68,7 +68,7 @@ impl Session {
         copy_data_fields(&mut f, h);
         let nodes = resolve(&hub, &key, &[Target { id: invitee, kind: 1 }], true).await?.unwrap_or_default();
         let invite = Queueing { body: Body::Whole { id: inv, data: data.to_vec() }, header: f, prio: b'M', nodes };
-        let mem = hub.next_id() as i64;
+        let mem = hub.next_id().await?;
         let mut f = standard("member", &uid, mem, now_ms(), 0);
         for (k, v) in [("act", "invite".to_owned()), ("alias", to), ("gid", gid.clone())] {
             f.insert(k.into(), v.into());
@@ -175,7 +175,7 @@ impl Session {
                 (to, None)
             }
         };
-        let mid = hub.next_id() as i64;
+        let mid = hub.next_id().await?;
         let mut f = standard("member", &uid, mid, now_ms(), 0);
         f.insert("act".into(), act.clone().into());
         f.insert("alias".into(), alias_shown.into());

@@ -4,7 +4,7 @@
 //! in-memory in mnm too); queues and messages are in the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub struct Settings {
     pub ack_timeout: Duration,
     /// Live nodes per user.
     pub max_nodes: i64,
+    /// How long a node's link is held in the database without renewal.
+    pub link_lease: Duration,
+    /// Between looks for work other instances left (MySQL/MariaDB, SQLite).
+    pub wake_poll: Duration,
 }
 
 /// The writing side of a connection.
@@ -64,8 +68,13 @@ pub struct Link {
     pub acks: mpsc::Sender<String>,
     /// Cancelled when the connection ends (or must end: a write failed).
     pub closed: CancellationToken,
+    /// Which link of this instance it is: its row in `tmtp_link` names it.
+    pub token: i64,
     write_timeout: Duration,
 }
+
+/// Tokens of links, unique within the process.
+static TOKENS: AtomicI64 = AtomicI64::new(0);
 
 impl Link {
     /// A link writing to `writer`; returns it and the receiving end of its acks.
@@ -79,6 +88,7 @@ impl Link {
             stale: AtomicBool::new(false),
             acks: tx,
             closed: CancellationToken::new(),
+            token: TOKENS.fetch_add(1, Ordering::Relaxed) + 1,
             write_timeout,
         };
         (Arc::new(link), rx)
@@ -157,7 +167,12 @@ pub struct Hub {
     pub stats: Stats,
     /// OpenID Connect token checks.
     pub oidc: crate::oidc::Verifier,
-    ids: AtomicU64,
+    /// This instance's name in the database (`tmtp_link`, `tmtp_wake`): random per start.
+    pub instance: String,
+    /// The last id handed out and the end (exclusive) of the block it is from.
+    ids: Mutex<(i64, i64)>,
+    /// Held while a new block of ids is taken.
+    refill: tokio::sync::Mutex<()>,
     /// The nodes' queue tasks and the `ohi` writers: shutdown waits for them.
     pub tasks: TaskTracker,
     links: Mutex<HashMap<Node, Arc<Link>>>,
@@ -171,6 +186,13 @@ pub struct Hub {
 
 /// Most acks committed in one transaction.
 const ACK_BATCH: usize = 512;
+/// Message ids taken from the database at a time (about a millisecond of the
+/// nanosecond clock).
+const ID_BLOCK: i64 = 1 << 20;
+/// Work rows taken at a time.
+const WAKE_BATCH: i64 = 1000;
+/// Work rows older than this many seconds are for an instance that died.
+const WAKE_KEEP: i64 = 60;
 
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -179,21 +201,26 @@ pub fn now_ms() -> i64 {
 
 impl Hub {
     /// A hub whose ids continue after `last_id` (the highest stored) or from the clock
-    /// in nanoseconds, whichever is later (spec/tmtp.md §4.4).
+    /// in nanoseconds, whichever is later (spec/tmtp.md §4.4), in blocks shared with the
+    /// other instances on the database ([`Hub::next_id`]).
     ///
     /// Starts the task that commits recipient acks; it must be called within a Tokio
     /// runtime, and the task ends (after its last commit) once [`Hub::tasks`] is closed
     /// and the last queue has ended.
     pub fn new(store: Store, settings: Settings, stats: Stats, oidc: crate::oidc::Verifier, last_id: u64) -> Arc<Hub> {
-        let clock =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let last = i64::try_from(last_id).unwrap_or(i64::MAX);
         let (acks, rx) = mpsc::unbounded_channel();
+        let mut raw = [0u8; 8];
+        let _ = getrandom::fill(&mut raw);
+        let instance = format!("{}-{:016x}", std::process::id(), u64::from_le_bytes(raw));
         let hub = Arc::new(Hub {
             store,
             settings,
             stats,
             oidc,
-            ids: AtomicU64::new(clock.max(last_id)),
+            instance,
+            ids: Mutex::new((last, last)),
+            refill: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
             links: Mutex::default(),
             presence: Mutex::default(),
@@ -248,27 +275,87 @@ impl Hub {
         )
     }
 
-    /// A fresh message id (strictly increasing).
-    pub fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Registers `link` as node `key`'s connection; false if the node has one.
-    pub fn attach(&self, key: &Node, link: &Arc<Link>) -> bool {
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if links.get(key).is_some_and(|l| !l.closed.is_cancelled()) {
-            return false;
+    /// A fresh message id: strictly increasing here, unique across every instance on
+    /// the database whatever their clocks, at or above the clock in nanoseconds when a
+    /// block is taken (spec/tmtp.md §4.4).
+    ///
+    /// # Errors
+    /// [`common::StoreError`]: a new block could not be taken.
+    pub async fn next_id(&self) -> Result<i64, common::StoreError> {
+        if let Some(id) = self.hand_id() {
+            return Ok(id);
         }
-        links.insert(key.clone(), link.clone());
-        true
+        let _refill = self.refill.lock().await;
+        if let Some(id) = self.hand_id() {
+            return Ok(id);
+        }
+        let last = self.ids.lock().unwrap_or_else(|p| p.into_inner()).0;
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let end = self.store.tmtp_take_ids(clock.max(last), ID_BLOCK).await?;
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        // The block starts at or above `last` and holds ID_BLOCK ids: the next is in it.
+        let id = (end - ID_BLOCK).max(ids.0) + 1;
+        *ids = (id, end);
+        Ok(id)
     }
 
-    /// Forgets node `key`'s connection if it is still `link`.
-    pub fn detach(&self, key: &Node, link: &Arc<Link>) {
+    fn hand_id(&self) -> Option<i64> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        (ids.0 + 1 < ids.1).then(|| {
+            ids.0 += 1;
+            ids.0
+        })
+    }
+
+    /// Registers `link` as node `key`'s connection, here and in the database for every
+    /// instance; false if the node has one (here or on another instance).
+    ///
+    /// # Errors
+    /// [`common::StoreError`]: the node is not attached then.
+    pub async fn attach(&self, key: &Node, link: &Arc<Link>) -> Result<bool, common::StoreError> {
+        {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            if links.get(key).is_some_and(|l| !l.closed.is_cancelled()) {
+                return Ok(false);
+            }
+            links.insert(key.clone(), link.clone());
+        }
+        let lease = i64::try_from(self.settings.link_lease.as_secs()).unwrap_or(30);
+        let taken = self.store.tmtp_link_take(key, &self.instance, link.token, lease).await;
+        if !matches!(taken, Ok(true)) {
+            self.forget(key, link);
+        }
+        taken
+    }
+
+    /// Forgets node `key`'s connection if it is still `link`, here and (in a task of
+    /// its own) in the database.
+    pub fn detach(self: &Arc<Self>, key: &Node, link: &Arc<Link>) {
+        if self.forget(key, link) {
+            let (hub, key, token) = (self.clone(), key.clone(), link.token);
+            self.tasks.spawn(async move {
+                if let Err(e) = hub.store.tmtp_link_release(&key, &hub.instance, token).await {
+                    tracing::warn!(cause = %e, "releasing a link failed; its lease will run out");
+                }
+            });
+        }
+    }
+
+    fn forget(&self, key: &Node, link: &Arc<Link>) -> bool {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if links.get(key).is_some_and(|l| Arc::ptr_eq(l, link)) {
             links.remove(key);
+            return true;
         }
+        false
+    }
+
+    /// This instance's name when some of `nodes` is not connected here (their queue
+    /// rows then come with work for the instance that has them).
+    pub fn remote<'a>(&'a self, nodes: &[Node]) -> Option<&'a str> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.iter().any(|n| !links.contains_key(n)).then_some(self.instance.as_str())
     }
 
     /// Connections of every node of `uid`.
@@ -298,9 +385,20 @@ impl Hub {
         }
     }
 
-    /// Sends `frame` to every connected node of `uid`, best effort (spec §8.3: an `ohi`
-    /// that cannot be written within 200 ms is dropped).
-    pub fn notify_uid(&self, uid: &str, frame: Vec<u8>) {
+    /// Sends `frame` to every connected node of `uid`, here and on the other instances,
+    /// best effort (spec §8.3: an `ohi` that cannot be written within 200 ms is dropped).
+    pub fn notify_uid(self: &Arc<Self>, uid: &str, frame: Vec<u8>) {
+        let (hub, owner, remote) = (self.clone(), uid.to_owned(), frame.clone());
+        self.tasks.spawn(async move {
+            if let Err(e) = hub.store.tmtp_wake_uid(&owner, &hub.instance, &remote).await {
+                tracing::warn!(cause = %e, "an ohi note for other instances was dropped");
+            }
+        });
+        self.notify_here(uid, frame);
+    }
+
+    /// Sends `frame` to every node of `uid` connected here, best effort.
+    fn notify_here(&self, uid: &str, frame: Vec<u8>) {
         for link in self.links_of(uid) {
             let frame = frame.clone();
             self.tasks.spawn(async move {
@@ -379,6 +477,78 @@ async fn write_acks(hub: std::sync::Weak<Hub>, mut rx: mpsc::UnboundedReceiver<(
                 drop(hub);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// This instance's part in sharing the database with others (issue 19), until
+/// `shutdown`: renews its nodes' link leases every third of the lease; takes the work
+/// other instances left for it when PostgreSQL notifies it, or every `wake_poll` (5 s
+/// with notifications); at the end gives up its leases so that its nodes may log in on
+/// another instance at once.
+pub async fn share(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let lease = i64::try_from(hub.settings.link_lease.as_secs()).unwrap_or(30);
+    let mut listener = match hub.store.tmtp_listener().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(cause = %e, "no LISTEN connection; polling for other instances' work");
+            None
+        }
+    };
+    let poll = if listener.is_some() { Duration::from_secs(5) } else { hub.settings.wake_poll };
+    let mut renew = tokio::time::interval(hub.settings.link_lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut look = tokio::time::interval(poll);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = renew.tick() => {
+                if let Err(e) = hub.store.tmtp_link_renew(&hub.instance, lease, WAKE_KEEP).await {
+                    tracing::error!(cause = %e, "renewing link leases failed");
+                }
+                continue;
+            }
+            got = notified => {
+                if let Err(e) = got {
+                    tracing::warn!(cause = %e, "LISTEN connection failed; polling until it is back");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            _ = look.tick() => {}
+        }
+        take_work(&hub).await;
+    }
+    if let Err(e) = hub.store.tmtp_link_renew(&hub.instance, -1, WAKE_KEEP).await {
+        tracing::warn!(cause = %e, "giving up link leases failed; they will run out");
+    }
+}
+
+/// Takes the work other instances left for this one and does it.
+async fn take_work(hub: &Hub) {
+    loop {
+        let work = match hub.store.tmtp_wakes(&hub.instance, WAKE_BATCH).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(cause = %e, "reading other instances' work failed");
+                return;
+            }
+        };
+        let full = work.len() as i64 >= WAKE_BATCH;
+        for w in work {
+            match w.frame {
+                None => hub.wake(std::slice::from_ref(&w.node)),
+                Some(frame) => hub.notify_here(&w.node.uid, frame),
+            }
+        }
+        if !full {
+            return;
         }
     }
 }

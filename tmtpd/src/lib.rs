@@ -56,6 +56,8 @@ pub fn settings(cfg: &Config) -> anyhow::Result<Settings> {
         idle_timeout: Duration::from_secs(t.idle_timeout),
         ack_timeout: Duration::from_secs(t.ack_timeout),
         max_nodes: t.max_nodes,
+        link_lease: Duration::from_secs(t.link_lease),
+        wake_poll: Duration::from_millis(t.wake_poll),
     })
 }
 
@@ -89,6 +91,8 @@ impl Daemon for Server {
     /// refused connection is just closed.
     async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
         let tracker = shutdown.tracker.clone();
+        // Leases and other instances' work: ends with the listeners, before the drain.
+        let sharing = tokio::spawn(hub::share(self.hub(), shutdown.token.clone()));
         self.core
             .accept(listeners, None, shutdown, |stream, peer, implicit_tls, ctx| async move {
                 conn::serve(stream, peer, &ctx, implicit_tls).await
@@ -98,6 +102,7 @@ impl Daemon for Server {
         // for them as for the connections.
         let hub = self.hub();
         tracker.spawn(async move {
+            let _ = sharing.await;
             hub.tasks.close();
             hub.tasks.wait().await;
             hub.flush_acks(Duration::from_secs(10)).await;

@@ -222,7 +222,9 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
             Body::Streamed(_) => None,
         })
         .collect();
-    hub.store.tmtp_store_messages(&whole).await?;
+    let everyone: Vec<Node> = messages.iter().flat_map(|m| m.nodes.iter().cloned()).collect();
+    let remote = hub.remote(&everyone);
+    hub.store.tmtp_store_messages(&whole, remote).await?;
     for ((m, frame), prio) in messages.iter().zip(frames).zip(&prios) {
         match &m.body {
             Body::Whole { id, data } => {
@@ -232,7 +234,7 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
             }
             Body::Streamed(up) => {
                 let prio = std::str::from_utf8(prio).unwrap_or("M");
-                hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes).await?;
+                hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes, hub.remote(&m.nodes)).await?;
                 hub.wake(&m.nodes);
             }
         }
@@ -543,7 +545,7 @@ impl Session {
         let mut out = message::frame(&f);
         let key = Node { uid: uid.clone(), num: 1 };
         let Some((link, acks)) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
-        if !hub.attach(&key, &link) {
+        if !hub.attach(&key, &link).await? {
             return Ok(Step::Quit(Quit::NodeConnected));
         }
         out.extend_from_slice(&message::info(&hub.presence_for(&uid)));
@@ -576,14 +578,14 @@ impl Session {
             }
         };
         let Some((link, acks)) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
-        if !hub.attach(&key, &link) {
+        if !hub.attach(&key, &link).await? {
             self.pending_link = Some((link, acks));
             return Ok(Step::Quit(Quit::NodeConnected));
         }
         let out = message::info(&hub.presence_for(&uid));
         self.state = State::Online(Online { key: key.clone(), link, ohi: false });
         // The `login` note to every node of the user, this one included (spec §5.2).
-        let id = hub.next_id() as i64;
+        let id = hub.next_id().await?;
         let mut f = standard("login", &uid, id, now_ms(), 0);
         f.insert("node".into(), "tbd".into());
         copy_data_fields(&mut f, h);
@@ -628,7 +630,7 @@ impl Session {
             }
             _ => return Ok(Step::Quit(Quit::InvalidHeader)),
         };
-        let mid = hub.next_id() as i64;
+        let mid = hub.next_id().await?;
         f.insert("id".into(), wire_id(mid).into());
         f.insert("posted".into(), posted(now_ms()).into());
         copy_data_fields(&mut f, h);
@@ -670,7 +672,7 @@ impl Session {
             }
         }
         if kind != "init" {
-            let mid = hub.next_id() as i64;
+            let mid = hub.next_id().await?;
             let mut f = standard("ohiedit", &key.uid, mid, now_ms(), 0);
             let list: Vec<Value> = targets
                 .iter()
@@ -697,7 +699,7 @@ impl Session {
             return Ok(Step::Reply(message::ack(&id, Some(&format!("Lookup: iAlias {to} not found")), None)));
         };
         let t = now_ms();
-        let mid = hub.next_id() as i64;
+        let mid = hub.next_id().await?;
         let mut f = standard("ping", &key.uid, mid, t, data.len() as i64);
         f.insert("alias".into(), from.into());
         f.insert("to".into(), to.into());

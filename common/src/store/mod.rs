@@ -15,6 +15,7 @@ pub mod model;
 mod ops;
 mod sql;
 mod tmtp;
+pub use tmtp::WakeListener;
 mod write;
 
 use std::str::FromStr;
@@ -29,7 +30,7 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 pub use model::{
     AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, Findings, MailCopy, MailEntry, Member,
     MemberStatus, Node, OwnsBoxes, Queued, Repaired, Resolution, Retrieved, TmtpMessage, Update, Usage, User,
-    UserEntry, WholeMessage,
+    UserEntry, Wake, WholeMessage,
 };
 
 use backends::{mysql, postgres, sqlite};

@@ -191,6 +191,17 @@ pub struct WholeMessage<'a> {
     pub nodes: &'a [Node],
 }
 
+/// Work for this mmtmtpd instance left by another on the same database (`tmtp_wake`,
+/// issue 19): node `node`'s queue has new messages, or `frame` is to be written to every
+/// node of `node.uid` connected here (an `ohi` note; `node.num` is 0 then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wake {
+    /// The node (or the account, number 0).
+    pub node: Node,
+    /// The frame to write, or None: read the node's queue.
+    pub frame: Option<Vec<u8>>,
+}
+
 /// A deliverable TMTP message: its frame header and the size of its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TmtpMessage {

@@ -578,12 +578,17 @@ macro_rules! operations {
             size: i64,
             prio: &str,
             nodes: &[Node],
+            now: i64,
+            remote: Option<&str>,
         ) -> Result<()> {
             let mut tx = write(p).await?;
             let r = async {
                 sqlx::query(SQL.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
                 for n in nodes {
                     sqlx::query(SQL.enqueue).bind(&n.uid).bind(n.num).bind(prio).bind(id).execute(&mut *tx).await?;
+                }
+                if let Some(me) = remote {
+                    wake_remote(&mut *tx, id, me, now).await?;
                 }
                 Ok(())
             }
@@ -595,7 +600,38 @@ macro_rules! operations {
             Ok(())
         }
 
-        pub(crate) async fn store_messages(p: &Pool, messages: &[WholeMessage<'_>], now: i64) -> Result<()> {
+        /// Work rows for recipients of message `id` connected to other instances than
+        /// `me`, in the transaction that queues it; whether there were any.
+        async fn wake_remote(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            id: i64,
+            me: &str,
+            now: i64,
+        ) -> std::result::Result<bool, sqlx::Error> {
+            let remote: Vec<(String, String, i64)> =
+                sqlx::query_as(SQL.link_remote_recipients).bind(id).bind(me).bind(now).fetch_all(&mut *conn).await?;
+            for (instance, uid, num) in &remote {
+                sqlx::query(SQL.wake_insert)
+                    .bind(instance)
+                    .bind(uid)
+                    .bind(num)
+                    .bind(None::<Vec<u8>>)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            if !remote.is_empty() && DIALECT == crate::store::sql::Dialect::Postgres {
+                sqlx::query(SQL.wake_notify).execute(&mut *conn).await?;
+            }
+            Ok(!remote.is_empty())
+        }
+
+        pub(crate) async fn store_messages(
+            p: &Pool,
+            messages: &[WholeMessage<'_>],
+            now: i64,
+            remote: Option<&str>,
+        ) -> Result<()> {
             let mut tx = write(p).await?;
             let r = async {
                 for m in messages.iter().filter(|m| !m.nodes.is_empty()) {
@@ -618,6 +654,9 @@ macro_rules! operations {
                             .bind(m.id)
                             .execute(&mut *tx)
                             .await?;
+                    }
+                    if let Some(me) = remote {
+                        wake_remote(&mut *tx, m.id, me, now).await?;
                     }
                 }
                 Ok(())
@@ -681,6 +720,114 @@ macro_rules! operations {
                 let n = sqlx::query(SQL.delete_unready).execute(&mut *tx).await?.rows_affected();
                 sqlx::query(SQL.delete_stray_chunks).execute(&mut *tx).await?;
                 Ok(n)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn link_take(
+            p: &Pool,
+            node: &Node,
+            instance: &str,
+            token: i64,
+            now: i64,
+            expires: i64,
+        ) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query(SQL.link_clear)
+                    .bind(&node.uid)
+                    .bind(node.num)
+                    .bind(now)
+                    .bind(instance)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query(SQL.link_insert)
+                    .bind(&node.uid)
+                    .bind(node.num)
+                    .bind(instance)
+                    .bind(token)
+                    .bind(expires)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn link_release(p: &Pool, node: &Node, instance: &str, token: i64) -> Result<()> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.link_release)
+                .bind(&node.uid)
+                .bind(node.num)
+                .bind(instance)
+                .bind(token)
+                .execute(&mut *tx)
+                .await;
+            tx.finish(r).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn link_renew(p: &Pool, instance: &str, expires: i64, expire_work: i64) -> Result<u64> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let n =
+                    sqlx::query(SQL.link_renew).bind(expires).bind(instance).execute(&mut *tx).await?.rows_affected();
+                sqlx::query(SQL.wake_expire).bind(expire_work).execute(&mut *tx).await?;
+                Ok(n)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn wake_uid(p: &Pool, uid: &str, me: &str, frame: &[u8], now: i64) -> Result<bool> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let instances: Vec<(String,)> =
+                    sqlx::query_as(SQL.link_remote_instances).bind(uid).bind(me).bind(now).fetch_all(&mut *tx).await?;
+                for (instance,) in &instances {
+                    sqlx::query(SQL.wake_insert)
+                        .bind(instance)
+                        .bind(uid)
+                        .bind(0_i64)
+                        .bind(frame)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if !instances.is_empty() && DIALECT == crate::store::sql::Dialect::Postgres {
+                    sqlx::query(SQL.wake_notify).execute(&mut *tx).await?;
+                }
+                Ok(!instances.is_empty())
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn wakes(p: &Pool, me: &str, limit: i64) -> Result<Vec<crate::store::model::Wake>> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let rows: Vec<(i64, String, i64, Option<Vec<u8>>)> =
+                    sqlx::query_as(SQL.wake_read).bind(me).bind(limit).fetch_all(&mut *tx).await?;
+                if let Some(last) = rows.last() {
+                    sqlx::query(SQL.wake_delete).bind(me).bind(last.0).execute(&mut *tx).await?;
+                }
+                Ok(rows
+                    .into_iter()
+                    .map(|(_, uid, num, frame)| crate::store::model::Wake { node: Node { uid, num }, frame })
+                    .collect())
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn take_ids(p: &Pool, floor: i64, size: i64) -> Result<i64> {
+            let mut tx = write(p).await?;
+            let r = async {
+                sqlx::query(SQL.idblock_take).bind(floor).bind(floor).bind(size).execute(&mut *tx).await?;
+                let (end,): (i64,) = sqlx::query_as(SQL.idblock_end).fetch_one(&mut *tx).await?;
+                Ok(end)
             }
             .await;
             Ok(tx.finish(r).await?)

@@ -310,6 +310,42 @@ statements! {
     delete_stray_chunks = Same("DELETE FROM tmtp_chunk WHERE NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = chunk_message)");
     /// The highest message id.
     max_message_id = Same("SELECT MAX(message_id) FROM tmtp_message");
+
+    // --- Several mmtmtpd on one database (migration 0006) ---
+    /// Removes node (`$1`, `$2`)'s link row if its lease ran out before `$3` or it is a
+    /// stale row of instance `$4` (whose live links are known in its memory).
+    link_clear = Same("DELETE FROM tmtp_link WHERE link_uid = $1 AND link_num = $2 AND (link_expires < $3 OR link_instance = $4)");
+    /// Node (`$1`, `$2`)'s link on instance `$3`, link `$4`, lease until `$5`, unless
+    /// another holds it.
+    link_insert = Per {
+        postgres: "INSERT INTO tmtp_link (link_uid, link_num, link_instance, link_token, link_expires) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (link_uid, link_num) DO NOTHING",
+        mysql: "INSERT IGNORE INTO tmtp_link (link_uid, link_num, link_instance, link_token, link_expires) VALUES ($1, $2, $3, $4, $5)",
+        sqlite: "INSERT INTO tmtp_link (link_uid, link_num, link_instance, link_token, link_expires) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (link_uid, link_num) DO NOTHING",
+    };
+    /// Deletes node (`$1`, `$2`)'s link row if instance `$3`'s link `$4` holds it.
+    link_release = Same("DELETE FROM tmtp_link WHERE link_uid = $1 AND link_num = $2 AND link_instance = $3 AND link_token = $4");
+    /// Renews every lease of instance `$2` until `$1`.
+    link_renew = Same("UPDATE tmtp_link SET link_expires = $1 WHERE link_instance = $2");
+    /// `(instance, uid, num)` of the recipients of message `$1` connected to an instance
+    /// other than `$2`, with leases live at `$3`.
+    link_remote_recipients = Same("SELECT l.link_instance, l.link_uid, l.link_num FROM tmtp_queue q JOIN tmtp_link l ON l.link_uid = q.queue_uid AND l.link_num = q.queue_num WHERE q.queue_message = $1 AND l.link_instance <> $2 AND l.link_expires >= $3");
+    /// The instances other than `$2` where a node of uid `$1` is connected (lease live at
+    /// `$3`).
+    link_remote_instances = Same("SELECT DISTINCT link_instance FROM tmtp_link WHERE link_uid = $1 AND link_instance <> $2 AND link_expires >= $3");
+    /// Work for instance `$1`: node (`$2`, `$3`), frame `$4` (NULL: read the queue), at `$5`.
+    wake_insert = Same("INSERT INTO tmtp_wake (wake_instance, wake_uid, wake_num, wake_frame, wake_created) VALUES ($1, $2, $3, $4, $5)");
+    /// Instance `$1`'s work, oldest first, `$2` rows at most.
+    wake_read = Same("SELECT wake_id, wake_uid, wake_num, wake_frame FROM tmtp_wake WHERE wake_instance = $1 ORDER BY wake_id LIMIT $2");
+    /// Deletes instance `$1`'s work up to id `$2`.
+    wake_delete = Same("DELETE FROM tmtp_wake WHERE wake_instance = $1 AND wake_id <= $2");
+    /// Deletes work older than `$1` (left for an instance that died).
+    wake_expire = Same("DELETE FROM tmtp_wake WHERE wake_created < $1");
+    /// Tells every listening instance to read its work (PostgreSQL, delivered at commit).
+    wake_notify = Same("SELECT pg_notify('mmtmtpd_wake', '')");
+    /// Raises the id block to at least `$1` (`$2` the same) and takes `$3` ids after it.
+    idblock_take = Same("UPDATE tmtp_idblock SET block_next = (CASE WHEN block_next > $1 THEN block_next ELSE $2 END) + $3 WHERE block_key = 1");
+    /// The end of the block just taken.
+    idblock_end = Same("SELECT block_next FROM tmtp_idblock WHERE block_key = 1");
 }
 
 #[cfg(test)]

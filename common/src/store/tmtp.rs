@@ -2,7 +2,7 @@
 //! nodes, aliases, groups and the per-node queues, on all three backends. The SQL and
 //! the transactions are in `sql` and `ops`; the durability contract is in `ops`.
 
-use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage, WholeMessage};
+use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage, Wake, WholeMessage};
 use super::{Store, dispatch, mysql, postgres, retrying, sqlite};
 use crate::error::StoreError;
 
@@ -126,6 +126,8 @@ impl Store {
     /// A `COMMIT` without an answer is resolved by asking whether the message is ready
     /// once the database answers again (see [`Store::deliver`]).
     ///
+    /// `remote` as in [`Store::tmtp_store_messages`].
+    ///
     /// # Errors
     /// [`StoreError::Db`]; nothing was queued then. [`StoreError::CommitUnknown`] if the
     /// database did not answer again within 30 s.
@@ -136,9 +138,13 @@ impl Store {
         size: i64,
         prio: &str,
         nodes: &[Node],
+        remote: Option<&str>,
     ) -> Result<(), StoreError> {
-        let done =
-            retrying("queueing", || async { dispatch!(self, commit_message(id, header, size, prio, nodes)) }).await;
+        let now = super::unix_now();
+        let done = retrying("queueing", || async {
+            dispatch!(self, commit_message(id, header, size, prio, nodes, now, remote))
+        })
+        .await;
         self.resolve_queued(id, done).await
     }
 
@@ -152,10 +158,18 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`]; nothing was stored then. [`StoreError::CommitUnknown`] if the
     /// database did not answer again within 30 s.
-    pub async fn tmtp_store_messages(&self, messages: &[WholeMessage<'_>]) -> Result<(), StoreError> {
+    ///
+    /// `remote`: this instance's name when some recipient is not connected here; then
+    /// recipients connected to other instances get work rows in the same transaction
+    /// (see [`Store::tmtp_wakes`]).
+    pub async fn tmtp_store_messages(
+        &self,
+        messages: &[WholeMessage<'_>],
+        remote: Option<&str>,
+    ) -> Result<(), StoreError> {
         let Some(first) = messages.iter().find(|m| !m.nodes.is_empty()) else { return Ok(()) };
         let now = super::unix_now();
-        let done = retrying("queueing", || async { dispatch!(self, store_messages(messages, now)) }).await;
+        let done = retrying("queueing", || async { dispatch!(self, store_messages(messages, now, remote)) }).await;
         self.resolve_queued(first.id, done).await
     }
 
@@ -241,6 +255,84 @@ impl Store {
         retrying("cleanup", || async { dispatch!(self, cleanup()) }).await
     }
 
+    /// Takes node `node`'s link for link `token` of instance `instance`, as a lease of
+    /// `lease` seconds; false if another instance holds it (mnm's "node already
+    /// connected"). A lease that ran out, or a row of this instance left from an earlier
+    /// link, is taken over.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_link_take(
+        &self,
+        node: &Node,
+        instance: &str,
+        token: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let now = super::unix_now();
+        retrying("link", || async { dispatch!(self, link_take(node, instance, token, now, now + lease)) }).await
+    }
+
+    /// Releases node `node`'s link if link `token` of `instance` still holds it.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_link_release(&self, node: &Node, instance: &str, token: i64) -> Result<(), StoreError> {
+        retrying("link", || async { dispatch!(self, link_release(node, instance, token)) }).await
+    }
+
+    /// Renews every link lease of `instance` for `lease` seconds and removes work rows
+    /// older than `keep_work` seconds; returns how many leases were renewed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_link_renew(&self, instance: &str, lease: i64, keep_work: i64) -> Result<u64, StoreError> {
+        let now = super::unix_now();
+        retrying("link", || async { dispatch!(self, link_renew(instance, now + lease, now - keep_work)) }).await
+    }
+
+    /// Leaves `frame` (an `ohi` note) for every other instance where a node of `uid` is
+    /// connected; whether there was one.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_wake_uid(&self, uid: &str, instance: &str, frame: &[u8]) -> Result<bool, StoreError> {
+        let now = super::unix_now();
+        retrying("wake", || async { dispatch!(self, wake_uid(uid, instance, frame, now)) }).await
+    }
+
+    /// Takes (reads and deletes) up to `limit` rows of work left for `instance` by other
+    /// instances, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_wakes(&self, instance: &str, limit: i64) -> Result<Vec<Wake>, StoreError> {
+        retrying("wake", || async { dispatch!(self, wakes(instance, limit)) }).await
+    }
+
+    /// Takes a block of `size` message ids shared by every instance: the block ends at
+    /// the returned id (exclusive) and starts `size` before it, at or above `floor` (this
+    /// instance's clock in nanoseconds, or its highest id), spec/tmtp.md §4.4.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_take_ids(&self, floor: i64, size: i64) -> Result<i64, StoreError> {
+        retrying("ids", || async { dispatch!(self, take_ids(floor, size)) }).await
+    }
+
+    /// On PostgreSQL, a listener woken when another instance leaves work for this one
+    /// (`NOTIFY mmtmtpd_wake` at the commit that leaves it); None on the other backends,
+    /// which poll [`Store::tmtp_wakes`].
+    ///
+    /// # Errors
+    /// [`StoreError::Db`]: the listening connection could not be made.
+    pub async fn tmtp_listener(&self) -> Result<Option<WakeListener>, StoreError> {
+        let Store::Postgres(pool) = self else { return Ok(None) };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen("mmtmtpd_wake").await?;
+        Ok(Some(WakeListener(listener)))
+    }
+
     /// The highest message id stored (0 when none): ids must keep growing across
     /// restarts (spec/tmtp.md §4.4).
     ///
@@ -248,5 +340,21 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn tmtp_max_message_id(&self) -> Result<i64, StoreError> {
         dispatch!(self, max_message_id())
+    }
+}
+
+/// A PostgreSQL connection listening for `mmtmtpd_wake` notifications
+/// ([`Store::tmtp_listener`]).
+pub struct WakeListener(sqlx::postgres::PgListener);
+
+impl WakeListener {
+    /// Waits for the next notification. sqlx reconnects a lost connection by itself
+    /// (notifications sent meanwhile are lost: the poll catches their work).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn wait(&mut self) -> Result<(), StoreError> {
+        self.0.recv().await?;
+        Ok(())
     }
 }
