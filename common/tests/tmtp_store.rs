@@ -194,7 +194,7 @@ async fn instances_share_links_work_and_ids() {
         assert_eq!(work, vec![Wake { node: a1.clone(), frame: None }, Wake { node: b2.clone(), frame: None }]);
         assert_eq!(s.tmtp_wakes("two", 100).await.unwrap(), vec![], "work is taken once");
         // Without `remote` (every recipient is local) no work is left.
-        let m = WholeMessage { id: 11, header: b"h", data: b"", prio: "E", nodes: &[a1.clone()] };
+        let m = WholeMessage { id: 11, header: b"h", data: b"", prio: "E", nodes: std::slice::from_ref(&a1) };
         s.tmtp_store_messages(&[m], None).await.unwrap();
         assert_eq!(s.tmtp_wakes("two", 100).await.unwrap(), vec![]);
         assert_eq!(s.tmtp_queue_page("A", 1, 10).await.unwrap(), vec![queued("E", 11), queued("M", 10)]);

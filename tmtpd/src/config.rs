@@ -73,6 +73,12 @@ pub struct TmtpdConfig {
     /// once by `LISTEN/NOTIFY` and looks every 5 s besides.
     #[serde(default = "default_wake_poll")]
     pub wake_poll: u64,
+    /// This instance's name in the database among instances sharing it (at most 64
+    /// bytes). It must differ between instances and stay the same across restarts, so
+    /// that a restarted instance takes its nodes' links back at once. Empty (default):
+    /// the host name and the listen addresses.
+    #[serde(default)]
+    pub instance: String,
 }
 
 fn default_login_timeout() -> u64 {
@@ -106,6 +112,7 @@ impl Default for TmtpdConfig {
             max_nodes: default_max_nodes(),
             link_lease: default_link_lease(),
             wake_poll: default_wake_poll(),
+            instance: String::new(),
         }
     }
 }
@@ -188,6 +195,9 @@ impl Section for TmtpdConfig {
         }
         if !(10..=60_000).contains(&t.wake_poll) {
             p.add("tmtpd.wake_poll", "must be 10 to 60000 milliseconds");
+        }
+        if t.instance.len() > 64 {
+            p.add("tmtpd.instance", "must be at most 64 bytes");
         }
     }
 }

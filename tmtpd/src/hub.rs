@@ -36,6 +36,8 @@ pub struct Settings {
     pub link_lease: Duration,
     /// Between looks for work other instances left (MySQL/MariaDB, SQLite).
     pub wake_poll: Duration,
+    /// This instance's name in the database.
+    pub instance: String,
 }
 
 /// The writing side of a connection.
@@ -167,8 +169,6 @@ pub struct Hub {
     pub stats: Stats,
     /// OpenID Connect token checks.
     pub oidc: crate::oidc::Verifier,
-    /// This instance's name in the database (`tmtp_link`, `tmtp_wake`): random per start.
-    pub instance: String,
     /// The last id handed out and the end (exclusive) of the block it is from.
     ids: Mutex<(i64, i64)>,
     /// Held while a new block of ids is taken.
@@ -210,15 +210,11 @@ impl Hub {
     pub fn new(store: Store, settings: Settings, stats: Stats, oidc: crate::oidc::Verifier, last_id: u64) -> Arc<Hub> {
         let last = i64::try_from(last_id).unwrap_or(i64::MAX);
         let (acks, rx) = mpsc::unbounded_channel();
-        let mut raw = [0u8; 8];
-        let _ = getrandom::fill(&mut raw);
-        let instance = format!("{}-{:016x}", std::process::id(), u64::from_le_bytes(raw));
         let hub = Arc::new(Hub {
             store,
             settings,
             stats,
             oidc,
-            instance,
             ids: Mutex::new((last, last)),
             refill: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
@@ -322,7 +318,7 @@ impl Hub {
             links.insert(key.clone(), link.clone());
         }
         let lease = i64::try_from(self.settings.link_lease.as_secs()).unwrap_or(30);
-        let taken = self.store.tmtp_link_take(key, &self.instance, link.token, lease).await;
+        let taken = self.store.tmtp_link_take(key, &self.settings.instance, link.token, lease).await;
         if !matches!(taken, Ok(true)) {
             self.forget(key, link);
         }
@@ -335,7 +331,7 @@ impl Hub {
         if self.forget(key, link) {
             let (hub, key, token) = (self.clone(), key.clone(), link.token);
             self.tasks.spawn(async move {
-                if let Err(e) = hub.store.tmtp_link_release(&key, &hub.instance, token).await {
+                if let Err(e) = hub.store.tmtp_link_release(&key, &hub.settings.instance, token).await {
                     tracing::warn!(cause = %e, "releasing a link failed; its lease will run out");
                 }
             });
@@ -355,7 +351,7 @@ impl Hub {
     /// rows then come with work for the instance that has them).
     pub fn remote<'a>(&'a self, nodes: &[Node]) -> Option<&'a str> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.iter().any(|n| !links.contains_key(n)).then_some(self.instance.as_str())
+        nodes.iter().any(|n| !links.contains_key(n)).then_some(self.settings.instance.as_str())
     }
 
     /// Connections of every node of `uid`.
@@ -390,7 +386,7 @@ impl Hub {
     pub fn notify_uid(self: &Arc<Self>, uid: &str, frame: Vec<u8>) {
         let (hub, owner, remote) = (self.clone(), uid.to_owned(), frame.clone());
         self.tasks.spawn(async move {
-            if let Err(e) = hub.store.tmtp_wake_uid(&owner, &hub.instance, &remote).await {
+            if let Err(e) = hub.store.tmtp_wake_uid(&owner, &hub.settings.instance, &remote).await {
                 tracing::warn!(cause = %e, "an ohi note for other instances was dropped");
             }
         });
@@ -510,7 +506,7 @@ pub async fn share(hub: Arc<Hub>, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = renew.tick() => {
-                if let Err(e) = hub.store.tmtp_link_renew(&hub.instance, lease, WAKE_KEEP).await {
+                if let Err(e) = hub.store.tmtp_link_renew(&hub.settings.instance, lease, WAKE_KEEP).await {
                     tracing::error!(cause = %e, "renewing link leases failed");
                 }
                 continue;
@@ -525,7 +521,7 @@ pub async fn share(hub: Arc<Hub>, shutdown: CancellationToken) {
         }
         take_work(&hub).await;
     }
-    if let Err(e) = hub.store.tmtp_link_renew(&hub.instance, -1, WAKE_KEEP).await {
+    if let Err(e) = hub.store.tmtp_link_renew(&hub.settings.instance, -1, WAKE_KEEP).await {
         tracing::warn!(cause = %e, "giving up link leases failed; they will run out");
     }
 }
@@ -533,7 +529,7 @@ pub async fn share(hub: Arc<Hub>, shutdown: CancellationToken) {
 /// Takes the work other instances left for this one and does it.
 async fn take_work(hub: &Hub) {
     loop {
-        let work = match hub.store.tmtp_wakes(&hub.instance, WAKE_BATCH).await {
+        let work = match hub.store.tmtp_wakes(&hub.settings.instance, WAKE_BATCH).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(cause = %e, "reading other instances' work failed");

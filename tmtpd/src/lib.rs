@@ -58,7 +58,25 @@ pub fn settings(cfg: &Config) -> anyhow::Result<Settings> {
         max_nodes: t.max_nodes,
         link_lease: Duration::from_secs(t.link_lease),
         wake_poll: Duration::from_millis(t.wake_poll),
+        instance: if t.instance.is_empty() { instance_name(cfg) } else { t.instance.clone() },
     })
+}
+
+/// The default instance name: the host name and the listen addresses, at most 64 bytes
+/// (the addresses tell apart instances on one host; the host name, hosts).
+fn instance_name(cfg: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let addrs: Vec<String> =
+        cfg.listen.tls_addresses.iter().chain(&cfg.listen.addresses).map(ToString::to_string).collect();
+    let mut name = format!("{}/{}", host.trim(), addrs.join(","));
+    if name.len() > 64 {
+        let mut end = 64;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 impl Server {

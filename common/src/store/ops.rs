@@ -578,8 +578,7 @@ macro_rules! operations {
             size: i64,
             prio: &str,
             nodes: &[Node],
-            now: i64,
-            remote: Option<&str>,
+            remote: Option<(&str, i64)>,
         ) -> Result<()> {
             let mut tx = write(p).await?;
             let r = async {
@@ -587,7 +586,7 @@ macro_rules! operations {
                 for n in nodes {
                     sqlx::query(SQL.enqueue).bind(&n.uid).bind(n.num).bind(prio).bind(id).execute(&mut *tx).await?;
                 }
-                if let Some(me) = remote {
+                if let Some((me, now)) = remote {
                     wake_remote(&mut *tx, id, me, now).await?;
                 }
                 Ok(())

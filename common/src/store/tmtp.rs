@@ -140,11 +140,10 @@ impl Store {
         nodes: &[Node],
         remote: Option<&str>,
     ) -> Result<(), StoreError> {
-        let now = super::unix_now();
-        let done = retrying("queueing", || async {
-            dispatch!(self, commit_message(id, header, size, prio, nodes, now, remote))
-        })
-        .await;
+        let remote = remote.map(|me| (me, super::unix_now()));
+        let done =
+            retrying("queueing", || async { dispatch!(self, commit_message(id, header, size, prio, nodes, remote)) })
+                .await;
         self.resolve_queued(id, done).await
     }
 
