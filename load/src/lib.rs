@@ -382,19 +382,36 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Logs in as `c`. A login refused with "node already connected" (the server has not
+/// yet seen the node's previous link close: mnm, or another instance holding its lease)
+/// is tried again after a short pause, up to [`RELOGINS`] times, so that every setting
+/// runs against any TMTP server.
 async fn login(
     opts: &Options,
     tls: &tokio_rustls::TlsConnector,
     c: &Client,
     shared: Arc<std::sync::Mutex<Shared>>,
 ) -> anyhow::Result<Link> {
-    let mut l = connect(opts, tls, Some(c.uid.clone()), shared).await?;
-    let mut hello = frame(&json!({"Op":0,"Id":"1"}), b"");
-    hello.extend_from_slice(&frame(&json!({"Op":2,"Uid":c.uid,"Node":c.node}), b""));
-    l.w.lock().await.write_all(&hello).await?;
-    l.expect("info").await?;
-    Ok(l)
+    let mut tries = 0;
+    loop {
+        let mut l = connect(opts, tls, Some(c.uid.clone()), shared.clone()).await?;
+        let mut hello = frame(&json!({"Op":0,"Id":"1"}), b"");
+        hello.extend_from_slice(&frame(&json!({"Op":2,"Uid":c.uid,"Node":c.node}), b""));
+        l.w.lock().await.write_all(&hello).await?;
+        match l.expect("info").await {
+            Ok(_) => return Ok(l),
+            Err(e) if tries < RELOGINS && e.to_string().contains("node already connected") => {
+                tries += 1;
+                l.close().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
+
+/// Logins tried again after "node already connected" (100 ms apart).
+const RELOGINS: u32 = 100;
 
 /// Sends a post or ping and records it with its expected recipients once acked.
 async fn store(
