@@ -31,6 +31,8 @@ async fn accounts_nodes_and_aliases() {
         assert_eq!(s.tmtp_node("hash2").await.unwrap(), None, "hashes compare exactly");
         assert!(s.tmtp_user_exists("UID1").await.unwrap());
         assert!(!s.tmtp_user_exists("uid1").await.unwrap(), "uids compare exactly");
+        assert_eq!(s.tmtp_user_nodes("UID1").await.unwrap(), Some(vec![1]));
+        assert_eq!(s.tmtp_user_nodes("uid1").await.unwrap(), None, "no such account");
 
         assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), AddAlias::Added);
         assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), AddAlias::Added, "re-adding one's own alias");

@@ -263,9 +263,8 @@ pub(crate) async fn resolve(
     with_self: bool,
 ) -> Result<Result<Vec<Node>, Soft>, StoreError> {
     let s = &sender.uid;
-    // Nodes of groups come in one query each; uids named directly are looked up below.
+    // Nodes of groups come in one query each, and so do those of a uid named directly.
     let mut nodes: std::collections::BTreeSet<Node> = std::collections::BTreeSet::new();
-    let mut uids: Vec<String> = Vec::new();
     let mut reached = false;
     for t in targets {
         match t.kind {
@@ -290,24 +289,20 @@ pub(crate) async fn resolve(
                 if !is_uid_text(&t.id) {
                     return Ok(Err(format!("fetchUser: invalid string '{}'", t.id)));
                 }
-                if !hub.store.tmtp_user_exists(&t.id).await? {
+                let Some(nums) = hub.store.tmtp_user_nodes(&t.id).await? else {
                     return Ok(Err(format!("OpenNodes: iUid {} not found", t.id)));
-                }
+                };
                 if &t.id == s {
                     reached = true;
                 }
-                uids.push(t.id.clone());
+                nodes.extend(nums.into_iter().map(|num| Node { uid: t.id.clone(), num }));
             }
         }
     }
-    if with_self {
-        uids.push(s.clone());
-    }
-    uids.sort();
-    uids.dedup();
-    for u in uids {
-        for num in hub.store.tmtp_nodes(&u).await? {
-            nodes.insert(Node { uid: u.clone(), num });
+    // The sender's own nodes, unless a group or a direct target brought them already.
+    if with_self && !nodes.iter().any(|n| &n.uid == s) {
+        for num in hub.store.tmtp_nodes(s).await? {
+            nodes.insert(Node { uid: s.clone(), num });
         }
     }
     if !reached {

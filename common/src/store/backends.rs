@@ -1,5 +1,6 @@
 //! The three backends: the operations of [`super::ops`] expanded over each one's pool,
-//! with the little that really differs between them.
+//! with the little that really differs between them: `DIALECT`, `BEGIN`, `keep` (the
+//! in-memory SQLite pool) and `turn` (SQLite's in-process writer turn).
 
 /// PostgreSQL.
 pub(crate) mod postgres {
@@ -8,6 +9,10 @@ pub(crate) mod postgres {
 
     fn keep(_: &sqlx::PgPool) -> bool {
         false
+    }
+
+    fn turn(_: &sqlx::PgPool) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        None
     }
 
     crate::store::ops::operations!(sqlx::Postgres, returning);
@@ -22,6 +27,10 @@ pub(crate) mod mysql {
         false
     }
 
+    fn turn(_: &sqlx::MySqlPool) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        None
+    }
+
     crate::store::ops::operations!(sqlx::MySql, last_insert_id);
 }
 
@@ -33,6 +42,11 @@ pub(crate) mod sqlite {
 
     fn keep(p: &sqlx::SqlitePool) -> bool {
         crate::store::sqlite_in_memory(p)
+    }
+
+    /// The writers of one database file in this process take turns (see `store::write`).
+    fn turn(p: &sqlx::SqlitePool) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        Some(crate::store::sqlite_turn(p))
     }
 
     crate::store::ops::operations!(sqlx::Sqlite, returning);

@@ -84,6 +84,17 @@ fn mark(server: String) {
     }
 }
 
+/// How long a pooled connection may have been idle and still be handed out without a
+/// ping: one busy a moment ago is alive, or the operation's own failure marks the server
+/// (a ping on every use would double the round trips of every operation).
+pub(crate) const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`ping`] when the connection has been idle `idle` for [`PING_AFTER_IDLE`] or longer;
+/// otherwise true at once.
+pub(crate) async fn ping_if_idle<C: Connection>(conn: &mut C, server: &str, idle: std::time::Duration) -> bool {
+    idle < PING_AFTER_IDLE || ping(conn, server).await
+}
+
 /// The pools' check of an idle connection before handing it out (in place of sqlx's
 /// own ping): a connection that fails its ping marks `server` suspect at once, so that
 /// the next operations ask the probe instead of each waiting for the pool to give up on

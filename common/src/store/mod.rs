@@ -243,9 +243,9 @@ impl Store {
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
-                .before_acquire(move |conn: &mut sqlx::PgConnection, _| {
+                .before_acquire(move |conn: &mut sqlx::PgConnection, meta| {
                     let server = server.clone();
-                    Box::pin(async move { Ok(health::ping(conn, &server).await) })
+                    Box::pin(async move { Ok(health::ping_if_idle(conn, &server, meta.idle_for).await) })
                 })
                 .connect_lazy_with(opts);
             Ok(Self::Postgres(pool))
@@ -259,9 +259,9 @@ impl Store {
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
-                .before_acquire(move |conn: &mut sqlx::MySqlConnection, _| {
+                .before_acquire(move |conn: &mut sqlx::MySqlConnection, meta| {
                     let server = server.clone();
-                    Box::pin(async move { Ok(health::ping(conn, &server).await) })
+                    Box::pin(async move { Ok(health::ping_if_idle(conn, &server, meta.idle_for).await) })
                 })
                 .connect_lazy_with(opts);
             Ok(Self::MySql(pool))
@@ -280,7 +280,8 @@ impl Store {
             }
             let opts = if memory { opts } else { opts.journal_mode(SqliteJournalMode::Wal) };
             // An in-memory database exists once per connection: keep exactly one, forever.
-            let mut pool = SqlitePoolOptions::new().acquire_timeout(timeout);
+            // A connection to a file has no server that could go away: no ping before use.
+            let mut pool = SqlitePoolOptions::new().acquire_timeout(timeout).test_before_acquire(false);
             pool = if memory {
                 pool.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
             } else {
@@ -632,6 +633,17 @@ impl Store {
 
 /// Whether `p` is the pool of an in-memory SQLite database: [`Store::connect`] gives only
 /// those a minimum and a maximum of exactly one connection.
+/// The in-process writer turn of the SQLite database behind `p`, one per file (shared by
+/// every pool on it in this process), so that two pools on one file also take turns.
+fn sqlite_turn(p: &SqlitePool) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static TURNS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let file = p.connect_options().get_filename().to_path_buf();
+    let mut turns = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    turns.entry(file).or_default().clone()
+}
+
 fn sqlite_in_memory(p: &SqlitePool) -> bool {
     let o = p.options();
     o.get_min_connections() == 1 && o.get_max_connections() == 1

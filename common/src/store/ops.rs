@@ -54,7 +54,7 @@ macro_rules! operations {
 
         /// A write transaction on `p`.
         async fn write(p: &Pool) -> std::result::Result<crate::store::write::Write<$db>, sqlx::Error> {
-            crate::store::write::Write::begin(p, BEGIN, keep(p)).await
+            crate::store::write::Write::begin(p, BEGIN, keep(p), turn(p)).await
         }
 
         /// Stores a message body; its id.
@@ -465,6 +465,11 @@ macro_rules! operations {
 
         pub(crate) async fn user_exists(p: &Pool, uid: &str) -> Result<bool> {
             Ok(crate::store::ops::exists!(p, SQL.user_exists, uid)?)
+        }
+
+        pub(crate) async fn user_nodes(p: &Pool, uid: &str) -> Result<Option<Vec<i64>>> {
+            let rows: Vec<(Option<i64>,)> = sqlx::query_as(SQL.user_nodes).bind(uid).fetch_all(p).await?;
+            Ok((!rows.is_empty()).then(|| rows.into_iter().filter_map(|r| r.0).collect()))
         }
 
         pub(crate) async fn nodes(p: &Pool, uid: &str) -> Result<Vec<i64>> {

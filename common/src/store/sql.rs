@@ -259,6 +259,10 @@ statements! {
     user_exists = Same("SELECT 1 FROM tmtp_user WHERE tmtp_uid = $1");
     /// Live node numbers of uid `$1`.
     nodes = Same("SELECT node_num FROM tmtp_node WHERE node_uid = $1 AND node_defunct = 0 ORDER BY node_num");
+    /// Whether account `$1` exists, with its live node numbers: one row with a NULL
+    /// number for an account without live nodes, none for no account (a post's recipient
+    /// in one round trip).
+    user_nodes = Same("SELECT n.node_num FROM tmtp_user u LEFT JOIN tmtp_node n ON n.node_uid = u.tmtp_uid AND n.node_defunct = 0 WHERE u.tmtp_uid = $1 ORDER BY n.node_num");
     /// `(count of live nodes, highest num)` of uid `$1`.
     node_counts = Same("SELECT COUNT(CASE WHEN node_defunct = 0 THEN 1 END), MAX(node_num) FROM tmtp_node WHERE node_uid = $1");
     /// Copies the queue of (`$3`, `$4`) to (`$1`, `$2`).

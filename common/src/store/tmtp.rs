@@ -43,6 +43,15 @@ impl Store {
         dispatch!(self, nodes(uid))
     }
 
+    /// The live node numbers of account `uid`, ascending; None when there is no such
+    /// account (one query for both).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_user_nodes(&self, uid: &str) -> Result<Option<Vec<i64>>, StoreError> {
+        dispatch!(self, user_nodes(uid))
+    }
+
     /// Adds a node of stored hash `hash` to `uid` (at most `max` live nodes) whose queue
     /// starts as a copy of node `from_num`'s (spec/tmtp.md §5.3).
     ///

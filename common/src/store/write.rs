@@ -74,6 +74,9 @@ where
     conn: Option<PoolConnection<DB>>,
     /// The in-memory SQLite case: roll back, never close.
     keep: bool,
+    /// SQLite: this process's turn to write, held until the transaction ends (dropped
+    /// after the connection).
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl<DB> Write<DB>
@@ -82,13 +85,25 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
     /// Takes a connection from `pool` and runs `begin` (`BEGIN`, or `BEGIN IMMEDIATE` on
-    /// SQLite). `keep` marks the in-memory SQLite pool.
+    /// SQLite). `keep` marks the in-memory SQLite pool. `turn` (SQLite) is waited for
+    /// first: the writers of one process take turns in memory instead of meeting at the
+    /// database's write lock, where SQLite's busy handler would make each waiter sleep
+    /// in steps of milliseconds.
     ///
     /// # Errors
     /// The pool's or the database's error; a connection whose `BEGIN` failed is closed.
-    pub(crate) async fn begin(pool: &Pool<DB>, begin: &'static str, keep: bool) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn begin(
+        pool: &Pool<DB>,
+        begin: &'static str,
+        keep: bool,
+        turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    ) -> Result<Self, sqlx::Error> {
+        let turn = match turn {
+            Some(t) => Some(t.lock_owned().await),
+            None => None,
+        };
         let conn = pool.acquire().await?;
-        let mut w = Write { conn: Some(conn), keep };
+        let mut w = Write { conn: Some(conn), keep, _turn: turn };
         w.run(begin).await?;
         Ok(w)
     }
