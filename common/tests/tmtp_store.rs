@@ -112,8 +112,14 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
             "{name}"
         );
         assert_eq!(s.tmtp_max_message_id().await.unwrap(), user);
-        assert_eq!(s.tmtp_queue_page("B", 1, 1).await.unwrap(), vec![queued("E", user)]);
-        assert_eq!(s.tmtp_queue_page("nobody", 1, 1).await.unwrap(), vec![]);
+        assert_eq!(s.tmtp_queue_page("B", 1, None, 1).await.unwrap(), vec![queued("E", user)]);
+        assert_eq!(s.tmtp_queue_page("nobody", 1, None, 1).await.unwrap(), vec![]);
+        let first = queued("E", user);
+        assert_eq!(
+            s.tmtp_queue_page("B", 1, Some(&first), 5).await.unwrap(),
+            s.tmtp_queue("B", 1).await.unwrap()[1..].to_vec(),
+            "the next page starts after the key given"
+        );
         let TmtpMessage { header, size } = s.tmtp_message(big).await.unwrap().unwrap();
         assert_eq!((header.as_slice(), size), (&b"0010{\"op\":\"delivery\"}"[..], 3 * 65536));
         assert_eq!(s.tmtp_chunk(big, 2).await.unwrap().unwrap(), chunk);
@@ -199,7 +205,7 @@ async fn instances_share_links_work_and_ids() {
         let m = WholeMessage { id: 11, header: b"h", data: b"", prio: "E", nodes: std::slice::from_ref(&a1) };
         s.tmtp_store_messages(&[m], None).await.unwrap();
         assert_eq!(s.tmtp_wakes("two", 100).await.unwrap(), vec![]);
-        assert_eq!(s.tmtp_queue_page("A", 1, 10).await.unwrap(), vec![queued("E", 11), queued("M", 10)]);
+        assert_eq!(s.tmtp_queue_page("A", 1, None, 10).await.unwrap(), vec![queued("E", 11), queued("M", 10)]);
         assert_eq!(s.tmtp_chunk(10, 0).await.unwrap().as_deref(), Some(&b"data"[..]));
 
         // An ohi note for every instance where a node of B is connected, but this one.

@@ -3,8 +3,9 @@
 //! seconds without one, or first thing at the next login. Messages go in (priority, id)
 //! order.
 //!
-//! A message posted while its recipient is online here is handed to this queue in
-//! memory after its commit ([`Link::hand`]) and written without reading it back. The
+//! A message of at most [`crate::session::HAND_MAX`] bytes posted while its recipient
+//! is online here is handed to this queue in memory after its commit ([`Link::hand`])
+//! and written without reading it back. The
 //! database stays the record: the queue reads its node's rows in pages of [`PAGE`] at
 //! login, whenever it was told the database holds more (a streamed post, one stored by
 //! another instance: [`Link::mark_stale`]), when it reaches the end of a page, and every
@@ -74,11 +75,15 @@ impl Pending {
         }
     }
 
-    /// Replaces what is known with a page of database rows (keeping frames in memory
-    /// and, past a full page, what was handed beyond it).
-    fn reload(&mut self, rows: Vec<(u8, i64)>, full: bool, pending_ack: impl Fn(i64) -> bool) {
+    /// Takes a page of database rows: the first page (`after` None) replaces what is
+    /// known; the next page (after the horizon) replaces what is known past it. Frames in
+    /// memory are kept and, past a full page, what was handed beyond it.
+    fn reload(&mut self, rows: Vec<(u8, i64)>, full: bool, after: Option<Key>, pending_ack: impl Fn(i64) -> bool) {
         let last = rows.last().copied();
-        let mut old = std::mem::take(&mut self.messages);
+        let mut old = match after {
+            None => std::mem::take(&mut self.messages),
+            Some(a) => self.messages.split_off(&(a.0, a.1.saturating_add(1))),
+        };
         for key in rows {
             if pending_ack(key.1) || self.recent_set.contains(&key.1) {
                 continue;
@@ -93,11 +98,11 @@ impl Pending {
         }
     }
 
-    /// The next message to send, unless the page must be read first.
+    /// The next message to send, unless the page after the horizon must be read first.
     fn next(&self) -> Next {
         match (self.messages.first_key_value(), self.horizon) {
-            (Some((k, _)), Some(h)) if *k > h => Next::Read,
-            (None, Some(_)) => Next::Read,
+            (Some((k, _)), Some(h)) if *k > h => Next::Read(h),
+            (None, Some(h)) => Next::Read(h),
             (Some((k, f)), _) => Next::Send(*k, f.clone()),
             (None, None) => Next::Idle,
         }
@@ -106,8 +111,19 @@ impl Pending {
 
 enum Next {
     Send(Key, Option<Arc<Outgoing>>),
-    Read,
+    /// Read the page after this key.
+    Read(Key),
     Idle,
+}
+
+/// What the queue reads from the database next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Nothing,
+    /// The first page: at login, when told, every [`POLL`].
+    Start,
+    /// The page after a key (the horizon, reached).
+    After(Key),
 }
 
 /// Sends message `id` (header then data chunks) from the database while holding the
@@ -165,17 +181,24 @@ async fn send(hub: &Hub, link: &Link, id: i64, frame: Option<&Outgoing>) -> Resu
 /// Runs the queue of node `key` on `link` until the link closes.
 pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Receiver<String>) {
     let mut pending = Pending::default();
-    let mut read = true;
+    let mut read = Read::Start;
     loop {
         pending.take(link.take_inbox());
-        read |= link.take_stale();
-        if read {
-            match hub.store.tmtp_queue_page(&key.uid, key.num, PAGE).await {
+        if link.take_stale() {
+            read = Read::Start;
+        }
+        if read != Read::Nothing {
+            let after = match read {
+                Read::After((prio, message)) => Some(common::store::Queued { prio: char::from(prio).into(), message }),
+                _ => None,
+            };
+            match hub.store.tmtp_queue_page(&key.uid, key.num, after.as_ref(), PAGE).await {
                 Ok(rows) => {
                     let full = rows.len() as i64 >= PAGE;
                     let rows = rows.into_iter().map(|q| (q.prio.bytes().next().unwrap_or(b'M'), q.message)).collect();
-                    pending.reload(rows, full, |id| hub.ack_pending(&key, id));
-                    read = false;
+                    let from = after.map(|a| (a.prio.bytes().next().unwrap_or(b'M'), a.message));
+                    pending.reload(rows, full, from, |id| hub.ack_pending(&key, id));
+                    read = Read::Nothing;
                 }
                 Err(e) => {
                     tracing::error!(cause = %e, "queue lookup failed");
@@ -188,15 +211,15 @@ pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Rece
         }
         let (k, frame) = match pending.next() {
             Next::Send(k, frame) => (k, frame),
-            Next::Read => {
-                read = true;
+            Next::Read(h) => {
+                read = Read::After(h);
                 continue;
             }
             Next::Idle => {
                 tokio::select! {
                     () = link.closed.cancelled() => return,
                     () = link.wake.notified() => {}
-                    () = tokio::time::sleep(POLL) => read = true,
+                    () = tokio::time::sleep(POLL) => read = Read::Start,
                 }
                 continue;
             }
@@ -259,7 +282,7 @@ mod tests {
     #[test]
     fn handed_messages_join_the_database_order() {
         let mut p = Pending::default();
-        p.reload(vec![(b'M', 5), (b'M', 9)], false, |_| false);
+        p.reload(vec![(b'M', 5), (b'M', 9)], false, None, |_| false);
         p.take(vec![out(b'E', 12), out(b'M', 10)]);
         assert_eq!(order(&p), vec![(b'E', 12), (b'M', 5), (b'M', 9), (b'M', 10)]);
         assert!(matches!(p.next(), Next::Send((b'E', 12), Some(_))));
@@ -269,14 +292,14 @@ mod tests {
     fn nothing_past_a_full_page_is_sent_before_the_next_read() {
         let mut p = Pending::default();
         p.take(vec![out(b'M', 100)]);
-        p.reload(vec![(b'M', 1), (b'M', 2)], true, |_| false);
+        p.reload(vec![(b'M', 1), (b'M', 2)], true, None, |_| false);
         // The handed message stays, with its frame, but waits for the next page.
         assert_eq!(order(&p), vec![(b'M', 1), (b'M', 2), (b'M', 100)]);
         p.acked((b'M', 1));
         assert!(matches!(p.next(), Next::Send((b'M', 2), None)));
         p.acked((b'M', 2));
-        assert!(matches!(p.next(), Next::Read));
-        p.reload(vec![(b'M', 3), (b'M', 100)], false, |_| false);
+        assert!(matches!(p.next(), Next::Read((b'M', 2))));
+        p.reload(vec![(b'M', 3), (b'M', 100)], false, Some((b'M', 2)), |_| false);
         assert!(matches!(p.next(), Next::Send((b'M', 3), None)));
         p.acked((b'M', 3));
         assert!(matches!(p.next(), Next::Send((b'M', 100), Some(_))), "the frame in memory is kept");
@@ -285,14 +308,30 @@ mod tests {
     #[test]
     fn acked_messages_are_not_sent_again() {
         let mut p = Pending::default();
-        p.reload(vec![(b'M', 1), (b'M', 2)], false, |_| false);
+        p.reload(vec![(b'M', 1), (b'M', 2)], false, None, |_| false);
         p.acked((b'M', 1));
         // The ack is not committed yet: a read still finds the row; and a hand-off of the
         // same message that raced the read arrives late.
-        p.reload(vec![(b'M', 1), (b'M', 2)], false, |id| id == 1);
+        p.reload(vec![(b'M', 1), (b'M', 2)], false, None, |id| id == 1);
         p.take(vec![out(b'M', 1)]);
         assert_eq!(order(&p), vec![(b'M', 2)]);
         p.acked((b'M', 2));
         assert!(matches!(p.next(), Next::Idle));
+    }
+
+    #[test]
+    fn a_page_of_acks_not_yet_committed_moves_on_to_the_next() {
+        // A full first page whose rows were all acked (commits pending): the queue must
+        // read on after it, not read the same page again until the acks are committed.
+        let mut p = Pending::default();
+        p.reload(vec![(b'M', 1), (b'M', 2)], true, None, |_| true);
+        assert!(matches!(p.next(), Next::Read((b'M', 2))));
+        p.reload(vec![(b'M', 3)], false, Some((b'M', 2)), |_| false);
+        assert!(matches!(p.next(), Next::Send((b'M', 3), None)));
+        // The next page keeps what was before the horizon.
+        let mut p = Pending::default();
+        p.reload(vec![(b'E', 7), (b'M', 1)], true, None, |_| false);
+        p.reload(vec![(b'M', 4)], false, Some((b'M', 1)), |_| false);
+        assert_eq!(order(&p), vec![(b'E', 7), (b'M', 1), (b'M', 4)]);
     }
 }

@@ -189,6 +189,9 @@ impl Body {
     }
 }
 
+/// The largest message (frame and data, bytes) handed to online recipients in memory.
+pub const HAND_MAX: usize = 8 * 1024;
+
 /// A message ready to be queued: its data, header fields, priority and recipients.
 pub(crate) struct Queueing {
     pub(crate) body: Body,
@@ -227,11 +230,15 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
     hub.store.tmtp_store_messages(&whole, remote).await?;
     for ((m, frame), prio) in messages.iter().zip(frames).zip(&prios) {
         match &m.body {
-            Body::Whole { id, data } => {
-                let mut whole = frame;
+            Body::Whole { id, data } if frame.len() + data.len() <= HAND_MAX => {
+                let mut whole = Vec::with_capacity(frame.len() + data.len());
+                whole.extend_from_slice(&frame);
                 whole.extend_from_slice(data);
                 hub.hand(&m.nodes, &Arc::new(Outgoing { prio: m.prio, id: *id, frame: whole }));
             }
+            // Larger ones are read back when their turn comes: a recipient with a long
+            // queue would otherwise hold them in memory all that time.
+            Body::Whole { .. } => hub.wake(&m.nodes),
             Body::Streamed(up) => {
                 let prio = std::str::from_utf8(prio).unwrap_or("M");
                 hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes, hub.remote(&m.nodes)).await?;

@@ -686,9 +686,27 @@ macro_rules! operations {
             Ok(rows.into_iter().map(|(prio, message)| Queued { prio, message }).collect())
         }
 
-        pub(crate) async fn queue_page(p: &Pool, uid: &str, num: i64, limit: i64) -> Result<Vec<Queued>> {
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as(SQL.queue_page).bind(uid).bind(num).bind(limit).fetch_all(p).await?;
+        pub(crate) async fn queue_page(
+            p: &Pool,
+            uid: &str,
+            num: i64,
+            after: Option<&Queued>,
+            limit: i64,
+        ) -> Result<Vec<Queued>> {
+            let rows: Vec<(String, i64)> = match after {
+                None => sqlx::query_as(SQL.queue_page).bind(uid).bind(num).bind(limit).fetch_all(p).await?,
+                Some(a) => {
+                    sqlx::query_as(SQL.queue_page_after)
+                        .bind(uid)
+                        .bind(num)
+                        .bind(&a.prio)
+                        .bind(&a.prio)
+                        .bind(a.message)
+                        .bind(limit)
+                        .fetch_all(p)
+                        .await?
+                }
+            };
             Ok(rows.into_iter().map(|(prio, message)| Queued { prio, message }).collect())
         }
 

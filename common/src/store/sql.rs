@@ -296,6 +296,9 @@ statements! {
     enqueue = Same("INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES ($1, $2, $3, $4)");
     /// `(prio, message)` of node (`$1`, `$2`), in delivery order.
     queue = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message");
+    /// The first `$6` of those after (`$3` = `$4`, `$5`) in delivery order (the next
+    /// page).
+    queue_page_after = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 AND (queue_prio > $3 OR (queue_prio = $4 AND queue_message > $5)) ORDER BY queue_prio, queue_message LIMIT $6");
     /// The first `$3` of those (a page).
     queue_page = Same("SELECT queue_prio, queue_message FROM tmtp_queue WHERE queue_uid = $1 AND queue_num = $2 ORDER BY queue_prio, queue_message LIMIT $3");
     /// `(header, size)` of ready message `$1`.

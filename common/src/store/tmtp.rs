@@ -212,13 +212,19 @@ impl Store {
         dispatch!(self, queue(uid, num))
     }
 
-    /// The first `limit` pending messages of node (`uid`, `num`) in delivery order (a
-    /// node's queue is read in pages, spec/tmtp.md §8.2).
+    /// The first `limit` pending messages of node (`uid`, `num`) in delivery order, or
+    /// the first after `after` (a node's queue is read in pages, spec/tmtp.md §8.2).
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn tmtp_queue_page(&self, uid: &str, num: i64, limit: i64) -> Result<Vec<Queued>, StoreError> {
-        dispatch!(self, queue_page(uid, num, limit))
+    pub async fn tmtp_queue_page(
+        &self,
+        uid: &str,
+        num: i64,
+        after: Option<&Queued>,
+        limit: i64,
+    ) -> Result<Vec<Queued>, StoreError> {
+        dispatch!(self, queue_page(uid, num, after, limit))
     }
 
     /// Deliverable message `id`: its frame header and data size.
