@@ -5,6 +5,11 @@ a server where a scratch database may be created). Prints the generator's figure
 
 Usage: scripts/bench-tmtp.py [--clients 100] [--cycles 2] [--sleep-scale 0]
                              [--sizes-2017] [--postgres URL | --mysql URL] [--bin DIR]
+                             [--server HOST:PORT --ca CERT.pem [--server-pid PID]]
+
+--server runs the generator against a TMTP server already running (mnm, for a side by
+side comparison; start it with a fresh store for each run): --ca is its certificate,
+--server-pid lets the generator report its peak RSS.
 """
 import argparse, os, socket, subprocess, tempfile, time
 
@@ -21,7 +26,18 @@ def main():
     ap.add_argument("--sizes-2017", action="store_true")
     ap.add_argument("--postgres"); ap.add_argument("--mysql")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--server"); ap.add_argument("--ca"); ap.add_argument("--server-pid")
     a = ap.parse_args()
+    if a.server:
+        args = [os.path.join(a.bin, "mmtmtpd-load"), "--addr", a.server, "--ca", a.ca, "--clients", str(a.clients),
+                "--cycles", str(a.cycles), "--sleep-scale", a.sleep_scale]
+        if a.server_pid:
+            args += ["--server-pid", a.server_pid]
+        if a.sizes_2017:
+            args.append("--sizes-2017")
+        print(f"{a.server}: {a.clients} clients x {a.cycles} cycles, sleep scale {a.sleep_scale}")
+        subprocess.run(args, check=False)
+        return
     tmp = tempfile.mkdtemp(prefix="mmmail-bench-tmtp-")
     name = "mmmail_tmtp_%d" % os.getpid()
     if a.postgres:

@@ -105,6 +105,8 @@ async fn two_instances(backend: Backend) {
     assert_eq!(twice.as_deref(), Some("node already connected"), "{backend:?}: a second login on A");
 
     // A post on A reaches the recipient on B at once (the queue's own look is every 5 s).
+    // Instances notice each other within a second (A did at once: it was refused).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut s = Conn::login(&a, &cert, &sender).await.expect("sender logs in on A");
     for round in 0..3 {
         let key = format!("cross-{round}");

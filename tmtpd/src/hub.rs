@@ -179,10 +179,20 @@ pub struct Hub {
     presence: Mutex<HashMap<String, Presence>>,
     /// Recipient acks on their way to the database (see [`Hub::ack`]).
     acks: mpsc::UnboundedSender<(Node, i64)>,
+    /// Whether another instance on the database has nodes connected (looked at every
+    /// second): only then does queueing look for recipients there, and do `ohi` notes
+    /// go out to other instances.
+    others: AtomicBool,
+    /// `ohi` notes for other instances, written by [`share`] one after another.
+    outbox: mpsc::UnboundedSender<Note>,
+    outbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Note>>>,
     /// Acks received and not yet committed: a queue that reads its node's rows leaves
     /// these out, so that a message acked is not sent again meanwhile.
     unflushed: Mutex<std::collections::HashSet<(Node, i64)>>,
 }
+
+/// An `ohi` note for other instances: the uid whose nodes get it, and the frame.
+type Note = (String, Vec<u8>);
 
 /// Most acks committed in one transaction.
 const ACK_BATCH: usize = 512;
@@ -210,6 +220,7 @@ impl Hub {
     pub fn new(store: Store, settings: Settings, stats: Stats, oidc: crate::oidc::Verifier, last_id: u64) -> Arc<Hub> {
         let last = i64::try_from(last_id).unwrap_or(i64::MAX);
         let (acks, rx) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             store,
             settings,
@@ -221,6 +232,9 @@ impl Hub {
             links: Mutex::default(),
             presence: Mutex::default(),
             acks,
+            others: AtomicBool::new(false),
+            outbox,
+            outbox_rx: Mutex::new(Some(outbox_rx)),
             unflushed: Mutex::default(),
         });
         // The writer holds the hub weakly: it ends when every queue (each holding the hub)
@@ -322,6 +336,10 @@ impl Hub {
         if !matches!(taken, Ok(true)) {
             self.forget(key, link);
         }
+        if matches!(taken, Ok(false)) {
+            // Held by another instance: there is one, whatever the last look said.
+            self.others.store(true, Ordering::Release);
+        }
         taken
     }
 
@@ -350,6 +368,9 @@ impl Hub {
     /// This instance's name when some of `nodes` is not connected here (their queue
     /// rows then come with work for the instance that has them).
     pub fn remote<'a>(&'a self, nodes: &[Node]) -> Option<&'a str> {
+        if !self.others.load(Ordering::Acquire) {
+            return None;
+        }
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         nodes.iter().any(|n| !links.contains_key(n)).then_some(self.settings.instance.as_str())
     }
@@ -383,13 +404,10 @@ impl Hub {
 
     /// Sends `frame` to every connected node of `uid`, here and on the other instances,
     /// best effort (spec §8.3: an `ohi` that cannot be written within 200 ms is dropped).
-    pub fn notify_uid(self: &Arc<Self>, uid: &str, frame: Vec<u8>) {
-        let (hub, owner, remote) = (self.clone(), uid.to_owned(), frame.clone());
-        self.tasks.spawn(async move {
-            if let Err(e) = hub.store.tmtp_wake_uid(&owner, &hub.settings.instance, &remote).await {
-                tracing::warn!(cause = %e, "an ohi note for other instances was dropped");
-            }
-        });
+    pub fn notify_uid(&self, uid: &str, frame: Vec<u8>) {
+        if self.others.load(Ordering::Acquire) {
+            let _ = self.outbox.send((uid.to_owned(), frame.clone()));
+        }
         self.notify_here(uid, frame);
     }
 
@@ -496,6 +514,9 @@ pub async fn share(hub: Arc<Hub>, shutdown: CancellationToken) {
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut look = tokio::time::interval(poll);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut census = tokio::time::interval(Duration::from_secs(1));
+    census.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(mut outbox) = hub.outbox_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
     loop {
         let notified = async {
             match listener.as_mut() {
@@ -508,6 +529,20 @@ pub async fn share(hub: Arc<Hub>, shutdown: CancellationToken) {
             _ = renew.tick() => {
                 if let Err(e) = hub.store.tmtp_link_renew(&hub.settings.instance, lease, WAKE_KEEP).await {
                     tracing::error!(cause = %e, "renewing link leases failed");
+                }
+                continue;
+            }
+            _ = census.tick() => {
+                match hub.store.tmtp_link_others(&hub.settings.instance).await {
+                    Ok(others) => hub.others.store(others, Ordering::Release),
+                    // Unknown: look for recipients elsewhere rather than miss one.
+                    Err(_) => hub.others.store(true, Ordering::Release),
+                }
+                continue;
+            }
+            Some((uid, frame)) = outbox.recv() => {
+                if let Err(e) = hub.store.tmtp_wake_uid(&uid, &hub.settings.instance, &frame).await {
+                    tracing::warn!(cause = %e, "an ohi note for other instances was dropped");
                 }
                 continue;
             }

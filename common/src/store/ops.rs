@@ -803,7 +803,17 @@ macro_rules! operations {
             Ok(tx.finish(r).await?)
         }
 
+        pub(crate) async fn link_others(p: &Pool, me: &str, now: i64) -> Result<bool> {
+            Ok(crate::store::ops::exists!(p, SQL.link_others, me, now)?)
+        }
+
         pub(crate) async fn wake_uid(p: &Pool, uid: &str, me: &str, frame: &[u8], now: i64) -> Result<bool> {
+            // Read first: most notes have no node elsewhere, and need no write at all.
+            let elsewhere: Vec<(String,)> =
+                sqlx::query_as(SQL.link_remote_instances).bind(uid).bind(me).bind(now).fetch_all(p).await?;
+            if elsewhere.is_empty() {
+                return Ok(false);
+            }
             let mut tx = write(p).await?;
             let r = async {
                 let instances: Vec<(String,)> =

@@ -339,6 +339,8 @@ statements! {
     /// The instances other than `$2` where a node of uid `$1` is connected (lease live at
     /// `$3`).
     link_remote_instances = Same("SELECT DISTINCT link_instance FROM tmtp_link WHERE link_uid = $1 AND link_instance <> $2 AND link_expires >= $3");
+    /// Whether an instance other than `$1` holds a live link (lease live at `$2`).
+    link_others = Same("SELECT 1 FROM tmtp_link WHERE link_instance <> $1 AND link_expires >= $2 LIMIT 1");
     /// Work for instance `$1`: node (`$2`, `$3`), frame `$4` (NULL: read the queue), at `$5`.
     wake_insert = Same("INSERT INTO tmtp_wake (wake_instance, wake_uid, wake_num, wake_frame, wake_created) VALUES ($1, $2, $3, $4, $5)");
     /// Instance `$1`'s work, oldest first, `$2` rows at most.

@@ -315,6 +315,15 @@ impl Store {
         retrying("wake", || async { dispatch!(self, wake_uid(uid, instance, frame, now)) }).await
     }
 
+    /// Whether another instance than `instance` has a node connected (a live lease).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_link_others(&self, instance: &str) -> Result<bool, StoreError> {
+        let now = super::unix_now();
+        dispatch!(self, link_others(instance, now))
+    }
+
     /// Takes (reads and deletes) up to `limit` rows of work left for `instance` by other
     /// instances, oldest first.
     ///
