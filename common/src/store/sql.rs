@@ -393,7 +393,9 @@ mod tests {
 
     #[test]
     fn most_statements_are_written_once() {
+        // The lease inserts (POP3 maildrop lock, TMTP link: `INSERT IGNORE` on MySQL, `ON
+        // CONFLICT DO NOTHING` elsewhere) and two others.
         let per = ALL.iter().filter(|(_, t)| matches!(t, Per { .. })).count();
-        assert!(per <= 3, "{per} statements written per dialect");
+        assert!(per <= 4, "{per} statements written per dialect");
     }
 }
