@@ -49,8 +49,18 @@ pub(crate) trait ConnectionFailure {
 }
 
 impl ConnectionFailure for sqlx::Error {
+    /// Also a server's own word that it is going away: SQLSTATE class 08 (connection
+    /// exception; MySQL's 08S01 "server shutdown in progress") and 57P01–57P03
+    /// (PostgreSQL's administrator or crash shutdown, "cannot connect now"), which an
+    /// idle pooled connection reads first when its server dies.
     fn connection_failed(&self) -> bool {
-        matches!(self, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut)
+        match self {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(e) => {
+                e.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+            }
+            _ => false,
+        }
     }
 }
 
