@@ -179,7 +179,11 @@ async fn galera_three_nodes_start_deliver_and_lock() {
             .expect("migrations");
     let (locks,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM _mmmail_migration_lock").fetch_one(pool(&store)).await.expect("lock");
-    assert_eq!((applied, clean, locks), (5, 5, 0), "every migration applied once, the lock released");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/mysql"))
+        .expect("migrations")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql")))
+        .count() as i64;
+    assert_eq!((applied, clean, locks), (migrations, migrations, 0), "every migration applied once, the lock released");
 
     let boxes = [LOAD_BOXES.as_slice(), &[("small@galera.test", 10), ("pop@galera.test", 0)]].concat();
     fixtures(&store, &boxes).await;

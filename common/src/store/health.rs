@@ -49,18 +49,8 @@ pub(crate) trait ConnectionFailure {
 }
 
 impl ConnectionFailure for sqlx::Error {
-    /// Also a server's own word that it is going away: SQLSTATE class 08 (connection
-    /// exception; MySQL's 08S01 "server shutdown in progress") and 57P01–57P03
-    /// (PostgreSQL's administrator or crash shutdown, "cannot connect now"), which an
-    /// idle pooled connection reads first when its server dies.
     fn connection_failed(&self) -> bool {
-        match self {
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => true,
-            sqlx::Error::Database(e) => {
-                e.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
-            }
-            _ => false,
-        }
+        matches!(self, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut)
     }
 }
 
@@ -92,17 +82,6 @@ fn mark(server: String) {
         v.insert(Arc::default());
         SUSPECT_COUNT.fetch_add(1, Ordering::AcqRel);
     }
-}
-
-/// How long a pooled connection may have been idle and still be handed out without a
-/// ping: one busy a moment ago is alive, or the operation's own failure marks the server
-/// (a ping on every use would double the round trips of every operation).
-pub(crate) const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// [`ping`] when the connection has been idle `idle` for [`PING_AFTER_IDLE`] or longer;
-/// otherwise true at once.
-pub(crate) async fn ping_if_idle<C: Connection>(conn: &mut C, server: &str, idle: std::time::Duration) -> bool {
-    idle < PING_AFTER_IDLE || ping(conn, server).await
 }
 
 /// The pools' check of an idle connection before handing it out (in place of sqlx's

@@ -243,9 +243,9 @@ impl Store {
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
-                .before_acquire(move |conn: &mut sqlx::PgConnection, meta| {
+                .before_acquire(move |conn: &mut sqlx::PgConnection, _| {
                     let server = server.clone();
-                    Box::pin(async move { Ok(health::ping_if_idle(conn, &server, meta.idle_for).await) })
+                    Box::pin(async move { Ok(health::ping(conn, &server).await) })
                 })
                 .connect_lazy_with(opts);
             Ok(Self::Postgres(pool))
@@ -259,9 +259,9 @@ impl Store {
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
-                .before_acquire(move |conn: &mut sqlx::MySqlConnection, meta| {
+                .before_acquire(move |conn: &mut sqlx::MySqlConnection, _| {
                     let server = server.clone();
-                    Box::pin(async move { Ok(health::ping_if_idle(conn, &server, meta.idle_for).await) })
+                    Box::pin(async move { Ok(health::ping(conn, &server).await) })
                 })
                 .connect_lazy_with(opts);
             Ok(Self::MySql(pool))
