@@ -6,12 +6,38 @@ a server where a scratch database may be created). Prints the generator's figure
 Usage: scripts/bench-tmtp.py [--clients 100] [--cycles 2] [--sleep-scale 0]
                              [--sizes-2017] [--postgres URL | --mysql URL] [--bin DIR]
                              [--server HOST:PORT --ca CERT.pem [--server-pid PID]]
+                             [--table [--table-scale N]]
 
 --server runs the generator against a TMTP server already running (mnm, for a side by
 side comparison; start it with a fresh store for each run): --ca is its certificate,
 --server-pid lets the generator report its peak RSS.
+
+--table runs the three loads of issue 19 one after another (100 clients x 1 cycle with
+no pauses; 100 x 2 with mnm's pauses x 0.02; 1000 x 1 with pauses x 0.05), each on a
+fresh mmtmtpd and store (with --server: the same server, so restart it between loads by
+hand, or run the loads one by one), and prints one Markdown row per load: messages/s,
+latency p50 and p99, peak RSS, deliveries missing. --table-scale N divides the client
+counts (a quick look).
 """
-import argparse, os, socket, subprocess, tempfile, time
+import argparse, os, re, socket, subprocess, sys, tempfile, time
+
+LOADS = [(100, 1, "0"), (100, 2, "0.02"), (1000, 1, "0.05")]
+
+def table(a, passthrough):
+    print("| load | messages/s | p50 | p99 | peak RSS | missing |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for clients, cycles, scale in LOADS:
+        clients = max(1, clients // a.table_scale)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--clients", str(clients), "--cycles",
+                              str(cycles), "--sleep-scale", scale] + passthrough,
+                             capture_output=True, text=True).stdout
+        def grab(pat):
+            m = re.search(pat, out)
+            return m.group(1) if m else "?"
+        row = [f"{clients} clients, {cycles} cycle(s), pauses x {scale}", grab(r"stored +\d+ \(([0-9.]+)/s"),
+               grab(r"p50 ([0-9.]+ ms)"), grab(r"p99 ([0-9.]+ ms)"), grab(r"peak RSS +([0-9.]+ MiB)"),
+               grab(r"missing (\d+)")]
+        print("| " + " | ".join(row) + " |", flush=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +53,19 @@ def main():
     ap.add_argument("--postgres"); ap.add_argument("--mysql")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--server"); ap.add_argument("--ca"); ap.add_argument("--server-pid")
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--table-scale", type=int, default=1)
     a = ap.parse_args()
+    if a.table:
+        passthrough = []
+        for flag in ("postgres", "mysql", "bin", "server", "ca", "server_pid"):
+            v = getattr(a, flag)
+            if v and not (flag == "bin" and v == os.path.join(ROOT, "target", "release")):
+                passthrough += ["--" + flag.replace("_", "-"), v]
+        if a.sizes_2017:
+            passthrough.append("--sizes-2017")
+        table(a, passthrough)
+        return
     if a.server:
         args = [os.path.join(a.bin, "mmtmtpd-load"), "--addr", a.server, "--ca", a.ca, "--clients", str(a.clients),
                 "--cycles", str(a.cycles), "--sleep-scale", a.sleep_scale]
