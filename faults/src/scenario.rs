@@ -196,16 +196,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
-fn admin(config: &Path, args: &[&str]) -> Vec<String> {
+/// A new TMTP account with one node, made by `mmtmtpd -c config admin add-user`: its
+/// uid and node secret.
+///
+/// # Panics
+/// If the command fails.
+pub fn add_tmtp_user(config: &Path) -> (String, String) {
     let out = std::process::Command::new(crate::bin("mmtmtpd", "tmtpd"))
         .arg("-c")
         .arg(config)
-        .arg("admin")
-        .args(args)
+        .args(["admin", "add-user", "--nodes", "1"])
         .output()
         .expect("mmtmtpd admin");
-    assert!(out.status.success(), "mmtmtpd admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    assert!(out.status.success(), "mmtmtpd admin add-user: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    (lines[0].clone(), lines[1].clone())
 }
 
 /// Runs SQL that returns `(text, bytes)` rows on any backend.
@@ -271,12 +276,7 @@ impl Scenario {
         let cert = TestCert::generate(dir.path());
         let admin_cfg = dir.path().join("admin.toml");
         std::fs::write(&admin_cfg, config(Which::Tmtp, &url, 1, &cert)).expect("admin config");
-        let (sender, recipient) = blocking(move || {
-            let s = admin(&admin_cfg, &["add-user", "--nodes", "1"]);
-            let r = admin(&admin_cfg, &["add-user", "--nodes", "1"]);
-            ((s[0].clone(), s[1].clone()), (r[0].clone(), r[1].clone()))
-        })
-        .await;
+        let (sender, recipient) = blocking(move || (add_tmtp_user(&admin_cfg), add_tmtp_user(&admin_cfg))).await;
         let mut sc = Scenario {
             db,
             store,

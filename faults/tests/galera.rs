@@ -12,6 +12,7 @@ use common::testing::Daemon;
 use faults::clients::{self, SMTP_MARKER, Stop, TmtpAccount};
 use faults::galera::{Galera, NodeDaemons, PASSWORD, fixtures, pool, reachable_dir, start_all, store};
 use faults::ledger::{self, Ledger, Reply, Row};
+use faults::scenario::add_tmtp_user;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
@@ -249,18 +250,7 @@ async fn galera_three_nodes_start_deliver_and_lock() {
     }
     // TMTP: a node connected through node 0 posts to a node connected through node 2.
     let cfg = dir.path().join("node0").join(format!("mmtmtpd-{}.toml", nodes[0].0["mmtmtpd"].port));
-    let add_user = || {
-        let out = std::process::Command::new(faults::bin("mmtmtpd", "tmtpd"))
-            .arg("-c")
-            .arg(&cfg)
-            .args(["admin", "add-user", "--nodes", "1"])
-            .output()
-            .expect("mmtmtpd admin");
-        assert!(out.status.success(), "mmtmtpd admin add-user: {}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
-        (lines[0].clone(), lines[1].clone())
-    };
-    let (sender, recipient) = (add_user(), add_user());
+    let (sender, recipient) = (add_tmtp_user(&cfg), add_tmtp_user(&cfg));
     let account = |node: usize, who: &(String, String)| TmtpAccount {
         addr: nodes[node].addr("mmtmtpd"),
         tls: tls.connector(),

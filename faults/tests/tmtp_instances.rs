@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::testing::{Backend, Daemon, TestCert, TestDb};
 use faults::clients::{Frame, read_frame, tmtp_frame};
+use faults::scenario::add_tmtp_user;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -29,18 +30,6 @@ fn config(url: &str, port: u16, cert: &TestCert) -> String {
 
 /// A node's credentials: uid and node secret.
 type Account = (String, String);
-
-fn add_user(config: &std::path::Path) -> Account {
-    let out = std::process::Command::new(faults::bin("mmtmtpd", "tmtpd"))
-        .arg("-c")
-        .arg(config)
-        .args(["admin", "add-user", "--nodes", "1"])
-        .output()
-        .expect("mmtmtpd admin");
-    assert!(out.status.success(), "mmtmtpd admin add-user: {}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
-    (lines[0].clone(), lines[1].clone())
-}
 
 struct Conn {
     tls: TlsStream<TcpStream>,
@@ -97,7 +86,7 @@ async fn two_instances(backend: Backend) {
     let a = Daemon::start(&bin, dir.path(), |port| config(&db.url, port, &cert));
     let b = Daemon::start(&bin, dir.path(), |port| config(&db.url, port, &cert));
     let cfg = dir.path().join(format!("mmtmtpd-{}.toml", a.port));
-    let (sender, recipient) = (add_user(&cfg), add_user(&cfg));
+    let (sender, recipient) = (add_tmtp_user(&cfg), add_tmtp_user(&cfg));
 
     let mut r = Conn::login(&b, &cert, &recipient).await.expect("recipient logs in on B");
     // The node is connected to B: A refuses it, as mnm refuses a second link.
