@@ -367,12 +367,12 @@ impl Hub {
 
     /// This instance's name when some of `nodes` is not connected here (their queue
     /// rows then come with work for the instance that has them).
-    pub fn remote<'a>(&'a self, nodes: &[Node]) -> Option<&'a str> {
+    pub fn remote<'a, 'n>(&'a self, nodes: impl IntoIterator<Item = &'n Node>) -> Option<&'a str> {
         if !self.others.load(Ordering::Acquire) {
             return None;
         }
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.iter().any(|n| !links.contains_key(n)).then_some(self.settings.instance.as_str())
+        nodes.into_iter().any(|n| !links.contains_key(n)).then_some(self.settings.instance.as_str())
     }
 
     /// Connections of every node of `uid`.

@@ -188,15 +188,15 @@ pub async fn run(hub: Arc<Hub>, key: Node, link: Arc<Link>, mut acks: mpsc::Rece
             read = Read::Start;
         }
         if read != Read::Nothing {
-            let after = match read {
-                Read::After((prio, message)) => Some(common::store::Queued { prio: char::from(prio).into(), message }),
+            let from = match read {
+                Read::After(k) => Some(k),
                 _ => None,
             };
+            let after = from.map(|(prio, message)| common::store::Queued { prio: char::from(prio).into(), message });
             match hub.store.tmtp_queue_page(&key.uid, key.num, after.as_ref(), PAGE).await {
                 Ok(rows) => {
                     let full = rows.len() as i64 >= PAGE;
                     let rows = rows.into_iter().map(|q| (q.prio.bytes().next().unwrap_or(b'M'), q.message)).collect();
-                    let from = after.map(|a| (a.prio.bytes().next().unwrap_or(b'M'), a.message));
                     pending.reload(rows, full, from, |id| hub.ack_pending(&key, id));
                     read = Read::Nothing;
                 }

@@ -209,26 +209,19 @@ pub(crate) struct Queueing {
 /// [`StoreError`]: nothing of a failed commit is queued.
 pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), StoreError> {
     let frames: Vec<Vec<u8>> = messages.iter().map(|m| with_headsum(m.header.clone())).collect();
-    let prios: Vec<[u8; 1]> = messages.iter().map(|m| [m.prio]).collect();
     let whole: Vec<WholeMessage<'_>> = messages
         .iter()
         .zip(&frames)
-        .zip(&prios)
-        .filter_map(|((m, frame), prio)| match &m.body {
-            Body::Whole { id, data } => Some(WholeMessage {
-                id: *id,
-                header: frame,
-                data,
-                prio: std::str::from_utf8(prio).unwrap_or("M"),
-                nodes: &m.nodes,
-            }),
+        .filter_map(|(m, frame)| match &m.body {
+            Body::Whole { id, data } => {
+                Some(WholeMessage { id: *id, header: frame, data, prio: prio_text(m.prio), nodes: &m.nodes })
+            }
             Body::Streamed(_) => None,
         })
         .collect();
-    let everyone: Vec<Node> = messages.iter().flat_map(|m| m.nodes.iter().cloned()).collect();
-    let remote = hub.remote(&everyone);
+    let remote = hub.remote(messages.iter().flat_map(|m| &m.nodes));
     hub.store.tmtp_store_messages(&whole, remote).await?;
-    for ((m, frame), prio) in messages.iter().zip(frames).zip(&prios) {
+    for (m, frame) in messages.iter().zip(frames) {
         match &m.body {
             Body::Whole { id, data } if frame.len() + data.len() <= HAND_MAX => {
                 let mut whole = Vec::with_capacity(frame.len() + data.len());
@@ -240,13 +233,18 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
             // queue would otherwise hold them in memory all that time.
             Body::Whole { .. } => hub.wake(&m.nodes),
             Body::Streamed(up) => {
-                let prio = std::str::from_utf8(prio).unwrap_or("M");
-                hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes, hub.remote(&m.nodes)).await?;
+                let (prio, remote) = (prio_text(m.prio), hub.remote(&m.nodes));
+                hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes, remote).await?;
                 hub.wake(&m.nodes);
             }
         }
     }
     Ok(())
+}
+
+/// A queue priority as stored: `E` or `M` (spec/tmtp.md §4.5).
+fn prio_text(prio: u8) -> &'static str {
+    if prio == b'E' { "E" } else { "M" }
 }
 
 /// Stores a message with its data (at most one chunk) in one commit and hands it to
