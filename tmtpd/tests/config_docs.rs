@@ -60,3 +60,27 @@ fn the_example_config_checks_out_with_real_key_files() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The sharing settings of several instances are checked at load: a lease too short to
+/// be renewed in time, a poll of no or of minutes' delay, an instance name that does not
+/// fit its column.
+#[test]
+fn sharing_settings_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate(dir.path());
+    let base = BASE
+        .replace("cert = \"c\"", &format!("cert = \"{}\"", cert.cert.display()))
+        .replace("key = \"k\"", &format!("key = \"{}\"", cert.key.display()));
+    let check = |tmtpd: &str| {
+        let path = dir.path().join("mmtmtpd.toml");
+        std::fs::write(&path, format!("{base}[tmtpd]\n{tmtpd}\n")).unwrap();
+        match common::config::load::<Config>(&path) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(check("link_lease = 3\nwake_poll = 10\ninstance = \"a\""), "", "the smallest values are taken");
+    assert!(check("link_lease = 2").contains("tmtpd.link_lease"));
+    assert!(check("wake_poll = 60001").contains("tmtpd.wake_poll"));
+    assert!(check(&format!("instance = \"{}\"", "x".repeat(65))).contains("tmtpd.instance"));
+}
