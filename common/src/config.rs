@@ -488,37 +488,63 @@ impl Validate for Shared {
 pub trait Section: DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync + 'static {
     /// The section's name in the file.
     const NAME: &'static str;
+    /// Top-level sections of this daemon's own beside `[NAME]` (mmsmtpd's `[dns]`,
+    /// `[checks]`, `[[dnsbl]]`, `[greylist]`); `()` for none.
+    type Extra: Extra;
     /// Records every unusable value (as `name.key`); `shared` for checks that depend on
     /// other sections.
     fn validate(&self, _shared: &Shared, _problems: &mut Problems) {}
+}
+
+/// A daemon's top-level sections besides the shared ones and its own `[NAME]`, each
+/// parsed by its own type (so errors keep their line and column).
+pub trait Extra: Default + Clone + fmt::Debug + Send + Sync + 'static {
+    /// The section names, in file order.
+    const NAMES: &'static [&'static str];
+    /// Parses the value of section `key` (one of [`NAMES`](Self::NAMES)) from `map`.
+    ///
+    /// # Errors
+    /// The section's parse error.
+    fn visit<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+    /// Records every unusable value (as `section.key`).
+    fn validate(&self, _shared: &Shared, _problems: &mut Problems) {}
+}
+
+impl Extra for () {
+    const NAMES: &'static [&'static str] = &[];
+    fn visit<'de, A: MapAccess<'de>>(&mut self, key: &str, _map: &mut A) -> Result<(), A::Error> {
+        Err(de::Error::custom(format_args!("no section `{key}`")))
+    }
 }
 
 /// A network daemon's file: the [`Shared`] sections and its own. Unknown sections and
 /// keys are errors; every section is parsed by its own type, so errors keep their line
 /// and column.
 #[derive(Clone, Debug)]
-pub struct DaemonFile<T> {
+pub struct DaemonFile<T: Section> {
     /// The shared sections (also reached through `Deref`: `cfg.limits`).
     pub shared: Shared,
     /// The daemon's own section.
     pub own: T,
+    /// The daemon's other sections of its own ([`Section::Extra`]).
+    pub extra: T::Extra,
 }
 
 impl<T: Section> DaemonFile<T> {
-    /// `shared` with the own section's defaults.
+    /// `shared` with the own sections' defaults.
     pub fn new(shared: Shared) -> Self {
-        DaemonFile { shared, own: T::default() }
+        DaemonFile { shared, own: T::default(), extra: T::Extra::default() }
     }
 }
 
-impl<T> std::ops::Deref for DaemonFile<T> {
+impl<T: Section> std::ops::Deref for DaemonFile<T> {
     type Target = Shared;
     fn deref(&self) -> &Shared {
         &self.shared
     }
 }
 
-impl<T> std::ops::DerefMut for DaemonFile<T> {
+impl<T: Section> std::ops::DerefMut for DaemonFile<T> {
     fn deref_mut(&mut self) -> &mut Shared {
         &mut self.shared
     }
@@ -528,6 +554,7 @@ impl<T: Section> Validate for DaemonFile<T> {
     fn validate(&self, p: &mut Problems) {
         self.shared.validate(p);
         self.own.validate(&self.shared, p);
+        self.extra.validate(&self.shared, p);
     }
 }
 
@@ -551,6 +578,7 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
         let (mut limits, mut shaping, mut privileges, mut log, mut stats, mut own) =
             (None, None, None, None, None, None);
         let mut bans = None;
+        let mut extra = T::Extra::default();
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "server" => server = Some(map.next_value()?),
@@ -564,11 +592,16 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
                 "stats" => stats = Some(map.next_value()?),
                 "bans" => bans = Some(map.next_value()?),
                 k if k == T::NAME => own = Some(map.next_value()?),
+                k if T::Extra::NAMES.contains(&k) => extra.visit(k, &mut map)?,
                 other => {
                     // serde's own wording: `--check-config` shows it, and the key lists
                     // of the documentation tests are read from it.
-                    let expected: Vec<String> =
-                        SHARED_SECTIONS.iter().chain([&T::NAME]).map(|s| format!("`{s}`")).collect();
+                    let expected: Vec<String> = SHARED_SECTIONS
+                        .iter()
+                        .chain([&T::NAME])
+                        .chain(T::Extra::NAMES)
+                        .map(|s| format!("`{s}`"))
+                        .collect();
                     return Err(de::Error::custom(format_args!(
                         "unknown field `{other}`, expected one of {}",
                         expected.join(", ")
@@ -588,7 +621,7 @@ impl<'de, T: Section> Visitor<'de> for FileVisitor<T> {
             stats: stats.unwrap_or_default(),
             bans: bans.unwrap_or_default(),
         };
-        Ok(DaemonFile { shared, own: own.unwrap_or_default() })
+        Ok(DaemonFile { shared, own: own.unwrap_or_default(), extra })
     }
 }
 

@@ -19,6 +19,8 @@ pub mod shutdown;
 pub mod stats;
 pub mod store;
 #[cfg(feature = "test-util")]
+pub mod testdns;
+#[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use error::{ConfigError, StoreError};

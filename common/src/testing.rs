@@ -230,7 +230,9 @@ fn random_name() -> String {
     format!("mmmail_t_{}", crate::random_hex(6))
 }
 
-fn ci() -> bool {
+/// Whether `CI=true` (or `1`): a missing tool or database then fails a test instead of
+/// skipping it.
+pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -601,6 +603,7 @@ pub fn accepted_keys<T: serde::de::DeserializeOwned>(base: &str, section: Option
     const PROBE: &str = "zz_probe_zz = 1";
     let text = match section {
         None => format!("{PROBE}\n{base}"),
+        // `Some("[name]")` probes an array of tables `[[name]]` through its first table.
         Some(name) => {
             let header = format!("[{name}]\n");
             match base.find(&header) {

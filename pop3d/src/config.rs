@@ -78,6 +78,7 @@ impl Default for Pop3dConfig {
 
 impl Section for Pop3dConfig {
     const NAME: &'static str = "pop3d";
+    type Extra = ();
 
     fn validate(&self, _shared: &Shared, p: &mut Problems) {
         if self.lock_lease < 3 {

@@ -2,8 +2,12 @@
 //! (spec/mail.md §3.2, design.md "Config"). `etc/mmsmtpd.toml` documents every key.
 
 use common::address::Address;
-use common::config::{Problems, Section, Shared};
+use std::net::{IpAddr, SocketAddr};
+
+use common::config::{Extra, Problems, Section, Shared};
+use ipnet::IpNet;
 use serde::Deserialize;
+use serde::de::MapAccess;
 
 /// Seconds of client silence allowed when `[limits] input_timeout` is not set.
 pub const DEFAULT_INPUT_TIMEOUT: u64 = 300;
@@ -77,6 +81,15 @@ pub struct SmtpdConfig {
     /// filter of one's own that forwards everyone's mail. Default: none.
     #[serde(default)]
     pub flood_exempt: Vec<ipnet::IpNet>,
+    /// `nofrom` patterns match the client's forward-confirmed host name as well as its
+    /// address (mmmail's `RESOLVE_HOSTS`; design.md "Mail rules"). Needs `[checks]
+    /// enabled`: the name is the one the reverse DNS check verified.
+    #[serde(default)]
+    pub resolve_hosts: bool,
+    /// A message whose DMARC check (RFC 7489) fails for a domain publishing `p=reject` is
+    /// refused with `550 5.7.1` (RFC 7489 §6.6.2), whatever `[checks] dmarc` says.
+    #[serde(default = "default_true")]
+    pub dmarc_reject: bool,
 }
 
 fn default_max_recipients() -> usize {
@@ -119,6 +132,8 @@ impl Default for SmtpdConfig {
             flood_window: default_flood_window(),
             flood_cache: default_flood_cache(),
             flood_exempt: Vec::new(),
+            resolve_hosts: false,
+            dmarc_reject: true,
         }
     }
 }
@@ -134,6 +149,7 @@ impl SmtpdConfig {
 
 impl Section for SmtpdConfig {
     const NAME: &'static str = "smtpd";
+    type Extra = Checking;
 
     fn validate(&self, shared: &Shared, p: &mut Problems) {
         if self.max_recipients == 0 {
@@ -144,6 +160,298 @@ impl Section for SmtpdConfig {
         }
         if self.postmaster(&shared.server.name).is_none() {
             p.add("smtpd.postmaster", format_args!("{:?} is not a mailbox", self.postmaster));
+        }
+    }
+}
+
+/// What a check's failure gets (issue 14): recorded in `Authentication-Results:` only, a
+/// temporary refusal (4xx) or a permanent one (5xx). A DNS temporary error never gets
+/// a 5xx: under `tempfail` or `reject` it gets `451 4.4.3`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Recorded only (the default).
+    #[default]
+    Record,
+    /// Refused with a 4xx: the client tries again later.
+    Tempfail,
+    /// Refused with a 5xx.
+    Reject,
+}
+
+/// mmsmtpd's sections besides `[smtpd]`: who sent the mail (issue 14).
+#[derive(Clone, Debug, Default)]
+pub struct Checking {
+    /// `[dns]`.
+    pub dns: DnsConfig,
+    /// `[checks]`.
+    pub checks: ChecksConfig,
+    /// `[[dnsbl]]`, in file order.
+    pub dnsbl: Vec<DnsList>,
+    /// `[greylist]`.
+    pub greylist: GreylistConfig,
+}
+
+impl Extra for Checking {
+    const NAMES: &'static [&'static str] = &["dns", "checks", "dnsbl", "greylist"];
+
+    fn visit<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "dns" => self.dns = map.next_value()?,
+            "checks" => self.checks = map.next_value()?,
+            "dnsbl" => self.dnsbl = map.next_value()?,
+            _ => self.greylist = map.next_value()?,
+        }
+        Ok(())
+    }
+
+    fn validate(&self, _shared: &Shared, p: &mut Problems) {
+        for (i, s) in self.dns.servers.iter().enumerate() {
+            if name_server(s).is_none() {
+                p.add(
+                    &format!("dns.servers[{i}]"),
+                    format_args!(
+                        "{s:?} is not an address (\"192.0.2.53\", \"192.0.2.53:5353\", \"[2001:db8::53]:53\")"
+                    ),
+                );
+            }
+        }
+        if !(1..=60).contains(&self.dns.timeout) {
+            p.add("dns.timeout", "must be 1 to 60 seconds");
+        }
+        if !(1..=5).contains(&self.dns.attempts) {
+            p.add("dns.attempts", "must be 1 to 5");
+        }
+        for (i, l) in self.dnsbl.iter().enumerate() {
+            if !common::address::is_domain(&l.zone) {
+                p.add(&format!("dnsbl[{i}].zone"), format_args!("{:?} is not a domain", l.zone));
+            }
+        }
+        let g = &self.greylist;
+        if g.delay == 0 || g.delay > 86_400 {
+            p.add("greylist.delay", "must be 1 to 86400 seconds");
+        }
+        if g.expire <= g.delay {
+            p.add("greylist.expire", "must be longer than greylist.delay");
+        }
+        if g.keep == 0 {
+            p.add("greylist.keep", "must be at least 1 second");
+        }
+        if g.ipv4_prefix > 32 {
+            p.add("greylist.ipv4_prefix", "must be 0 to 32");
+        }
+        if g.ipv6_prefix > 128 {
+            p.add("greylist.ipv6_prefix", "must be 0 to 128");
+        }
+    }
+}
+
+/// A name server as `[dns] servers` spells it: an address, with or without a port
+/// (default 53).
+pub fn name_server(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+/// `[dns]`: the resolver every check uses (hickory-resolver, with its cache).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers (`"192.0.2.53"`, `"192.0.2.53:5353"`, `"[2001:db8::53]:53"`), asked
+    /// over UDP and TCP; empty (the default) = those of `/etc/resolv.conf`, read at start.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Seconds one query waits for an answer; also the most a session as a whole waits
+    /// for DNS answers (lookups run while the session goes on). 1 to 60.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout: u64,
+    /// Tries of each query, 1 to 5.
+    #[serde(default = "default_dns_attempts")]
+    pub attempts: usize,
+    /// Answers kept in the resolver's cache (each for its TTL).
+    #[serde(default = "default_dns_cache")]
+    pub cache: u64,
+}
+
+fn default_dns_timeout() -> u64 {
+    5
+}
+fn default_dns_attempts() -> usize {
+    2
+}
+fn default_dns_cache() -> u64 {
+    4096
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            timeout: default_dns_timeout(),
+            attempts: default_dns_attempts(),
+            cache: default_dns_cache(),
+        }
+    }
+}
+
+/// `[checks]`: reverse DNS, SPF, DKIM, DMARC and ARC of every client outside `exempt`,
+/// recorded in one `Authentication-Results:` field (RFC 8601) on every stored copy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// Whether the checks run at all (DNS lists and greylisting have their own switches).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Client networks that are not checked at all (own relays, content filters, local
+    /// submission); default loopback. Their copies get no `Authentication-Results:` field
+    /// and keep those they carry.
+    #[serde(default = "default_checks_exempt")]
+    pub exempt: Vec<IpNet>,
+    /// Forward-confirmed reverse DNS (RFC 8601 §3 "iprev") failing, answered at MAIL.
+    #[serde(default)]
+    pub rdns: Policy,
+    /// SPF (RFC 7208) `fail` of the MAIL FROM identity (of the HELO identity for the
+    /// null reverse-path), answered at MAIL.
+    #[serde(default)]
+    pub spf: Policy,
+    /// DKIM (RFC 6376): a message with signatures none of which verifies, after DATA.
+    #[serde(default)]
+    pub dkim: Policy,
+    /// DMARC (RFC 7489) `fail`, whatever the domain's policy, after DATA.
+    #[serde(default)]
+    pub dmarc: Policy,
+    /// ARC (RFC 8617) chain `fail`, after DATA.
+    #[serde(default)]
+    pub arc: Policy,
+}
+
+fn default_checks_exempt() -> Vec<IpNet> {
+    vec![loopback_v4(), IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST))]
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            exempt: default_checks_exempt(),
+            rdns: Policy::Record,
+            spf: Policy::Record,
+            dkim: Policy::Record,
+            dmarc: Policy::Record,
+            arc: Policy::Record,
+        }
+    }
+}
+
+/// What a listing in a DNS list does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListAction {
+    /// Refused with `554 5.7.1` (default).
+    #[default]
+    Reject,
+    /// Refused with `4xx 4.7.1`.
+    Tempfail,
+    /// Logged and counted only.
+    Record,
+    /// An allow list: a listed client skips the other lists and greylisting.
+    Allow,
+}
+
+/// Where a DNS block list refuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListStage {
+    /// Instead of the greeting (`554`/`421`), then the connection closes.
+    #[default]
+    Connect,
+    /// At each RCPT (`554 5.7.1`/`450 4.7.1`), except to postmaster (RFC 5321 §4.5.1).
+    Rcpt,
+}
+
+/// `[[dnsbl]]`: one DNS block or allow list (RFC 5782), asked at connect.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsList {
+    /// The list's zone: client 192.0.2.1 is looked up as `1.2.0.192.<zone>` (IPv6: its
+    /// 32 nibbles reversed).
+    pub zone: String,
+    /// What a listing does.
+    #[serde(default)]
+    pub action: ListAction,
+    /// The A answers that count as listed (addresses or networks); default
+    /// `127.0.0.0/8` (RFC 5782 §2.1). Other answers (a list's error codes) are ignored.
+    #[serde(default = "default_answers")]
+    pub answers: Vec<IpNet>,
+    /// Where a block list refuses.
+    #[serde(default)]
+    pub stage: ListStage,
+}
+
+fn default_answers() -> Vec<IpNet> {
+    vec![loopback_v4()]
+}
+
+fn loopback_v4() -> IpNet {
+    IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("8 is a valid IPv4 prefix")
+}
+
+/// `[greylist]`: a triplet (client network, reverse-path, forward-path) seen for the first
+/// time is refused with `451 4.7.1` after DATA, and passes when retried after `delay`.
+/// The table is in the database, shared by every instance. Messages with an aligned
+/// DKIM pass (DMARC's DKIM alignment), clients in `pass` and clients on an allow list
+/// skip it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreylistConfig {
+    /// Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds a new triplet waits.
+    #[serde(default = "default_grey_delay")]
+    pub delay: u64,
+    /// Seconds a refused triplet's retry may take before it counts as new again.
+    #[serde(default = "default_grey_expire")]
+    pub expire: u64,
+    /// Seconds a passed triplet stays passed since it was last seen.
+    #[serde(default = "default_grey_keep")]
+    pub keep: u64,
+    /// Client networks never greylisted.
+    #[serde(default)]
+    pub pass: Vec<IpNet>,
+    /// IPv4 clients are grouped by this prefix (a sender's pool of outgoing hosts).
+    #[serde(default = "default_grey_v4")]
+    pub ipv4_prefix: u8,
+    /// IPv6 clients are grouped by this prefix.
+    #[serde(default = "default_grey_v6")]
+    pub ipv6_prefix: u8,
+}
+
+fn default_grey_delay() -> u64 {
+    300
+}
+fn default_grey_expire() -> u64 {
+    4 * 3600
+}
+fn default_grey_keep() -> u64 {
+    36 * 86_400
+}
+fn default_grey_v4() -> u8 {
+    24
+}
+fn default_grey_v6() -> u8 {
+    64
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            delay: default_grey_delay(),
+            expire: default_grey_expire(),
+            keep: default_grey_keep(),
+            pass: Vec::new(),
+            ipv4_prefix: default_grey_v4(),
+            ipv6_prefix: default_grey_v6(),
         }
     }
 }

@@ -51,7 +51,15 @@ impl Pass for Smtp<'_> {
         let (session, ctx) = (&mut self.session, self.ctx);
         let mut lines = Lines::new(io, ctx.input_timeout, deadline, ctx.watch.clone());
         if greet {
-            session.greeting().write_to(&mut lines.out);
+            match session.open().await {
+                Outcome::Close(refusal) => {
+                    refusal.write_to(&mut lines.out);
+                    lines.close().await?;
+                    return Ok(End::Closed);
+                }
+                Outcome::Reply(greeting) => greeting.write_to(&mut lines.out),
+                _ => {}
+            }
         }
         loop {
             let input = lines

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod checks;
 pub mod config;
 pub mod conn;
 pub mod flood;
@@ -37,14 +38,14 @@ pub struct Server {
     flood: Arc<Flood>,
 }
 
-fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>, stats: &Stats) -> Live<Settings> {
-    Live {
-        settings: Arc::new(Settings::with_flood(cfg, flood.clone(), stats.clone())),
+fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>, stats: &Stats) -> anyhow::Result<Live<Settings>> {
+    Ok(Live {
+        settings: Arc::new(Settings::with_flood(cfg, flood.clone(), stats.clone())?),
         limits: cfg.limits.clone(),
         tls,
         shaper: Shaper::new(&cfg.shaping),
         bans: cfg.bans.clone(),
-    }
+    })
 }
 
 impl Server {
@@ -64,7 +65,7 @@ impl Daemon for Server {
             Err(e) => tracing::warn!(cause = %e, "postmaster box not checked"),
         }
         let flood = Arc::new(Flood::new(&cfg.own));
-        let core = Core::new(store, live(cfg, &flood, tls, &stats), config::DEFAULT_INPUT_TIMEOUT, stats);
+        let core = Core::new(store, live(cfg, &flood, tls, &stats)?, config::DEFAULT_INPUT_TIMEOUT, stats);
         Ok(Arc::new(Server { core, flood }))
     }
 
@@ -84,7 +85,7 @@ impl Daemon for Server {
     /// `[smtpd]` apply to new connections; open ones go on unchanged. Listeners, the
     /// database and privileges need a restart.
     fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?, self.core.stats()));
+        self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?, self.core.stats())?);
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use common::store::{DeliverError, Delivery, MailCopy, Resolution, Store};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
+use crate::checks::{Checker, Client, Verdict};
 use crate::config::{Config, NullSender};
 use crate::flood::Flood;
 use crate::proto::command::{Command, ForwardPath, MailParams, SyntaxError, parse};
@@ -60,20 +61,30 @@ pub struct Settings {
     pub flood: Arc<Flood>,
     /// Where counters go (spec/mail.md §3.10).
     pub stats: Stats,
+    /// Reverse DNS, SPF, DKIM, DMARC, ARC, DNS lists and greylisting (issue 14); `None`
+    /// when all are off.
+    pub checker: Option<Arc<Checker>>,
 }
 
 impl Settings {
     /// Derives the settings from a validated config, with a fresh flood table and a
     /// stats client of its own.
-    pub fn from_config(cfg: &Config) -> Self {
+    ///
+    /// # Errors
+    /// The DNS resolver of the checks cannot be set up.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
         Self::with_flood(cfg, Arc::new(Flood::new(&cfg.own)), Stats::open(&cfg.stats, "mmsmtpd"))
     }
 
     /// Derives the settings from a validated config, keeping `flood` (SIGHUP) and
     /// counting with `stats`.
-    pub fn with_flood(cfg: &Config, flood: Arc<Flood>, stats: Stats) -> Self {
+    ///
+    /// # Errors
+    /// The DNS resolver of the checks cannot be set up (`[dns]`).
+    pub fn with_flood(cfg: &Config, flood: Arc<Flood>, stats: Stats) -> anyhow::Result<Self> {
         flood.update(&cfg.own);
-        Self {
+        let checker = Checker::new(&cfg.server.name, cfg.own.dmarc_reject, &cfg.extra)?;
+        Ok(Self {
             name: cfg.server.name.clone(),
             smtpd: cfg.own.clone(),
             max_errors: cfg.limits.max_errors,
@@ -85,7 +96,8 @@ impl Settings {
             ipv6_prefix: cfg.limits.ipv6_prefix,
             flood,
             stats,
-        }
+            checker,
+        })
     }
 }
 
@@ -152,6 +164,11 @@ pub struct Session {
     chunk: Option<PendingChunk>,
     /// The daemon's bans: unknown recipients count toward them.
     bans: Option<Arc<common::bans::Bans>>,
+    /// The checks of this client (issue 14); `None` when off or the client is exempt.
+    checks: Option<Client>,
+    /// The last error reply was a policy refusal, logged and counted where decided: it
+    /// is not a protocol error and does not count toward `max_errors`.
+    decided: bool,
 }
 
 /// 16 lowercase hex digits from the OS random source: transaction ids (spec/mail.md §3.7).
@@ -184,6 +201,7 @@ const COUNTED_WHERE_DECIDED: [(u16, &str); 12] = [
 impl Session {
     /// A session for a client at `peer`; `tls` is true on implicit-TLS listeners.
     pub fn new(settings: Arc<Settings>, peer: IpAddr, tls: bool) -> Self {
+        let checks = settings.checker.as_ref().and_then(|c| c.start(peer));
         Self {
             settings,
             peer,
@@ -195,6 +213,8 @@ impl Session {
             close_after: false,
             chunk: None,
             bans: None,
+            checks,
+            decided: false,
         }
     }
 
@@ -211,6 +231,38 @@ impl Session {
     /// The `220` greeting.
     pub fn greeting(&self) -> Reply {
         Reply::new(220, format!("{} ESMTP mmsmtpd-rs ready", self.name()))
+    }
+
+    /// What the client gets first: the greeting, or (`Outcome::Close`) a refusal when a
+    /// DNS block list with `stage = "connect"` lists it (issue 14).
+    pub async fn open(&mut self) -> Outcome {
+        let name = self.settings.name.clone();
+        if let Some(c) = self.checks.as_mut()
+            && let Some(refusal) = c.at_connect(&name).await
+        {
+            tracing::info!(peer = %self.peer, reply = %refusal, "refused");
+            self.count_check("dnsbl", "refused");
+            self.failed("dnsbl");
+            return Outcome::Close(refusal);
+        }
+        Outcome::Reply(self.greeting())
+    }
+
+    /// `mmsmtpd|checks|<check>|<result>` and `mmsmtpd|checks|<check>|total`, +1 each.
+    fn count_check(&self, check: &str, result: &str) {
+        let mut b = self.settings.stats.batch();
+        b.update(Flag::Persistent, &["checks", check, result], 1);
+        b.update(Flag::Persistent, &["checks", check, "total"], 1);
+        b.send();
+    }
+
+    /// A policy refusal (issue 14): logged, counted as `failed|policy|<ip>`, and not
+    /// counted as the client's protocol error.
+    fn refuse(&mut self, check: &str, reply: Reply) -> Reply {
+        tracing::info!(peer = %self.peer, check, reply = %reply, "refused");
+        self.failed("policy");
+        self.decided = true;
+        reply
     }
 
     /// `421` for an input or session timeout (counted as `failed|timeout|<ip>`).
@@ -294,7 +346,7 @@ impl Session {
     /// the transaction). Unknown recipients have their own limit (see `rcpt`).
     fn count(&mut self, outcome: Outcome) -> Outcome {
         let Outcome::Reply(r) = &outcome else { return outcome };
-        if !r.is_error() {
+        if !r.is_error() || std::mem::take(&mut self.decided) {
             return outcome;
         }
         if r.is(texts::LOCAL_ERROR.0, texts::LOCAL_ERROR.1) {
@@ -395,7 +447,12 @@ impl Session {
         }
         if from.is_none() && self.settings.smtpd.null_sender == NullSender::Nofrom {
             let ip = self.peer.to_string();
-            match store.nofrom_allows(&[&ip]).await {
+            let host = match self.checks.as_mut() {
+                Some(c) if self.settings.smtpd.resolve_hosts => c.host_name().await,
+                _ => None,
+            };
+            let names: Vec<&str> = std::iter::once(ip.as_str()).chain(host.as_deref()).collect();
+            match store.nofrom_allows(&names).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(peer = %self.peer, "null sender refused (nofrom)");
@@ -406,6 +463,12 @@ impl Session {
                     tracing::error!(cause = %e, "nofrom lookup failed");
                     return texts::LOCAL_ERROR.into();
                 }
+            }
+        }
+        if let Some(c) = self.checks.as_mut() {
+            let helo = self.helo.as_ref().map_or("", |h| h.name.as_str());
+            if let Some(refusal) = c.at_mail(helo, from.as_ref()).await {
+                return self.refuse("mail", refusal);
             }
         }
         self.state = State::Mail(Box::new(Transaction {
@@ -433,6 +496,15 @@ impl Session {
             ForwardPath::Address(a) => (a, false),
             ForwardPath::Postmaster => (self.settings.postmaster.clone(), true),
         };
+        // RFC 5321 §4.5.1: a listed client can still reach postmaster.
+        let postmaster = bare_postmaster || address.key().starts_with("postmaster@");
+        if !postmaster
+            && let Some(c) = self.checks.as_mut()
+            && let Some(refusal) = c.at_rcpt().await
+        {
+            self.count_check("dnsbl", "refused");
+            return R(self.refuse("dnsbl", refusal));
+        }
         if !address.to_string().is_ascii() && !tx.params.smtputf8 {
             return R(texts::NEED_SMTPUTF8.into());
         }
@@ -599,8 +671,48 @@ impl Session {
             self.failed("size");
             return texts::TOO_MANY_HOPS.into();
         }
-        let copies = self.copies(&tx);
-        let delivery = Delivery { body: &received.message, copies };
+        let mut results = String::new();
+        let mut host = None;
+        let mut body = received.message;
+        if let Some(c) = self.checks.as_mut() {
+            let verdict = c.after_data(&body).await;
+            host = c.host_name().await;
+            let Verdict { field, refusal, aligned, results: checked } = verdict;
+            for (check, result) in &checked {
+                self.count_check(check, result);
+            }
+            tracing::info!(
+                id = %tx.id,
+                peer = %self.peer,
+                results = %checked.iter().map(|(c, r)| format!("{c}={r}")).collect::<Vec<_>>().join(" "),
+                "checked"
+            );
+            if let Some(refusal) = refusal {
+                return self.refuse("data", refusal);
+            }
+            let from = tx.from.as_ref().map(ToString::to_string).unwrap_or_default();
+            let to: Vec<&str> = tx.rcpts.iter().map(|r| r.forward_path.as_str()).collect();
+            let Some(c) = self.checks.as_mut() else { return texts::LOCAL_ERROR.into() };
+            match c.greylist(store, &from, &to, aligned).await {
+                Ok(Some(wait)) => {
+                    self.count_check("greylist", "deferred");
+                    return self.refuse("greylist", wait);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(cause = %e, "greylisting lookup failed");
+                    return texts::LOCAL_ERROR.into();
+                }
+            }
+            // RFC 8601 §5: fields claiming our authserv-id were not added by us.
+            if let Some(stripped) = crate::checks::strip_own_results(&body, self.name()) {
+                tracing::info!(id = %tx.id, "Authentication-Results claiming this server removed");
+                body = stripped;
+            }
+            results = field;
+        }
+        let copies = self.copies(&tx, &results, host.as_deref());
+        let delivery = Delivery { body: &body, copies };
         match store.deliver(&delivery).await {
             Ok(()) => {
                 if !self.flood_exempt() {
@@ -611,7 +723,7 @@ impl Session {
                     from = %tx.from.as_ref().map(ToString::to_string).unwrap_or_default(),
                     boxes = delivery.copies.len(),
                     to = %tx.rcpts.iter().map(|r| r.forward_path.as_str()).collect::<Vec<_>>().join(","),
-                    size = received.message.len(),
+                    size = body.len(),
                     by = if tx.chunked { "BDAT" } else { "DATA" },
                     "stored"
                 );
@@ -648,7 +760,9 @@ impl Session {
     }
 
     /// One copy per distinct box; its trace names the first RCPT that reached it.
-    fn copies(&self, tx: &Transaction) -> Vec<MailCopy> {
+    /// `results` is the `Authentication-Results:` field (or empty), `host` the client's
+    /// verified host name.
+    fn copies(&self, tx: &Transaction, results: &str, host: Option<&str>) -> Vec<MailCopy> {
         let mut copies: Vec<MailCopy> = Vec::new();
         for r in &tx.rcpts {
             for b in &r.boxes {
@@ -658,16 +772,17 @@ impl Session {
                 copies.push(MailCopy {
                     box_address: b.clone(),
                     uid: format!("{}{}", tx.id, random_id()),
-                    trace: self.trace(tx, &r.forward_path),
+                    trace: self.trace(tx, &r.forward_path, results, host),
                 });
             }
         }
         copies
     }
 
-    /// `Return-Path:` and `Received:` (RFC 5321 §4.4, RFC 3848 protocol names, RFC 6531
-    /// §4.3 UTF8 variants), CRLF-ended.
-    fn trace(&self, tx: &Transaction, forward_path: &str) -> Vec<u8> {
+    /// `Return-Path:`, `Authentication-Results:` (`results`, RFC 8601, when checked) and
+    /// `Received:` (RFC 5321 §4.4, RFC 3848 protocol names, RFC 6531 §4.3 UTF8 variants,
+    /// the client's verified `host` name or `unknown`), CRLF-ended.
+    fn trace(&self, tx: &Transaction, forward_path: &str, results: &str, host: Option<&str>) -> Vec<u8> {
         let helo = self.helo.as_ref().map_or_else(|| "unknown".to_owned(), |h| trace_name(&h.name));
         let extended = self.helo.as_ref().is_some_and(|h| h.extended);
         let protocol = match (tx.params.smtputf8, extended, self.tls) {
@@ -684,9 +799,10 @@ impl Session {
         let date = OffsetDateTime::now_utc().format(&Rfc2822).unwrap_or_default();
         let from = tx.from.as_ref().map(ToString::to_string).unwrap_or_default();
         format!(
-            "Return-Path: <{from}>\r\nReceived: from {helo} (unknown [{ip}])\r\n\tby {name} (mmsmtpd-rs) with {protocol}\r\n\tid {id}\r\n\tfor <{forward_path}>; {date}\r\n",
+            "Return-Path: <{from}>\r\n{results}Received: from {helo} ({host} [{ip}])\r\n\tby {name} (mmsmtpd-rs) with {protocol}\r\n\tid {id}\r\n\tfor <{forward_path}>; {date}\r\n",
             name = self.name(),
             id = tx.id,
+            host = host.unwrap_or("unknown"),
         )
         .into_bytes()
     }

@@ -97,7 +97,7 @@ fn well_formed(r: &smtpd::proto::reply::Reply) {
 async fn session_survives_random_commands() {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();
     support::seed(&db).await;
-    let settings = Arc::new(Settings::from_config(&support::config(&db.url)));
+    let settings = Arc::new(Settings::from_config(&support::config(&db.url)).unwrap());
     let mut rng = Rng(0x5eed_0003);
     let mut sessions = 0;
     while sessions < 40 {

@@ -171,6 +171,7 @@ impl TmtpdConfig {
 
 impl Section for TmtpdConfig {
     const NAME: &'static str = "tmtpd";
+    type Extra = ();
 
     fn validate(&self, _shared: &Shared, p: &mut Problems) {
         let t = self;

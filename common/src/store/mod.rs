@@ -117,6 +117,32 @@ impl Retryable for DeliverError {
 /// Runs a transaction, trying again with a growing pause while it fails on a deadlock or
 /// busy database, up to [`TRANSACTION_ATTEMPTS`] times. Each attempt is a fresh
 /// [`write::Write`] (the failed one's connection was closed).
+/// The greylisting rule (`[greylist]` of mmsmtpd.toml, issue 14), in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Greylisting {
+    /// How long a new triplet is refused.
+    pub delay: i64,
+    /// How long a refused triplet waits for its retry before it counts as new again.
+    pub expire: i64,
+    /// How long a passed triplet stays passed after it was last seen.
+    pub keep: i64,
+}
+
+/// One sighting at `now` of a triplet whose row is `row` (`first`, `last`, `passed`;
+/// `None` when new): the row's new `(first, last, passed)` and the seconds to wait (0 =
+/// passes).
+pub(crate) fn greylist_step(row: Option<(i64, i64, i64)>, now: i64, rule: Greylisting) -> (i64, i64, i64, i64) {
+    match row {
+        Some((first, last, passed)) if passed > 0 && now.saturating_sub(last) <= rule.keep => (first, now, passed, 0),
+        Some((first, _, 0)) if now.saturating_sub(first) <= rule.expire => {
+            let waited = now.saturating_sub(first);
+            if waited >= rule.delay { (first, now, now, 0) } else { (first, now, 0, rule.delay - waited) }
+        }
+        // New, or its retry came too late, or it passed long ago: it starts again.
+        _ => (now, now, 0, rule.delay),
+    }
+}
+
 async fn retrying<T, E, F, Fut>(what: &'static str, transaction: F) -> Result<T, E>
 where
     E: Retryable,
@@ -506,6 +532,33 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn replace_password(&self, user_id: i64, old: &str, new: &str) -> Result<bool, StoreError> {
         retrying("re-hash", move || async move { dispatch!(self, replace_password(user_id, old, new)) }).await
+    }
+
+    /// Greylisting (issue 14): the triplet whose key is `key` (a hash of client network,
+    /// reverse-path and forward-path; `net` is the network, kept for the administrator)
+    /// is seen now. Returns 0 when it passes, else the seconds left before a retry will.
+    /// Every mmsmtpd on the database shares the table; two instances seeing a new triplet
+    /// at once both answer "wait" for it.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn greylist(&self, key: &str, net: &str, rule: Greylisting) -> Result<i64, StoreError> {
+        let now = unix_now();
+        let once = || async move { dispatch!(self, greylist(key, net, now, rule)) };
+        match retrying("greylist", once).await {
+            // Another instance inserted the same new triplet at the same moment.
+            Err(e) if e.is_duplicate() => retrying("greylist", once).await,
+            other => other,
+        }
+    }
+
+    /// Deletes the greylisting triplets last seen more than `age` seconds ago; how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn greylist_purge(&self, age: i64) -> Result<u64, StoreError> {
+        let before = unix_now().saturating_sub(age);
+        retrying("greylist purge", move || async move { dispatch!(self, greylist_purge(before)) }).await
     }
 
     /// Bans client address `address` (an address key: IPv6 cut to its network) until

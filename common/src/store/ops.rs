@@ -331,6 +331,46 @@ macro_rules! operations {
             Ok(tx.finish(r).await?)
         }
 
+        // --- Greylisting ---
+
+        pub(crate) async fn greylist(
+            p: &Pool,
+            key: &str,
+            net: &str,
+            now: i64,
+            rule: crate::store::Greylisting,
+        ) -> Result<i64> {
+            let mut tx = write(p).await?;
+            let r = async {
+                let row: Option<(i64, i64, i64)> =
+                    sqlx::query_as(SQL.grey_get).bind(key).fetch_optional(&mut *tx).await?;
+                let (first, last, passed, wait) = crate::store::greylist_step(row, now, rule);
+                match row {
+                    None => {
+                        sqlx::query(SQL.grey_insert).bind(key).bind(net).bind(now).execute(&mut *tx).await?;
+                    }
+                    Some(_) => {
+                        sqlx::query(SQL.grey_set)
+                            .bind(first)
+                            .bind(last)
+                            .bind(passed)
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                Ok(wait)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        pub(crate) async fn greylist_purge(p: &Pool, before: i64) -> Result<u64> {
+            let mut tx = write(p).await?;
+            let r = sqlx::query(SQL.grey_purge).bind(before).execute(&mut *tx).await;
+            Ok(tx.finish(r).await?.rows_affected())
+        }
+
         // --- Bans ---
 
         pub(crate) async fn ban(p: &Pool, address: &str, until: i64, reason: &str) -> Result<()> {

@@ -172,6 +172,16 @@ statements! {
     /// Deletes the bans over at `$1`.
     ban_expire = Same("DELETE FROM ban WHERE ban_until <= $1");
 
+    // --- Greylisting (issue 14) ---
+    /// `(first, last, passed)` of triplet `$1`.
+    grey_get = Same("SELECT grey_first, grey_last, grey_passed FROM greylist WHERE grey_key = $1");
+    /// A new triplet `$1` of network `$2`, first seen at `$3`.
+    grey_insert = Same("INSERT INTO greylist (grey_key, grey_net, grey_first, grey_last, grey_passed) VALUES ($1, $2, $3, $3, 0)");
+    /// Sets triplet `$4`'s first sighting to `$1`, last to `$2` and passed to `$3`.
+    grey_set = Same("UPDATE greylist SET grey_first = $1, grey_last = $2, grey_passed = $3 WHERE grey_key = $4");
+    /// Deletes the triplets last seen before `$1`.
+    grey_purge = Same("DELETE FROM greylist WHERE grey_last < $1");
+
     // --- POP3 deletions ---
     /// `(size, message)` of copy `$1` in box `$2`.
     mail_for_delete = Same("SELECT mail_size, mail_message FROM mail WHERE mail_id = $1 AND mail_box = $2");
