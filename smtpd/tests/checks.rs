@@ -252,3 +252,135 @@ async fn forged_results_claiming_this_server_are_removed() {
     assert!(!head.contains("dkim=pass"), "{head}");
     assert!(head.contains("Authentication-Results: other.example; dkim=fail"), "{head}");
 }
+
+/// Whether dkimpy can be run (required under `CI=true`).
+fn have_dkimpy() -> bool {
+    let ok = std::process::Command::new("python3").args(["-c", "import dkim"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(!common::testing::ci(), "dkimpy (PyPI) is required under CI=true");
+        eprintln!("note: dkimpy not installed; skipping");
+    }
+    ok
+}
+
+/// `message` signed by dkimpy (`mode`: "valid" or "expired") with `key` for `domain`.
+fn sign(mode: &str, key: &std::path::Path, selector: &str, domain: &str, message: &str) -> String {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/dkim_sign.py");
+    let mut child = std::process::Command::new("python3")
+        .args([script, mode, key.to_str().unwrap(), selector, domain])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dkim_sign.py failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A 2048-bit RSA key (openssl) and its DNS form (`p=`, base64 of the public key's DER).
+fn rsa_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("dkim.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let der = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    let p = std::process::Command::new("openssl")
+        .args(["base64", "-A"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = p;
+    {
+        use std::io::Write;
+        p.stdin.take().unwrap().write_all(&der.stdout).unwrap();
+    }
+    let b64 = String::from_utf8(p.wait_with_output().unwrap().stdout).unwrap();
+    (key, b64.trim().to_owned())
+}
+
+/// DKIM signatures made by dkimpy — valid, body changed, signed header changed, key
+/// missing, expired — and DMARC p=none, p=quarantine and p=reject, over the sender
+/// domains' own DNS records. SPF fails for every one, so DMARC rests on DKIM alignment.
+#[tokio::test]
+async fn dkim_signatures_by_dkimpy_and_dmarc_policies() {
+    if !have_dkimpy() || !common::testing::have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = rsa_key(dir.path());
+    let dns = zone();
+    for (domain, policy) in [("none.test", "none"), ("quarantine.test", "quarantine"), ("reject.test", "reject")] {
+        dns.add(&format!("sel._domainkey.{domain}"), Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
+        dns.add(&format!("_dmarc.{domain}"), Rec::Txt(vec![format!("v=DMARC1; p={policy}")]));
+        dns.add(domain, Rec::Txt(vec!["v=spf1 -all".into()]));
+    }
+    let (db, cfg) = setup(&dns, |_| {}).await;
+    let server = Server::start(cfg).await;
+    let message = |domain: &str| {
+        format!("From: Alice <alice@{domain}>\r\nTo: mmondor@example.org\r\nSubject: signed\r\n\r\nThe body.\r\n")
+    };
+    let deliver = |from: String, text: String| {
+        let server = &server;
+        async move { send(server, GOOD, &from, text.trim_end_matches("\r\n")).await }
+    };
+
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("valid", sign("valid", &key, "sel", "none.test", &message("none.test")), "dkim=pass", "dmarc=pass"),
+        (
+            "body changed",
+            sign("valid", &key, "sel", "none.test", &message("none.test")).replace("The body.", "Another body."),
+            "dkim=neutral (body hash did not verify)",
+            "dmarc=fail",
+        ),
+        (
+            "signed header changed",
+            sign("valid", &key, "sel", "none.test", &message("none.test"))
+                .replace("Subject: signed", "Subject: changed"),
+            "dkim=fail",
+            "dmarc=fail",
+        ),
+        (
+            "key missing",
+            sign("valid", &key, "gone", "none.test", &message("none.test")),
+            "dkim=permerror",
+            "dmarc=fail",
+        ),
+        ("expired", sign("expired", &key, "sel", "none.test", &message("none.test")), "dkim=neutral", "dmarc=fail"),
+    ];
+    for (what, text, dkim, dmarc) in &cases {
+        let reply = deliver("alice@none.test".into(), text.clone()).await;
+        assert!(reply.starts_with("250 "), "{what}: {reply}");
+        let stored = messages(&db, "mmondor@example.org").await;
+        let head = header_of(stored.last().unwrap());
+        assert!(head.contains(dkim), "{what}: {head}");
+        assert!(head.contains(dmarc), "{what}: {head}");
+        assert!(head.contains("policy.dmarc=none"), "{what}: {head}");
+    }
+
+    // p=quarantine: a failure is stored, and says so.
+    let forged = message("quarantine.test");
+    let reply = deliver("alice@quarantine.test".into(), forged).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let head = header_of(messages(&db, "mmondor@example.org").await.last().unwrap());
+    assert!(head.contains("dmarc=fail") && head.contains("policy.dmarc=quarantine"), "{head}");
+
+    // p=reject: a failure is refused (dmarc_reject, the default); a signed one passes.
+    let forged = message("reject.test");
+    let reply = deliver("alice@reject.test".into(), forged).await;
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    let signed = sign("valid", &key, "sel", "reject.test", &message("reject.test"));
+    let reply = deliver("alice@reject.test".into(), signed).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    assert_eq!(messages(&db, "mmondor@example.org").await.len(), cases.len() + 2);
+}
