@@ -186,6 +186,15 @@ pub trait Daemon: Sized + Send + Sync + 'static {
     type Section: Section;
     /// Program name for messages and the stats keys (`mmsmtpd`).
     const NAME: &'static str;
+    /// Reads, as root and before any `chroot`, what the daemon needs from files the
+    /// dropped user may not reach later (mmsmtpd: `/etc/resolv.conf`). Called once, by
+    /// [`main`], with the listeners.
+    ///
+    /// # Errors
+    /// A file that must be read cannot be.
+    fn before_privileges(_cfg: &Config<Self>) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Adjusts a freshly loaded config (called on start and on reload).
     fn adjust(_cfg: &mut Config<Self>) {}
     /// Builds the server on the runtime, the database prepared, TLS keys loaded and the
@@ -350,6 +359,7 @@ fn life<D: Daemon>(path: &Path, cfg: Config<D>) -> anyhow::Result<()> {
         let tls = load_tls(cfg.tls.as_ref())?;
         // Connected now, while the socket path is reachable (before chroot).
         let stats = Stats::open(&cfg.stats, D::NAME);
+        D::before_privileges(cfg)?;
         Ok((plain, implicit, tls, stats))
     };
     process(path, &cfg.privileges, bind, |(plain, implicit, tls, stats)| async move {

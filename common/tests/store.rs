@@ -435,3 +435,36 @@ async fn bans_extend_expire_and_lift() {
         assert!(s.active_bans().await.unwrap().is_empty(), "{b:?}");
     }
 }
+
+/// Greylisting (issue 14) on every backend: a new triplet waits the delay, a retry after
+/// it passes and stays passed, a retry after `expire` starts again, two stores on one
+/// database share the rows, and the purge drops old rows.
+#[tokio::test]
+async fn greylisting_waits_passes_expires_and_purges() {
+    use common::store::Greylisting;
+    let rule = Greylisting { delay: 300, expire: 3600, keep: 86_400 };
+    for db in TestDb::all().await {
+        let s = &db.store;
+        let b = db.backend;
+        assert_eq!(s.greylist("k1", "192.0.2.0/24", rule).await.unwrap(), 300, "{b:?}: new");
+        let left = s.greylist("k1", "192.0.2.0/24", rule).await.unwrap();
+        assert!((299..=300).contains(&left), "{b:?}: still waiting, {left}");
+        // As if first seen 301 s ago: passes, and stays passed.
+        let ago = common::store::unix_now() - 301;
+        db.sql(&format!("UPDATE greylist SET grey_first = {ago} WHERE grey_key = 'k1'")).await;
+        assert_eq!(s.greylist("k1", "192.0.2.0/24", rule).await.unwrap(), 0, "{b:?}: retried after the delay");
+        assert_eq!(s.greylist("k1", "192.0.2.0/24", rule).await.unwrap(), 0, "{b:?}: passed");
+        // A triplet whose retry came after `expire` starts again.
+        assert_eq!(s.greylist("k2", "192.0.2.0/24", rule).await.unwrap(), 300, "{b:?}");
+        let long_ago = common::store::unix_now() - 4000;
+        db.sql(&format!("UPDATE greylist SET grey_first = {long_ago} WHERE grey_key = 'k2'")).await;
+        assert_eq!(s.greylist("k2", "192.0.2.0/24", rule).await.unwrap(), 300, "{b:?}: expired");
+        // Another store on the same database sees the same rows.
+        let other = common::Store::connect(&common::config::DatabaseConfig::from_url(db.url.clone())).await.unwrap();
+        assert_eq!(other.greylist("k1", "192.0.2.0/24", rule).await.unwrap(), 0, "{b:?}: shared");
+        // A passed triplet unseen for longer than `keep` is purged.
+        db.sql(&format!("UPDATE greylist SET grey_last = {long_ago} WHERE grey_key = 'k1'")).await;
+        assert_eq!(s.greylist_purge(3600).await.unwrap(), 1, "{b:?}");
+        assert_eq!(s.greylist("k1", "192.0.2.0/24", rule).await.unwrap(), 300, "{b:?}: forgotten");
+    }
+}

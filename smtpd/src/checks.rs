@@ -58,20 +58,37 @@ impl std::fmt::Debug for Checker {
 /// daemon dropped privileges (or entered a chroot) may not read it again.
 static SYSTEM: OnceLock<(ResolverConfig, ResolverOpts)> = OnceLock::new();
 
+/// Reads `/etc/resolv.conf` now, when the checks `cfg` asks for need it (some are on
+/// and `[dns] servers` is empty), for every resolver made later: a daemon reads it as
+/// root, before a `chroot` can hide it.
+///
+/// # Errors
+/// It cannot be read or parsed.
+pub fn read_resolv_conf(cfg: &Checking) -> anyhow::Result<()> {
+    let needed = cfg.checks.enabled || !cfg.dnsbl.is_empty() || cfg.greylist.enabled;
+    if needed && cfg.dns.servers.is_empty() {
+        system()?;
+    }
+    Ok(())
+}
+
+/// The system's resolver configuration, read once.
+fn system() -> anyhow::Result<(ResolverConfig, ResolverOpts)> {
+    if let Some(c) = SYSTEM.get() {
+        return Ok(c.clone());
+    }
+    let read = mail_auth::hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| anyhow::anyhow!("cannot read /etc/resolv.conf for [dns]: {e}"))?;
+    Ok(SYSTEM.get_or_init(|| read).clone())
+}
+
 /// The resolver `[dns]` describes.
 ///
 /// # Errors
 /// `/etc/resolv.conf` unreadable when `servers` is empty.
 fn resolver(dns: &DnsConfig) -> anyhow::Result<MessageAuthenticator> {
     let (config, mut opts) = if dns.servers.is_empty() {
-        match SYSTEM.get() {
-            Some(c) => c.clone(),
-            None => {
-                let read = mail_auth::hickory_resolver::system_conf::read_system_conf()
-                    .map_err(|e| anyhow::anyhow!("cannot read /etc/resolv.conf for [dns]: {e}"))?;
-                SYSTEM.get_or_init(|| read).clone()
-            }
-        }
+        system()?
     } else {
         let servers = dns.servers.iter().filter_map(|s| name_server(s)).map(server).collect();
         (ResolverConfig::from_name_servers(servers), ResolverOpts::default())
@@ -166,6 +183,15 @@ enum Task<T> {
     Done(T),
     /// The task failed (a panic in the resolver): treated as a temporary error.
     Lost,
+}
+
+impl<T> Drop for Task<T> {
+    /// A session that ends stops its lookups.
+    fn drop(&mut self) {
+        if let Task::Running(handle) = self {
+            handle.abort();
+        }
+    }
 }
 
 impl<T: Send + 'static> Task<T> {
@@ -439,8 +465,9 @@ impl Client {
         lists.wait(&mut self.left).await.is_some_and(|l| l.iter().any(|l| l.action == ListAction::Allow && !l.error))
     }
 
-    /// The DNS lists' verdicts for the counters: `(zone, "listed" | "error")`.
-    async fn list_results(&mut self) -> Vec<(String, &'static str)> {
+    /// The DNS lists' verdicts: `(zone, "listed" | "error")` for each list that lists
+    /// the client or did not answer (waiting for them within the session's DNS time).
+    pub async fn list_results(&mut self) -> Vec<(String, &'static str)> {
         let Some(lists) = self.lists.as_mut() else { return Vec::new() };
         let Some(lists) = lists.wait(&mut self.left).await else { return Vec::new() };
         lists.iter().map(|l| (l.zone.clone(), if l.error { "error" } else { "listed" })).collect()
@@ -449,10 +476,6 @@ impl Client {
     /// At connect: the reply instead of the greeting when a block list with `stage =
     /// "connect"` lists the client (then the connection closes).
     pub async fn at_connect(&mut self, name: &str) -> Option<Reply> {
-        let results = self.list_results().await;
-        for (zone, result) in &results {
-            tracing::info!(peer = %self.ip, %zone, result, "DNS list");
-        }
         let l = self.listed(ListStage::Connect).await?;
         Some(match l.action {
             ListAction::Tempfail => Reply::new(
@@ -544,10 +567,6 @@ impl Client {
         let c = self.checker.clone();
         let mut results = Vec::new();
         if !c.cfg.checks.enabled {
-            for (zone, r) in self.list_results().await {
-                let _ = zone;
-                results.push(("dnsbl", r));
-            }
             let field = AuthenticationResults::new(&c.name).to_header();
             return Verdict { field, refusal: None, aligned: false, results };
         }
@@ -635,9 +654,6 @@ impl Client {
             ar = ar.with_dmarc_result(&dmarc);
         }
         results.push(("dmarc", dmarc_text(&dmarc_result)));
-        for (_, r) in self.list_results().await {
-            results.push(("dnsbl", r));
-        }
 
         let aligned = *dmarc.dkim_result() == DmarcResult::Pass;
         let refusal = self.policy(&dkim, &arc, &dmarc, &dmarc_result);

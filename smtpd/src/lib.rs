@@ -59,6 +59,12 @@ impl Daemon for Server {
     type Section = SmtpdConfig;
     const NAME: &'static str = "mmsmtpd";
 
+    /// `/etc/resolv.conf`, read before a `chroot` can hide it (when `[dns] servers` is
+    /// empty and a check needs DNS).
+    fn before_privileges(cfg: &Config) -> anyhow::Result<()> {
+        checks::read_resolv_conf(&cfg.extra)
+    }
+
     async fn start(cfg: &Config, store: Store, tls: Option<TlsAcceptor>, stats: Stats) -> anyhow::Result<Arc<Self>> {
         match Self::check(cfg, &store).await {
             Ok(problems) => problems.iter().for_each(|p| tracing::warn!("{p}")),

@@ -237,9 +237,14 @@ impl Session {
     /// DNS block list with `stage = "connect"` lists it (issue 14).
     pub async fn open(&mut self) -> Outcome {
         let name = self.settings.name.clone();
-        if let Some(c) = self.checks.as_mut()
-            && let Some(refusal) = c.at_connect(&name).await
-        {
+        let Some(c) = self.checks.as_mut() else { return Outcome::Reply(self.greeting()) };
+        let listed = c.list_results().await;
+        let refusal = c.at_connect(&name).await;
+        for (zone, result) in &listed {
+            tracing::info!(peer = %self.peer, %zone, result, "DNS list");
+            self.count_check("dnsbl", result);
+        }
+        if let Some(refusal) = refusal {
             tracing::info!(peer = %self.peer, reply = %refusal, "refused");
             self.count_check("dnsbl", "refused");
             self.failed("dnsbl");

@@ -6,7 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
+#[path = "support/dkim.rs"]
+mod dkim;
 mod support;
+
+use dkim::{have_dkimpy, rsa_key, sign};
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -253,62 +257,6 @@ async fn forged_results_claiming_this_server_are_removed() {
     assert!(head.contains("Authentication-Results: other.example; dkim=fail"), "{head}");
 }
 
-/// Whether dkimpy can be run (required under `CI=true`).
-fn have_dkimpy() -> bool {
-    let ok = std::process::Command::new("python3").args(["-c", "import dkim"]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(!common::testing::ci(), "dkimpy (PyPI) is required under CI=true");
-        eprintln!("note: dkimpy not installed; skipping");
-    }
-    ok
-}
-
-/// `message` signed by dkimpy (`mode`: "valid" or "expired") with `key` for `domain`.
-fn sign(mode: &str, key: &std::path::Path, selector: &str, domain: &str, message: &str) -> String {
-    use std::io::Write;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/dkim_sign.py");
-    let mut child = std::process::Command::new("python3")
-        .args([script, mode, key.to_str().unwrap(), selector, domain])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "dkim_sign.py failed");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A 2048-bit RSA key (openssl) and its DNS form (`p=`, base64 of the public key's DER).
-fn rsa_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let key = dir.join("dkim.pem");
-    let made = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    let der = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(der.status.success());
-    let p = std::process::Command::new("openssl")
-        .args(["base64", "-A"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = p;
-    {
-        use std::io::Write;
-        p.stdin.take().unwrap().write_all(&der.stdout).unwrap();
-    }
-    let b64 = String::from_utf8(p.wait_with_output().unwrap().stdout).unwrap();
-    (key, b64.trim().to_owned())
-}
-
 /// DKIM signatures made by dkimpy — valid, body changed, signed header changed, key
 /// missing, expired — and DMARC p=none, p=quarantine and p=reject, over the sender
 /// domains' own DNS records. SPF fails for every one, so DMARC rests on DKIM alignment.
@@ -383,4 +331,76 @@ async fn dkim_signatures_by_dkimpy_and_dmarc_policies() {
     let reply = deliver("alice@reject.test".into(), signed).await;
     assert!(reply.starts_with("250 "), "{reply}");
     assert_eq!(messages(&db, "mmondor@example.org").await.len(), cases.len() + 2);
+}
+
+/// A mailing list (lists.test) changes the Subject of a message DKIM-signed by its
+/// author's domain, which breaks the signature, and seals what it saw with ARC
+/// (dkimpy's `arc_sign`): the chain verifies, the author's signature does not.
+#[tokio::test]
+async fn an_arc_sealed_forward_verifies_where_the_signature_broke() {
+    if !have_dkimpy() || !common::testing::have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = rsa_key(dir.path());
+    let dns = zone();
+    for (name, domain) in [("sel", "none.test"), ("arc", "lists.test")] {
+        dns.add(&format!("{name}._domainkey.{domain}"), Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
+    }
+    dns.add("_dmarc.none.test", Rec::Txt(vec!["v=DMARC1; p=none".into()]));
+    let original = sign(
+        "valid",
+        &key,
+        "sel",
+        "none.test",
+        "From: Alice <alice@none.test>\r\nTo: list@lists.test\r\nSubject: signed\r\n\r\nThe body.\r\n",
+    );
+    let forwarded = format!(
+        "Authentication-Results: lists.test; dkim=pass header.d=none.test\r\n{}",
+        original.replace("Subject: signed", "Subject: [list] signed")
+    );
+    let sealed = sign("arc", &key, "arc", "lists.test", &forwarded);
+    assert!(sealed.starts_with("ARC-Seal:"), "{sealed}");
+    let (db, cfg) = setup(&dns, |_| {}).await;
+    let server = Server::start(cfg).await;
+    let reply = send(&server, GOOD, "list-bounces@lists.test", sealed.trim_end_matches("\r\n")).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let head = header_of(&messages(&db, "mmondor@example.org").await[0]);
+    assert!(head.contains("arc=pass"), "{head}");
+    assert!(head.contains("dkim=fail"), "{head}");
+}
+
+/// Greylisting lets through, at once, a message with a DKIM signature aligned with its
+/// From: domain, and any message from a client on an allow list; others wait.
+#[tokio::test]
+async fn aligned_dkim_and_allow_listed_clients_skip_greylisting() {
+    if !have_dkimpy() || !common::testing::have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = rsa_key(dir.path());
+    let dns = zone();
+    dns.add("sel._domainkey.none.test", Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
+    dns.add("_dmarc.none.test", Rec::Txt(vec!["v=DMARC1; p=none".into()]));
+    dns.add("3.2.0.192.allow.test", Rec::A(Ipv4Addr::new(127, 0, 10, 1)));
+    let (db, cfg) = setup(&dns, |c| {
+        c.extra.greylist.enabled = true;
+        c.extra.dnsbl = vec![DnsList {
+            zone: "allow.test".into(),
+            action: ListAction::Allow,
+            answers: vec!["127.0.0.0/8".parse().unwrap()],
+            stage: ListStage::Connect,
+        }];
+    })
+    .await;
+    let server = Server::start(cfg).await;
+    let text = "From: Alice <alice@none.test>\r\nTo: mmondor@example.org\r\nSubject: signed\r\n\r\nThe body.\r\n";
+    let signed = sign("valid", &key, "sel", "none.test", text);
+    let reply = send(&server, GOOD, "alice@none.test", signed.trim_end_matches("\r\n")).await;
+    assert!(reply.starts_with("250 "), "aligned DKIM: {reply}");
+    let reply = send(&server, GOOD, "alice@none.test", text.trim_end_matches("\r\n")).await;
+    assert!(reply.starts_with("451 4.7.1 Greylisted"), "unsigned: {reply}");
+    let reply = send(&server, MUTE, "bob@elsewhere.test", "Subject: allowed\r\n\r\nx").await;
+    assert!(reply.starts_with("250 "), "allow-listed: {reply}");
+    assert_eq!(messages(&db, "mmondor@example.org").await.len(), 2);
 }

@@ -347,7 +347,7 @@ macro_rules! operations {
                 let (first, last, passed, wait) = crate::store::greylist_step(row, now, rule);
                 match row {
                     None => {
-                        sqlx::query(SQL.grey_insert).bind(key).bind(net).bind(now).execute(&mut *tx).await?;
+                        sqlx::query(SQL.grey_insert).bind(key).bind(net).bind(now).bind(now).execute(&mut *tx).await?;
                     }
                     Some(_) => {
                         sqlx::query(SQL.grey_set)

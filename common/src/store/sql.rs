@@ -175,8 +175,8 @@ statements! {
     // --- Greylisting (issue 14) ---
     /// `(first, last, passed)` of triplet `$1`.
     grey_get = Same("SELECT grey_first, grey_last, grey_passed FROM greylist WHERE grey_key = $1");
-    /// A new triplet `$1` of network `$2`, first seen at `$3`.
-    grey_insert = Same("INSERT INTO greylist (grey_key, grey_net, grey_first, grey_last, grey_passed) VALUES ($1, $2, $3, $3, 0)");
+    /// A new triplet `$1` of network `$2`, first seen at `$3` (`$4`, the same instant).
+    grey_insert = Same("INSERT INTO greylist (grey_key, grey_net, grey_first, grey_last, grey_passed) VALUES ($1, $2, $3, $4, 0)");
     /// Sets triplet `$4`'s first sighting to `$1`, last to `$2` and passed to `$3`.
     grey_set = Same("UPDATE greylist SET grey_first = $1, grey_last = $2, grey_passed = $3 WHERE grey_key = $4");
     /// Deletes the triplets last seen before `$1`.

@@ -4,9 +4,10 @@ to stdout.
 
     dkim_sign.py MODE KEY.pem SELECTOR DOMAIN
 
-MODE: "valid" (a DKIM-Signature over From, To and Subject) or "expired" (the same, made
+MODE: "valid" (a DKIM-Signature over From, To and Subject), "expired" (the same, made
 two days ago with x= one day ago: dkimpy has no option for x=, so its header builder is
-given the tag).
+given the tag) or "arc" (an ARC set sealed by DOMAIN as a forwarder whose authserv-id is
+DOMAIN: the message must carry that forwarder's Authentication-Results field).
 """
 import sys
 import time
@@ -16,6 +17,11 @@ import dkim
 mode, key_path, selector, domain = sys.argv[1:5]
 message = sys.stdin.buffer.read()
 key = open(key_path, "rb").read()
+if mode == "arc":
+    sealed = dkim.arc_sign(message, selector.encode(), domain.encode(), key, domain.encode(),
+                           include_headers=[b"from", b"to", b"subject"])
+    sys.stdout.buffer.write(b"".join(sealed) + message)
+    sys.exit(0)
 signer = dkim.DKIM(message)
 if mode == "expired":
     now = time.time()
