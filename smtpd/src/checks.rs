@@ -22,9 +22,11 @@ use mail_auth::common::cache::NoCache;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy as DmarcPolicy;
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult, DnsError,
@@ -32,6 +34,7 @@ use mail_auth::{
 };
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::config::{Checking, DnsConfig, ListAction, ListStage, Policy, name_server};
 use crate::proto::reply::Reply;
@@ -77,8 +80,12 @@ fn system() -> anyhow::Result<(ResolverConfig, ResolverOpts)> {
     if let Some(c) = SYSTEM.get() {
         return Ok(c.clone());
     }
-    let read = mail_auth::hickory_resolver::system_conf::read_system_conf()
-        .map_err(|e| anyhow::anyhow!("cannot read /etc/resolv.conf for [dns]: {e}"))?;
+    let read = mail_auth::hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read /etc/resolv.conf ({e}): name the DNS servers in [dns] servers, or turn the checks off \
+             ([checks] enabled = false)"
+        )
+    })?;
     Ok(SYSTEM.get_or_init(|| read).clone())
 }
 
@@ -100,7 +107,19 @@ fn resolver(dns: &DnsConfig) -> anyhow::Result<MessageAuthenticator> {
     // DNS alone: /etc/hosts names no sender.
     opts.ndots = 0;
     opts.use_hosts_file = ResolveHosts::Never;
-    MessageAuthenticator::new(config, opts).map_err(|e| anyhow::anyhow!("cannot start the DNS resolver: {e}"))
+    // The resolver would load the system's CA certificates for DNS over TLS, which the
+    // checks never use (and which a chroot hides): it gets an empty trust store instead.
+    let tls = ClientConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("cannot set up the DNS resolver: {e}"))?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(opts)
+        .with_tls_config(tls)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the DNS resolver: {e}"))?;
+    Ok(MessageAuthenticator(resolver))
 }
 
 /// A name server at `at`, over UDP and (for long answers) TCP.

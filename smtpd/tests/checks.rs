@@ -295,16 +295,21 @@ async fn dkim_signatures_by_dkimpy_and_dmarc_policies() {
             "signed header changed",
             sign("valid", &key, "sel", "none.test", &message("none.test"))
                 .replace("Subject: signed", "Subject: changed"),
-            "dkim=fail",
+            "dkim=fail (verification failed)",
             "dmarc=fail",
         ),
         (
             "key missing",
             sign("valid", &key, "gone", "none.test", &message("none.test")),
-            "dkim=permerror",
+            "dkim=permerror (dns record not found)",
             "dmarc=fail",
         ),
-        ("expired", sign("expired", &key, "sel", "none.test", &message("none.test")), "dkim=neutral", "dmarc=fail"),
+        (
+            "expired",
+            sign("expired", &key, "sel", "none.test", &message("none.test")),
+            "dkim=neutral (signature error)",
+            "dmarc=fail",
+        ),
     ];
     for (what, text, dkim, dmarc) in &cases {
         let reply = deliver("alice@none.test".into(), text.clone()).await;
@@ -403,4 +408,56 @@ async fn aligned_dkim_and_allow_listed_clients_skip_greylisting() {
     let reply = send(&server, MUTE, "bob@elsewhere.test", "Subject: allowed\r\n\r\nx").await;
     assert!(reply.starts_with("250 "), "allow-listed: {reply}");
     assert_eq!(messages(&db, "mmondor@example.org").await.len(), 2);
+}
+
+/// Every verdict is counted, per result and in total (`mmsmtpd|checks|…`), and policy
+/// refusals as `failed|policy|<ip>`: read from the datagrams sent to a socket of the
+/// test's own where mmstatd would listen.
+#[tokio::test]
+async fn verdicts_are_counted_per_result_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("mmstatd.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // Read as they come: a datagram socket queues only a few (net.unix.max_dgram_qlen).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => return seen,
+                Err(_) => {}
+            }
+        }
+    });
+    let dns = zone();
+    let (_db, cfg) = setup(&dns, |c| {
+        c.stats.enabled = true;
+        c.stats.socket = socket_path.clone();
+        c.extra.checks.spf = Policy::Reject;
+    })
+    .await;
+    let server = Server::start(cfg).await;
+    assert!(send(&server, GOOD, "a@example.net", "From: a@example.net\r\n\r\nx").await.starts_with("250 "));
+    let refused = send(&server, LIAR, "a@example.net", "From: a@example.net\r\n\r\nx").await;
+    assert!(refused.starts_with("MAIL 550"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    for key in [
+        "mmsmtpd|checks|iprev|pass",
+        "mmsmtpd|checks|iprev|total",
+        "mmsmtpd|checks|spf|pass",
+        "mmsmtpd|checks|spf|total",
+        "mmsmtpd|checks|spf-helo|none",
+        "mmsmtpd|checks|dkim|none",
+        "mmsmtpd|checks|dmarc|none",
+        "mmsmtpd|checks|arc|none",
+        "mmsmtpd|failed|policy|192.0.2.2",
+    ] {
+        assert!(seen.contains(key), "{key} not counted in:\n{seen}");
+    }
 }
