@@ -257,19 +257,29 @@ async fn forged_results_claiming_this_server_are_removed() {
     assert!(head.contains("Authentication-Results: other.example; dkim=fail"), "{head}");
 }
 
+/// The zone of [`zone`] plus a DKIM key published as each `(selector, domain)`; the
+/// key's directory and file. `None` (the test is skipped) without dkimpy or openssl.
+fn signing_zone(keys: &[(&str, &str)]) -> Option<(tempfile::TempDir, std::path::PathBuf, TestDns)> {
+    if !have_dkimpy() || !common::testing::have("openssl") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = rsa_key(dir.path());
+    let dns = zone();
+    for (selector, domain) in keys {
+        dns.add(&format!("{selector}._domainkey.{domain}"), Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
+    }
+    Some((dir, key, dns))
+}
+
 /// DKIM signatures made by dkimpy — valid, body changed, signed header changed, key
 /// missing, expired — and DMARC p=none, p=quarantine and p=reject, over the sender
 /// domains' own DNS records. SPF fails for every one, so DMARC rests on DKIM alignment.
 #[tokio::test]
 async fn dkim_signatures_by_dkimpy_and_dmarc_policies() {
-    if !have_dkimpy() || !common::testing::have("openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (key, public) = rsa_key(dir.path());
-    let dns = zone();
+    let keys = [("sel", "none.test"), ("sel", "quarantine.test"), ("sel", "reject.test")];
+    let Some((_dir, key, dns)) = signing_zone(&keys) else { return };
     for (domain, policy) in [("none.test", "none"), ("quarantine.test", "quarantine"), ("reject.test", "reject")] {
-        dns.add(&format!("sel._domainkey.{domain}"), Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
         dns.add(&format!("_dmarc.{domain}"), Rec::Txt(vec![format!("v=DMARC1; p={policy}")]));
         dns.add(domain, Rec::Txt(vec!["v=spf1 -all".into()]));
     }
@@ -343,15 +353,7 @@ async fn dkim_signatures_by_dkimpy_and_dmarc_policies() {
 /// (dkimpy's `arc_sign`): the chain verifies, the author's signature does not.
 #[tokio::test]
 async fn an_arc_sealed_forward_verifies_where_the_signature_broke() {
-    if !have_dkimpy() || !common::testing::have("openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (key, public) = rsa_key(dir.path());
-    let dns = zone();
-    for (name, domain) in [("sel", "none.test"), ("arc", "lists.test")] {
-        dns.add(&format!("{name}._domainkey.{domain}"), Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
-    }
+    let Some((_dir, key, dns)) = signing_zone(&[("sel", "none.test"), ("arc", "lists.test")]) else { return };
     dns.add("_dmarc.none.test", Rec::Txt(vec!["v=DMARC1; p=none".into()]));
     let original = sign(
         "valid",
@@ -379,13 +381,7 @@ async fn an_arc_sealed_forward_verifies_where_the_signature_broke() {
 /// From: domain, and any message from a client on an allow list; others wait.
 #[tokio::test]
 async fn aligned_dkim_and_allow_listed_clients_skip_greylisting() {
-    if !have_dkimpy() || !common::testing::have("openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (key, public) = rsa_key(dir.path());
-    let dns = zone();
-    dns.add("sel._domainkey.none.test", Rec::Txt(vec![format!("v=DKIM1; k=rsa; p={public}")]));
+    let Some((_dir, key, dns)) = signing_zone(&[("sel", "none.test")]) else { return };
     dns.add("_dmarc.none.test", Rec::Txt(vec!["v=DMARC1; p=none".into()]));
     dns.add("3.2.0.192.allow.test", Rec::A(Ipv4Addr::new(127, 0, 10, 1)));
     let (db, cfg) = setup(&dns, |c| {
