@@ -90,6 +90,18 @@ pub struct SmtpdConfig {
     /// refused with `550 5.7.1` (RFC 7489 §6.6.2), whatever `[checks] dmarc` says.
     #[serde(default = "default_true")]
     pub dmarc_reject: bool,
+    /// Octets of a message kept in memory while it arrives (issue 16); the rest waits in
+    /// a private temporary file in `spool_dir` until the end of DATA. 0 = never spool.
+    #[serde(default = "default_spool_threshold")]
+    pub spool_threshold: usize,
+    /// Where spooled messages wait (unnamed files, gone when closed); empty = the
+    /// system's temporary directory. Inside a `chroot`, a directory inside it.
+    #[serde(default)]
+    pub spool_dir: String,
+    /// Spooled messages read back into memory at once to be checked and stored; the
+    /// others wait their turn. Bounds the memory of large messages at the commit.
+    #[serde(default = "default_spool_loads")]
+    pub spool_loads: usize,
 }
 
 fn default_max_recipients() -> usize {
@@ -103,6 +115,12 @@ fn default_max_hops() -> usize {
 }
 fn default_max_unknown_recipients() -> usize {
     20
+}
+fn default_spool_threshold() -> usize {
+    262_144
+}
+fn default_spool_loads() -> usize {
+    2
 }
 fn default_true() -> bool {
     true
@@ -134,6 +152,9 @@ impl Default for SmtpdConfig {
             flood_exempt: Vec::new(),
             resolve_hosts: false,
             dmarc_reject: true,
+            spool_threshold: default_spool_threshold(),
+            spool_dir: String::new(),
+            spool_loads: default_spool_loads(),
         }
     }
 }
@@ -157,6 +178,12 @@ impl Section for SmtpdConfig {
         }
         if self.max_message_size == 0 {
             p.add("smtpd.max_message_size", "must be at least 1 byte");
+        }
+        if self.spool_loads == 0 {
+            p.add("smtpd.spool_loads", "must be at least 1");
+        }
+        if !self.spool_dir.is_empty() && !std::path::Path::new(&self.spool_dir).is_absolute() {
+            p.add("smtpd.spool_dir", format_args!("{:?} is not an absolute path", self.spool_dir));
         }
         if self.postmaster(&shared.server.name).is_none() {
             p.add("smtpd.postmaster", format_args!("{:?} is not a mailbox", self.postmaster));

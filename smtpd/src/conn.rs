@@ -145,14 +145,16 @@ where
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         session.chunk_data(&buf[..n]);
         r.consume(n);
+        session.chunk_spill().await;
         left -= n as u64;
     }
     Ok(true)
 }
 
-/// Reads the message after `354`. `Ok(None)` on timeout; an error (including EOF) ends
-/// the connection with nothing stored.
-async fn read_data<IO>(lines: &mut Lines<IO>, session: &Session) -> io::Result<Option<crate::proto::data::Received>>
+/// Reads the message after `354`; past `spool_threshold` octets, what arrived moves to
+/// the session's spool file (issue 16). `Ok(None)` on timeout; an error (including EOF)
+/// ends the connection with nothing stored.
+async fn read_data<IO>(lines: &mut Lines<IO>, session: &mut Session) -> io::Result<Option<crate::proto::data::Received>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -172,6 +174,10 @@ where
         r.consume(used);
         if let Some(received) = done {
             return Ok(Some(received));
+        }
+        let threshold = session.spool_threshold();
+        if threshold > 0 && receiver.buffered() >= threshold {
+            session.spool(receiver.take_buffered()).await;
         }
     }
 }

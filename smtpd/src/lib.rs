@@ -14,6 +14,7 @@ pub mod conn;
 pub mod flood;
 pub mod proto;
 pub mod session;
+pub mod spool;
 
 use std::sync::Arc;
 

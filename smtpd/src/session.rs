@@ -20,6 +20,7 @@ use crate::flood::Flood;
 use crate::proto::command::{Command, ForwardPath, MailParams, SyntaxError, parse};
 use crate::proto::data::{ChunkReceiver, DataLimits, Received};
 use crate::proto::reply::{Reply, texts};
+use crate::spool::Spool;
 
 /// What the connection loop must do after a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct Settings {
     /// Reverse DNS, SPF, DKIM, DMARC, ARC, DNS lists and greylisting (issue 14); `None`
     /// when all are off.
     pub checker: Option<Arc<Checker>>,
+    /// Permits to read a spooled message back into memory (`[smtpd] spool_loads`).
+    pub loads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
             flood,
             stats,
             checker,
+            loads: Arc::new(tokio::sync::Semaphore::new(cfg.own.spool_loads.max(1))),
         })
     }
 }
@@ -126,6 +130,10 @@ struct Transaction {
     chunks: Option<ChunkReceiver>,
     /// BDAT carried the message (for the log).
     chunked: bool,
+    /// The message's octets past `spool_threshold` (issue 16).
+    spool: Spool,
+    /// Spooling failed: the message is refused with a temporary error at its end.
+    spool_failed: bool,
 }
 
 /// The BDAT whose octets are being read.
@@ -483,6 +491,8 @@ impl Session {
             rcpts: Vec::new(),
             chunks: None,
             chunked: false,
+            spool: Spool::default(),
+            spool_failed: false,
         }));
         texts::SENDER_OK.into()
     }
@@ -622,6 +632,40 @@ impl Session {
         }
     }
 
+    /// After [`chunk_data`](Self::chunk_data): past `spool_threshold` octets held, the
+    /// message's octets so far go to its spool file (issue 16).
+    pub async fn chunk_spill(&mut self) {
+        let threshold = self.settings.smtpd.spool_threshold;
+        if let State::Mail(tx) = &mut self.state
+            && let Some(message) = &mut tx.chunks
+            && threshold > 0
+            && message.buffered() >= threshold
+        {
+            let held = message.take_buffered();
+            self.spool(held).await;
+        }
+    }
+
+    /// `spool_threshold` (0: never spool).
+    pub fn spool_threshold(&self) -> usize {
+        self.settings.smtpd.spool_threshold
+    }
+
+    /// Moves `octets`, the next part of the message being received, to the
+    /// transaction's spool file (issue 16). A failure is logged, and the message gets a
+    /// temporary error at its end.
+    pub async fn spool(&mut self, octets: Vec<u8>) {
+        let dir = self.settings.smtpd.spool_dir.clone();
+        let State::Mail(tx) = &mut self.state else { return };
+        if tx.spool_failed {
+            return;
+        }
+        if let Err(e) = tx.spool.push(&dir, &octets).await {
+            tracing::error!(id = %tx.id, cause = %e, dir = %dir, "cannot spool the message; it will be refused");
+            tx.spool_failed = true;
+        }
+    }
+
     /// After the octets of a chunk: its reply. A chunk that takes the message over the
     /// size (or line) limit ends the transaction with `552 5.3.4`, so the chunks that
     /// follow it get `503 Need MAIL first`; the last chunk stores the message (design.md
@@ -657,7 +701,7 @@ impl Session {
     }
 
     async fn store_message(&mut self, received: Received, store: &Store) -> Reply {
-        let State::Mail(tx) = std::mem::replace(&mut self.state, State::Idle) else {
+        let State::Mail(mut tx) = std::mem::replace(&mut self.state, State::Idle) else {
             return texts::NEED_RCPT.into();
         };
         if received.bare_line_end {
@@ -670,6 +714,25 @@ impl Session {
             self.failed("size");
             return texts::TOO_BIG.into();
         }
+        // A spooled message is read back under a permit: at most `spool_loads` of them
+        // are in memory at once (issue 16).
+        let _load = if tx.spool.is_empty() && !tx.spool_failed {
+            None
+        } else {
+            Some(self.settings.loads.clone().acquire_owned().await)
+        };
+        let spooled = tx.spool.len();
+        let received = if tx.spool_failed {
+            return texts::LOCAL_ERROR.into();
+        } else {
+            match std::mem::take(&mut tx.spool).into_message(received.message).await {
+                Ok(message) => Received { message, ..received },
+                Err(e) => {
+                    tracing::error!(id = %tx.id, cause = %e, spooled, "cannot read the spooled message back");
+                    return texts::LOCAL_ERROR.into();
+                }
+            }
+        };
         let hops = count_received(&received.message);
         if hops > self.settings.smtpd.max_hops {
             tracing::info!(peer = %self.peer, id = %tx.id, hops, "too many hops");

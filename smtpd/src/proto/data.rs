@@ -33,6 +33,9 @@ pub struct Received {
 pub struct DataReceiver {
     limits: DataLimits,
     message: Vec<u8>,
+    /// Octets of the message so far, including those already taken out
+    /// ([`take_buffered`](Self::take_buffered)).
+    size: usize,
     lines: usize,
     too_big: bool,
     bare: bool,
@@ -52,6 +55,7 @@ impl DataReceiver {
         Self {
             limits,
             message: Vec::new(),
+            size: 0,
             lines: 0,
             too_big: false,
             bare: false,
@@ -66,12 +70,24 @@ impl DataReceiver {
         if self.too_big {
             return;
         }
-        if self.message.len() + bytes.len() > self.limits.max_size {
+        if self.size + bytes.len() > self.limits.max_size {
             self.too_big = true;
             self.message = Vec::new();
             return;
         }
+        self.size += bytes.len();
         self.message.extend_from_slice(bytes);
+    }
+
+    /// Octets of the message held in memory (not yet taken out).
+    pub fn buffered(&self) -> usize {
+        self.message.len()
+    }
+
+    /// Takes the octets held so far (the connection spools them, issue 16); the message
+    /// goes on after them, and [`Received::message`] holds only what came after.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.message)
     }
 
     /// Consumes input. Returns how many bytes of `input` belong to the message (all of
@@ -140,6 +156,8 @@ impl DataReceiver {
 pub struct ChunkReceiver {
     limits: DataLimits,
     message: Vec<u8>,
+    /// Octets of the message so far, including those already taken out.
+    size: usize,
     lines: usize,
     too_big: bool,
     bare: bool,
@@ -150,7 +168,7 @@ pub struct ChunkReceiver {
 impl ChunkReceiver {
     /// A receiver for the first chunk of a message.
     pub fn new(limits: DataLimits) -> Self {
-        Self { limits, message: Vec::new(), lines: 0, too_big: false, bare: false, pending_cr: false }
+        Self { limits, message: Vec::new(), size: 0, lines: 0, too_big: false, bare: false, pending_cr: false }
     }
 
     /// Appends octets of a chunk (any part of one).
@@ -173,12 +191,23 @@ impl ChunkReceiver {
         if self.too_big {
             return;
         }
-        if self.message.len() + input.len() > self.limits.max_size || self.lines > self.limits.max_lines {
+        if self.size + input.len() > self.limits.max_size || self.lines > self.limits.max_lines {
             self.too_big = true;
             self.message = Vec::new();
             return;
         }
+        self.size += input.len();
         self.message.extend_from_slice(input);
+    }
+
+    /// Octets held in memory (not yet taken out).
+    pub fn buffered(&self) -> usize {
+        self.message.len()
+    }
+
+    /// Takes the octets held so far (see [`DataReceiver::take_buffered`]).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.message)
     }
 
     /// Whether the message is already over a limit (its octets are no longer kept).
@@ -186,14 +215,14 @@ impl ChunkReceiver {
         self.too_big
     }
 
-    /// Octets kept so far.
+    /// Octets of the message so far (those taken out included).
     pub fn len(&self) -> usize {
-        self.message.len()
+        self.size
     }
 
     /// Whether nothing was kept so far.
     pub fn is_empty(&self) -> bool {
-        self.message.is_empty()
+        self.size == 0
     }
 
     /// The message after its last chunk; a CR at the very end is a bare one.
