@@ -117,7 +117,7 @@ fn default_max_unknown_recipients() -> usize {
     20
 }
 fn default_spool_threshold() -> usize {
-    262_144
+    65_536
 }
 fn default_spool_loads() -> usize {
     2

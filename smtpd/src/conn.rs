@@ -177,7 +177,8 @@ where
         }
         let threshold = session.spool_threshold();
         if threshold > 0 && receiver.buffered() >= threshold {
-            session.spool(receiver.take_buffered()).await;
+            session.spool(receiver.held()).await;
+            receiver.clear_held();
         }
     }
 }

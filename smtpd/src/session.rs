@@ -131,9 +131,29 @@ struct Transaction {
     /// BDAT carried the message (for the log).
     chunked: bool,
     /// The message's octets past `spool_threshold` (issue 16).
-    spool: Spool,
+    spool: Spooled,
+}
+
+/// A transaction's spool, and whether writing it failed.
+#[derive(Debug, Default)]
+struct Spooled {
+    file: Spool,
     /// Spooling failed: the message is refused with a temporary error at its end.
-    spool_failed: bool,
+    failed: bool,
+}
+
+impl Spooled {
+    /// Appends `octets` to the spool file in `dir`; a failure is logged once (for
+    /// transaction `id`) and marks the message for a temporary error at its end.
+    async fn push(&mut self, id: &str, dir: &str, octets: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if let Err(e) = self.file.push(dir, octets).await {
+            tracing::error!(id, cause = %e, dir, "cannot spool the message; it will be refused");
+            self.failed = true;
+        }
+    }
 }
 
 /// The BDAT whose octets are being read.
@@ -491,8 +511,7 @@ impl Session {
             rcpts: Vec::new(),
             chunks: None,
             chunked: false,
-            spool: Spool::default(),
-            spool_failed: false,
+            spool: Spooled::default(),
         }));
         texts::SENDER_OK.into()
     }
@@ -641,8 +660,8 @@ impl Session {
             && threshold > 0
             && message.buffered() >= threshold
         {
-            let held = message.take_buffered();
-            self.spool(held).await;
+            tx.spool.push(&tx.id, &self.settings.smtpd.spool_dir, message.held()).await;
+            message.clear_held();
         }
     }
 
@@ -654,15 +673,9 @@ impl Session {
     /// Moves `octets`, the next part of the message being received, to the
     /// transaction's spool file (issue 16). A failure is logged, and the message gets a
     /// temporary error at its end.
-    pub async fn spool(&mut self, octets: Vec<u8>) {
-        let dir = self.settings.smtpd.spool_dir.clone();
-        let State::Mail(tx) = &mut self.state else { return };
-        if tx.spool_failed {
-            return;
-        }
-        if let Err(e) = tx.spool.push(&dir, &octets).await {
-            tracing::error!(id = %tx.id, cause = %e, dir = %dir, "cannot spool the message; it will be refused");
-            tx.spool_failed = true;
+    pub async fn spool(&mut self, octets: &[u8]) {
+        if let State::Mail(tx) = &mut self.state {
+            tx.spool.push(&tx.id, &self.settings.smtpd.spool_dir, octets).await;
         }
     }
 
@@ -716,16 +729,16 @@ impl Session {
         }
         // A spooled message is read back under a permit: at most `spool_loads` of them
         // are in memory at once (issue 16).
-        let _load = if tx.spool.is_empty() && !tx.spool_failed {
+        let _load = if tx.spool.file.is_empty() && !tx.spool.failed {
             None
         } else {
             Some(self.settings.loads.clone().acquire_owned().await)
         };
-        let spooled = tx.spool.len();
-        let received = if tx.spool_failed {
+        let spooled = tx.spool.file.len();
+        let received = if tx.spool.failed {
             return texts::LOCAL_ERROR.into();
         } else {
-            match std::mem::take(&mut tx.spool).into_message(received.message).await {
+            match std::mem::take(&mut tx.spool.file).into_message(received.message).await {
                 Ok(message) => Received { message, ..received },
                 Err(e) => {
                     tracing::error!(id = %tx.id, cause = %e, spooled, "cannot read the spooled message back");

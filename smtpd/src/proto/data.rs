@@ -34,7 +34,7 @@ pub struct DataReceiver {
     limits: DataLimits,
     message: Vec<u8>,
     /// Octets of the message so far, including those already taken out
-    /// ([`take_buffered`](Self::take_buffered)).
+    /// ([`clear_held`](Self::clear_held)).
     size: usize,
     lines: usize,
     too_big: bool,
@@ -84,10 +84,15 @@ impl DataReceiver {
         self.message.len()
     }
 
-    /// Takes the octets held so far (the connection spools them, issue 16); the message
-    /// goes on after them, and [`Received::message`] holds only what came after.
-    pub fn take_buffered(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.message)
+    /// The octets held in memory (for the connection to spool them, issue 16).
+    pub fn held(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// Forgets the octets held (once spooled), keeping the buffer for what follows; the
+    /// message goes on after them, and [`Received::message`] holds only what came after.
+    pub fn clear_held(&mut self) {
+        self.message.clear();
     }
 
     /// Consumes input. Returns how many bytes of `input` belong to the message (all of
@@ -205,9 +210,14 @@ impl ChunkReceiver {
         self.message.len()
     }
 
-    /// Takes the octets held so far (see [`DataReceiver::take_buffered`]).
-    pub fn take_buffered(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.message)
+    /// The octets held in memory (see [`DataReceiver::held`]).
+    pub fn held(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// Forgets the octets held, keeping the buffer (see [`DataReceiver::clear_held`]).
+    pub fn clear_held(&mut self) {
+        self.message.clear();
     }
 
     /// Whether the message is already over a limit (its octets are no longer kept).
