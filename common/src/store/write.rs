@@ -65,6 +65,22 @@ impl From<WriteError> for crate::error::StoreError {
     }
 }
 
+/// Whether a failed `COMMIT` (error `e` on backend `DB`) certainly committed nothing.
+/// On PostgreSQL and SQLite any error the server reports means a rollback. A Galera node
+/// answers a `COMMIT` with an error when it leaves the primary component while the
+/// write set is on its way (1047 "WSREP has not yet prepared node for application use",
+/// or an error during commit). The other nodes may still apply that write set, and this
+/// node applies it too once it rejoins. So on MySQL/MariaDB only a deadlock or lost
+/// certification (SQLSTATE 40001, which is retried) is a sure refusal; any other error is
+/// in doubt, and the caller looks for its work once the database answers again.
+fn refused_for_sure<DB: Database>(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(_) if DB::NAME == "MySQL" => crate::error::retryable(e),
+        sqlx::Error::Database(_) => true,
+        _ => false,
+    }
+}
+
 /// A write transaction on a connection of its own; see the module notes.
 pub(crate) struct Write<DB>
 where
@@ -117,7 +133,9 @@ where
     ///
     /// # Errors
     /// [`WriteError::Db`]: the database refused the `COMMIT`, nothing is committed;
-    /// [`WriteError::Unknown`]: no answer came. The connection is closed either way.
+    /// [`WriteError::Unknown`]: no answer came, or (MySQL/MariaDB) the server refused the
+    /// `COMMIT` for another reason than a lost certification or deadlock. The
+    /// connection is closed either way.
     pub(crate) async fn commit(mut self) -> Result<(), WriteError> {
         match self.run("COMMIT").await {
             Ok(()) => {
@@ -126,7 +144,7 @@ where
             }
             Err(e) => {
                 self.discard().await;
-                Err(if matches!(e, sqlx::Error::Database(_)) { WriteError::Db(e) } else { WriteError::Unknown(e) })
+                Err(if refused_for_sure::<DB>(&e) { WriteError::Db(e) } else { WriteError::Unknown(e) })
             }
         }
     }
