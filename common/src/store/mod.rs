@@ -239,20 +239,21 @@ impl Store {
         let timeout = Duration::from_secs(cfg.acquire_timeout.max(1));
         // The first connection, alone and within the timeout: its error is the answer.
         // A conflict while the session is set up (a Galera node that has just rejoined
-        // can abort it with 1213) is tried again within the timeout.
+        // can abort it with 1213, for seconds) is tried again until the timeout.
         async fn probe<C: Connection>(opts: &C::Options, place: &str, timeout: Duration) -> Result<(), StoreError> {
             let open = |cause: String| StoreError::Open { place: place.to_owned(), cause };
             let deadline = tokio::time::Instant::now() + timeout;
             let mut attempt = 0;
             loop {
                 attempt += 1;
+                let pause = retry_pause(attempt);
                 match tokio::time::timeout_at(deadline, C::connect_with(opts)).await {
                     Ok(Ok(conn)) => {
                         let _ = conn.close().await;
                         return Ok(());
                     }
-                    Ok(Err(e)) if crate::error::retryable(&e) && attempt < TRANSACTION_ATTEMPTS => {
-                        tokio::time::sleep(retry_pause(attempt)).await;
+                    Ok(Err(e)) if crate::error::retryable(&e) && tokio::time::Instant::now() + pause < deadline => {
+                        tokio::time::sleep(pause).await;
                     }
                     Ok(Err(e)) => return Err(open(connect_cause(&e))),
                     Err(_) => return Err(open(format!("no answer within {} s", timeout.as_secs()))),
