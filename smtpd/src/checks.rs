@@ -20,6 +20,7 @@ use common::store::{Greylisting, Store};
 use ipnet::IpNet;
 use mail_auth::common::cache::NoCache;
 use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::resolver::ToReverseName;
 use mail_auth::dmarc::Policy as DmarcPolicy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::TokioResolver;
@@ -47,6 +48,8 @@ pub struct Checker {
     name: String,
     /// `dmarc_reject` of `[smtpd]`.
     dmarc_reject: bool,
+    /// `[greylist]` delay, expire and keep, as the store takes them.
+    grey_rule: Greylisting,
     /// When this daemon last purged old greylisting rows (epoch seconds).
     purged: AtomicI64,
 }
@@ -68,8 +71,7 @@ static SYSTEM: OnceLock<(ResolverConfig, ResolverOpts)> = OnceLock::new();
 /// # Errors
 /// It cannot be read or parsed.
 pub fn read_resolv_conf(cfg: &Checking) -> anyhow::Result<()> {
-    let needed = cfg.checks.enabled || !cfg.dnsbl.is_empty() || cfg.greylist.enabled;
-    if needed && cfg.dns.servers.is_empty() {
+    if cfg.any() && cfg.dns.servers.is_empty() {
         system()?;
     }
     Ok(())
@@ -141,14 +143,17 @@ impl Checker {
     /// # Errors
     /// The resolver cannot be set up (see `[dns] servers`).
     pub fn new(name: &str, dmarc_reject: bool, cfg: &Checking) -> anyhow::Result<Option<Arc<Checker>>> {
-        if !cfg.checks.enabled && cfg.dnsbl.is_empty() && !cfg.greylist.enabled {
+        if !cfg.any() {
             return Ok(None);
         }
+        let seconds = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let g = &cfg.greylist;
         Ok(Some(Arc::new(Checker {
             auth: resolver(&cfg.dns)?,
             cfg: cfg.clone(),
             name: name.to_owned(),
             dmarc_reject,
+            grey_rule: Greylisting { delay: seconds(g.delay), expire: seconds(g.expire), keep: seconds(g.keep) },
             purged: AtomicI64::new(0),
         })))
     }
@@ -190,10 +195,6 @@ impl Checker {
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> SpfOutput {
         self.auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, &self.name)).await
     }
-
-    fn dns_timeout(&self) -> Duration {
-        Duration::from_secs(self.cfg.dns.timeout)
-    }
 }
 
 /// A lookup running on its own task, or its answer.
@@ -223,8 +224,8 @@ impl<T: Send + 'static> Task<T> {
     async fn wait(&mut self, left: &mut Duration) -> Option<&T> {
         if let Task::Running(handle) = self {
             let started = tokio::time::Instant::now();
-            let done =
-                if handle.is_finished() { Some(handle.await) } else { tokio::time::timeout(*left, handle).await.ok() };
+            // A finished task answers even with no time left: the timeout polls it first.
+            let done = tokio::time::timeout(*left, handle).await.ok();
             *left = left.saturating_sub(started.elapsed());
             match done {
                 None => return None,
@@ -295,26 +296,7 @@ struct Listing {
 
 /// The DNS list query name of `ip` in `zone` (RFC 5782 §2.1, §2.4).
 pub fn list_query(ip: IpAddr, zone: &str) -> String {
-    let mut q = String::with_capacity(80);
-    match ip {
-        IpAddr::V4(v4) => {
-            for o in v4.octets().iter().rev() {
-                q.push_str(&o.to_string());
-                q.push('.');
-            }
-        }
-        IpAddr::V6(v6) => {
-            for b in v6.octets().iter().rev() {
-                q.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-                q.push('.');
-                q.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-                q.push('.');
-            }
-        }
-    }
-    q.push_str(zone.trim_end_matches('.'));
-    q.push('.');
-    q
+    format!("{}.{}.", ip.to_reverse_name(), zone.trim_end_matches('.'))
 }
 
 /// The lists `ip` is on (answers in a list's `answers`), and those that failed to
@@ -353,12 +335,22 @@ async fn listings(auth: &MessageAuthenticator, ip: IpAddr, lists: &[crate::confi
 
 /// SPF of one transaction: the HELO identity (when it is a domain) and MAIL FROM.
 struct Spf {
-    helo: Option<(String, Task<SpfOutput>)>,
+    /// The HELO/EHLO name, without a trailing dot.
+    helo: String,
+    /// SPF of the HELO identity, when it is a domain.
+    helo_spf: Option<Task<SpfOutput>>,
     mail: Task<SpfOutput>,
     /// The MAIL FROM identity checked: the reverse-path, or `postmaster@<HELO>` for `<>`.
     sender: String,
     /// The reverse-path as given (empty for `<>`).
     reverse_path: String,
+}
+
+impl Spf {
+    /// The RFC5321.MailFrom domain: the reverse-path's, or HELO's for `<>`.
+    fn mail_domain(&self) -> &str {
+        self.sender.rsplit_once('@').map_or("", |(_, d)| d)
+    }
 }
 
 /// The checks of one client (one SMTP session).
@@ -531,15 +523,15 @@ impl Client {
         let reverse_path = from.map(ToString::to_string).unwrap_or_default();
         let sender = if reverse_path.is_empty() { format!("postmaster@{helo}") } else { reverse_path.clone() };
         let ip = self.ip;
-        let helo_task = helo_is_domain.then(|| {
+        let helo_spf = helo_is_domain.then(|| {
             let (checker, helo) = (c.clone(), helo.clone());
-            (helo.clone(), Task::spawn(async move { checker.spf_helo(ip, &helo).await }))
+            Task::spawn(async move { checker.spf_helo(ip, &helo).await })
         });
         let mail = {
             let (checker, helo, sender) = (c.clone(), helo.clone(), sender.clone());
             Task::spawn(async move { checker.spf_mail_from(ip, &helo, &sender).await })
         };
-        self.spf = Some(Spf { helo: helo_task, mail, sender, reverse_path });
+        self.spf = Some(Spf { helo, helo_spf, mail, sender, reverse_path });
         if c.cfg.checks.rdns != Policy::Record {
             let out = self.rdns_output().await?;
             let temp = matches!(out.result, IprevResult::TempError(_));
@@ -573,7 +565,7 @@ impl Client {
         let Some(spf) = self.spf.as_mut() else {
             return SpfOutput::new(String::new()).with_result(SpfResult::None);
         };
-        let domain = spf.sender.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+        let domain = spf.mail_domain().to_owned();
         match spf.mail.wait(&mut self.left).await {
             Some(o) => o.clone(),
             None => SpfOutput::new(domain).with_result(SpfResult::TempError),
@@ -592,27 +584,16 @@ impl Client {
         let ip = self.ip;
         let iprev = self.rdns_output().await;
         let spf_mail = self.spf_mail().await;
-        let spf_helo = match self.spf.as_mut().and_then(|s| s.helo.as_mut()) {
-            Some((helo, task)) => {
-                let helo = helo.clone();
-                let out = match task.wait(&mut self.left).await {
-                    Some(o) => o.clone(),
-                    None => SpfOutput::new(helo.clone()).with_result(SpfResult::TempError),
-                };
-                Some((helo, out))
-            }
+        let (helo, reverse_path, mail_domain) = match &self.spf {
+            Some(s) => (s.helo.clone(), s.reverse_path.clone(), s.mail_domain().to_owned()),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let spf_helo = match self.spf.as_mut().and_then(|s| s.helo_spf.as_mut()) {
+            Some(task) => Some(match task.wait(&mut self.left).await {
+                Some(o) => o.clone(),
+                None => SpfOutput::new(helo.clone()).with_result(SpfResult::TempError),
+            }),
             None => None,
-        };
-        let (reverse_path, helo_name) = match &self.spf {
-            Some(s) => {
-                (s.reverse_path.clone(), s.sender.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default())
-            }
-            None => (String::new(), String::new()),
-        };
-        let mail_domain = if reverse_path.is_empty() {
-            helo_name.clone()
-        } else {
-            reverse_path.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default()
         };
 
         let parsed = AuthenticatedMessage::parse(message);
@@ -648,11 +629,11 @@ impl Client {
             ar = ar.with_iprev_result(iprev, ip);
             results.push(("iprev", iprev_text(&iprev.result)));
         }
-        if let Some((helo, out)) = &spf_helo {
-            ar = ar.with_spf_ehlo_result(out, ip, helo);
+        if let Some(out) = &spf_helo {
+            ar = ar.with_spf_ehlo_result(out, ip, &helo);
             results.push(("spf-helo", spf_text(out.result())));
         }
-        ar = ar.with_spf_mailfrom_result(&spf_mail, ip, &reverse_path, &helo_name);
+        ar = ar.with_spf_mailfrom_result(&spf_mail, ip, &reverse_path, &helo);
         results.push(("spf", spf_text(spf_mail.result())));
         if dkim.is_empty() {
             results.push(("dkim", "none"));
@@ -688,14 +669,15 @@ impl Client {
         r: &DmarcResult,
     ) -> Option<Reply> {
         let cfg = &self.checker.cfg.checks;
+        let rejected = || format!("5.7.1 Rejected by the DMARC policy of {}", dmarc.domain());
         if matches!(r, DmarcResult::Fail(_)) && dmarc.policy() == DmarcPolicy::Reject && self.checker.dmarc_reject {
-            return Some(Reply::new(550, format!("5.7.1 Rejected by the DMARC policy of {}", dmarc.domain())));
+            return Some(Reply::new(550, rejected()));
         }
         if matches!(r, DmarcResult::Fail(_) | DmarcResult::TempError(_)) {
             let refused = refusal(
                 cfg.dmarc,
                 matches!(r, DmarcResult::TempError(_)),
-                &format!("5.7.1 Rejected by the DMARC policy of {}", dmarc.domain()),
+                &rejected(),
                 &format!("4.7.1 DMARC check of {} failed, try again later", dmarc.domain()),
             );
             if refused.is_some() {
@@ -747,11 +729,7 @@ impl Client {
         }
         let prefix = if self.ip.is_ipv4() { g.ipv4_prefix } else { g.ipv6_prefix };
         let net = IpNet::new(self.ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(self.ip)).to_string();
-        let rule = Greylisting {
-            delay: i64::try_from(g.delay).unwrap_or(i64::MAX),
-            expire: i64::try_from(g.expire).unwrap_or(i64::MAX),
-            keep: i64::try_from(g.keep).unwrap_or(i64::MAX),
-        };
+        let rule = c.grey_rule;
         let mut wait = 0;
         for to in forward_paths {
             let key = triplet_key(&net, from, to);
@@ -777,16 +755,6 @@ impl Client {
             Ok(n) => tracing::debug!(rows = n, "old greylisting triplets deleted"),
             Err(e) => tracing::warn!(cause = %e, "greylisting purge failed"),
         }
-    }
-
-    /// The session's DNS time left (for tests and the log).
-    pub fn dns_time_left(&self) -> Duration {
-        self.left
-    }
-
-    /// `[dns] timeout`.
-    pub fn dns_timeout(&self) -> Duration {
-        self.checker.dns_timeout()
     }
 }
 

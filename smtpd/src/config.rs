@@ -219,6 +219,13 @@ pub struct Checking {
     pub greylist: GreylistConfig,
 }
 
+impl Checking {
+    /// Whether any check is on (reverse DNS and the rest, a DNS list, greylisting).
+    pub fn any(&self) -> bool {
+        self.checks.enabled || !self.dnsbl.is_empty() || self.greylist.enabled
+    }
+}
+
 impl Extra for Checking {
     const NAMES: &'static [&'static str] = &["dns", "checks", "dnsbl", "greylist"];
 
