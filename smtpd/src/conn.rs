@@ -176,7 +176,7 @@ where
             return Ok(Some(received));
         }
         let threshold = session.spool_threshold();
-        if threshold > 0 && receiver.buffered() >= threshold {
+        if threshold > 0 && receiver.held().len() >= threshold {
             session.spool(receiver.held()).await;
             receiver.clear_held();
         }

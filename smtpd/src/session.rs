@@ -658,7 +658,7 @@ impl Session {
         if let State::Mail(tx) = &mut self.state
             && let Some(message) = &mut tx.chunks
             && threshold > 0
-            && message.buffered() >= threshold
+            && message.held().len() >= threshold
         {
             tx.spool.push(&tx.id, &self.settings.smtpd.spool_dir, message.held()).await;
             message.clear_held();
@@ -727,63 +727,67 @@ impl Session {
             self.failed("size");
             return texts::TOO_BIG.into();
         }
+        if tx.spool.failed {
+            return texts::LOCAL_ERROR.into();
+        }
         // A spooled message is read back under a permit: at most `spool_loads` of them
         // are in memory at once (issue 16).
-        let _load = if tx.spool.file.is_empty() && !tx.spool.failed {
-            None
-        } else {
-            Some(self.settings.loads.clone().acquire_owned().await)
-        };
         let spooled = tx.spool.file.len();
-        let received = if tx.spool.failed {
-            return texts::LOCAL_ERROR.into();
-        } else {
-            match std::mem::take(&mut tx.spool.file).into_message(received.message).await {
-                Ok(message) => Received { message, ..received },
-                Err(e) => {
-                    tracing::error!(id = %tx.id, cause = %e, spooled, "cannot read the spooled message back");
-                    return texts::LOCAL_ERROR.into();
-                }
+        let _load = if spooled > 0 { Some(self.settings.loads.clone().acquire_owned().await) } else { None };
+        let mut body = match std::mem::take(&mut tx.spool.file).into_message(received.message).await {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(id = %tx.id, cause = %e, spooled, "cannot read the spooled message back");
+                return texts::LOCAL_ERROR.into();
             }
         };
-        let hops = count_received(&received.message);
+        let hops = count_received(&body);
         if hops > self.settings.smtpd.max_hops {
             tracing::info!(peer = %self.peer, id = %tx.id, hops, "too many hops");
             self.failed("size");
             return texts::TOO_MANY_HOPS.into();
         }
-        let mut results = String::new();
-        let mut host = None;
-        let mut body = received.message;
+        // The checks' verdict, the client's verified name, and greylisting's answer
+        // (asked only when no policy refused).
+        let mut checked = None;
         if let Some(c) = self.checks.as_mut() {
             let verdict = c.after_data(&body).await;
-            host = c.host_name().await;
-            let Verdict { field, refusal, aligned, results: checked } = verdict;
-            for (check, result) in &checked {
+            let host = c.host_name().await;
+            let grey = match verdict.refusal {
+                Some(_) => None,
+                None => {
+                    let from = tx.from.as_ref().map(ToString::to_string).unwrap_or_default();
+                    let to: Vec<&str> = tx.rcpts.iter().map(|r| r.forward_path.as_str()).collect();
+                    Some(c.greylist(store, &from, &to, verdict.aligned).await)
+                }
+            };
+            checked = Some((verdict, host, grey));
+        }
+        let mut results = String::new();
+        let mut host = None;
+        if let Some((Verdict { field, refusal, results: verdicts, .. }, name, grey)) = checked {
+            for (check, result) in &verdicts {
                 self.count_check(check, result);
             }
             tracing::info!(
                 id = %tx.id,
                 peer = %self.peer,
-                results = %checked.iter().map(|(c, r)| format!("{c}={r}")).collect::<Vec<_>>().join(" "),
+                results = %verdicts.iter().map(|(c, r)| format!("{c}={r}")).collect::<Vec<_>>().join(" "),
                 "checked"
             );
             if let Some(refusal) = refusal {
                 return self.refuse("data", refusal);
             }
-            let from = tx.from.as_ref().map(ToString::to_string).unwrap_or_default();
-            let to: Vec<&str> = tx.rcpts.iter().map(|r| r.forward_path.as_str()).collect();
-            let Some(c) = self.checks.as_mut() else { return texts::LOCAL_ERROR.into() };
-            match c.greylist(store, &from, &to, aligned).await {
-                Ok(Some(wait)) => {
+            match grey {
+                Some(Ok(Some(wait))) => {
                     self.count_check("greylist", "deferred");
                     return self.refuse("greylist", wait);
                 }
-                Ok(None) => {}
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::error!(cause = %e, "greylisting lookup failed");
                     return texts::LOCAL_ERROR.into();
                 }
+                _ => {}
             }
             // RFC 8601 §5: fields claiming our authserv-id were not added by us.
             if let Some(stripped) = crate::checks::strip_own_results(&body, self.name()) {
@@ -791,6 +795,7 @@ impl Session {
                 body = stripped;
             }
             results = field;
+            host = name;
         }
         let copies = self.copies(&tx, &results, host.as_deref());
         let delivery = Delivery { body: &body, copies };

@@ -79,11 +79,6 @@ impl DataReceiver {
         self.message.extend_from_slice(bytes);
     }
 
-    /// Octets of the message held in memory (not yet taken out).
-    pub fn buffered(&self) -> usize {
-        self.message.len()
-    }
-
     /// The octets held in memory (for the connection to spool them, issue 16).
     pub fn held(&self) -> &[u8] {
         &self.message
@@ -203,11 +198,6 @@ impl ChunkReceiver {
         }
         self.size += input.len();
         self.message.extend_from_slice(input);
-    }
-
-    /// Octets held in memory (not yet taken out).
-    pub fn buffered(&self) -> usize {
-        self.message.len()
     }
 
     /// The octets held in memory (see [`DataReceiver::held`]).
