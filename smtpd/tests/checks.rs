@@ -457,3 +457,36 @@ async fn verdicts_are_counted_per_result_and_in_total() {
         assert!(seen.contains(key), "{key} not counted in:\n{seen}");
     }
 }
+
+/// The policies decided after DATA: `dkim = "reject"` refuses a message whose only
+/// signature fails, `dmarc = "tempfail"` defers a DMARC failure of a p=quarantine
+/// domain, and `dmarc_reject = false` stores a failure of a p=reject domain.
+#[tokio::test]
+async fn policies_after_data_do_what_the_config_says() {
+    let keys = [("sel", "none.test"), ("sel", "quarantine.test"), ("sel", "reject.test")];
+    let Some((_dir, key, dns)) = signing_zone(&keys) else { return };
+    for (domain, policy) in [("none.test", "none"), ("quarantine.test", "quarantine"), ("reject.test", "reject")] {
+        dns.add(&format!("_dmarc.{domain}"), Rec::Txt(vec![format!("v=DMARC1; p={policy}")]));
+        dns.add(domain, Rec::Txt(vec!["v=spf1 -all".into()]));
+    }
+    let message =
+        |domain: &str| format!("From: <alice@{domain}>\r\nTo: mmondor@example.org\r\nSubject: signed\r\n\r\nBody.\r\n");
+    let broken = sign("valid", &key, "sel", "none.test", &message("none.test")).replace("Body.", "Changed.");
+
+    let (_db, cfg) = setup(&dns, |c| c.extra.checks.dkim = Policy::Reject).await;
+    let server = Server::start(cfg).await;
+    let reply = send(&server, GOOD, "alice@none.test", broken.trim_end_matches("\r\n")).await;
+    assert!(reply.starts_with("550 5.7.20"), "{reply}");
+
+    let (_db, cfg) = setup(&dns, |c| c.extra.checks.dmarc = Policy::Tempfail).await;
+    let server = Server::start(cfg).await;
+    let reply = send(&server, GOOD, "alice@quarantine.test", message("quarantine.test").trim_end_matches("\r\n")).await;
+    assert!(reply.starts_with("451 4.7.1"), "{reply}");
+
+    let (db, cfg) = setup(&dns, |c| c.own.dmarc_reject = false).await;
+    let server = Server::start(cfg).await;
+    let reply = send(&server, GOOD, "alice@reject.test", message("reject.test").trim_end_matches("\r\n")).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let head = header_of(&messages(&db, "mmondor@example.org").await[0]);
+    assert!(head.contains("dmarc=fail") && head.contains("policy.dmarc=reject"), "{head}");
+}

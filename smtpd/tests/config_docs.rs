@@ -34,3 +34,33 @@ fn every_key_is_documented() {
     }
     assert!(checked > 40, "only {checked} keys found");
 }
+
+/// The range checks of issue 14's and issue 16's settings refuse the file at load.
+#[test]
+fn checks_and_spool_settings_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = common::testing::TestCert::generate(dir.path());
+    let base = BASE
+        .replace("cert = \"c\"", &format!("cert = \"{}\"", cert.cert.display()))
+        .replace("key = \"k\"", &format!("key = \"{}\"", cert.key.display()));
+    let check = |sections: &str| {
+        let path = dir.path().join("mmsmtpd.toml");
+        std::fs::write(&path, format!("{base}{sections}\n")).unwrap();
+        match common::config::load::<Config>(&path) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let fine = "[dns]\nservers = [\"192.0.2.53\", \"192.0.2.53:5353\", \"[2001:db8::53]:53\"]\ntimeout = 1\nattempts = 5\n\
+                [[dnsbl]]\nzone = \"bl.example\"\n[greylist]\ndelay = 1\nexpire = 2\n[smtpd]\nspool_loads = 1\nspool_dir = \"/var/spool\"";
+    assert_eq!(check(fine), "", "the smallest values are taken");
+    assert!(check("[dns]\nservers = [\"ns.example\"]").contains("dns.servers[0]"));
+    assert!(check("[dns]\ntimeout = 0").contains("dns.timeout"));
+    assert!(check("[dns]\nattempts = 6").contains("dns.attempts"));
+    assert!(check("[[dnsbl]]\nzone = \"not a zone\"").contains("dnsbl[0].zone"));
+    assert!(check("[greylist]\ndelay = 300\nexpire = 300").contains("greylist.expire"));
+    assert!(check("[greylist]\nipv4_prefix = 33").contains("greylist.ipv4_prefix"));
+    assert!(check("[checks]\nspf = \"bounce\"").contains("spf"), "a policy is record, tempfail or reject");
+    assert!(check("[smtpd]\nspool_loads = 0").contains("smtpd.spool_loads"));
+    assert!(check("[smtpd]\nspool_dir = \"spool\"").contains("smtpd.spool_dir"));
+}
