@@ -270,8 +270,9 @@ impl Session {
         let refusal = c.at_connect(&name).await;
         for (zone, result) in &listed {
             tracing::info!(peer = %self.peer, %zone, result, "DNS list");
-            self.count_check("dnsbl", result);
         }
+        let verdicts: Vec<(&str, &str)> = listed.iter().map(|(_, result)| ("dnsbl", *result)).collect();
+        self.count_checks(&verdicts);
         if let Some(refusal) = refusal {
             tracing::info!(peer = %self.peer, reply = %refusal, "refused");
             self.count_check("dnsbl", "refused");
@@ -283,9 +284,16 @@ impl Session {
 
     /// `mmsmtpd|checks|<check>|<result>` and `mmsmtpd|checks|<check>|total`, +1 each.
     fn count_check(&self, check: &str, result: &str) {
+        self.count_checks(&[(check, result)]);
+    }
+
+    /// [`count_check`](Self::count_check) for each of `verdicts`, in one datagram.
+    fn count_checks(&self, verdicts: &[(&str, &str)]) {
         let mut b = self.settings.stats.batch();
-        b.update(Flag::Persistent, &["checks", check, result], 1);
-        b.update(Flag::Persistent, &["checks", check, "total"], 1);
+        for (check, result) in verdicts {
+            b.update(Flag::Persistent, &["checks", check, result], 1);
+            b.update(Flag::Persistent, &["checks", check, "total"], 1);
+        }
         b.send();
     }
 
@@ -766,9 +774,7 @@ impl Session {
         let mut results = String::new();
         let mut host = None;
         if let Some((Verdict { field, refusal, results: verdicts, .. }, name, grey)) = checked {
-            for (check, result) in &verdicts {
-                self.count_check(check, result);
-            }
+            self.count_checks(&verdicts);
             tracing::info!(
                 id = %tx.id,
                 peer = %self.peer,
