@@ -10,9 +10,19 @@
 //!
 //! Argon2 with these parameters costs about 64 MiB and tens of milliseconds per call: run
 //! [`verify`] and [`hash`] off the async runtime (`spawn_blocking`) in daemons.
+//!
+//! The 64 MiB work area of a call is not allocated afresh each time: a fresh one costs
+//! the kernel 16,384 page faults and their zeroing, about a quarter of the call (issue 16;
+//! `cargo bench -p common --bench password` shows both). Areas are kept for
+//! [`ARENA_IDLE`] after their last use and then given back, so a daemon that logs nobody
+//! in holds none.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
@@ -46,6 +56,68 @@ impl Verified {
 #[error("password hashing failed: {0}")]
 pub struct HashError(String);
 
+/// How long an unused Argon2 work area is kept for the next call before it is given
+/// back to the system.
+pub const ARENA_IDLE: Duration = Duration::from_secs(10);
+
+/// Blocks (1 KiB each) in a kept work area: enough for the parameters [`hash`] uses and
+/// any stored hash with less memory. A stored hash asking for more gets a work area of
+/// its own, never kept.
+const ARENA_BLOCKS: usize = ARGON2_MEMORY_KIB as usize;
+
+/// Work areas not in use, each with the moment it was last given back.
+static ARENAS: Mutex<Vec<(Vec<Block>, Instant)>> = Mutex::new(Vec::new());
+/// Whether the thread that gives idle work areas back is running.
+static REAPER: AtomicBool = AtomicBool::new(false);
+
+fn arenas() -> std::sync::MutexGuard<'static, Vec<(Vec<Block>, Instant)>> {
+    // A panic while the lock was held cannot leave the list inconsistent.
+    ARENAS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `argon2` over `password` and `salt` into `out`, in a kept work area when its
+/// memory cost fits one.
+fn run(argon2: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), argon2::Error> {
+    if argon2.params().block_count() > ARENA_BLOCKS {
+        return argon2.hash_password_into(password, salt, out);
+    }
+    let mut arena = arenas().pop().map(|(a, _)| a).unwrap_or_else(|| vec![Block::default(); ARENA_BLOCKS]);
+    // Every block is written before it is read, so what the last call left is harmless.
+    let r = argon2.hash_password_into_with_memory(password, salt, out, &mut arena[..]);
+    give_back(arena);
+    r
+}
+
+/// Keeps `arena` for the next call and makes sure it is given back after [`ARENA_IDLE`].
+fn give_back(arena: Vec<Block>) {
+    let mut idle = arenas();
+    idle.push((arena, Instant::now()));
+    if REAPER.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("argon2-arenas".into()).spawn(|| {
+        loop {
+            std::thread::sleep(ARENA_IDLE);
+            let mut idle = arenas();
+            idle.retain(|(_, used)| used.elapsed() < ARENA_IDLE);
+            if idle.is_empty() {
+                REAPER.store(false, Ordering::Release);
+                return;
+            }
+        }
+    });
+    if spawned.is_err() {
+        // No thread to give them back later: keep nothing.
+        idle.clear();
+        REAPER.store(false, Ordering::Release);
+    }
+}
+
+/// The work areas kept now (for tests and benchmarks).
+pub fn kept_arenas() -> usize {
+    arenas().len()
+}
+
 fn hasher() -> Argon2<'static> {
     // These constants are valid Argon2 parameters, so `Params::new` cannot fail here;
     // fall back to the library default rather than panic if that ever changed.
@@ -58,10 +130,21 @@ fn hasher() -> Argon2<'static> {
 /// # Errors
 /// [`HashError`] if the operating system's random source fails.
 pub fn hash(password: &[u8]) -> Result<String, HashError> {
+    let err = |e: &dyn std::fmt::Display| HashError(e.to_string());
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| HashError(e.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError(e.to_string()))?;
-    hasher().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| HashError(e.to_string()))
+    getrandom::fill(&mut salt).map_err(|e| err(&e))?;
+    let argon2 = hasher();
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    run(&argon2, password, &salt, &mut out).map_err(|e| err(&e))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| err(&e))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(argon2.params()).map_err(|e| err(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| err(&e))?),
+    };
+    Ok(phc.to_string())
 }
 
 /// mmmail's legacy digest: MD5 of the password bytes as 32 lowercase hex digits.
@@ -91,19 +174,34 @@ pub fn verify(password: &[u8], stored: &str) -> Verified {
     if !stored.starts_with("$argon2") {
         return Verified::No;
     }
-    match PasswordHash::new(stored) {
-        Ok(parsed) if Argon2::default().verify_password(password, &parsed).is_ok() => Verified::Yes,
-        _ => Verified::No,
-    }
+    if verify_argon2(password, stored).unwrap_or(false) { Verified::Yes } else { Verified::No }
+}
+
+/// Recomputes the Argon2 PHC string `stored` for `password`: whether it matches, or
+/// `None` if `stored` is malformed. The outputs are compared in constant time.
+fn verify_argon2(password: &[u8], stored: &str) -> Option<bool> {
+    let parsed = PasswordHash::new(stored).ok()?;
+    let (salt, expected) = (parsed.salt?, parsed.hash?);
+    let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).ok()?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).ok()?;
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).ok()?;
+    let mut out = vec![0u8; expected.len()];
+    run(&Argon2::new(algorithm, version, params), password, salt, &mut out).ok()?;
+    // `Output`'s equality is constant-time.
+    Some(Output::new(&out).ok()? == expected)
 }
 
 /// Spends the time of one Argon2 verification and returns [`Verified::No`], so a login
-/// for an unknown name takes as long as one for a known name (no user enumeration).
+/// for an unknown name takes as long as one for a known name (no user enumeration): the
+/// same parameters, and a kept work area just as a real verification gets.
 pub fn dummy_verify(password: &[u8]) -> Verified {
-    // encode_b64 of 16 bytes cannot fail; if it ever did, the timing guard is lost, not safety.
-    if let Ok(salt) = SaltString::encode_b64(&[0u8; 16]) {
-        let _ = hasher().hash_password(password, &salt);
-    }
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let _ = run(&hasher(), password, &[0u8; 16], &mut out);
     Verified::No
 }
 
@@ -160,9 +258,46 @@ mod tests {
         assert_ne!(h, h2, "salts must differ");
     }
 
+    /// The library's own hashing and verifying agree with ours, for the parameters we
+    /// use, for other variants and versions, for less memory than a kept work area and
+    /// for more.
+    #[test]
+    fn same_answers_as_the_library() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let salt = SaltString::encode_b64(b"sixteen byte sal").unwrap();
+        for (alg, ver, m, t) in [
+            (Algorithm::Argon2id, Version::V0x13, 65_536, 3),
+            (Algorithm::Argon2id, Version::V0x13, 19_456, 2),
+            (Algorithm::Argon2i, Version::V0x10, 4_096, 3),
+            (Algorithm::Argon2d, Version::V0x13, 8, 1),
+            (Algorithm::Argon2id, Version::V0x13, 70_000, 1),
+        ] {
+            let params = Params::new(m, t, 1, Some(24)).unwrap();
+            let stored = Argon2::new(alg, ver, params).hash_password(b"pw", &salt).unwrap().to_string();
+            assert_eq!(verify(b"pw", &stored), Verified::Yes, "{stored}");
+            assert_eq!(verify(b"pX", &stored), Verified::No, "{stored}");
+        }
+        let ours = hash(b"pw").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"pw", &parsed).is_ok(), "{ours}");
+        assert!(Argon2::default().verify_password(b"pX", &parsed).is_err(), "{ours}");
+    }
+
     #[test]
     fn unknown_forms_never_match() {
-        for stored in ["", "*", "!", "$argon2id$garbage", "$1$abc$def", "hunter2"] {
+        for stored in [
+            "",
+            "*",
+            "!",
+            "$argon2id$garbage",
+            "$1$abc$def",
+            "hunter2",
+            "$argon2id$v=19$m=65536,t=3,p=1$c2l4dGVlbiBieXRlIHNhbA",
+            "$argon2id$v=19$m=65536,t=3,p=1$c2l4dGVlbiBieXRlIHNhbA$",
+            "$argon2x$v=19$m=65536,t=3,p=1$c2l4dGVlbiBieXRlIHNhbA$c2l4dGVlbiBieXRlIHNhbA",
+            "$argon2id$v=18$m=65536,t=3,p=1$c2l4dGVlbiBieXRlIHNhbA$c2l4dGVlbiBieXRlIHNhbA",
+            "$argon2id$v=19$m=1,t=3,p=1$c2l4dGVlbiBieXRlIHNhbA$c2l4dGVlbiBieXRlIHNhbA",
+        ] {
             assert_eq!(verify(b"hunter2", stored), Verified::No, "{stored}");
             assert_eq!(verify(b"", stored), Verified::No, "{stored}");
         }
