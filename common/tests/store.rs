@@ -121,6 +121,45 @@ async fn deliver_stores_body_once_and_updates_counters() {
     }
 }
 
+/// A run read in one query (POP3 read-ahead): only the box's own messages, in order,
+/// none larger than asked, no more than asked.
+#[tokio::test]
+async fn retrieve_run_reads_a_bounded_run_of_one_box() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        let bodies: Vec<Vec<u8>> =
+            (0..5).map(|i| format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(i * 100)).into()).collect();
+        for (i, body) in bodies.iter().enumerate() {
+            s.deliver(&Delivery { body, copies: vec![copy("mmondor@example.org", &format!("m{i}"))] }).await.unwrap();
+            // Another box's message between each: never part of the run.
+            s.deliver(&Delivery { body, copies: vec![copy("sales@example.org", &format!("s{i}"))] }).await.unwrap();
+        }
+        let drop = s.maildrop("mmondor@example.org").await.unwrap();
+        let whole = |i: usize| [b"X-For: mmondor@example.org\r\n".as_slice(), &bodies[i]].concat();
+        let run = |first: usize, last: usize, max_size: i64, messages: i64| common::store::Run {
+            first: drop[first].id,
+            last: drop[last].id,
+            max_size,
+            messages,
+        };
+        let got = s.retrieve_run("mmondor@example.org", &run(0, 4, i64::MAX, 10)).await.unwrap();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), drop.iter().map(|m| m.id).collect::<Vec<_>>(), "{b:?}");
+        for (i, (_, r)) in got.iter().enumerate() {
+            assert_eq!(r.to_vec(), whole(i), "{b:?}");
+        }
+        // At most 3 messages, from the second.
+        let got = s.retrieve_run("mmondor@example.org", &run(1, 4, i64::MAX, 3)).await.unwrap();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [drop[1].id, drop[2].id, drop[3].id], "{b:?}");
+        // None larger than the third's size.
+        let got = s.retrieve_run("mmondor@example.org", &run(0, 4, drop[2].size, 10)).await.unwrap();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [drop[0].id, drop[1].id, drop[2].id], "{b:?}");
+        // Another box's name reads nothing of this one.
+        assert!(s.retrieve_run("postmaster@example.org", &run(0, 4, i64::MAX, 10)).await.unwrap().is_empty());
+    }
+}
+
 /// `SELECT COUNT(*) FROM {from}` (a table, optionally with a WHERE clause).
 async fn count(db: &TestDb, from: &str) -> i64 {
     let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {from}"));
@@ -291,6 +330,51 @@ async fn deletions_settle_counters_and_free_bodies_last() {
         assert_eq!(count(&db, "message").await, 0, "{:?}", db.backend);
         // box_out records the retrieval.
         assert_eq!(count(&db, "box WHERE box_out IS NOT NULL AND box_address = 'sales@example.org'").await, 1);
+    }
+}
+
+/// A QUIT deleting more messages than one statement names (the store deletes them in
+/// chunks): exactly the named copies of this box go, the counters follow, bodies shared
+/// with a copy that stays are kept, the others freed.
+#[tokio::test]
+async fn many_deletions_in_chunks() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        for i in 0..75 {
+            let mut copies = vec![copy("mmondor@example.org", &format!("m{i}"))];
+            if i % 10 == 0 {
+                copies.push(copy("sales@example.org", &format!("s{i}")));
+            }
+            let body = format!("body {i}\r\n").into_bytes();
+            s.deliver(&Delivery { body: &body, copies }).await.unwrap();
+        }
+        let drop = s.maildrop("mmondor@example.org").await.unwrap();
+        // All but every third; plus another box's ids and an unknown one, never deleted.
+        let mut ids: Vec<i64> = drop.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, m)| m.id).collect();
+        let named = ids.len();
+        ids.extend(s.maildrop("sales@example.org").await.unwrap().iter().map(|m| m.id));
+        ids.push(9_999_999);
+        assert!(s.lock_box("mmondor@example.org", "me", 60).await.unwrap());
+        assert_eq!(
+            s.commit_deletions("mmondor@example.org", "me", &ids).await.unwrap(),
+            Update::Deleted(named as u64),
+            "{b:?}"
+        );
+        let left = s.maildrop("mmondor@example.org").await.unwrap();
+        let kept: Vec<i64> = drop.iter().enumerate().filter(|(i, _)| i % 3 == 0).map(|(_, m)| m.id).collect();
+        assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), kept, "{b:?}");
+        let kept_bytes: i64 = left.iter().map(|m| m.size).sum();
+        assert_eq!(
+            db.counters("mmondor@example.org").await,
+            Usage { bytes: kept_bytes, messages: kept.len() as i64 },
+            "{b:?}"
+        );
+        assert_eq!(s.maildrop("sales@example.org").await.unwrap().len(), 8, "{b:?}");
+        // A body stays while any copy refers to it: the 25 kept here, and of the 50
+        // deleted here, the 5 (indexes 10, 20, 40, 50, 70) that sales also holds.
+        assert_eq!(count(&db, "message").await, 25 + 5, "{b:?}");
     }
 }
 

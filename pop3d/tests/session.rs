@@ -163,6 +163,61 @@ async fn transaction_state() {
     );
 }
 
+/// Messages are read from the database in runs (read-ahead); whatever order a client
+/// retrieves them in, with deletions between, each answer is that message, whole. The
+/// sizes cross the read-ahead's bounds (256 KiB, 64 messages).
+#[tokio::test]
+async fn retrieval_in_any_order_with_read_ahead() {
+    let mut t = setup("127.0.0.1", |_| {}).await;
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"Subject: one\r\n\r\nfirst\r\n".to_vec(),
+        b"Subject: two\r\n\r\n.dotted\r\nline 2\r\nline 3\r\n".to_vec(),
+    ];
+    for i in 2..90usize {
+        let filler = match i {
+            10 => 300 * 1024,
+            20..=24 => 60 * 1024,
+            _ => i * 7,
+        };
+        let body = format!("Subject: {i}\r\n\r\n{}\r\n", "y".repeat(filler)).into_bytes();
+        put(&t.db, &["mmondor@example.org"], &body).await;
+        bodies.push(body);
+    }
+    t.login().await;
+    let want = |i: usize| {
+        let trace = "Return-Path: <s@origin.test>\r\nX-For: mmondor@example.org\r\n";
+        format!("{trace}{}", String::from_utf8_lossy(&bodies[i - 1]))
+    };
+    let retr = |r: String| r.split_once('|').unwrap().1.to_owned();
+    // In order, deleting every seventh as it goes and the one after the next now and then.
+    for i in 1..=60 {
+        if i % 11 == 0 {
+            assert_eq!(t.say(&format!("DELE {}", i + 2)).await, format!("+OK Message {} deleted", i + 2));
+        }
+        let got = t.say(&format!("RETR {i}")).await;
+        if i % 11 == 2 && i > 11 {
+            assert_eq!(got, "-ERR No such message", "{i}");
+            continue;
+        }
+        assert_eq!(retr(got), want(i), "RETR {i}");
+        if i % 7 == 0 {
+            t.say(&format!("DELE {i}")).await;
+        }
+    }
+    // Backwards, then TOP, then the rest.
+    for i in (1..=30).rev().filter(|i| i % 7 != 0 && !(i % 11 == 2 && *i > 11)) {
+        assert_eq!(retr(t.say(&format!("RETR {i}")).await), want(i), "RETR {i} backwards");
+    }
+    assert_eq!(
+        t.say("TOP 5 0").await,
+        "+OK|Return-Path: <s@origin.test>\r\nX-For: mmondor@example.org\r\nSubject: 4\r\n\r\n"
+    );
+    for i in 61..=90 {
+        assert_eq!(retr(t.say(&format!("RETR {i}")).await), want(i), "RETR {i}");
+    }
+    assert_eq!(t.say("RETR 91").await, "-ERR No such message");
+}
+
 #[tokio::test]
 async fn deletions_happen_only_at_quit() {
     let mut t = setup("127.0.0.1", |_| {}).await;

@@ -29,7 +29,7 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 pub use model::{
     AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, Findings, MailCopy, MailEntry, Member,
-    MemberStatus, Node, OwnsBoxes, Queued, Repaired, Resolution, Retrieved, TmtpMessage, Update, Usage, User,
+    MemberStatus, Node, OwnsBoxes, Queued, Repaired, Resolution, Retrieved, Run, TmtpMessage, Update, Usage, User,
     UserEntry, Wake, WholeMessage,
 };
 
@@ -489,6 +489,17 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn retrieve(&self, box_address: &str, mail_id: i64) -> Result<Option<Retrieved>, StoreError> {
         dispatch!(self, retrieve(box_address, mail_id))
+    }
+
+    /// The stored messages of `box_address` within `run`, each with its `mail_id`, in
+    /// delivery order: one query for a run of messages a POP3 client is about to
+    /// retrieve one by one. Ids that are not in the box are simply absent. The answer
+    /// holds at most `run.messages` messages of at most `run.max_size` octets each.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn retrieve_run(&self, box_address: &str, run: &Run) -> Result<Vec<(i64, Retrieved)>, StoreError> {
+        dispatch!(self, retrieve_run(box_address, run))
     }
 
     /// The bytes and messages of a box counted from its `mail` rows, to compare with the

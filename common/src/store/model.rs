@@ -109,6 +109,20 @@ pub struct Retrieved {
     pub body: Vec<u8>,
 }
 
+/// A run of consecutive messages of one box to read in one query
+/// ([`super::Store::retrieve_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// `mail_id` of the first message.
+    pub first: i64,
+    /// `mail_id` of the last message.
+    pub last: i64,
+    /// Octets (`mail_size`) of the largest message wanted: no larger one is read.
+    pub max_size: i64,
+    /// Messages read at most.
+    pub messages: i64,
+}
+
 impl Retrieved {
     /// Octets of trace + body: what LIST reports.
     pub fn len(&self) -> usize {

@@ -35,6 +35,16 @@ macro_rules! exists {
     };
 }
 
+/// `ids` cut into chunks of exactly [`ID_CHUNK`](crate::store::sql::ID_CHUNK) for the
+/// chunked statements, the last one padded with its own last id. None for no ids.
+pub(crate) fn id_chunks(ids: &[i64]) -> impl Iterator<Item = [i64; crate::store::sql::ID_CHUNK]> + '_ {
+    ids.chunks(crate::store::sql::ID_CHUNK).map(|c| {
+        let mut chunk = [c[c.len() - 1]; crate::store::sql::ID_CHUNK];
+        chunk[..c.len()].copy_from_slice(c);
+        chunk
+    })
+}
+
 /// Expands every operation for backend `$db` (a `sqlx::Database`); `$id` is how an
 /// inserted message's id comes back (see [`message_id!`]).
 macro_rules! operations {
@@ -42,7 +52,8 @@ macro_rules! operations {
         use crate::error::StoreError;
         use crate::store::model::{
             AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus,
-            Node, OwnsBoxes, Queued, Repaired, Retrieved, TmtpMessage, Update, Usage, User, UserEntry, WholeMessage,
+            Node, OwnsBoxes, Queued, Repaired, Retrieved, Run, TmtpMessage, Update, Usage, User, UserEntry,
+            WholeMessage,
         };
         use crate::store::sql::Sql;
 
@@ -144,6 +155,18 @@ macro_rules! operations {
             let row: Option<(Vec<u8>, Vec<u8>)> =
                 sqlx::query_as(SQL.retrieve).bind(id).bind(address).fetch_optional(p).await?;
             Ok(row.map(|(trace, body)| Retrieved { trace, body }))
+        }
+
+        pub(crate) async fn retrieve_run(p: &Pool, address: &str, run: &Run) -> Result<Vec<(i64, Retrieved)>> {
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(SQL.retrieve_run)
+                .bind(address)
+                .bind(run.first)
+                .bind(run.last)
+                .bind(run.max_size)
+                .bind(run.messages)
+                .fetch_all(p)
+                .await?;
+            Ok(rows.into_iter().map(|(id, trace, body)| (id, Retrieved { trace, body })).collect())
         }
 
         pub(crate) async fn recount(p: &Pool, address: &str) -> Result<Usage> {
@@ -255,8 +278,9 @@ macro_rules! operations {
                 sqlx::query(SQL.admin_delete_box_aliases).bind(address).execute(&mut *tx).await?;
                 sqlx::query(SQL.admin_delete_box_lock).bind(address).execute(&mut *tx).await?;
                 let gone = sqlx::query(SQL.admin_delete_box).bind(address).execute(&mut *tx).await?.rows_affected();
-                for (m,) in messages {
-                    sqlx::query(SQL.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
+                let messages: Vec<i64> = messages.into_iter().map(|(m,)| m).collect();
+                for chunk in crate::store::ops::id_chunks(&messages) {
+                    chunk.iter().fold(sqlx::query(SQL.delete_orphans), |q, m| q.bind(*m)).execute(&mut *tx).await?;
                 }
                 Ok(gone > 0)
             }
@@ -453,22 +477,35 @@ macro_rules! operations {
                 if held.rows_affected() == 0 {
                     return Ok(Err(Update::LockLost));
                 }
+                // ID_CHUNK copies per statement: a QUIT deleting thousands of messages
+                // is tens of round trips, not thousands.
                 let (mut bytes, mut count) = (0i64, 0i64);
                 let mut bodies: Vec<i64> = Vec::new();
-                for id in ids {
-                    let row: Option<(i64, i64)> =
-                        sqlx::query_as(SQL.mail_for_delete).bind(id).bind(address).fetch_optional(&mut *tx).await?;
-                    let Some((size, message)) = row else { continue };
-                    sqlx::query(SQL.delete_mail).bind(id).bind(address).execute(&mut *tx).await?;
-                    bytes = bytes.saturating_add(size);
-                    count += 1;
-                    if !bodies.contains(&message) {
+                for chunk in crate::store::ops::id_chunks(ids) {
+                    let found: Vec<(i64, i64, i64)> = chunk
+                        .iter()
+                        .fold(sqlx::query_as(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    if found.is_empty() {
+                        continue;
+                    }
+                    chunk
+                        .iter()
+                        .fold(sqlx::query(SQL.delete_mails).bind(address), |q, id| q.bind(*id))
+                        .execute(&mut *tx)
+                        .await?;
+                    for (_, size, message) in found {
+                        bytes = bytes.saturating_add(size);
+                        count += 1;
                         bodies.push(message);
                     }
                 }
                 sqlx::query(SQL.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
-                for m in bodies {
-                    sqlx::query(SQL.delete_orphan).bind(m).bind(m).execute(&mut *tx).await?;
+                bodies.sort_unstable();
+                bodies.dedup();
+                for chunk in crate::store::ops::id_chunks(&bodies) {
+                    chunk.iter().fold(sqlx::query(SQL.delete_orphans), |q, m| q.bind(*m)).execute(&mut *tx).await?;
                 }
                 Ok(Ok(Update::Deleted(count as u64)))
             }
@@ -477,8 +514,9 @@ macro_rules! operations {
         }
 
         pub(crate) async fn mail_present(p: &Pool, address: &str, ids: &[i64]) -> Result<bool> {
-            for id in ids {
-                if crate::store::ops::exists!(p, SQL.mail_for_delete, id, address)? {
+            for chunk in crate::store::ops::id_chunks(ids) {
+                let q = chunk.iter().fold(sqlx::query(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id));
+                if q.fetch_optional(p).await?.is_some() {
                     return Ok(true);
                 }
             }

@@ -72,6 +72,28 @@ fn render(dialect: Dialect, text: Text) -> &'static str {
     Box::leak(out.into_boxed_str())
 }
 
+/// Messages a chunked statement names at once ([`Sql::mails_for_delete`] and the like):
+/// a POP3 QUIT deleting many messages costs one round trip per this many, not one per
+/// message. A shorter last chunk repeats its last id (a repeated id in `IN` changes
+/// nothing), so each statement has one text and one prepared form.
+pub(crate) const ID_CHUNK: usize = 32;
+
+/// `$2, …, $33`: the [`ID_CHUNK`] ids of a chunked statement after one leading parameter.
+macro_rules! chunk_ids_after_one {
+    () => {
+        "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33"
+    };
+}
+
+/// `$1, …, $32`: the [`ID_CHUNK`] ids of a chunked statement with no other parameter.
+macro_rules! chunk_ids {
+    () => {
+        "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32"
+    };
+}
+
 macro_rules! statements {
     ($( $(#[doc = $doc:literal])* $name:ident = $text:expr; )*) => {
         /// The store's statements rendered for one dialect.
@@ -127,6 +149,11 @@ statements! {
     maildrop = Same("SELECT mail_id, mail_uid, mail_size FROM mail WHERE mail_box = $1 ORDER BY mail_id");
     /// `(trace, body)` of copy `$1` in box `$2`.
     retrieve = Same("SELECT mail_trace, message_data FROM mail JOIN message ON message_id = mail_message WHERE mail_id = $1 AND mail_box = $2");
+    /// `(id, trace, body)` of the copies in box `$1` with ids from `$2` to `$3` and at
+    /// most `$4` octets each, the first `$5` in delivery order (POP3 read-ahead: one
+    /// round trip for a run of messages).
+    retrieve_run = Same("SELECT mail_id, mail_trace, message_data FROM mail JOIN message ON message_id = mail_message \
+                         WHERE mail_box = $1 AND mail_id >= $2 AND mail_id <= $3 AND mail_size <= $4 ORDER BY mail_id LIMIT $5");
     /// The size of every copy in box `$1` (a recount is summed by the caller: SUM's type
     /// differs between the dialects).
     mail_sizes = Same("SELECT mail_size FROM mail WHERE mail_box = $1");
@@ -183,18 +210,19 @@ statements! {
     grey_purge = Same("DELETE FROM greylist WHERE grey_last < $1");
 
     // --- POP3 deletions ---
-    /// `(size, message)` of copy `$1` in box `$2`.
-    mail_for_delete = Same("SELECT mail_size, mail_message FROM mail WHERE mail_id = $1 AND mail_box = $2");
-    /// Deletes copy `$1` of box `$2`.
-    delete_mail = Same("DELETE FROM mail WHERE mail_id = $1 AND mail_box = $2");
+    /// `(id, size, message)` of the copies of box `$1` among ids `$2`…`$33` ([`ID_CHUNK`]).
+    mails_for_delete = Same(concat!("SELECT mail_id, mail_size, mail_message FROM mail WHERE mail_box = $1 AND mail_id IN (", chunk_ids_after_one!(), ")"));
+    /// Deletes the copies of box `$1` among ids `$2`…`$33`.
+    delete_mails = Same(concat!("DELETE FROM mail WHERE mail_box = $1 AND mail_id IN (", chunk_ids_after_one!(), ")"));
     /// Subtracts `$1` bytes and `$2` messages (never below 0) from box `$3`, sets box_out.
     settle_box = Per {
         postgres: "UPDATE box SET box_size = GREATEST(box_size - $1, 0), box_mails = GREATEST(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
         mysql: "UPDATE box SET box_size = GREATEST(box_size - $1, 0), box_mails = GREATEST(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
         sqlite: "UPDATE box SET box_size = MAX(box_size - $1, 0), box_mails = MAX(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
     };
-    /// Deletes message body `$1` if no copy (`$2`, the same id) refers to it.
-    delete_orphan = Same("DELETE FROM message WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = $2)");
+    /// Deletes the message bodies among ids `$1`…`$32` ([`ID_CHUNK`]) that no copy refers to.
+    delete_orphans = Same(concat!("DELETE FROM message WHERE message_id IN (", chunk_ids!(), ") \
+                                   AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = message.message_id)"));
 
     // --- administration (mmadmin(8)) ---
     /// Adds user `$1` with password value `$2`.
