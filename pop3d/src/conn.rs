@@ -31,7 +31,7 @@ where
     let mut pop3 = Pop3 { session, ctx };
     let served = common::net::conn::serve(io, ctx, implicit_tls, &mut pop3).await;
     // However it ended: a maildrop lock still held is released.
-    pop3.session.end().await;
+    Box::pin(pop3.session.end()).await;
     served
 }
 
@@ -80,7 +80,7 @@ impl Pass for Pop3<'_> {
                     return Ok(End::Closed);
                 }
                 Some(Input::TooLong) => session.line_too_long(),
-                Some(Input::Line(l)) => session.handle_line(&l, &ctx.store).await,
+                Some(Input::Line(l)) => Box::pin(session.handle_line(&l, &ctx.store)).await,
             };
             match outcome {
                 Outcome::Reply(reply) => {
@@ -121,7 +121,8 @@ impl Pass for Pop3<'_> {
                 }
                 Outcome::StartTls(reply) => {
                     reply.write_to(&mut lines.out);
-                    return Ok(End::StartTls(lines.into_handshake("STLS").await?));
+                    lines.before_handshake("STLS").await?;
+                    return Ok(End::StartTls(lines.into_inner()));
                 }
             }
         }

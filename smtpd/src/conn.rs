@@ -51,7 +51,7 @@ impl Pass for Smtp<'_> {
         let (session, ctx) = (&mut self.session, self.ctx);
         let mut lines = Lines::new(io, ctx.input_timeout, deadline, ctx.watch.clone());
         if greet {
-            match session.open().await {
+            match Box::pin(session.open()).await {
                 Outcome::Close(refusal) => {
                     refusal.write_to(&mut lines.out);
                     lines.close().await?;
@@ -77,26 +77,26 @@ impl Pass for Smtp<'_> {
                     return Ok(End::Closed);
                 }
                 Some(Input::TooLong) => session.line_too_long(),
-                Some(Input::Line(l)) => session.handle_line(&l, &ctx.store).await,
+                Some(Input::Line(l)) => Box::pin(session.handle_line(&l, &ctx.store)).await,
             };
             let outcome = match outcome {
                 Outcome::Data(go_ahead) => {
                     go_ahead.write_to(&mut lines.out);
                     lines.flush().await?;
-                    let Some(received) = read_data(&mut lines, session).await? else {
+                    let Some(received) = Box::pin(read_data(&mut lines, session)).await? else {
                         session.timeout_reply().write_to(&mut lines.out);
                         lines.close().await?;
                         return Ok(End::Closed);
                     };
-                    session.data_end(received, &ctx.store).await
+                    Box::pin(session.data_end(received, &ctx.store)).await
                 }
                 Outcome::Chunk(size) => {
-                    if !read_chunk(&mut lines, session, size).await? {
+                    if !Box::pin(read_chunk(&mut lines, session, size)).await? {
                         session.timeout_reply().write_to(&mut lines.out);
                         lines.close().await?;
                         return Ok(End::Closed);
                     }
-                    session.chunk_end(&ctx.store).await
+                    Box::pin(session.chunk_end(&ctx.store)).await
                 }
                 other => other,
             };
@@ -117,7 +117,8 @@ impl Pass for Smtp<'_> {
                 }
                 Outcome::StartTls(reply) => {
                     reply.write_to(&mut lines.out);
-                    return Ok(End::StartTls(lines.into_handshake("STARTTLS").await?));
+                    lines.before_handshake("STARTTLS").await?;
+                    return Ok(End::StartTls(lines.into_inner()));
                 }
             }
         }

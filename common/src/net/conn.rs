@@ -10,10 +10,11 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+use super::elastic::ElasticReader;
 use super::line::{Line, read_line};
 use super::tls::handshake;
 use super::write_out;
@@ -64,14 +65,16 @@ where
     let handshake_deadline = || deadline.min(Instant::now() + ctx.handshake_timeout);
     let acceptor = || ctx.tls.as_ref().ok_or_else(|| io::Error::other("TLS without [tls]"));
     if implicit_tls {
-        let stream = handshake(acceptor()?, io, handshake_deadline()).await?;
-        pass.run(stream, true, deadline).await?;
+        let stream = Box::pin(handshake(acceptor()?, io, handshake_deadline())).await?;
+        pass.run(Box::new(stream), true, deadline).await?;
         return Ok(());
     }
-    if let End::StartTls(io) = pass.run(io, true, deadline).await? {
-        let stream = handshake(acceptor()?, io, handshake_deadline()).await?;
+    // The streams are boxed: a pass keeps its stream argument as well as the one it
+    // moved into its `Lines`, and a TLS stream is over a kilobyte.
+    if let End::StartTls(io) = pass.run(Box::new(io), true, deadline).await? {
+        let stream = Box::pin(handshake(acceptor()?, *io, handshake_deadline())).await?;
         pass.tls_started();
-        pass.run(stream, false, deadline).await?;
+        pass.run(Box::new(stream), false, deadline).await?;
     }
     Ok(())
 }
@@ -84,9 +87,11 @@ pub enum Input {
     TooLong,
 }
 
-/// A connection's line I/O: reads, and replies queued in [`Lines::out`].
+/// A connection's line I/O: reads, and replies queued in [`Lines::out`]. While the
+/// client is silent neither holds memory (issue 16): the reader's buffer is given back
+/// ([`ElasticReader`]) and so is the reply buffer once written.
 pub struct Lines<IO> {
-    r: BufReader<IO>,
+    r: ElasticReader<IO>,
     /// Replies not yet written.
     pub out: Vec<u8>,
     input_timeout: Duration,
@@ -103,7 +108,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     /// follows the connection for stress mode: reads mark it idle while they wait, and a
     /// connection closed for stress ends as on an input timeout.
     pub fn new(io: IO, input_timeout: Duration, deadline: Instant, watch: crate::net::stress::Watch) -> Self {
-        Lines { r: BufReader::new(io), out: Vec::with_capacity(512), input_timeout, deadline, first: true, watch }
+        Lines { r: ElasticReader::new(io), out: Vec::new(), input_timeout, deadline, first: true, watch }
     }
 
     /// Replaces the input timeout (POP3: a shorter one before login).
@@ -119,7 +124,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     }
 
     /// The reader, for protocol data that is not lines (SMTP DATA).
-    pub fn reader(&mut self) -> &mut BufReader<IO> {
+    pub fn reader(&mut self) -> &mut ElasticReader<IO> {
         &mut self.r
     }
 
@@ -151,6 +156,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     ) -> io::Result<Option<Input>> {
         if self.r.buffer().is_empty() {
             self.flush().await?;
+            // About to wait for the client: a reply buffer grown by a large answer
+            // (a LIST, a RETR) is not kept.
+            self.out = Vec::new();
         }
         let until = self.read_deadline();
         self.watch.idle();
@@ -213,24 +221,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lines<IO> {
     ///
     /// # Errors
     /// I/O errors while sending the replies.
-    pub async fn close(mut self) -> io::Result<()> {
+    pub async fn close(&mut self) -> io::Result<()> {
         self.flush().await?;
         let _ = tokio::time::timeout(self.input_timeout, self.r.get_mut().shutdown()).await;
         Ok(())
     }
 
-    /// After the go-ahead for STARTTLS/STLS (`what`) was queued: sends it and hands the
-    /// stream over for the handshake. Whatever the client pipelined after the command
-    /// in clear is thrown away with the buffer, never read after the handshake
-    /// (RFC 3207 §5, RFC 2595 §4, spec/mail.md §3.3).
+    /// After the go-ahead for STARTTLS/STLS (`what`) was queued: sends it; the caller
+    /// then hands the stream over for the handshake with [`Lines::into_inner`].
+    /// Whatever the client pipelined after the command in clear is thrown away with the
+    /// buffer, never read after the handshake (RFC 3207 §5, RFC 2595 §4, spec/mail.md
+    /// §3.3). (Not one `async fn` taking `self`: that future would hold a second copy
+    /// of the stream for the life of every connection.)
     ///
     /// # Errors
     /// I/O errors.
-    pub async fn into_handshake(mut self, what: &str) -> io::Result<IO> {
+    pub async fn before_handshake(&mut self, what: &str) -> io::Result<()> {
         self.flush().await?;
         if !self.r.buffer().is_empty() {
             tracing::info!(bytes = self.r.buffer().len(), "discarded input pipelined after {what}");
         }
-        Ok(self.r.into_inner())
+        Ok(())
+    }
+
+    /// The stream, for the TLS handshake; unread input is dropped.
+    pub fn into_inner(self) -> IO {
+        self.r.into_inner()
     }
 }

@@ -1,6 +1,7 @@
 //! Transport helpers shared by the daemons: TLS setup, bounded line reading, listeners.
 
 pub mod conn;
+pub mod elastic;
 pub mod gate;
 pub mod line;
 pub mod listener;
