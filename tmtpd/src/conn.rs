@@ -8,7 +8,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use common::net::elastic::ElasticReader;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
@@ -46,10 +47,11 @@ where
     let shutdown = ctx.shutdown.clone();
     match ctx.tls.as_ref().filter(|_| implicit_tls) {
         Some(acceptor) => {
-            let stream = common::net::tls::handshake(acceptor, io, login_deadline).await?;
-            run(stream, peer, hub, login_deadline, shutdown).await
+            let stream = Box::pin(common::net::tls::handshake(acceptor, io, login_deadline)).await?;
+            // Boxed: `run` keeps its argument besides what it moved out of it.
+            run(Box::new(stream), peer, hub, login_deadline, shutdown).await
         }
-        None => run(io, peer, hub, login_deadline, shutdown).await,
+        None => run(Box::new(io), peer, hub, login_deadline, shutdown).await,
     }
 }
 
@@ -63,10 +65,11 @@ async fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut reader = ElasticReader::new(reader);
     let (link, acks) = Link::new(Box::new(writer), hub.settings.idle_timeout);
     let mut session = Session::new(hub.clone(), link.clone(), acks);
-    let mut conn = Conn { buf: Vec::with_capacity(4096), hub: &hub, login_deadline, link: &link, shutdown: &shutdown };
+    let mut conn = Conn { buf: Vec::new(), hub: &hub, login_deadline, link: &link, shutdown: &shutdown };
     let end = conn.frames(&mut reader, &mut session).await;
     if let End::Quit(q) = end {
         if q != Quit::LogoutOk {
@@ -96,15 +99,21 @@ impl Conn<'_> {
     }
 
     /// Reads more bytes into the buffer; false at EOF, timeout, shutdown or a failed link.
-    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session) -> bool {
+    /// While the client is silent neither buffer holds memory (issue 16): the reader
+    /// gives its own back ([`ElasticReader`]), and an emptied frame buffer is dropped.
+    async fn fill<R: AsyncBufRead + Unpin>(&mut self, r: &mut R, session: &Session) -> bool {
         let until = self.deadline(session);
-        let mut chunk = [0u8; 16 * 1024];
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
         tokio::select! {
             () = self.shutdown.cancelled() => false,
             () = self.link.closed.cancelled() => false,
-            got = timeout_at(until, r.read(&mut chunk)) => match got {
-                Ok(Ok(n)) if n > 0 => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+            got = timeout_at(until, r.fill_buf()) => match got {
+                Ok(Ok(bytes)) if !bytes.is_empty() => {
+                    let n = bytes.len();
+                    self.buf.extend_from_slice(bytes);
+                    r.consume(n);
                     true
                 }
                 _ => false,
@@ -113,7 +122,7 @@ impl Conn<'_> {
     }
 
     /// Takes exactly `n` bytes (reading as needed), or None when the connection ends.
-    async fn take<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
+    async fn take<R: AsyncBufRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
         while self.buf.len() < n {
             if !self.fill(r, session).await {
                 return None;
@@ -123,7 +132,7 @@ impl Conn<'_> {
     }
 
     /// Moves `n` data bytes into `up` in chunks as they arrive.
-    async fn stream<R: AsyncRead + Unpin>(
+    async fn stream<R: AsyncBufRead + Unpin>(
         &mut self,
         r: &mut R,
         session: &Session,
@@ -146,7 +155,7 @@ impl Conn<'_> {
         Ok(true)
     }
 
-    async fn frames<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &mut Session) -> End {
+    async fn frames<R: AsyncBufRead + Unpin>(&mut self, r: &mut R, session: &mut Session) -> End {
         loop {
             let h = match parse(&self.buf) {
                 Err(q) => return End::Quit(q),
@@ -166,7 +175,9 @@ impl Conn<'_> {
             if let Err(q) = session.admit(h.op).and_then(|()| Session::before_data(&h)) {
                 return End::Quit(q);
             }
-            let step = match self.request(r, session, &h).await {
+            // Boxed: a request's future (the store's) is ~20 KB, and an idle link
+            // should not carry it.
+            let step = match Box::pin(self.request(r, session, &h)).await {
                 Ok(Some(step)) => step,
                 Ok(None) => return End::Silent,
                 Err(e) => {
@@ -193,7 +204,7 @@ impl Conn<'_> {
     }
 
     /// Reads the request's data and runs it. None: the connection ended mid-data.
-    async fn request<R: AsyncRead + Unpin>(
+    async fn request<R: AsyncBufRead + Unpin>(
         &mut self,
         r: &mut R,
         session: &mut Session,
