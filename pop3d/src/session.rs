@@ -257,10 +257,15 @@ impl Maildrop {
         self.live().fold((0, 0), |(n, o), (_, m)| (n + 1, o + m.size))
     }
 
+    /// The index in `messages` of the message numbered `n` unless out of range or deleted.
+    fn index(&self, n: u32) -> Option<usize> {
+        let i = usize::try_from(n).ok()?.checked_sub(1)?;
+        self.messages.get(i).filter(|m| !m.deleted).map(|_| i)
+    }
+
     /// The message numbered `n` unless out of range or deleted.
     fn get(&self, n: u32) -> Option<&Msg> {
-        let i = usize::try_from(n).ok()?.checked_sub(1)?;
-        self.messages.get(i).filter(|m| !m.deleted)
+        self.index(n).map(|i| &self.messages[i])
     }
 
     /// The stored message numbered `n` (present and not deleted): read ahead already, or
@@ -268,8 +273,8 @@ impl Maildrop {
     /// [`READ_AHEAD_OCTETS`] and [`READ_AHEAD_MESSAGES`]. `None` if it is no longer
     /// stored. What was read ahead of an earlier message is dropped.
     async fn retrieve(&mut self, n: u32, store: &Store) -> Result<Option<Retrieved>, common::error::StoreError> {
-        let Some(i) = usize::try_from(n).ok().and_then(|n| n.checked_sub(1)) else { return Ok(None) };
-        let Some(m) = self.messages.get(i).filter(|m| !m.deleted) else { return Ok(None) };
+        let Some(i) = self.index(n) else { return Ok(None) };
+        let m = &self.messages[i];
         let id = m.id;
         if let Some(pos) = self.ahead.iter().position(|(a, _)| *a == id) {
             self.ahead.drain(..pos);
@@ -586,28 +591,23 @@ impl Session {
                 let (n, octets) = md.totals();
                 R(Reply::ok(format!("Maildrop has {n} messages ({octets} octets)")))
             }
-            Command::Retr(i) | Command::Top(i, _) => {
-                if md.get(i).is_none() {
-                    return R(Reply::err(NO_SUCH_MESSAGE));
+            Command::Retr(i) | Command::Top(i, _) => match md.retrieve(i, store).await {
+                Ok(Some(r)) => {
+                    let (status, len) = match cmd {
+                        Command::Top(_, n) => (Reply::ok(""), top_len(&r.body, n)),
+                        _ => {
+                            count_out(stats, &md.address, r.len());
+                            (Reply::ok(format!("{} octets", r.len())), r.body.len())
+                        }
+                    };
+                    Outcome::Message(status, r, len)
                 }
-                match md.retrieve(i, store).await {
-                    Ok(Some(r)) => {
-                        let (status, len) = match cmd {
-                            Command::Top(_, n) => (Reply::ok(""), top_len(&r.body, n)),
-                            _ => {
-                                count_out(stats, &md.address, r.len());
-                                (Reply::ok(format!("{} octets", r.len())), r.body.len())
-                            }
-                        };
-                        Outcome::Message(status, r, len)
-                    }
-                    Ok(None) => R(Reply::err(NO_SUCH_MESSAGE)),
-                    Err(e) => {
-                        tracing::error!(cause = %e, "retrieve failed");
-                        R(Reply::err(SYS_TEMP))
-                    }
+                Ok(None) => R(Reply::err(NO_SUCH_MESSAGE)),
+                Err(e) => {
+                    tracing::error!(cause = %e, "retrieve failed");
+                    R(Reply::err(SYS_TEMP))
                 }
-            }
+            },
             Command::Stls => R(Reply::err(NOT_IN_STATE)),
             _ => R(Reply::err(NOT_IN_STATE)),
         }

@@ -78,6 +78,18 @@ macro_rules! operations {
             crate::store::ops::message_id!($id, &mut *conn, SQL.insert_message, size, created, data)
         }
 
+        /// Deletes the message bodies among `ids` that no copy refers to any more,
+        /// [`ID_CHUNK`](crate::store::sql::ID_CHUNK) per statement.
+        async fn delete_orphans(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            ids: &[i64],
+        ) -> std::result::Result<(), sqlx::Error> {
+            for chunk in crate::store::ops::id_chunks(ids) {
+                chunk.iter().fold(sqlx::query(SQL.delete_orphans), |q, m| q.bind(*m)).execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
         // --- boxes, aliases, nofrom ---
 
         pub(crate) async fn find_box(p: &Pool, address: &str) -> Result<Option<BoxInfo>> {
@@ -279,9 +291,7 @@ macro_rules! operations {
                 sqlx::query(SQL.admin_delete_box_lock).bind(address).execute(&mut *tx).await?;
                 let gone = sqlx::query(SQL.admin_delete_box).bind(address).execute(&mut *tx).await?.rows_affected();
                 let messages: Vec<i64> = messages.into_iter().map(|(m,)| m).collect();
-                for chunk in crate::store::ops::id_chunks(&messages) {
-                    chunk.iter().fold(sqlx::query(SQL.delete_orphans), |q, m| q.bind(*m)).execute(&mut *tx).await?;
-                }
+                delete_orphans(&mut *tx, &messages).await?;
                 Ok(gone > 0)
             }
             .await;
@@ -504,9 +514,7 @@ macro_rules! operations {
                 sqlx::query(SQL.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
                 bodies.sort_unstable();
                 bodies.dedup();
-                for chunk in crate::store::ops::id_chunks(&bodies) {
-                    chunk.iter().fold(sqlx::query(SQL.delete_orphans), |q, m| q.bind(*m)).execute(&mut *tx).await?;
-                }
+                delete_orphans(&mut *tx, &bodies).await?;
                 Ok(Ok(Update::Deleted(count as u64)))
             }
             .await;
