@@ -378,6 +378,33 @@ async fn many_deletions_in_chunks() {
     }
 }
 
+/// mmadmin's box deletion frees the bodies only that box held (in chunks, as the QUIT
+/// does) and keeps a body another box still refers to.
+#[tokio::test]
+async fn deleting_a_box_frees_only_its_own_bodies() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        let shared = Delivery {
+            body: b"shared\r\n",
+            copies: vec![copy("mmondor@example.org", "m-shared"), copy("sales@example.org", "s-shared")],
+        };
+        s.deliver(&shared).await.unwrap();
+        for i in 0..40 {
+            let body = format!("own {i}\r\n").into_bytes();
+            s.deliver(&Delivery { body: &body, copies: vec![copy("mmondor@example.org", &format!("m{i}"))] })
+                .await
+                .unwrap();
+        }
+        assert_eq!(count(&db, "message").await, 41, "{b:?}");
+        s.admin_delete_box("mmondor@example.org").await.unwrap();
+        assert_eq!(count(&db, "message").await, 1, "{b:?}");
+        let sales = s.maildrop("sales@example.org").await.unwrap();
+        assert_eq!(s.retrieve("sales@example.org", sales[0].id).await.unwrap().unwrap().body, b"shared\r\n");
+    }
+}
+
 /// RFC 1939 §6 under a lease: deletions happen only while the lock is still the
 /// session's and unexpired; otherwise nothing is deleted and another holder's lock stays.
 #[tokio::test]
