@@ -24,11 +24,10 @@ Usage: scripts/bench-attack.py [--bin target/release] [--conns 100] [--addrs 25]
 """
 import argparse, os, smtplib, socket, subprocess, tempfile, threading, time
 
+from benchlib import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 def wait_log(path, proc):

@@ -16,18 +16,9 @@ Usage: scripts/bench-idle.py [--connections 10000] [--daemons mmsmtpd,mmpop3d,mm
 """
 import argparse, os, resource, socket, ssl, subprocess, tempfile, time
 
+from benchlib import free_port, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def wait_port(port):
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:

@@ -25,19 +25,10 @@ Usage: scripts/bench-peers.py [--messages 2000] [--size 4096] [--logins 100]
 import argparse, os, poplib, shutil, smtplib, socket, sqlite3, statistics, subprocess
 import tempfile, threading, time
 
+from benchlib import free_port, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def wait_port(port):
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 def ensure_dovecot():
     if shutil.which("dovecot"):

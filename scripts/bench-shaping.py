@@ -11,14 +11,13 @@ Usage: scripts/bench-shaping.py [path/to/mmpop3d]   (default target/release, the
 """
 import os, poplib, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
+from benchlib import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = sys.argv[1] if len(sys.argv) > 1 else next(
     p for p in (os.path.join(ROOT, "target", k, "mmpop3d") for k in ("release", "debug")) if os.path.exists(p))
 PER_CONN, GLOBAL, SIZE, CLIENTS = 256, 1024, 2 * 1024 * 1024, 6
 PASSWORD = "bench"
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 def main():
     tmp = tempfile.mkdtemp(prefix="mmmail-bench-")

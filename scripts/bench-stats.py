@@ -13,10 +13,9 @@ Usage: scripts/bench-stats.py [--clients 8] [--messages 250] [--size 2048] [--ro
 """
 import argparse, json, os, smtplib, socket, sqlite3, subprocess, tempfile, threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def wait_log(path, proc):
     for _ in range(400):

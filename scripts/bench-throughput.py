@@ -14,10 +14,9 @@ Usage: scripts/bench-throughput.py [--clients 8] [--messages 250] [--size 2048]
 """
 import argparse, os, poplib, smtplib, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, wait_port
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def vmhwm(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -25,14 +24,6 @@ def vmhwm(pid):
             if line.startswith("VmHWM:"):
                 return line.split()[1] + " kB"
     return "?"
-
-def wait_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 def main():
     ap = argparse.ArgumentParser()

@@ -21,6 +21,8 @@ counts (a quick look).
 """
 import argparse, os, re, socket, subprocess, sys, tempfile, time
 
+from benchlib import free_port
+
 LOADS = [(100, 1, "0"), (100, 2, "0.02"), (1000, 1, "0.05")]
 
 def table(a, passthrough):
@@ -40,9 +42,6 @@ def table(a, passthrough):
         print("| " + " | ".join(row) + " |", flush=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 def main():
     ap = argparse.ArgumentParser()
