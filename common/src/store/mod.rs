@@ -12,6 +12,7 @@ mod backends;
 mod health;
 pub mod migrate;
 pub mod model;
+pub mod nodelay;
 mod ops;
 mod sql;
 mod tmtp;
@@ -266,10 +267,17 @@ impl Store {
             probe::<sqlx::PgConnection>(&opts, &place, timeout).await?;
             // The probe was the first connection; the pool opens its own as needed.
             let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
+            let port = opts.get_port();
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
+                .after_connect(move |_, _| {
+                    Box::pin(async move {
+                        nodelay::after_connect(port).await;
+                        Ok(())
+                    })
+                })
                 .before_acquire(move |conn: &mut sqlx::PgConnection, _| {
                     let server = server.clone();
                     Box::pin(async move { Ok(health::ping(conn, &server).await) })
@@ -282,10 +290,17 @@ impl Store {
             probe::<sqlx::MySqlConnection>(&opts, &place, timeout).await?;
             // The probe was the first connection; the pool opens its own as needed.
             let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
+            let port = opts.get_port();
             let pool = MySqlPoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
+                .after_connect(move |_, _| {
+                    Box::pin(async move {
+                        nodelay::after_connect(port).await;
+                        Ok(())
+                    })
+                })
                 .before_acquire(move |conn: &mut sqlx::MySqlConnection, _| {
                     let server = server.clone();
                     Box::pin(async move { Ok(health::ping(conn, &server).await) })
