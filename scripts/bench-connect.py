@@ -11,37 +11,11 @@ every client is done or 30 s passed. Needs `ulimit -n` above 2 x CLIENTS.
 
 Usage: scripts/bench-connect.py [--clients 1000] [--backlogs 128,default] [--bin DIR]
 """
-import argparse, os, selectors, socket, statistics, subprocess, tempfile, time
+import argparse, os, statistics, subprocess, tempfile, time
 
-from benchlib import free_port, wait_port
+from benchlib import burst, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-def burst(port, n, limit=30.0):
-    """Opens n non-blocking connections in one tight loop (a real burst of SYNs), then
-    waits for each greeting; returns (seconds from the burst's start, greeted) each."""
-    socks = []
-    t0 = time.monotonic()
-    for _ in range(n):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.1", port))
-        socks.append(s)
-    sel = selectors.DefaultSelector()
-    for i, s in enumerate(socks):
-        sel.register(s, selectors.EVENT_READ, i)
-    done = {}
-    while len(done) < n and time.monotonic() - t0 < limit:
-        for key, _ in sel.select(timeout=0.5):
-            try:
-                data = key.fileobj.recv(512)
-            except OSError:
-                data = b""
-            done[key.data] = (time.monotonic() - t0, data.startswith(b"220"))
-            sel.unregister(key.fileobj)
-    for s in socks:
-        s.close()
-    return [done.get(i, (limit, False)) for i in range(n)]
 
 def main():
     ap = argparse.ArgumentParser()

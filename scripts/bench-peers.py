@@ -1,37 +1,47 @@
 #!/usr/bin/env python3
-"""mmpop3d side by side with Dovecot (issue 16): the same POP3 client against both.
+"""mmmail side by side with Postfix and Dovecot (issue 16): the same clients against both.
 
-Dovecot comes from Debian (dovecot-pop3d; installed if missing, with policy-rc.d
-keeping the system instance from starting). It runs as a private instance: its own
-configuration, base and state directories under a temporary directory, loopback on a
-free high port, a passwd-file holding the very Argon2id hash mmpasswd makes (m=64 MiB,
-t=3, p=1; Dovecot verifies it with libsodium), a Maildir it serves; it is stopped at
-the end. mmpop3d runs on SQLite, and on PostgreSQL / MariaDB when --postgres /
---mysql name a server where a scratch database may be created; its messages arrive
-through mmsmtpd. Rounds are interleaved; the table gives medians and ratios to Dovecot
-(above 1: mmmail is faster).
+Postfix 3.7 and Dovecot 2.3 come from Debian (postfix, dovecot-pop3d; installed if
+missing, with policy-rc.d keeping the system instances from starting). Each runs as a
+private instance: its own configuration and directories under a temporary directory,
+loopback on free high ports (never port 25), stopped at the end. Postfix delivers
+through virtual(8) into the Maildirs Dovecot serves; Dovecot's passwd-file holds the
+very Argon2id hash mmpasswd makes (m=64 MiB, t=3, p=1; Dovecot verifies it with
+libsodium). mmmail runs mmsmtpd and mmpop3d with mmstatd counting, on SQLite, and on
+PostgreSQL / MariaDB when --postgres / --mysql name a server where a scratch database may
+be created. Rounds are interleaved; the table gives medians and ratios to Postfix /
+Dovecot (above 1: mmmail is better).
 
-Workloads:
-  * one POP3 session: RETR and DELE of each of MESSAGES messages of SIZE bytes, one
-    command at a time, then QUIT (messages/s);
-  * LOGINS sequential logins (USER/PASS) each followed by QUIT (ms per login).
+Workloads, each round, each server:
+  * SMTP intake: Postfix's own smtp-source, 20 sessions in parallel, one message per
+    connection: MESSAGES messages of SIZE bytes to one box, then BIG messages of 100 KiB
+    to another (messages/s, time until the last 250);
+  * POP3, one session: RETR and DELE of each of the MESSAGES messages, one command at a
+    time, then QUIT (messages/s, the QUIT included);
+  * POP3, ten sessions at once, each RETR+DELE of 200 messages of SIZE bytes in a box
+    of its own (messages/s in all);
+  * LOGINS sequential POP3 logins (USER/PASS) each followed by QUIT (ms per login);
+  * a burst of BURST clients connecting at once to the SMTP and to the POP3 port, each
+    saying QUIT once greeted (how many greeted within 2 s, the slowest).
+The POP3 client is a lean one of our own (benchlib.Pop3): poplib's line-by-line
+reading cost more per message than either server.
 
-Postfix (the SMTP side of the issue) is not part of this script yet. mmstatd is not
-running during the runs (the daemons' counting datagrams go nowhere).
-
-Usage: scripts/bench-peers.py [--messages 2000] [--size 4096] [--logins 100]
-                              [--rounds 3] [--postgres URL] [--mysql URL] [--bin DIR]
+Usage: scripts/bench-peers.py [--messages 2000] [--size 4096] [--big 200] [--logins 100]
+                              [--burst 1000] [--rounds 3] [--postgres URL] [--mysql URL]
+                              [--bin DIR]
 """
-import argparse, os, poplib, shutil, smtplib, socket, sqlite3, statistics, subprocess
-import tempfile, threading, time
+import argparse, os, pwd, shutil, statistics, subprocess, tempfile, threading, time
 
-from benchlib import free_port, wait_port
+from benchlib import Mmmail, Pop3, burst, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
+SESSIONS, PER_SESSION = 10, 200
+BOXES = ["bench", "big"] + [f"s{i}" for i in range(SESSIONS)]
 
-def ensure_dovecot():
-    if shutil.which("dovecot"):
+def ensure(binary, package, debconf=None):
+    """Installs Debian's `package` unless `binary` is there, never starting its service."""
+    if shutil.which(binary):
         return
     guard, made = "/usr/sbin/policy-rc.d", False
     if not os.path.exists(guard):
@@ -39,45 +49,85 @@ def ensure_dovecot():
             f.write("#!/bin/sh\nexit 101\n")
         os.chmod(guard, 0o755); made = True
     try:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "dovecot-pop3d"], check=True,
+        if debconf:
+            subprocess.run(["debconf-set-selections"], input=debconf, text=True, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
     finally:
         if made:
             os.remove(guard)
 
-def body(size):
-    return ("Subject: bench\r\n\r\n" + ("x" * 70 + "\r\n") * (size // 72)).encode()
+def smtp_source(port, count, size, rcpt, sessions=20):
+    """Seconds for smtp-source to deliver `count` messages of `size` payload bytes."""
+    t = time.monotonic()
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size), "-f", "load@bench.test",
+                    "-t", f"{rcpt}@bench.test", f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - t
 
-def pop3_session(port, user):
-    """Seconds for RETR+DELE of every message and the QUIT; the message count."""
-    p = poplib.POP3("127.0.0.1", port, timeout=300)
-    p.user(user); p.pass_("bench")
-    count, _ = p.stat()
+def pop3_session(port, box, expect):
+    """Seconds for RETR+DELE of every message of `box` and the QUIT."""
+    p = Pop3(port, f"{box}@bench.test", "bench")
+    count = p.stat()
+    if count != expect:
+        raise SystemExit(f"{box}: {count} messages listed on port {port}, {expect} expected")
     t = time.monotonic()
     for i in range(1, count + 1):
-        p.retr(i); p.dele(i)
+        p.multi(f"RETR {i}"); p.cmd(f"DELE {i}")
     p.quit()
-    return time.monotonic() - t, count
+    return time.monotonic() - t
 
-def logins(port, user, n):
+def drain(port, box):
+    """Deletes every message of `box` (DELE only)."""
+    p = Pop3(port, f"{box}@bench.test", "bench")
+    for i in range(1, p.stat() + 1):
+        p.cmd(f"DELE {i}")
+    p.quit()
+
+def ten_sessions(port):
+    """Messages/s of SESSIONS parallel sessions, each emptying its own box."""
+    walls, errors = [], []
+    def run(i):
+        try:
+            walls.append(pop3_session(port, f"s{i}", PER_SESSION))
+        except BaseException as e:
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(SESSIONS)]
+    t = time.monotonic()
+    for th in threads: th.start()
+    for th in threads: th.join()
+    if errors:
+        raise SystemExit(f"ten sessions: {errors[0]}")
+    return SESSIONS * PER_SESSION / (time.monotonic() - t)
+
+def logins(port, n):
     """Milliseconds per login + QUIT, n in a row."""
     t = time.monotonic()
     for _ in range(n):
-        p = poplib.POP3("127.0.0.1", port, timeout=60)
-        p.user(user); p.pass_("bench"); p.quit()
+        Pop3(port, "bench@bench.test", "bench").quit()
     return (time.monotonic() - t) * 1000 / n
 
-class Dovecot:
+def burst_figures(port, n):
+    """(greeted within 2 s, slowest greeting in seconds) for n clients at once."""
+    results = burst(port, n, hold=False)
+    waits = [t for t, ok in results if ok]
+    return sum(1 for t in waits if t <= 2.0), (max(waits) if len(waits) == n else float("inf"))
+
+class Peers:
+    """Postfix delivering into Dovecot's Maildirs, Dovecot serving them."""
+    name = "Postfix / Dovecot"
+
     def __init__(self, tmp, hashed):
-        self.dir = os.path.join(tmp, "dovecot")
-        for d in ("run", "state", "mail"):
+        self.dir = os.path.join(tmp, "peers")
+        self.mail = os.path.join(self.dir, "mail")
+        for d in ("run", "state", "mail", "pf/conf", "pf/spool", "pf/data"):
             os.makedirs(os.path.join(self.dir, d), exist_ok=True)
         os.chmod(tmp, 0o755); os.chmod(self.dir, 0o755)
-        self.port = free_port()
+        os.chown(self.mail, NOBODY, NOBODY)
+        self.port, self.smtp_port = free_port(), free_port()
+        self.dovecot_conf = os.path.join(self.dir, "dovecot.conf")
         with open(os.path.join(self.dir, "passwd"), "w") as f:
-            f.write(f"bench@bench.test:{{ARGON2ID}}{hashed}\n")
-        self.conf = os.path.join(self.dir, "dovecot.conf")
-        with open(self.conf, "w") as f:
+            f.writelines(f"{b}@bench.test:{{ARGON2ID}}{hashed}\n" for b in BOXES)
+        with open(self.dovecot_conf, "w") as f:
             f.write(f"""protocols = pop3
 listen = 127.0.0.1
 base_dir = {self.dir}/run
@@ -92,7 +142,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid={NOBODY} gid={NOBODY} home={self.dir}/mail/%u
+  args = uid={NOBODY} gid={NOBODY} home={self.mail}/%u
 }}
 mail_location = maildir:~/Maildir
 first_valid_uid = 1
@@ -110,141 +160,164 @@ service imap-login {{
   }}
 }}
 """)
-        subprocess.run(["dovecot", "-c", self.conf], check=True, stdin=subprocess.DEVNULL,
+        pf = os.path.join(self.dir, "pf")
+        self.pf_conf = os.path.join(pf, "conf")
+        owner = pwd.getpwnam("postfix")
+        os.chown(os.path.join(pf, "data"), owner.pw_uid, owner.pw_gid)
+        with open(os.path.join(self.pf_conf, "vmailbox"), "w") as f:
+            f.writelines(f"{b}@bench.test {b}@bench.test/Maildir/\n" for b in BOXES)
+        with open(os.path.join(self.pf_conf, "main.cf"), "w") as f:
+            f.write(f"""compatibility_level = 3.6
+queue_directory = {pf}/spool
+data_directory = {pf}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.test
+mydomain = bench.test
+myorigin = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = bench.test
+virtual_mailbox_base = {self.mail}
+virtual_mailbox_maps = texthash:{self.pf_conf}/vmailbox
+virtual_uid_maps = static:{NOBODY}
+virtual_gid_maps = static:{NOBODY}
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+smtputf8_enable = no
+maillog_file_prefixes = {pf}
+maillog_file = {pf}/maillog
+""")
+        services = ["pickup unix n - n 60 1 pickup", "cleanup unix n - n - 0 cleanup", "qmgr unix n - n 300 1 qmgr",
+                    "rewrite unix - - n - - trivial-rewrite", "bounce unix - - n - 0 bounce",
+                    "defer unix - - n - 0 bounce", "trace unix - - n - 0 bounce", "verify unix - - n - 1 verify",
+                    "flush unix n - n 1000? 0 flush", "proxymap unix - - n - - proxymap",
+                    "smtp unix - - n - - smtp", "relay unix - - n - - smtp", "showq unix n - n - - showq",
+                    "error unix - - n - - error", "retry unix - - n - - error", "discard unix - - n - - discard",
+                    "local unix - n n - - local", "virtual unix - n n - - virtual", "anvil unix - - n - 1 anvil",
+                    "scache unix - - n - 1 scache", "postlog unix-dgram n - n - 1 postlogd"]
+        with open(os.path.join(self.pf_conf, "master.cf"), "w") as f:
+            f.write(f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd\n" + "\n".join(services) + "\n")
+        subprocess.run(["dovecot", "-c", self.dovecot_conf], check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        self.postfix("start")
+        wait_port(self.port); wait_port(self.smtp_port)
 
-    def fill(self, n, size):
-        md = os.path.join(self.dir, "mail", "bench@bench.test", "Maildir")
-        shutil.rmtree(md, ignore_errors=True)
-        for d in ("new", "cur", "tmp"):
-            os.makedirs(os.path.join(md, d))
-        data = body(size)
-        for i in range(n):
-            with open(os.path.join(md, "new", f"{int(time.time())}.M{i}P1.bench"), "wb") as f:
-                f.write(data)
-        for root, dirs, files in os.walk(os.path.join(self.dir, "mail")):
-            for x in dirs + files:
-                os.chown(os.path.join(root, x), NOBODY, NOBODY)
-        os.chown(os.path.join(self.dir, "mail"), NOBODY, NOBODY)
+    def postfix(self, what):
+        subprocess.run(["postfix", "-c", self.pf_conf, what], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=what == "start")
+
+    def delivered(self, box, count, seconds=300):
+        """Waits until virtual(8) has put `count` messages into `box`'s Maildir."""
+        new = os.path.join(self.mail, f"{box}@bench.test", "Maildir", "new")
+        for _ in range(seconds * 20):
+            if os.path.isdir(new) and len(os.listdir(new)) >= count:
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"Postfix delivered {len(os.listdir(new)) if os.path.isdir(new) else 0} of {count} to {box}")
 
     def stop(self):
-        subprocess.run(["dovecot", "-c", self.conf, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.postfix("stop")
+        subprocess.run(["dovecot", "-c", self.dovecot_conf, "stop"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
 
-class Mmmail:
+class Ours:
+    """mmsmtpd and mmpop3d with mmstatd counting, on one backend."""
     def __init__(self, tmp, bindir, backend, url, hashed):
-        self.name = f"mmmail {backend}"
-        self.backend, self.admin_url = backend, url
-        self.db = f"mmmail_peers_{os.getpid()}"
-        if backend == "sqlite":
-            db_url = f"sqlite://{tmp}/peers.db"
-        else:
-            base = url.rpartition("/")[0]
-            self.host = url.split("@")[-1].split("/")[0].split(":")[0]
-            self.admin(f"create database {self.db}", admin_db=True)
-            db_url = f"{base}/{self.db}"
-        self.db_url, self.tmp = db_url, tmp
-        root_ok = "[privileges]\nallow_root = true\n" if os.geteuid() == 0 else ""
-        limits = "[limits]\nmax_per_address = 0\nconnection_rate = 0\nerror_delay = 0\nmax_clients = 1000\n"
-        self.smtp_port, self.port = free_port(), free_port()
-        self.procs = []
-        for daemon, port, extra in (("mmsmtpd", self.smtp_port, "[smtpd]\nflood_messages = 0\n"),
-                                    ("mmpop3d", self.port, "[bans]\nenabled = false\n")):
-            cfg = os.path.join(tmp, f"{daemon}-{backend}.toml")
-            with open(cfg, "w") as f:
-                f.write(f'[server]\nname = "bench.test"\n[database]\nurl = "{db_url}"\n'
-                        f'[listen]\naddresses = ["127.0.0.1:{port}"]\n{limits}{extra}{root_ok}')
-            self.procs.append(subprocess.Popen([os.path.join(bindir, daemon), "-c", cfg], stdout=subprocess.DEVNULL,
-                                               stderr=open(os.path.join(tmp, f"{daemon}-{backend}.log"), "w")))
-            wait_port(port)
-        user = "`user`" if backend == "mysql" else '"user"'
-        seed = (f"insert into {user} (user_name, user_passwd) values ('bench', '{hashed}');"
-                "insert into box (box_address, box_user) values ('bench@bench.test', 1);")
-        # The daemons listen before their migrations are done: retry until the schema is there.
-        for attempt in range(60):
-            try:
-                self.admin(seed, quiet=True); break
-            except (subprocess.CalledProcessError, sqlite3.Error):
-                if attempt == 59:
-                    self.stop(); raise
-                time.sleep(0.5)
+        self.mm = Mmmail(tmp, bindir, backend, url, boxes=BOXES, hashed=hashed, statd=True)
+        self.name, self.port, self.smtp_port = self.mm.name, self.mm.port, self.mm.smtp_port
 
-    def admin(self, sql, admin_db=False, quiet=False):
-        err = subprocess.DEVNULL if quiet else None
-        if self.backend == "sqlite":
-            c = sqlite3.connect(f"{self.tmp}/peers.db")
-            try:
-                c.executescript(sql); c.commit()
-            finally:
-                c.close()
-        elif self.backend == "postgres":
-            subprocess.run(["psql", self.admin_url if admin_db else self.db_url, "-v", "ON_ERROR_STOP=1", "-qc", sql],
-                           check=True, stderr=err)
-        else:
-            args = ["mysql", "-uroot", "-h", self.host] + ([] if admin_db else [self.db])
-            subprocess.run(args + ["-e", sql], check=True, stderr=err)
-
-    def fill(self, n, size):
-        data, per = body(size), 8
-        def client(k):
-            s = smtplib.SMTP("127.0.0.1", self.smtp_port, local_hostname="bench.test", timeout=60)
-            for _ in range(k):
-                s.sendmail("load@bench.test", ["bench@bench.test"], data)
-            s.quit()
-        threads = [threading.Thread(target=client, args=(n // per + (1 if i < n % per else 0),)) for i in range(per)]
-        for t in threads: t.start()
-        for t in threads: t.join()
+    def delivered(self, box, count):
+        pass  # mmsmtpd answers 250 only once the message is stored in the box
 
     def stop(self):
-        for p in self.procs:
-            p.terminate(); p.wait()
-        if self.backend == "postgres":
-            subprocess.run(["psql", self.admin_url, "-qc", f"drop database if exists {self.db} with (force)"])
-        elif self.backend == "mysql":
-            subprocess.run(["mysql", "-uroot", "-h", self.host, "-e", f"drop database if exists {self.db}"])
+        self.mm.stop()
+
+COLUMNS = [("intake", "SMTP intake, {messages} x {size} B, 20 sessions (msg/s)", True),
+           ("intake_big", "SMTP intake, {big} x 100 KiB, 20 sessions (msg/s)", True),
+           ("one", "POP3, one session RETR+DELE {messages} x {size} B (msg/s)", True),
+           ("ten", "POP3, 10 sessions x 200 (msg/s)", True),
+           ("login", "{logins} sequential logins + QUIT (ms each)", False),
+           ("burst_smtp", "{burst} clients connecting at once, SMTP", False),
+           ("burst_pop3", "{burst} clients connecting at once, POP3", False)]
+
+def one_round(s, a):
+    fig = {}
+    fig["intake"] = a.messages / smtp_source(s.smtp_port, a.messages, a.size, "bench")
+    fig["intake_big"] = a.big / smtp_source(s.smtp_port, a.big, 102400, "big")
+    s.delivered("bench", a.messages)
+    fig["one"] = a.messages / pop3_session(s.port, "bench", a.messages)
+    s.delivered("big", a.big)
+    drain(s.port, "big")
+    fill = [threading.Thread(target=smtp_source, args=(s.smtp_port, PER_SESSION, a.size, f"s{i}", 2))
+            for i in range(SESSIONS)]
+    for th in fill: th.start()
+    for th in fill: th.join()
+    for i in range(SESSIONS):
+        s.delivered(f"s{i}", PER_SESSION)
+    fig["ten"] = ten_sessions(s.port)
+    fig["login"] = logins(s.port, a.logins)
+    greeted, fig["burst_smtp"] = burst_figures(s.smtp_port, a.burst)
+    fig["burst_smtp_2s"] = greeted
+    greeted, fig["burst_pop3"] = burst_figures(s.port, a.burst)
+    fig["burst_pop3_2s"] = greeted
+    return fig
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--big", type=int, default=200)
     ap.add_argument("--logins", type=int, default=100)
+    ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--postgres"); ap.add_argument("--mysql")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
     a = ap.parse_args()
-    ensure_dovecot()
+    ensure("dovecot", "dovecot-pop3d")
+    ensure("postfix", "postfix", "postfix postfix/main_mailer_type select No configuration\n")
     tmp = tempfile.mkdtemp(prefix="mmmail-peers-")
     hashed = subprocess.run([os.path.join(a.bin, "mmpasswd"), "--stdin"], input="bench\n",
                             capture_output=True, text=True, check=True).stdout.strip()
-    peers = []
+    servers = []
     try:
-        peers.append(("Dovecot", Dovecot(tmp, hashed)))
+        servers.append(Peers(tmp, hashed))
         for backend, url in (("sqlite", None), ("postgres", a.postgres), ("mysql", a.mysql)):
             if backend == "sqlite" or url:
-                peers.append((f"mmmail {backend}", Mmmail(tmp, a.bin, backend, url, hashed)))
-        session = {name: [] for name, _ in peers}
-        login = {name: [] for name, _ in peers}
+                servers.append(Ours(tmp, a.bin, backend, url, hashed))
+        figs = {s.name: [] for s in servers}
         for r in range(a.rounds):
-            for name, peer in peers:
-                peer.fill(a.messages, a.size)
-                wall, count = pop3_session(peer.port, "bench@bench.test")
-                if count != a.messages:
-                    raise SystemExit(f"{name}: {count} messages listed, {a.messages} expected")
-                session[name].append(count / wall)
-                login[name].append(logins(peer.port, "bench@bench.test", a.logins))
-            print(f"round {r + 1}: " + ", ".join(f"{n} {session[n][-1]:.0f} msg/s {login[n][-1]:.0f} ms"
-                                                for n, _ in peers), flush=True)
-        ref_s, ref_l = statistics.median(session["Dovecot"]), statistics.median(login["Dovecot"])
-        print(f"\nPOP3, one session RETR+DELE {a.messages} x {a.size} B, and {a.logins} sequential logins + QUIT; "
-              f"medians of {a.rounds} interleaved rounds")
-        print("| server | messages/s | vs Dovecot | ms per login | vs Dovecot |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-        for name, _ in peers:
-            s, l = statistics.median(session[name]), statistics.median(login[name])
-            print(f"| {name} | {s:.0f} | {s / ref_s:.2f}x | {l:.0f} | {ref_l / l:.2f}x |")
+            for s in servers:
+                figs[s.name].append(one_round(s, a))
+                f = figs[s.name][-1]
+                print(f"round {r + 1}, {s.name}: " + ", ".join(f"{k} {f[k]:.3g}" for k in sorted(f)), flush=True)
+        med = {name: {k: statistics.median(f[k] for f in rounds) for k in rounds[0]} for name, rounds in figs.items()}
+        ref = med[servers[0].name]
+        print(f"\nmedians of {a.rounds} interleaved rounds; ratios to {servers[0].name} (above 1: better); "
+              "mmstatd counting for mmmail")
+        print("| workload | " + " | ".join(s.name for s in servers) + " |")
+        print("| --- |" + " ---: |" * len(servers))
+        for key, label, higher in COLUMNS:
+            cells = []
+            for s in servers:
+                v = med[s.name][key]
+                if key.startswith("burst"):
+                    within = med[s.name][key + "_2s"]
+                    cell = (f"{within:.0f} within 2 s, slowest {v:.2f} s" if v != float("inf")
+                            else f"{within:.0f} within 2 s, not all greeted within 30 s")
+                else:
+                    cell = f"{v:.0f}"
+                    if s is not servers[0] and v and ref[key]:
+                        cell += f" · {(v / ref[key] if higher else ref[key] / v):.2f}x"
+                cells.append(cell)
+            print(f"| {label.format(**vars(a))} | " + " | ".join(cells) + " |")
     finally:
-        for _, peer in peers:
-            peer.stop()
+        for s in servers:
+            s.stop()
 
 if __name__ == "__main__":
     main()
