@@ -94,12 +94,27 @@ impl DataReceiver {
     /// them unless the end of data was found) and, once the end was found, the result.
     /// Bytes after the end marker are not consumed: they are the next commands.
     pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Received>) {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            // Inside a line with no CR pending, everything up to the next CR or LF is
+            // plain message text: taken as one run.
+            if !self.pending_cr && !self.line_start {
+                let rest = &input[i..];
+                let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                if run > 0 {
+                    self.emit(&rest[..run]);
+                    self.line_len += run;
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             if self.pending_cr {
                 self.pending_cr = false;
                 if b == b'\n' {
                     if self.dot_line && self.line_len == 0 {
-                        return (i + 1, Some(self.finish()));
+                        return (i, Some(self.finish()));
                     }
                     self.emit(b"\r\n");
                     self.lines += 1;
@@ -173,20 +188,32 @@ impl ChunkReceiver {
 
     /// Appends octets of a chunk (any part of one).
     pub fn feed(&mut self, input: &[u8]) {
-        for &b in input {
-            if self.pending_cr {
-                self.pending_cr = false;
-                if b == b'\n' {
-                    self.lines += 1;
-                    continue;
-                }
+        // Only the CRs and LFs matter here: `next` is the first octet not yet looked at.
+        let mut next = 0;
+        for p in memchr::memchr2_iter(b'\r', b'\n', input) {
+            if self.pending_cr && p > next {
+                // The pending CR was followed by an ordinary octet.
                 self.bare = true;
+                self.pending_cr = false;
             }
-            match b {
-                b'\r' => self.pending_cr = true,
-                b'\n' => self.bare = true,
-                _ => {}
+            if input[p] == b'\n' {
+                if self.pending_cr {
+                    self.lines += 1;
+                    self.pending_cr = false;
+                } else {
+                    self.bare = true;
+                }
+            } else {
+                if self.pending_cr {
+                    self.bare = true;
+                }
+                self.pending_cr = true;
             }
+            next = p + 1;
+        }
+        if self.pending_cr && next < input.len() {
+            self.bare = true;
+            self.pending_cr = false;
         }
         if self.too_big {
             return;
@@ -368,5 +395,102 @@ mod tests {
         let two = DataLimits { max_size: 1000, max_lines: 2 };
         assert!(!every_split(b"a\r\nb\r\n.\r\n", two).unwrap().0.too_big);
         assert!(every_split(b"a\r\nb\r\nc\r\n.\r\n", two).unwrap().0.too_big);
+    }
+
+    /// RFC 5321 §4.5.2 octet by octet, the plain definition the receivers' fast paths
+    /// must agree with: (octets consumed, message, too big, bare line end), or `None`
+    /// when the end marker never came.
+    fn data_by_octet(input: &[u8], limits: DataLimits) -> Option<(usize, Vec<u8>, bool, bool)> {
+        let (mut msg, mut lines, mut too_big, mut bare) = (Vec::new(), 0, false, false);
+        let (mut line_start, mut dot_line, mut line_len) = (true, false, 0);
+        let mut i = 0;
+        let put = |msg: &mut Vec<u8>, too_big: &mut bool, b: &[u8]| {
+            if !*too_big {
+                if msg.len() + b.len() > limits.max_size {
+                    *too_big = true;
+                    msg.clear();
+                } else {
+                    msg.extend_from_slice(b);
+                }
+            }
+        };
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            if line_start && b == b'.' {
+                line_start = false;
+                dot_line = true;
+                continue;
+            }
+            line_start = false;
+            if b == b'\r' && input.get(i) == Some(&b'\n') {
+                i += 1;
+                if dot_line && line_len == 0 {
+                    return Some((i, msg, too_big, bare));
+                }
+                put(&mut msg, &mut too_big, b"\r\n");
+                lines += 1;
+                if lines > limits.max_lines && !too_big {
+                    too_big = true;
+                    msg.clear();
+                }
+                (line_start, dot_line, line_len) = (true, false, 0);
+                continue;
+            }
+            bare |= b == b'\r' || b == b'\n';
+            put(&mut msg, &mut too_big, &[b]);
+            line_len += 1;
+        }
+        None
+    }
+
+    /// Inputs rich in what matters to the receivers: CR, LF, dots, and plain runs.
+    fn noisy_inputs() -> impl Iterator<Item = Vec<u8>> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        (0..3000).map(move |_| {
+            let len = (next() % 120) as usize;
+            (0..len)
+                .map(|_| match next() % 10 {
+                    0..=2 => b'\r',
+                    3..=5 => b'\n',
+                    6 | 7 => b'.',
+                    _ => b'a',
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_octet_by_octet_definition() {
+        for limits in [LIMITS, DataLimits { max_size: 30, max_lines: 4 }] {
+            for input in noisy_inputs() {
+                let want = data_by_octet(&input, limits);
+                for split in [0, input.len() / 3, input.len() / 2, input.len()] {
+                    let got = run(&input, split, limits)
+                        .map(|(r, rest)| (input.len() - rest.len(), r.message, r.too_big, r.bare_line_end));
+                    assert_eq!(got, want, "{input:?} split at {split}");
+                }
+                // BDAT: the same octets are the message as they are.
+                let lines = input.windows(2).filter(|w| w == b"\r\n").count();
+                let crlf_only = input.iter().enumerate().all(|(i, &b)| match b {
+                    b'\r' => input.get(i + 1) == Some(&b'\n'),
+                    b'\n' => i > 0 && input[i - 1] == b'\r',
+                    _ => true,
+                });
+                let too_big = input.len() > limits.max_size || lines > limits.max_lines;
+                for cut in [0, input.len() / 3, input.len() / 2, input.len()] {
+                    let r = chunked(&input, &[cut], limits);
+                    assert_eq!(r.bare_line_end, !crlf_only, "{input:?} cut at {cut}");
+                    assert_eq!(r.too_big, too_big, "{input:?} cut at {cut}");
+                    assert_eq!(r.message, if too_big { Vec::new() } else { input.clone() });
+                }
+            }
+        }
     }
 }
