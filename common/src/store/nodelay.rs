@@ -12,32 +12,58 @@
 //! So after sqlx has made a connection, every TCP socket of this process whose peer is
 //! the database server's port and which lacks the option gets it. The sockets are
 //! reached through duplicates taken with `pidfd_getfd(2)` (Linux 5.6), which needs no
-//! unsafe code; setting an option on a duplicate sets it on the socket itself. The
-//! numbers to try come from `/proc/self/fd`, or, where that cannot be read (a chroot; a
-//! daemon that changed its user, whose /proc entries then belong to root), every number
-//! below the open-files limit (at most 65,536: some tens of milliseconds, on a blocking
-//! thread, once per new database connection).
+//! unsafe code; setting an option on a duplicate sets it on the socket itself. Only
+//! descriptors that `/proc/self/fd` shows as sockets are duplicated: closing a duplicate
+//! of a file would drop the process's POSIX locks on it, and SQLite's locks with them. A
+//! daemon that changed its user is not dumpable and cannot read its own `/proc` entries,
+//! so it is made dumpable for the moment of the listing. In a chroot without `/proc`
+//! the option is not set, and a warning says so once.
 
 /// Calls `f` with each TCP socket of this process connected to remote `port` (through
 /// a duplicate of its descriptor). Sockets that go away meanwhile, and descriptors that
 /// are not TCP sockets, are skipped.
 ///
 /// # Errors
-/// The `pidfd_open(2)`/`pidfd_getfd(2)` calls are not available (Linux before 5.6, a
-/// seccomp filter): `ENOSYS`, `EPERM`.
+/// `/proc/self/fd` cannot be listed (see [`socket_descriptors`]); the
+/// `pidfd_open(2)`/`pidfd_getfd(2)` calls are not available (Linux before 5.6, a seccomp
+/// filter): `ENOSYS`, `EPERM`.
 #[cfg(target_os = "linux")]
 fn each_connection_to(port: u16, f: impl FnMut(socket2::SockRef<'_>)) -> std::io::Result<()> {
-    match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => {
-            let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-            each_connection_among(fds.into_iter(), port, f)
+    each_connection_among(socket_descriptors()?.into_iter(), port, f)
+}
+
+/// The descriptor numbers of this process's sockets, from `/proc/self/fd`. Only sockets
+/// may be duplicated: closing a duplicate of a file drops every POSIX record lock the
+/// process holds on that file (fcntl(2)), SQLite's among them.
+///
+/// # Errors
+/// `/proc` is not mounted (a chroot), or the listing failed.
+#[cfg(target_os = "linux")]
+fn socket_descriptors() -> std::io::Result<Vec<i32>> {
+    use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
+
+    fn list() -> std::io::Result<Vec<i32>> {
+        let mut fds = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fd")? {
+            let entry = entry?;
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else { continue };
+            if std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
+                fds.push(fd);
+            }
         }
-        // Not mounted (a chroot), or not readable (a process that changed its user is
-        // not dumpable, and its /proc entries then belong to root).
-        Err(_) => {
-            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(65_536);
-            each_connection_among(0..i32::try_from(limit.min(65_536)).unwrap_or(65_536), port, f)
+        Ok(fds)
+    }
+    match list() {
+        // A daemon that changed its user is not dumpable, and its /proc entries then
+        // belong to root: dumpable again for the moment of the listing.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let before = dumpable_behavior()?;
+            set_dumpable_behavior(DumpableBehavior::Dumpable)?;
+            let listed = list();
+            set_dumpable_behavior(before)?;
+            listed
         }
+        other => other,
     }
 }
 
@@ -63,6 +89,13 @@ fn each_connection_among(
         };
         usable = true;
         let sock = socket2::SockRef::from(&copy);
+        if sock.r#type().is_err() {
+            // The number was a socket's when listed and is now a file's (closed and
+            // reused meanwhile): keep the duplicate open rather than drop the
+            // process's locks on that file. Rare, and one descriptor each time.
+            std::mem::forget(copy);
+            continue;
+        }
         if sock.peer_addr().ok().and_then(|a| a.as_socket()).is_some_and(|a| a.port() == port) {
             f(sock);
         }
@@ -139,20 +172,5 @@ mod tests {
         assert!(to_server.nodelay().unwrap());
         assert!(!to_other.nodelay().unwrap());
         assert_eq!(set_on_connections_to(server.local_addr().unwrap().port()).unwrap(), 0);
-    }
-
-    /// Without /proc (a chroot), every descriptor number below the limit is tried.
-    #[test]
-    fn finds_connections_by_descriptor_number() {
-        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let to_server = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
-        let mut found = 0;
-        each_connection_among(0..65_536, server.local_addr().unwrap().port(), |sock| {
-            found += 1;
-            sock.set_tcp_nodelay(true).unwrap();
-        })
-        .unwrap();
-        assert_eq!(found, 1);
-        assert!(to_server.nodelay().unwrap());
     }
 }
