@@ -579,3 +579,67 @@ async fn greylisting_waits_passes_expires_and_purges() {
         assert_eq!(s.greylist("k1", "192.0.2.0/24", rule).await.unwrap(), 300, "{b:?}: forgotten");
     }
 }
+
+/// Many deliveries at once (on SQLite they are stored together, several to a
+/// transaction): each gets the answer it would have had alone. A box with room for five
+/// takes exactly five; a delivery with two copies whose second box (in the order boxes
+/// are taken) is full stores neither; the counters match the copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_at_once_each_answered_as_alone() {
+    for db in TestDb::all().await {
+        let b = db.backend;
+        let u = db.add_user("many", "x").await;
+        db.add_box("big@example.org", u, 0, 0).await;
+        db.add_box("small@example.org", u, 0, 5).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        // More than a batch holds (64), so that some wait for a second turn.
+        for i in 0..150 {
+            let store = db.store.clone();
+            let boxes: Vec<&str> = match i % 3 {
+                0 => vec!["big@example.org"],
+                1 => vec!["small@example.org"],
+                _ => vec!["big@example.org", "small@example.org"],
+            };
+            let copies: Vec<MailCopy> = boxes.iter().map(|a| copy(a, &format!("{i}-{a}"))).collect();
+            tasks.spawn(async move {
+                let body = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(i * 20)).into_bytes();
+                (i, store.deliver(&Delivery { body: &body, copies }).await)
+            });
+        }
+        let (mut stored_in_five, mut stored_open) = (0, 0);
+        while let Some(done) = tasks.join_next().await {
+            let (i, r) = done.unwrap();
+            match (i % 3, r) {
+                (0, r) => {
+                    r.unwrap();
+                    stored_open += 1;
+                }
+                (_, Ok(())) => {
+                    stored_in_five += 1;
+                    if i % 3 == 2 {
+                        stored_open += 1;
+                    }
+                }
+                (_, Err(DeliverError::NoRoom(a))) => assert_eq!(a, "small@example.org", "{b:?}"),
+                (_, Err(e)) => panic!("{b:?}: delivery {i}: {e}"),
+            }
+        }
+        assert_eq!(stored_in_five, 5, "{b:?}");
+        for (address, copies) in [("small@example.org", 5), ("big@example.org", stored_open)] {
+            let listed = db.store.maildrop(address).await.unwrap();
+            assert_eq!(listed.len(), copies, "{b:?} {address}");
+            assert_eq!(db.store.recount(address).await.unwrap(), db.counters(address).await, "{b:?} {address}");
+        }
+        // A refused two-copy delivery left nothing in the open box either.
+        let open: Vec<String> =
+            db.store.maildrop("big@example.org").await.unwrap().into_iter().map(|m| m.uid).collect();
+        let five: Vec<String> =
+            db.store.maildrop("small@example.org").await.unwrap().into_iter().map(|m| m.uid).collect();
+        for uid in open.iter().filter(|u| u.starts_with(|c: char| c.is_ascii_digit())) {
+            let i: usize = uid.split('-').next().unwrap().parse().unwrap();
+            if i % 3 == 2 {
+                assert!(five.contains(&format!("{i}-small@example.org")), "{b:?}: {uid} stored without its other copy");
+            }
+        }
+    }
+}

@@ -459,6 +459,11 @@ impl Store {
     /// limit by at most the message being committed). Deadlocks, busy errors and Galera
     /// certification conflicts are retried, up to [`DELIVERY_ATTEMPTS`] times.
     ///
+    /// On a SQLite file, deliveries of bodies up to 256 KiB that arrive while another
+    /// write holds the database are stored together, up to 64 (and 4 MiB of bodies) in
+    /// one transaction and one sync (group commit); the answer of each is what it would
+    /// have been alone, only sooner.
+    ///
     /// A `COMMIT` that got no answer (the database died or the connection broke) is
     /// resolved by looking for the stored copy once the database answers again: found,
     /// the delivery succeeded.
@@ -470,13 +475,19 @@ impl Store {
     /// (the message may be stored; the client's retry may make a second copy).
     pub async fn deliver(&self, delivery: &Delivery<'_>) -> Result<(), DeliverError> {
         let now = unix_now();
-        match retrying_up_to(
-            DELIVERY_ATTEMPTS,
-            "delivery",
-            move || async move { dispatch!(self, deliver(delivery, now)) },
-        )
-        .await
-        {
+        let done =
+            match self {
+                Store::Sqlite(p) if !sqlite_in_memory(p) && delivery.body.len() <= TOGETHER_BODY_MAX => {
+                    self.deliver_together(p, delivery).await
+                }
+                _ => {
+                    retrying_up_to(DELIVERY_ATTEMPTS, "delivery", move || async move {
+                        dispatch!(self, deliver(delivery, now))
+                    })
+                    .await
+                }
+            };
+        match done {
             Err(DeliverError::Store(StoreError::CommitUnknown(e))) => {
                 let Some(first) = delivery.copies.first() else { return Err(StoreError::Db(e).into()) };
                 match resolve("delivery", || async { dispatch!(self, mail_stored(&first.uid)) }).await {
@@ -486,6 +497,103 @@ impl Store {
                 }
             }
             other => other,
+        }
+    }
+
+    /// SQLite: deliveries that wait for the writer turn are stored together, in one
+    /// transaction (group commit), by whichever of them gets the turn next. Each is
+    /// still refused alone when a box is full, and each gets the batch's error when
+    /// the transaction fails. The batch runs in a task of its own, so that a client
+    /// that goes away cannot cut it short, and every delivery in it gets its answer.
+    async fn deliver_together(&self, p: &SqlitePool, d: &Delivery<'_>) -> Result<(), DeliverError> {
+        self.gate().await?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        /// Withdraws a delivery not yet taken into a batch when its caller goes away (a
+        /// client that left), as a delivery alone would not have begun.
+        struct Withdraw {
+            waiting: std::sync::Arc<std::sync::Mutex<Vec<Together>>>,
+            id: u64,
+        }
+        impl Drop for Withdraw {
+            fn drop(&mut self) {
+                self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|t| t.id != self.id);
+            }
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let waiting = sqlite_waiting(p);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let job = Together { id, body: d.body.to_vec(), copies: d.copies.clone(), answer };
+        waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(job);
+        let withdraw = Withdraw { waiting: waiting.clone(), id };
+        loop {
+            let turn = sqlite_turn(p).lock_owned().await;
+            // Whoever had the turn before may have taken this delivery already; take
+            // what waits now, up to a batch's bounds.
+            let (batch, mine_left) = {
+                let mut w = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (mut n, mut bytes) = (0, 0);
+                while n < w.len() && n < TOGETHER_MAX && (n == 0 || bytes + w[n].body.len() <= TOGETHER_BYTES) {
+                    bytes += w[n].body.len();
+                    n += 1;
+                }
+                let batch: Vec<Together> = w.drain(..n).collect();
+                (batch, w.iter().any(|t| t.id == id))
+            };
+            if batch.is_empty() {
+                drop(turn);
+            } else {
+                let (store, p) = (self.clone(), p.clone());
+                tokio::spawn(async move { store.store_together(&p, turn, batch).await });
+            }
+            if !mine_left {
+                break;
+            }
+        }
+        // Taken into a batch by now, by this caller or another: nothing to withdraw.
+        drop(withdraw);
+        answered.await.unwrap_or_else(|_| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed).into()))
+    }
+
+    /// Runs a batch of [`Store::deliver_together`] under the writer turn `turn`, then
+    /// answers each of them.
+    async fn store_together(&self, p: &SqlitePool, turn: tokio::sync::OwnedMutexGuard<()>, batch: Vec<Together>) {
+        let now = unix_now();
+        let (mut deliveries, mut answers) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+        let mut bodies = Vec::with_capacity(batch.len());
+        for t in batch {
+            bodies.push(t.body);
+            deliveries.push(t.copies);
+            answers.push(t.answer);
+        }
+        let ds: Vec<Delivery<'_>> =
+            bodies.iter().zip(deliveries).map(|(body, copies)| Delivery { body, copies }).collect();
+        let done = retrying_up_to(DELIVERY_ATTEMPTS, "delivery", || async {
+            let r = sqlite::deliver_together(p, &ds, now).await;
+            self.observe(&r);
+            r
+        })
+        .await;
+        drop(turn);
+        match done {
+            Ok(each) => {
+                for (answer, r) in answers.into_iter().zip(each) {
+                    let _ = answer.send(r.map_err(DeliverError::NoRoom));
+                }
+            }
+            Err(e) => {
+                // One error, as many answers: the others carry its text and its kind
+                // (refused, or a commit in doubt that each delivery resolves itself).
+                let unknown = matches!(e, StoreError::CommitUnknown(_));
+                let text = e.to_string();
+                let mut first = Some(e);
+                for answer in answers {
+                    let e = first.take().unwrap_or_else(|| {
+                        let copy = sqlx::Error::Protocol(text.clone());
+                        if unknown { StoreError::CommitUnknown(copy) } else { StoreError::Db(copy) }
+                    });
+                    let _ = answer.send(Err(e.into()));
+                }
+            }
         }
     }
 
@@ -722,6 +830,35 @@ fn sqlite_turn(p: &SqlitePool) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     let file = p.connect_options().get_filename().to_path_buf();
     let mut turns = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     turns.entry(file).or_default().clone()
+}
+
+/// Deliveries at most this large (octets) are stored together on SQLite (see
+/// [`Store::deliver`]); larger ones alone, without a second copy of their body.
+const TOGETHER_BODY_MAX: usize = 256 * 1024;
+/// At most this many deliveries in one transaction.
+const TOGETHER_MAX: usize = 64;
+/// At most this many body octets in one transaction (a first delivery always goes).
+const TOGETHER_BYTES: usize = 4 << 20;
+
+/// A delivery waiting to be stored together with others: its body and copies, and where
+/// its answer goes.
+struct Together {
+    /// Which delivery (unique in this process).
+    id: u64,
+    body: Vec<u8>,
+    copies: Vec<MailCopy>,
+    answer: tokio::sync::oneshot::Sender<Result<(), DeliverError>>,
+}
+
+/// The deliveries waiting for the writer turn of the SQLite database behind `p`, one
+/// list per file, as [`sqlite_turn`].
+fn sqlite_waiting(p: &SqlitePool) -> std::sync::Arc<std::sync::Mutex<Vec<Together>>> {
+    type Waiting = std::sync::Arc<std::sync::Mutex<Vec<Together>>>;
+    static WAITING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Waiting>>> =
+        std::sync::LazyLock::new(Default::default);
+    let file = p.connect_options().get_filename().to_path_buf();
+    let mut waiting = WAITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    waiting.entry(file).or_default().clone()
 }
 
 fn sqlite_in_memory(p: &SqlitePool) -> bool {

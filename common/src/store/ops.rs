@@ -119,39 +119,88 @@ macro_rules! operations {
         // --- delivery and retrieval ---
 
         pub(crate) async fn deliver(p: &Pool, d: &Delivery<'_>, now: i64) -> std::result::Result<(), DeliverError> {
+            let mut tx = write(p).await.map_err(StoreError::from)?;
+            let r = deliver_in(&mut *tx, d, now, false).await;
+            tx.settle(r).await.map_err(StoreError::from)?.map_err(DeliverError::NoRoom)
+        }
+
+        /// Deliveries taken together (see `Store::deliver`), in one transaction begun
+        /// without taking the writer turn, which the caller holds: each stored, or
+        /// refused alone for a full box (its answer `Err(box)`), as [`deliver`] would.
+        /// Only the SQLite store takes deliveries together.
+        #[allow(dead_code)]
+        pub(crate) async fn deliver_together(
+            p: &Pool,
+            ds: &[Delivery<'_>],
+            now: i64,
+        ) -> Result<Vec<std::result::Result<(), String>>> {
+            let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?;
+            let r = async {
+                let mut answers = Vec::with_capacity(ds.len());
+                for d in ds {
+                    answers.push(deliver_in(&mut *tx, d, now, true).await?);
+                }
+                Ok(answers)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        /// The statements of one delivery on `conn`, inside a transaction: `Ok(Err(box))`
+        /// when a box is full. Alone (`together` false) the body comes first: it takes
+        /// no lock on a box, so the boxes' rows are held (and, on Galera, open to
+        /// conflicts with other nodes) only from there to the commit. Taken together
+        /// with others, a refusal must leave the transaction as it found it: the box
+        /// row comes first, so that a single copy refused has changed nothing, and
+        /// several copies run under a savepoint that a refusal rolls back.
+        async fn deliver_in(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            d: &Delivery<'_>,
+            now: i64,
+            together: bool,
+        ) -> std::result::Result<std::result::Result<(), String>, sqlx::Error> {
             let body_len = i64::try_from(d.body.len()).unwrap_or(i64::MAX);
             let mut copies: Vec<_> = d.copies.iter().collect();
             // Lock boxes in one global order so concurrent deliveries cannot deadlock.
             copies.sort_by(|a, b| a.box_address.cmp(&b.box_address));
-            let mut tx = write(p).await.map_err(StoreError::from)?;
-            let r = async {
-                // The body first: it takes no lock on a box, so the boxes' rows are held
-                // (and, on Galera, open to conflicts with other nodes) only from here to
-                // the commit, not while the body is written.
-                let message_id = insert_message(&mut *tx, body_len, now, d.body).await?;
-                for c in &copies {
-                    let size = body_len.saturating_add(c.trace.len() as i64);
-                    let done = sqlx::query(SQL.take_room).bind(size).bind(&c.box_address).execute(&mut *tx).await?;
-                    if done.rows_affected() == 0 {
-                        return Ok(Err(c.box_address.clone()));
-                    }
-                }
-                for c in &copies {
-                    let size = body_len.saturating_add(c.trace.len() as i64);
-                    sqlx::query(SQL.insert_mail)
-                        .bind(&c.uid)
-                        .bind(&c.box_address)
-                        .bind(message_id)
-                        .bind(size)
-                        .bind(now)
-                        .bind(&c.trace)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Ok(Ok(()))
+            let savepoint = together && copies.len() > 1;
+            if savepoint {
+                sqlx::raw_sql("SAVEPOINT delivery").execute(&mut *conn).await?;
             }
-            .await;
-            tx.settle(r).await.map_err(StoreError::from)?.map_err(DeliverError::NoRoom)
+            let message_id =
+                if together { None } else { Some(insert_message(&mut *conn, body_len, now, d.body).await?) };
+            for c in &copies {
+                let size = body_len.saturating_add(c.trace.len() as i64);
+                let done = sqlx::query(SQL.take_room).bind(size).bind(&c.box_address).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    if savepoint {
+                        sqlx::raw_sql("ROLLBACK TO SAVEPOINT delivery; RELEASE SAVEPOINT delivery")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    return Ok(Err(c.box_address.clone()));
+                }
+            }
+            let message_id = match message_id {
+                Some(id) => id,
+                None => insert_message(&mut *conn, body_len, now, d.body).await?,
+            };
+            for c in &copies {
+                let size = body_len.saturating_add(c.trace.len() as i64);
+                sqlx::query(SQL.insert_mail)
+                    .bind(&c.uid)
+                    .bind(&c.box_address)
+                    .bind(message_id)
+                    .bind(size)
+                    .bind(now)
+                    .bind(&c.trace)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            if savepoint {
+                sqlx::raw_sql("RELEASE SAVEPOINT delivery").execute(&mut *conn).await?;
+            }
+            Ok(Ok(()))
         }
 
         pub(crate) async fn mail_stored(p: &Pool, uid: &str) -> Result<bool> {
