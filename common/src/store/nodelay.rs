@@ -53,6 +53,10 @@ fn socket_descriptors() -> std::io::Result<Vec<i32>> {
         }
         Ok(fds)
     }
+    // One listing at a time: two at once could each restore what the other had set,
+    // and leave the process dumpable.
+    static LISTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LISTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     match list() {
         // A daemon that changed its user is not dumpable, and its /proc entries then
         // belong to root: dumpable again for the moment of the listing.
