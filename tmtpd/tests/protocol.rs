@@ -381,7 +381,7 @@ async fn proxied_nodes_are_known_by_the_named_client() {
         }
     })
     .await
-    .expect("closed after a bad frame");
+    .unwrap_or_else(|_| panic!("closed after a bad frame; log: {}", s.daemon.log_text()));
     let log = s.daemon.log_text();
     assert!(log.lines().any(|l| l.contains("quit") && l.contains("peer=192.0.2.77:45000")), "{log}");
 
