@@ -180,11 +180,20 @@ impl Galera {
     /// # Panics
     /// If it fails.
     pub fn sql(&self, i: usize, sql: &str) {
-        let out = Command::new("mariadb")
-            .args(["-h127.0.0.1", &format!("-P{}", self.nodes[i].port), "-uroot", "-e", sql])
-            .output()
-            .expect("mariadb client");
-        assert!(out.status.success(), "{sql} on node {i}: {}", String::from_utf8_lossy(&out.stderr));
+        // A node still settling into the cluster can abort any statement with 1213
+        // (seen in a CI run, on `SET GLOBAL`): tried again for up to 30 s.
+        for attempt in 1.. {
+            let out = Command::new("mariadb")
+                .args(["-h127.0.0.1", &format!("-P{}", self.nodes[i].port), "-uroot", "-e", sql])
+                .output()
+                .expect("mariadb client");
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                return;
+            }
+            assert!(err.contains("ERROR 1213") && attempt < 60, "{sql} on node {i}: {err}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
 
     /// Node `i`'s error log.
