@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod shaping;
 pub mod stress;
 pub mod tls;
+pub mod tls_stream;
 
 use std::time::Duration;
 

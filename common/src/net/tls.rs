@@ -67,7 +67,9 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     load_server_config(cert, key).map(TlsAcceptor::from)
 }
 
-/// Runs the server side of a TLS handshake on `io`, giving up at `deadline`.
+/// Runs the server side of a TLS handshake on `io` with the acceptor's configuration,
+/// giving up at `deadline`. The stream holds no buffer while the client is silent (see
+/// [`super::tls_stream`]).
 ///
 /// # Errors
 /// Handshake failures, or `TimedOut`.
@@ -75,11 +77,11 @@ pub async fn handshake<IO>(
     acceptor: &TlsAcceptor,
     io: IO,
     deadline: tokio::time::Instant,
-) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+) -> std::io::Result<super::tls_stream::TlsStream<IO>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    tokio::time::timeout_at(deadline, acceptor.accept(io))
+    tokio::time::timeout_at(deadline, super::tls_stream::accept(acceptor.config().clone(), io))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))?
 }
