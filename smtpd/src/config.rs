@@ -90,10 +90,16 @@ pub struct SmtpdConfig {
     /// refused with `550 5.7.1` (RFC 7489 §6.6.2), whatever `[checks] dmarc` says.
     #[serde(default = "default_true")]
     pub dmarc_reject: bool,
-    /// Octets of a message kept in memory while it arrives (issue 16); the rest waits in
-    /// a private temporary file in `spool_dir` until the end of DATA. 0 = never spool.
+    /// Octets of a message always kept in memory while it arrives (issue 16); past them
+    /// it stays in memory only within `spool_memory`, else the rest waits in a private
+    /// temporary file in `spool_dir` until the end of DATA. 0 = never spool.
     #[serde(default = "default_spool_threshold")]
     pub spool_threshold: usize,
+    /// Octets that messages past `spool_threshold` may keep in memory together, across
+    /// all sessions, while they arrive and until their commit; a message that would take
+    /// the total over goes to the spool. 0 = every message past the threshold is spooled.
+    #[serde(default = "default_spool_memory")]
+    pub spool_memory: usize,
     /// Where spooled messages wait (unnamed files, gone when closed); empty = the
     /// system's temporary directory. Inside a `chroot`, a directory inside it.
     #[serde(default)]
@@ -118,6 +124,9 @@ fn default_max_unknown_recipients() -> usize {
 }
 fn default_spool_threshold() -> usize {
     65_536
+}
+fn default_spool_memory() -> usize {
+    32 * 1024 * 1024
 }
 fn default_spool_loads() -> usize {
     2
@@ -153,6 +162,7 @@ impl Default for SmtpdConfig {
             resolve_hosts: false,
             dmarc_reject: true,
             spool_threshold: default_spool_threshold(),
+            spool_memory: default_spool_memory(),
             spool_dir: String::new(),
             spool_loads: default_spool_loads(),
         }

@@ -153,7 +153,7 @@ where
 }
 
 /// Reads the message after `354`; past `spool_threshold` octets, what arrived moves to
-/// the session's spool file (issue 16). `Ok(None)` on timeout; an error (including EOF)
+/// the session's spool file unless `spool_memory` has room for it (issue 16). `Ok(None)` on timeout; an error (including EOF)
 /// ends the connection with nothing stored.
 async fn read_data<IO>(lines: &mut Lines<IO>, session: &mut Session) -> io::Result<Option<crate::proto::data::Received>>
 where
@@ -176,9 +176,7 @@ where
         if let Some(received) = done {
             return Ok(Some(received));
         }
-        let threshold = session.spool_threshold();
-        if threshold > 0 && receiver.held().len() >= threshold {
-            session.spool(receiver.held()).await;
+        if session.spill(receiver.held()).await {
             receiver.clear_held();
         }
     }

@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::address::Address;
 use common::stats::{Flag, Stats};
@@ -67,6 +68,9 @@ pub struct Settings {
     pub checker: Option<Arc<Checker>>,
     /// Permits to read a spooled message back into memory (`[smtpd] spool_loads`).
     pub loads: Arc<tokio::sync::Semaphore>,
+    /// Octets that messages past `spool_threshold` hold in memory now, together (within
+    /// `[smtpd] spool_memory`).
+    pub held: Arc<AtomicUsize>,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
             stats,
             checker,
             loads: Arc::new(tokio::sync::Semaphore::new(cfg.own.spool_loads.max(1))),
+            held: Arc::new(AtomicUsize::new(0)),
         })
     }
 }
@@ -140,9 +145,70 @@ struct Spooled {
     file: Spool,
     /// Spooling failed: the message is refused with a temporary error at its end.
     failed: bool,
+    /// What the message holds in memory past `spool_threshold`, counted in
+    /// [`Settings::held`] until the transaction ends.
+    charge: Charge,
+}
+
+/// Octets of one message counted in a daemon-wide total ([`Settings::held`]); given
+/// back when dropped.
+#[derive(Debug, Default)]
+struct Charge {
+    total: Option<Arc<AtomicUsize>>,
+    octets: usize,
+}
+
+impl Charge {
+    /// Counts the message at `octets` in `total` if the total stays within `limit`;
+    /// whether it did (if not, nothing changes).
+    fn grow(&mut self, total: &Arc<AtomicUsize>, limit: usize, octets: usize) -> bool {
+        let more = octets.saturating_sub(self.octets);
+        let fits = total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| now.checked_add(more).filter(|n| *n <= limit))
+            .is_ok();
+        if fits {
+            self.total.get_or_insert_with(|| total.clone());
+            self.octets = self.octets.max(octets);
+        }
+        fits
+    }
+
+    /// Gives the counted octets back.
+    fn release(&mut self) {
+        if let Some(total) = &self.total {
+            total.fetch_sub(std::mem::take(&mut self.octets), Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Spooled {
+    /// Where a message holding `held` in memory waits (issue 16): below
+    /// `spool_threshold`, in memory; past it, in memory while the daemon's messages past
+    /// the threshold fit in `spool_memory` together, else (and from then on) in the spool
+    /// file. Whether `held` went to the spool (or was dropped because spooling failed):
+    /// the caller then forgets it.
+    async fn spill(&mut self, id: &str, settings: &Settings, held: &[u8]) -> bool {
+        let own = &settings.smtpd;
+        if own.spool_threshold == 0 || held.len() < own.spool_threshold {
+            return false;
+        }
+        if self.failed {
+            return true;
+        }
+        if self.file.is_empty() && self.charge.grow(&settings.held, own.spool_memory, held.len()) {
+            return false;
+        }
+        self.charge.release();
+        self.push(id, &own.spool_dir, held).await;
+        true
+    }
+
     /// Appends `octets` to the spool file in `dir`; a failure is logged once (for
     /// transaction `id`) and marks the message for a temporary error at its end.
     async fn push(&mut self, id: &str, dir: &str, octets: &[u8]) {
@@ -659,31 +725,26 @@ impl Session {
         }
     }
 
-    /// After [`chunk_data`](Self::chunk_data): past `spool_threshold` octets held, the
-    /// message's octets so far go to its spool file (issue 16).
+    /// After [`chunk_data`](Self::chunk_data): the message's octets so far stay in
+    /// memory or go to its spool file, as [`spill`](Self::spill) says.
     pub async fn chunk_spill(&mut self) {
-        let threshold = self.settings.smtpd.spool_threshold;
         if let State::Mail(tx) = &mut self.state
             && let Some(message) = &mut tx.chunks
-            && threshold > 0
-            && message.held().len() >= threshold
+            && tx.spool.spill(&tx.id, &self.settings, message.held()).await
         {
-            tx.spool.push(&tx.id, &self.settings.smtpd.spool_dir, message.held()).await;
             message.clear_held();
         }
     }
 
-    /// `spool_threshold` (0: never spool).
-    pub fn spool_threshold(&self) -> usize {
-        self.settings.smtpd.spool_threshold
-    }
-
-    /// Moves `octets`, the next part of the message being received, to the
-    /// transaction's spool file (issue 16). A failure is logged, and the message gets a
-    /// temporary error at its end.
-    pub async fn spool(&mut self, octets: &[u8]) {
-        if let State::Mail(tx) = &mut self.state {
-            tx.spool.push(&tx.id, &self.settings.smtpd.spool_dir, octets).await;
+    /// With `held`, the octets of the message being received that are in memory: past
+    /// `spool_threshold`, whether they stay there (`false`: within `spool_memory` for
+    /// the daemon's messages together) or went to the transaction's spool file (`true`:
+    /// the caller forgets them). A spool that cannot be written is logged, and the
+    /// message gets a temporary error at its end (issue 16).
+    pub async fn spill(&mut self, held: &[u8]) -> bool {
+        match &mut self.state {
+            State::Mail(tx) => tx.spool.spill(&tx.id, &self.settings, held).await,
+            _ => false,
         }
     }
 
@@ -955,7 +1016,32 @@ fn syntax_reply(e: SyntaxError) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_received, trace_name};
+    use super::{Charge, count_received, trace_name};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Messages in flight together share `spool_memory`: one that would take the total
+    /// over is refused its growth (it goes to the spool) and the others keep theirs; a
+    /// charge dropped (its transaction over) or released gives its octets back.
+    #[test]
+    fn messages_in_flight_share_the_allowance() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let (mut a, mut b) = (Charge::default(), Charge::default());
+        assert!(a.grow(&total, 1000, 400));
+        assert!(a.grow(&total, 1000, 700), "grows by the difference");
+        assert!(b.grow(&total, 1000, 300));
+        assert!(!b.grow(&total, 1000, 301), "over the allowance together");
+        assert_eq!(total.load(Ordering::Acquire), 1000);
+        b.release();
+        assert_eq!(total.load(Ordering::Acquire), 700);
+        assert!(!Charge::default().grow(&total, 1000, 301));
+        drop(a);
+        assert_eq!(total.load(Ordering::Acquire), 0);
+        let mut c = Charge::default();
+        assert!(c.grow(&total, 1000, 1000));
+        drop(c);
+        assert_eq!(total.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn odd_helo_names_are_quoted_in_trace_fields() {

@@ -1,7 +1,8 @@
 //! Large messages wait in a spool file, not in memory (issue 16): what arrives past
 //! `[smtpd] spool_threshold` goes to an unnamed file in `spool_dir` and is read back at
 //! the end, by DATA and by BDAT, with the size limit still counted over the whole
-//! message.
+//! message; unless the messages past the threshold fit in `[smtpd] spool_memory`
+//! together.
 
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
@@ -18,6 +19,8 @@ async fn setup(tweak: impl FnOnce(&mut Config)) -> (TestDb, Server) {
     seed(&db).await;
     let mut cfg = config(&db.url);
     cfg.own.spool_threshold = THRESHOLD;
+    // Every message past the threshold goes to the spool, unless a test allows memory.
+    cfg.own.spool_memory = 0;
     tweak(&mut cfg);
     (db, Server::start(cfg).await)
 }
@@ -115,4 +118,41 @@ async fn the_size_limit_counts_the_spooled_octets() {
     let (code, text) = data(&server, &over).await;
     assert_eq!(code, 552, "{text}");
     assert_eq!(messages(&db, "mmondor@example.org").await.len(), 1);
+}
+
+/// Within `spool_memory` a message past the threshold stays in memory (a spool that
+/// cannot be written does not matter to it), and gives its share back when it is
+/// stored. (Messages in flight together: `session::tests`.)
+#[tokio::test]
+async fn messages_past_the_threshold_share_the_memory_allowance() {
+    const ALLOWANCE: usize = 1024 * 1024;
+    let (db, server) = setup(|c| {
+        c.own.spool_dir = "/nonexistent/mmmail-spool".into();
+        c.own.spool_memory = ALLOWANCE;
+    })
+    .await;
+    // One after another, more than the allowance in all: each fits alone.
+    let (fits, _) = message(ALLOWANCE * 3 / 4);
+    for i in 0..3 {
+        let (code, text) = data(&server, &fits).await;
+        assert_eq!(code, 250, "message {i}: {text}");
+    }
+    // BDAT too.
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.code().await, 220);
+    c.cmd("EHLO c").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@b.test>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<mmondor@example.org>").await, 250);
+    let (_, stored) = message(ALLOWANCE / 2);
+    for (i, part) in stored.chunks(stored.len() / 2 + 1).enumerate() {
+        let last = if i == 1 { " LAST" } else { "" };
+        c.send(format!("BDAT {}{last}\r\n", part.len()).as_bytes()).await;
+        c.send(part).await;
+        assert_eq!(c.reply().await.unwrap().0, 250, "chunk {i}");
+    }
+    // Larger than the allowance: to the spool, which cannot be written.
+    let (over, _) = message(ALLOWANCE * 2);
+    let (code, text) = data(&server, &over).await;
+    assert_eq!((code, text.starts_with("4.3.0")), (451, true), "{text}");
+    assert_eq!(messages(&db, "mmondor@example.org").await.len(), 4);
 }
