@@ -97,7 +97,8 @@ pub struct SmtpdConfig {
     pub spool_threshold: usize,
     /// Octets that messages past `spool_threshold` may keep in memory together, across
     /// all sessions, while they arrive and until their commit; a message that would take
-    /// the total over goes to the spool. 0 = every message past the threshold is spooled.
+    /// the total over, or that holds more than 1/32 of it, goes to the spool. 0 = every
+    /// message past the threshold is spooled.
     #[serde(default = "default_spool_memory")]
     pub spool_memory: usize,
     /// Where spooled messages wait (unnamed files, gone when closed); empty = the

@@ -150,6 +150,13 @@ struct Spooled {
     charge: Charge,
 }
 
+/// A message stays in memory past `spool_threshold` only while it holds at most this
+/// fraction of `spool_memory` (1 MiB of the default 32 MiB): the allowance is for the
+/// many messages of a few hundred KiB, and a message of several MiB, stored with a
+/// copy or two of itself at its commit, goes to the spool and takes its turn among
+/// `spool_loads` as before.
+const SPOOL_MEMORY_SHARE: usize = 32;
+
 /// Octets of one message counted in a daemon-wide total ([`Settings::held`]); given
 /// back when dropped.
 #[derive(Debug, Default)]
@@ -189,8 +196,9 @@ impl Drop for Charge {
 
 impl Spooled {
     /// Where a message holding `held` in memory waits (issue 16): below
-    /// `spool_threshold`, in memory; past it, in memory while the daemon's messages past
-    /// the threshold fit in `spool_memory` together, else (and from then on) in the spool
+    /// `spool_threshold`, in memory; past it, in memory while it holds at most
+    /// 1/[`SPOOL_MEMORY_SHARE`] of `spool_memory` and the daemon's messages past the
+    /// threshold fit in `spool_memory` together, else (and from then on) in the spool
     /// file. Whether `held` went to the spool (or was dropped because spooling failed):
     /// the caller then forgets it.
     async fn spill(&mut self, id: &str, settings: &Settings, held: &[u8]) -> bool {
@@ -201,7 +209,10 @@ impl Spooled {
         if self.failed {
             return true;
         }
-        if self.file.is_empty() && self.charge.grow(&settings.held, own.spool_memory, held.len()) {
+        if self.file.is_empty()
+            && held.len() <= own.spool_memory / SPOOL_MEMORY_SHARE
+            && self.charge.grow(&settings.held, own.spool_memory, held.len())
+        {
             return false;
         }
         self.charge.release();

@@ -121,19 +121,21 @@ async fn the_size_limit_counts_the_spooled_octets() {
 }
 
 /// Within `spool_memory` a message past the threshold stays in memory (a spool that
-/// cannot be written does not matter to it), and gives its share back when it is
-/// stored. (Messages in flight together: `session::tests`.)
+/// cannot be written does not matter to it) while it holds at most 1/32 of it, and
+/// gives its share back when it is stored: more messages one after another than the
+/// allowance holds all fit. (Messages in flight together: `session::tests`.)
 #[tokio::test]
 async fn messages_past_the_threshold_share_the_memory_allowance() {
-    const ALLOWANCE: usize = 1024 * 1024;
+    const ALLOWANCE: usize = 4 * 1024 * 1024;
     let (db, server) = setup(|c| {
         c.own.spool_dir = "/nonexistent/mmmail-spool".into();
         c.own.spool_memory = ALLOWANCE;
     })
     .await;
-    // One after another, more than the allowance in all: each fits alone.
-    let (fits, _) = message(ALLOWANCE * 3 / 4);
-    for i in 0..3 {
+    // Past the threshold, within 1/32 of the allowance: 45 of them are more than it.
+    let (fits, _) = message(ALLOWANCE / 40);
+    assert!(fits.len() > THRESHOLD && fits.len() <= ALLOWANCE / 32);
+    for i in 0..45 {
         let (code, text) = data(&server, &fits).await;
         assert_eq!(code, 250, "message {i}: {text}");
     }
@@ -143,16 +145,16 @@ async fn messages_past_the_threshold_share_the_memory_allowance() {
     c.cmd("EHLO c").await;
     assert_eq!(c.cmd("MAIL FROM:<a@b.test>").await, 250);
     assert_eq!(c.cmd("RCPT TO:<mmondor@example.org>").await, 250);
-    let (_, stored) = message(ALLOWANCE / 2);
+    let (_, stored) = message(ALLOWANCE / 40);
     for (i, part) in stored.chunks(stored.len() / 2 + 1).enumerate() {
         let last = if i == 1 { " LAST" } else { "" };
         c.send(format!("BDAT {}{last}\r\n", part.len()).as_bytes()).await;
         c.send(part).await;
         assert_eq!(c.reply().await.unwrap().0, 250, "chunk {i}");
     }
-    // Larger than the allowance: to the spool, which cannot be written.
-    let (over, _) = message(ALLOWANCE * 2);
+    // More than 1/32 of the allowance: to the spool, which cannot be written.
+    let (over, _) = message(ALLOWANCE / 16);
     let (code, text) = data(&server, &over).await;
     assert_eq!((code, text.starts_with("4.3.0")), (451, true), "{text}");
-    assert_eq!(messages(&db, "mmondor@example.org").await.len(), 4);
+    assert_eq!(messages(&db, "mmondor@example.org").await.len(), 46);
 }

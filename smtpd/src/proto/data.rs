@@ -28,6 +28,11 @@ pub struct Received {
     pub bare_line_end: bool,
 }
 
+/// Octets of buffer a receiver keeps once its held octets went to the spool: a message
+/// that stayed in memory up to `[smtpd] spool_memory`'s share grew its buffer to a MiB
+/// or more, and a hundred such sessions spooling the rest must not each keep that.
+pub const HELD_KEPT: usize = 128 * 1024;
+
 /// Incremental DATA parser.
 #[derive(Debug)]
 pub struct DataReceiver {
@@ -84,10 +89,12 @@ impl DataReceiver {
         &self.message
     }
 
-    /// Forgets the octets held (once spooled), keeping the buffer for what follows; the
-    /// message goes on after them, and [`Received::message`] holds only what came after.
+    /// Forgets the octets held (once spooled), keeping up to [`HELD_KEPT`] octets of
+    /// buffer for what follows; the message goes on after them, and
+    /// [`Received::message`] holds only what came after.
     pub fn clear_held(&mut self) {
         self.message.clear();
+        self.message.shrink_to(HELD_KEPT);
     }
 
     /// Consumes input. Returns how many bytes of `input` belong to the message (all of
@@ -232,9 +239,10 @@ impl ChunkReceiver {
         &self.message
     }
 
-    /// Forgets the octets held, keeping the buffer (see [`DataReceiver::clear_held`]).
+    /// Forgets the octets held, keeping some buffer (see [`DataReceiver::clear_held`]).
     pub fn clear_held(&mut self) {
         self.message.clear();
+        self.message.shrink_to(HELD_KEPT);
     }
 
     /// Whether the message is already over a limit (its octets are no longer kept).
