@@ -198,9 +198,11 @@ impl<IO> TlsStream<IO> {
     }
 
     /// After a processing error rustls holds the alert to send: encode it so the next
-    /// write attempt sends it (best effort; the connection is over either way).
+    /// write attempt sends it (best effort; the connection is over either way). rustls
+    /// is given the input as it stands (its deframer remembers how far into it it got,
+    /// and an empty buffer there made it index out of range).
     fn queue_alert(&mut self) {
-        let status = self.conn.process_tls_records(&mut []);
+        let status = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
             let _ = append(&mut self.outgoing, 0, |out| data.encode(out).map_err(encode_error));
         }
@@ -540,6 +542,37 @@ mod tests {
         // The client leaves without close_notify: the read ends.
         drop(client);
         assert_eq!(tls.read(&mut buf).await.unwrap(), 0);
+    }
+
+    /// A handshake message announced larger than rustls's limit, sent record after
+    /// record, ends the handshake with an error once the input held reaches its bound
+    /// (or rustls refuses the length), not with the input growing without end.
+    #[tokio::test]
+    async fn refuses_a_handshake_message_without_end() {
+        let (_dir, server_cfg, _) = setup(tokio_rustls::rustls::DEFAULT_VERSIONS);
+        let (mut client, server_io) = tokio::io::duplex(256 * 1024);
+        let feed = tokio::spawn(async move {
+            // A ClientHello announcing 16 MiB, then records of it until the server stops.
+            let mut first = vec![22, 3, 1, 0x40, 0x00, 1, 0xff, 0xff, 0xff];
+            first.resize(5 + 0x4000, 0);
+            if client.write_all(&first).await.is_err() {
+                return;
+            }
+            let mut more = vec![22, 3, 1, 0x40, 0x00];
+            more.resize(5 + 0x4000, 0);
+            for _ in 0..64 {
+                if client.write_all(&more).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), accept(server_cfg, server_io))
+            .await
+            .expect("refused, not waiting")
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        feed.abort();
     }
 
     /// What is not TLS ends the handshake with an error, not a hang or a panic; so does
