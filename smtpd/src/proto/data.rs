@@ -281,6 +281,34 @@ mod tests {
         r.finish()
     }
 
+    /// Once the octets held went to the spool, a receiver keeps at most [`HELD_KEPT`]
+    /// of buffer (it had grown with the message), and goes on receiving after them.
+    #[test]
+    fn a_cleared_receiver_keeps_little_buffer() {
+        let big = DataLimits { max_size: 8 << 20, max_lines: 100_000 };
+        let line = [b'x'; 998];
+        let mut body = Vec::new();
+        while body.len() < 2 << 20 {
+            body.extend_from_slice(&line);
+            body.extend_from_slice(b"\r\n");
+        }
+        let mut data = DataReceiver::new(big);
+        assert_eq!(data.feed(&body), (body.len(), None));
+        assert!(data.message.capacity() > HELD_KEPT);
+        data.clear_held();
+        assert!(data.message.capacity() <= HELD_KEPT);
+        let (_, done) = data.feed(b"tail\r\n.\r\n");
+        assert_eq!(done.unwrap().message, b"tail\r\n");
+
+        let mut chunks = ChunkReceiver::new(big);
+        chunks.feed(&body);
+        assert!(chunks.message.capacity() > HELD_KEPT);
+        chunks.clear_held();
+        assert!(chunks.message.capacity() <= HELD_KEPT);
+        chunks.feed(b"tail\r\n");
+        assert_eq!(chunks.finish().message, b"tail\r\n");
+    }
+
     #[test]
     fn chunks_join_in_any_split() {
         let m = b"Subject: x\r\n\r\n.leading dot kept\r\n.\r\nstill the message\r\n";
