@@ -180,20 +180,14 @@ impl Galera {
     /// # Panics
     /// If it fails.
     pub fn sql(&self, i: usize, sql: &str) {
-        // A node still settling into the cluster can abort any statement with 1213
-        // (seen in a CI run, on `SET GLOBAL`): tried again for up to 30 s.
-        for attempt in 1.. {
-            let out = Command::new("mariadb")
+        // Seen in a CI run, on `SET GLOBAL`.
+        let out = while_settling(|| {
+            Command::new("mariadb")
                 .args(["-h127.0.0.1", &format!("-P{}", self.nodes[i].port), "-uroot", "-e", sql])
                 .output()
-                .expect("mariadb client");
-            let err = String::from_utf8_lossy(&out.stderr);
-            if out.status.success() {
-                return;
-            }
-            assert!(err.contains("ERROR 1213") && attempt < 60, "{sql} on node {i}: {err}");
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
+                .expect("mariadb client")
+        });
+        assert!(out.status.success(), "{sql} on node {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Node `i`'s error log.
@@ -353,4 +347,19 @@ pub async fn fixtures(store: &Store, boxes: &[(&str, i64)]) -> i64 {
         .await;
     }
     uid
+}
+
+/// Runs `command` until it succeeds, fails for another reason than a deadlock (1213,
+/// "Deadlock found"), or has been tried for 30 s: a Galera node still settling into its
+/// cluster can abort any statement, even a connection's setup, that way. Its last output.
+pub fn while_settling(mut command: impl FnMut() -> std::process::Output) -> std::process::Output {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let out = command();
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("Deadlock found") || attempt == 60 {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

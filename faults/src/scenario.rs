@@ -202,23 +202,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// # Panics
 /// If the command fails.
 pub fn add_tmtp_user(config: &Path) -> (String, String) {
-    // A Galera node still settling into its cluster can refuse the connection's setup
-    // with 1213 for longer than the command waits (seen in a CI run): tried again for
-    // up to 30 s.
-    let mut attempt = 0;
-    let out = loop {
-        attempt += 1;
-        let out = std::process::Command::new(crate::bin("mmtmtpd", "tmtpd"))
+    // On Galera the connection's setup can be refused with 1213 for longer than the
+    // command waits (seen in a CI run).
+    let out = crate::galera::while_settling(|| {
+        std::process::Command::new(crate::bin("mmtmtpd", "tmtpd"))
             .arg("-c")
             .arg(config)
             .args(["admin", "add-user", "--nodes", "1"])
             .output()
-            .expect("mmtmtpd admin");
-        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("Deadlock found") || attempt == 60 {
-            break out;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    };
+            .expect("mmtmtpd admin")
+    });
     assert!(out.status.success(), "mmtmtpd admin add-user: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
     (lines[0].clone(), lines[1].clone())

@@ -60,6 +60,24 @@ async fn data(server: &Server, wire: &[u8]) -> (u16, String) {
     c.reply().await.unwrap()
 }
 
+/// The message sent with BDAT in `parts` chunks (the last with LAST): each chunk's reply.
+async fn bdat(server: &Server, message: &[u8], parts: usize) -> Vec<(u16, String)> {
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.code().await, 220);
+    c.cmd("EHLO c").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@b.test>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<mmondor@example.org>").await, 250);
+    let chunks: Vec<&[u8]> = message.chunks(message.len().div_ceil(parts)).collect();
+    let mut replies = Vec::new();
+    for (i, part) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        c.send(format!("BDAT {}{last}\r\n", part.len()).as_bytes()).await;
+        c.send(part).await;
+        replies.push(c.reply().await.unwrap());
+    }
+    replies
+}
+
 fn body_of(stored: &[u8]) -> &[u8] {
     let at = stored.windows(18).position(|w| w == b"Subject: spooled\r\n").unwrap();
     &stored[at..]
@@ -75,18 +93,7 @@ async fn data_and_bdat_past_the_threshold_are_stored_exactly() {
     assert_eq!(code, 250, "{text}");
 
     // BDAT: three chunks, the message as is (no stuffing).
-    let mut c = Client::connect(server.addr).await;
-    assert_eq!(c.code().await, 220);
-    c.cmd("EHLO c").await;
-    assert_eq!(c.cmd("MAIL FROM:<a@b.test>").await, 250);
-    assert_eq!(c.cmd("RCPT TO:<mmondor@example.org>").await, 250);
-    let third = stored.len() / 3;
-    let parts = [&stored[..third], &stored[third..2 * third], &stored[2 * third..]];
-    for (i, part) in parts.iter().enumerate() {
-        let last = if i == 2 { " LAST" } else { "" };
-        c.send(format!("BDAT {}{last}\r\n", part.len()).as_bytes()).await;
-        c.send(part).await;
-        let (code, text) = c.reply().await.unwrap();
+    for (i, (code, text)) in bdat(&server, &stored, 3).await.into_iter().enumerate() {
         assert_eq!(code, 250, "chunk {i}: {text}");
     }
     let kept = messages(&db, "mmondor@example.org").await;
@@ -140,17 +147,9 @@ async fn messages_past_the_threshold_share_the_memory_allowance() {
         assert_eq!(code, 250, "message {i}: {text}");
     }
     // BDAT too.
-    let mut c = Client::connect(server.addr).await;
-    assert_eq!(c.code().await, 220);
-    c.cmd("EHLO c").await;
-    assert_eq!(c.cmd("MAIL FROM:<a@b.test>").await, 250);
-    assert_eq!(c.cmd("RCPT TO:<mmondor@example.org>").await, 250);
     let (_, stored) = message(ALLOWANCE / 40);
-    for (i, part) in stored.chunks(stored.len() / 2 + 1).enumerate() {
-        let last = if i == 1 { " LAST" } else { "" };
-        c.send(format!("BDAT {}{last}\r\n", part.len()).as_bytes()).await;
-        c.send(part).await;
-        assert_eq!(c.reply().await.unwrap().0, 250, "chunk {i}");
+    for (i, (code, text)) in bdat(&server, &stored, 2).await.into_iter().enumerate() {
+        assert_eq!(code, 250, "chunk {i}: {text}");
     }
     // More than 1/32 of the allowance: to the spool, which cannot be written.
     let (over, _) = message(ALLOWANCE / 16);
