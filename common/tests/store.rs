@@ -495,6 +495,29 @@ async fn mysql_migration_left_half_done_is_finished() {
     assert_eq!(locks, 0, "the lock is released");
 }
 
+/// Every MySQL connection of a store has the session the SQL is written for (set up by
+/// the store, not by sqlx, so that a Galera conflict during it is asked again on the
+/// same connection): timestamps in UTC, standard `||`, no engine substitution, UTF-8 of
+/// four octets; on the first connection and on one the pool opens beside it.
+#[tokio::test]
+async fn mysql_connections_get_the_session_settings() {
+    let Some(db) = TestDb::create(common::testing::Backend::MySql).await else { return };
+    let common::Store::MySql(p) = &db.store else { unreachable!() };
+    let (mut first, mut second) = (p.acquire().await.unwrap(), p.acquire().await.unwrap());
+    for conn in [&mut *first, &mut *second] {
+        let (zone, mode, charset, joined): (String, String, String, String) = sqlx::query_as(
+            "SELECT @@session.time_zone, @@session.sql_mode, @@session.character_set_client, 'a' || 'b'",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap();
+        assert_eq!(zone, "+00:00");
+        assert!(mode.contains("PIPES_AS_CONCAT") && mode.contains("NO_ENGINE_SUBSTITUTION"), "{mode}");
+        assert_eq!(charset, "utf8mb4");
+        assert_eq!(joined, "ab");
+    }
+}
+
 /// design.md "Schema": box addresses are lowercase. A mixed-case box would receive no
 /// mail and could not log in, so every backend refuses one when it is inserted or
 /// renamed (migration 0004); one inserted before that migration is reported.

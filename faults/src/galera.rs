@@ -190,6 +190,34 @@ impl Galera {
         assert!(out.status.success(), "{sql} on node {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// What node `i` says about itself, for a failure message: its wsrep status, its
+    /// sessions, the answers to sqlx's session setup statements one by one, and the end
+    /// of its error log.
+    pub fn diagnose(&self, i: usize) -> String {
+        let port = self.nodes[i].port;
+        let run = |sql: &str| {
+            let out = Command::new("mariadb")
+                .args(["-h127.0.0.1", &format!("-P{port}"), "-uroot", "-B", "-e", sql])
+                .output()
+                .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+                .unwrap_or_else(|e| e.to_string());
+            format!("> {sql}\n{out}")
+        };
+        let mut text = String::new();
+        for sql in [
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state_comment','wsrep_cluster_status','wsrep_cluster_size','wsrep_ready','wsrep_connected','wsrep_desync_count','wsrep_local_recv_queue','wsrep_flow_control_paused')",
+            "SELECT 1",
+            "SET time_zone='+00:00'",
+            "SET NAMES utf8mb4",
+            "SET sql_mode=(SELECT CONCAT(@@sql_mode, ',PIPES_AS_CONCAT'))",
+            "SHOW FULL PROCESSLIST",
+        ] {
+            text.push_str(&run(sql));
+        }
+        text.push_str(&format!("error log ends:\n{}", tail(&self.nodes[i].log, 40)));
+        text
+    }
+
     /// Node `i`'s error log.
     pub fn log_text(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
@@ -319,7 +347,10 @@ pub async fn start_all(
 /// # Panics
 /// If it cannot connect.
 pub async fn store(cluster: &Galera, i: usize) -> Store {
-    Store::connect(&DatabaseConfig::from_url(cluster.url(i))).await.expect("connect")
+    match Store::connect(&DatabaseConfig::from_url(cluster.url(i))).await {
+        Ok(s) => s,
+        Err(e) => panic!("connect to node {i}: {e}\n{}", cluster.diagnose(i)),
+    }
 }
 
 /// The MySQL pool of a cluster store.

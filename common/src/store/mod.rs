@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod model;
 pub mod nodelay;
 mod ops;
+mod session;
 mod sql;
 mod tmtp;
 pub use tmtp::WakeListener;
@@ -239,20 +240,31 @@ impl Store {
         let url = cfg.url.expose().as_str();
         let timeout = Duration::from_secs(cfg.acquire_timeout.max(1));
         // The first connection, alone and within the timeout: its error is the answer.
-        // A conflict while the session is set up (a Galera node that has just rejoined
-        // can abort it with 1213, for seconds) is tried again until the timeout.
-        async fn probe<C: Connection>(opts: &C::Options, place: &str, timeout: Duration) -> Result<(), StoreError> {
+        // A conflict while the session is set up is asked again on the same connection
+        // (see `session`); one that outlasts that, on a new connection until the timeout.
+        // `setup` is the session setup the pool runs after connecting.
+        async fn probe<C: Connection, F>(
+            opts: &C::Options,
+            place: &str,
+            timeout: Duration,
+            setup: impl Fn(C) -> F,
+        ) -> Result<(), StoreError>
+        where
+            F: std::future::Future<Output = (C, Result<(), sqlx::Error>)>,
+        {
             let open = |cause: String| StoreError::Open { place: place.to_owned(), cause };
             let deadline = tokio::time::Instant::now() + timeout;
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let pause = retry_pause(attempt);
-                match tokio::time::timeout_at(deadline, C::connect_with(opts)).await {
-                    Ok(Ok(conn)) => {
-                        let _ = conn.close().await;
-                        return Ok(());
-                    }
+                let connected = async {
+                    let (conn, set) = setup(C::connect_with(opts).await?).await;
+                    let _ = conn.close().await;
+                    set
+                };
+                match tokio::time::timeout_at(deadline, connected).await {
+                    Ok(Ok(())) => return Ok(()),
                     Ok(Err(e)) if crate::error::retryable(&e) && tokio::time::Instant::now() + pause < deadline => {
                         tokio::time::sleep(pause).await;
                     }
@@ -264,7 +276,7 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
-            probe::<sqlx::PgConnection>(&opts, &place, timeout).await?;
+            probe::<sqlx::PgConnection, _>(&opts, &place, timeout, |c| async { (c, Ok(())) }).await?;
             // The probe was the first connection; the pool opens its own as needed.
             let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
             let port = opts.get_port();
@@ -285,9 +297,15 @@ impl Store {
                 .connect_lazy_with(opts);
             Ok(Self::Postgres(pool))
         } else if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
-            let opts = MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4");
+            let opts = session::without_sqlx_setup(
+                MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4"),
+            );
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
-            probe::<sqlx::MySqlConnection>(&opts, &place, timeout).await?;
+            probe::<sqlx::MySqlConnection, _>(&opts, &place, timeout, |mut c| async move {
+                let set = session::setup(&mut c).await;
+                (c, set)
+            })
+            .await?;
             // The probe was the first connection; the pool opens its own as needed.
             let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
             let port = opts.get_port();
@@ -295,10 +313,10 @@ impl Store {
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
-                .after_connect(move |_, _| {
+                .after_connect(move |conn, _| {
                     Box::pin(async move {
                         nodelay::after_connect(port).await;
-                        Ok(())
+                        session::setup(conn).await
                     })
                 })
                 .before_acquire(move |conn: &mut sqlx::MySqlConnection, _| {
