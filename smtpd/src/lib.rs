@@ -29,19 +29,18 @@ use common::store::{Resolution, Store};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, SmtpdConfig};
-use crate::flood::Flood;
 use crate::proto::reply::Reply;
-use crate::session::Settings;
+use crate::session::{Kept, Settings};
 
-/// A running mmsmtpd: the shared [`Core`] and the flood table, which survives reloads.
+/// A running mmsmtpd: the shared [`Core`] and what survives reloads ([`Kept`]).
 pub struct Server {
     core: Core<Settings>,
-    flood: Arc<Flood>,
+    kept: Kept,
 }
 
-fn live(cfg: &Config, flood: &Arc<Flood>, tls: Option<TlsAcceptor>, stats: &Stats) -> anyhow::Result<Live<Settings>> {
+fn live(cfg: &Config, kept: &Kept, tls: Option<TlsAcceptor>, stats: &Stats) -> anyhow::Result<Live<Settings>> {
     Ok(Live {
-        settings: Arc::new(Settings::with_flood(cfg, flood.clone(), stats.clone())?),
+        settings: Arc::new(Settings::with_kept(cfg, kept, stats.clone())?),
         limits: cfg.limits.clone(),
         tls,
         shaper: Shaper::new(&cfg.shaping),
@@ -71,9 +70,9 @@ impl Daemon for Server {
             Ok(problems) => problems.iter().for_each(|p| tracing::warn!("{p}")),
             Err(e) => tracing::warn!(cause = %e, "postmaster box not checked"),
         }
-        let flood = Arc::new(Flood::new(&cfg.own));
-        let core = Core::new(store, live(cfg, &flood, tls, &stats)?, config::DEFAULT_INPUT_TIMEOUT, stats);
-        Ok(Arc::new(Server { core, flood }))
+        let kept = Kept::new(&cfg.own);
+        let core = Core::new(store, live(cfg, &kept, tls, &stats)?, config::DEFAULT_INPUT_TIMEOUT, stats);
+        Ok(Arc::new(Server { core, kept }))
     }
 
     /// Serves SMTP on `listeners` until `shutdown` is cancelled; returns once every
@@ -92,7 +91,7 @@ impl Daemon for Server {
     /// `[smtpd]` apply to new connections; open ones go on unchanged. Listeners, the
     /// database and privileges need a restart.
     fn reload(&self, cfg: &Config) -> anyhow::Result<()> {
-        self.core.replace(live(cfg, &self.flood, load_tls(cfg.tls.as_ref())?, self.core.stats())?);
+        self.core.replace(live(cfg, &self.kept, load_tls(cfg.tls.as_ref())?, self.core.stats())?);
         Ok(())
     }
 

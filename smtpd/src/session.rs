@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
 use crate::checks::{Checker, Client, Verdict};
-use crate::config::{Config, NullSender};
+use crate::config::{Config, NullSender, SmtpdConfig};
 use crate::flood::Flood;
 use crate::proto::command::{Command, ForwardPath, MailParams, SyntaxError, parse};
 use crate::proto::data::{ChunkReceiver, DataLimits, Received};
@@ -73,23 +73,77 @@ pub struct Settings {
     pub held: Arc<AtomicUsize>,
 }
 
+/// What the daemon keeps across reloads (SIGHUP) because sessions started before one
+/// still count in it: the flood table, the octets messages past `spool_threshold` hold
+/// in memory (`[smtpd] spool_memory` is one allowance for the daemon, not one per
+/// configuration), and the permits to read spooled messages back (`spool_loads`).
+#[derive(Debug)]
+pub struct Kept {
+    /// The flood table.
+    pub flood: Arc<Flood>,
+    /// Octets held in memory by messages past `spool_threshold`, together.
+    pub held: Arc<AtomicUsize>,
+    /// Permits to read a spooled message back into memory.
+    pub loads: Arc<tokio::sync::Semaphore>,
+    /// How many permits `loads` stands for (`spool_loads`, at least 1).
+    loads_size: AtomicUsize,
+}
+
+impl Kept {
+    /// Fresh tables for a daemon starting with `own`.
+    pub fn new(own: &SmtpdConfig) -> Self {
+        let size = own.spool_loads.max(1);
+        Self {
+            flood: Arc::new(Flood::new(own)),
+            held: Arc::new(AtomicUsize::new(0)),
+            loads: Arc::new(tokio::sync::Semaphore::new(size)),
+            loads_size: AtomicUsize::new(size),
+        }
+    }
+
+    /// Takes new settings: the flood limits (counts so far are kept) and the number of
+    /// read-back permits. Fewer permits than are taken now: the free ones go at once, the
+    /// rest as their sessions give them back (outside a runtime: only the free ones).
+    pub fn update(&self, own: &SmtpdConfig) {
+        self.flood.update(own);
+        let want = own.spool_loads.max(1);
+        let had = self.loads_size.swap(want, Ordering::Relaxed);
+        if want > had {
+            self.loads.add_permits(want - had);
+        } else if want < had {
+            let debt = (had - want) - self.loads.forget_permits(had - want);
+            if debt > 0
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                && let Ok(debt) = u32::try_from(debt)
+            {
+                let loads = self.loads.clone();
+                runtime.spawn(async move {
+                    if let Ok(permits) = loads.acquire_many_owned(debt).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+    }
+}
+
 impl Settings {
-    /// Derives the settings from a validated config, with a fresh flood table and a
+    /// Derives the settings from a validated config, with fresh [`Kept`] tables and a
     /// stats client of its own.
     ///
     /// # Errors
     /// The DNS resolver of the checks cannot be set up.
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
-        Self::with_flood(cfg, Arc::new(Flood::new(&cfg.own)), Stats::open(&cfg.stats, "mmsmtpd"))
+        Self::with_kept(cfg, &Kept::new(&cfg.own), Stats::open(&cfg.stats, "mmsmtpd"))
     }
 
-    /// Derives the settings from a validated config, keeping `flood` (SIGHUP) and
-    /// counting with `stats`.
+    /// Derives the settings from a validated config, sharing `kept` (which takes the
+    /// config's flood limits and `spool_loads`) and counting with `stats`.
     ///
     /// # Errors
     /// The DNS resolver of the checks cannot be set up (`[dns]`).
-    pub fn with_flood(cfg: &Config, flood: Arc<Flood>, stats: Stats) -> anyhow::Result<Self> {
-        flood.update(&cfg.own);
+    pub fn with_kept(cfg: &Config, kept: &Kept, stats: Stats) -> anyhow::Result<Self> {
+        kept.update(&cfg.own);
         let checker = Checker::new(&cfg.server.name, cfg.own.dmarc_reject, &cfg.extra)?;
         Ok(Self {
             name: cfg.server.name.clone(),
@@ -101,11 +155,11 @@ impl Settings {
                 .unwrap_or_else(|| Address::parse("postmaster@localhost", false).expect("constant mailbox")),
             tls_available: cfg.tls.is_some(),
             ipv6_prefix: cfg.limits.ipv6_prefix,
-            flood,
+            flood: kept.flood.clone(),
             stats,
             checker,
-            loads: Arc::new(tokio::sync::Semaphore::new(cfg.own.spool_loads.max(1))),
-            held: Arc::new(AtomicUsize::new(0)),
+            loads: kept.loads.clone(),
+            held: kept.held.clone(),
         })
     }
 }
@@ -1027,7 +1081,7 @@ fn syntax_reply(e: SyntaxError) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::{Charge, count_received, trace_name};
+    use super::{Charge, Kept, count_received, trace_name};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1052,6 +1106,32 @@ mod tests {
         assert!(c.grow(&total, 1000, 1000));
         drop(c);
         assert_eq!(total.load(Ordering::Acquire), 0);
+    }
+
+    /// A reload (SIGHUP) makes new settings but not a new allowance: a message held in
+    /// memory before it still counts after it; the read-back permits take the new
+    /// `spool_loads`, those taken while it shrinks going as they are given back.
+    #[tokio::test]
+    async fn a_reload_keeps_the_allowance_and_resizes_the_read_back_permits() {
+        let mut own = crate::config::SmtpdConfig { spool_loads: 2, ..Default::default() };
+        let kept = Kept::new(&own);
+        let mut before = Charge::default();
+        assert!(before.grow(&kept.held, 1000, 800));
+        own.spool_loads = 4;
+        kept.update(&own);
+        assert!(!Charge::default().grow(&kept.held, 1000, 300), "the message from before the reload counts");
+        assert_eq!(kept.loads.available_permits(), 4);
+        let taken = kept.loads.clone().acquire_many_owned(3).await.unwrap();
+        own.spool_loads = 1;
+        kept.update(&own);
+        assert_eq!(kept.loads.available_permits(), 0, "the free permit goes at once");
+        drop(taken);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(kept.loads.available_permits(), 1, "two of the three given back are gone");
+        drop(before);
+        assert_eq!(kept.held.load(Ordering::Acquire), 0);
     }
 
     #[test]
