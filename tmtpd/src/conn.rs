@@ -67,8 +67,8 @@ where
 {
     let (reader, writer) = tokio::io::split(stream);
     let mut reader = ElasticReader::new(reader);
-    let (link, acks) = Link::new(Box::new(writer), hub.settings.idle_timeout);
-    let mut session = Session::new(hub.clone(), link.clone(), acks);
+    let link = Link::new(Box::new(writer), hub.settings.idle_timeout);
+    let mut session = Session::new(hub.clone(), link.clone());
     let mut conn = Conn { buf: Vec::new(), hub: &hub, login_deadline, link: &link, shutdown: &shutdown };
     let end = conn.frames(&mut reader, &mut session).await;
     if let End::Quit(q) = end {

@@ -66,8 +66,10 @@ pub struct Link {
     /// Set when the database holds messages for this node that the inbox does not (a
     /// streamed post, or one stored by another instance): the queue reads them.
     stale: AtomicBool,
-    /// Ids the client acknowledged (op 10), for the node's queue.
-    pub acks: mpsc::Sender<String>,
+    /// Ids the client acknowledged (op 10), for the node's queue; opened at login
+    /// ([`Link::open_acks`]), so that a connection that never logs in does not pay for a
+    /// channel (about 1.3 KB: its first block of slots and its shared state).
+    acks: std::sync::OnceLock<mpsc::Sender<String>>,
     /// Cancelled when the connection ends (or must end: a write failed).
     pub closed: CancellationToken,
     /// Which link of this instance it is: its row in `tmtp_link` names it.
@@ -79,21 +81,37 @@ pub struct Link {
 static TOKENS: AtomicI64 = AtomicI64::new(0);
 
 impl Link {
-    /// A link writing to `writer`; returns it and the receiving end of its acks.
-    pub fn new(writer: Writer, write_timeout: Duration) -> (Arc<Link>, mpsc::Receiver<String>) {
-        // mnm: a 10-slot buffer, a full one waits up to 2 s (spec §8.3).
-        let (tx, rx) = mpsc::channel(10);
-        let link = Link {
+    /// A link writing to `writer`, with a write timeout of `write_timeout`.
+    pub fn new(writer: Writer, write_timeout: Duration) -> Arc<Link> {
+        Arc::new(Link {
             writer: tokio::sync::Mutex::new(writer),
             wake: Notify::new(),
             inbox: Mutex::default(),
             stale: AtomicBool::new(false),
-            acks: tx,
+            acks: std::sync::OnceLock::new(),
             closed: CancellationToken::new(),
             token: TOKENS.fetch_add(1, Ordering::Relaxed) + 1,
             write_timeout,
-        };
-        (Arc::new(link), rx)
+        })
+    }
+
+    /// Opens the channel of the client's acks at login and returns its receiving end,
+    /// for the node's queue. A link logs in once; a second call returns a receiver
+    /// that gets nothing.
+    pub fn open_acks(&self) -> mpsc::Receiver<String> {
+        // mnm: a 10-slot buffer (spec §8.3).
+        let (tx, rx) = mpsc::channel(10);
+        let _ = self.acks.set(tx);
+        rx
+    }
+
+    /// Passes the id of a client's ack (op 10) to the node's queue: mnm waits up to 2 s
+    /// for room in the 10-slot buffer, then drops the ack (spec §8.3), which only makes
+    /// the message be sent again. Nothing before login ([`Link::open_acks`]).
+    pub async fn ack(&self, id: String) {
+        if let Some(tx) = self.acks.get() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(id)).await;
+        }
     }
 
     /// Hands `message` (committed for this node) to the queue.

@@ -386,13 +386,13 @@ pub struct Session {
     /// Where the connection is.
     pub state: State,
     /// The link to give a node that logs in (its writer).
-    pending_link: Option<(Arc<Link>, tokio::sync::mpsc::Receiver<String>)>,
+    pending_link: Option<Arc<Link>>,
 }
 
 impl Session {
     /// A session that will use `link` once logged in.
-    pub fn new(hub: Arc<Hub>, link: Arc<Link>, acks: tokio::sync::mpsc::Receiver<String>) -> Session {
-        Session { hub, state: State::New, pending_link: Some((link, acks)) }
+    pub fn new(hub: Arc<Hub>, link: Arc<Link>) -> Session {
+        Session { hub, state: State::New, pending_link: Some(link) }
     }
 
     /// The hub.
@@ -480,9 +480,7 @@ impl Session {
             Op::Login => self.login(h).await,
             Op::Ack => {
                 if let Some(o) = self.online() {
-                    let id = h.id.clone().unwrap_or_default();
-                    // mnm waits up to 2 s for room, then drops the ack (spec §8.3).
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), o.link.acks.send(id)).await;
+                    o.link.ack(h.id.clone().unwrap_or_default()).await;
                 }
                 Ok(Step::Reply(Vec::new()))
             }
@@ -544,10 +542,11 @@ impl Session {
         }
         let mut out = message::frame(&f);
         let key = Node { uid: uid.clone(), num: 1 };
-        let Some((link, acks)) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
+        let Some(link) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
         if !hub.attach(&key, &link).await? {
             return Ok(Step::Quit(Quit::NodeConnected));
         }
+        let acks = link.open_acks();
         out.extend_from_slice(&message::info(&hub.presence_for(&uid)));
         hub.stats.batch().update(Flag::Persistent, &["total", "registrations"], 1).send();
         self.state = State::Online(Online { key: key.clone(), link, ohi: false });
@@ -577,11 +576,12 @@ impl Session {
                 return Ok(Step::Quit(Quit::LoginFailed));
             }
         };
-        let Some((link, acks)) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
+        let Some(link) = self.pending_link.take() else { return Ok(Step::Quit(Quit::Connected)) };
         if !hub.attach(&key, &link).await? {
-            self.pending_link = Some((link, acks));
+            self.pending_link = Some(link);
             return Ok(Step::Quit(Quit::NodeConnected));
         }
+        let acks = link.open_acks();
         let out = message::info(&hub.presence_for(&uid));
         self.state = State::Online(Online { key: key.clone(), link, ohi: false });
         // The `login` note to every node of the user, this one included (spec §5.2).
