@@ -206,6 +206,8 @@ async fn size_limit_allows_overrun_by_one_message_only() {
         s.deliver(&d("b1")).await.unwrap(); // 0 -> 66 bytes
         s.deliver(&d("b2")).await.unwrap(); // 66 is under 100: accepted, 132 now
         assert!(matches!(s.deliver(&d("b3")).await, Err(DeliverError::NoRoom(_))), "{:?}", db.backend);
+        assert_eq!(count(&db, "message").await, 2, "no body of the refused message on {:?}", db.backend);
+        assert_eq!(db.counters("small@example.org").await, Usage { bytes: 132, messages: 2 }, "{:?}", db.backend);
     }
 }
 

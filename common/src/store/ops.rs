@@ -119,9 +119,50 @@ macro_rules! operations {
         // --- delivery and retrieval ---
 
         pub(crate) async fn deliver(p: &Pool, d: &Delivery<'_>, now: i64) -> std::result::Result<(), DeliverError> {
+            if DIALECT == crate::store::sql::Dialect::Postgres
+                && d.body.len() <= crate::store::sql::PG_DELIVER_ONE_MAX
+                && let [copy] = d.copies.as_slice()
+            {
+                return deliver_one(p, d.body, copy, now).await;
+            }
             let mut tx = write(p).await.map_err(StoreError::from)?;
             let r = deliver_in(&mut *tx, d, now, false).await;
             tx.settle(r).await.map_err(StoreError::from)?.map_err(DeliverError::NoRoom)
+        }
+
+        /// PostgreSQL, a delivery of one copy: [`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE),
+        /// one statement that commits on its own. A refusal by the server rolled the
+        /// whole statement back; a statement sent that got no answer may have committed
+        /// ([`StoreError::CommitUnknown`], resolved by `Store::deliver` as a `COMMIT`
+        /// without answer is).
+        async fn deliver_one(
+            p: &Pool,
+            body: &[u8],
+            copy: &crate::store::model::MailCopy,
+            now: i64,
+        ) -> std::result::Result<(), DeliverError> {
+            let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
+            let size = body_len.saturating_add(copy.trace.len() as i64);
+            let mut conn = p.acquire().await.map_err(StoreError::from)?;
+            let done = sqlx::query(crate::store::sql::PG_DELIVER_ONE)
+                .bind(size)
+                .bind(&copy.box_address)
+                .bind(body_len)
+                .bind(now)
+                .bind(body)
+                .bind(&copy.uid)
+                .bind(&copy.trace)
+                .execute(&mut *conn)
+                .await;
+            match done {
+                Ok(done) if done.rows_affected() > 0 => Ok(()),
+                Ok(_) => Err(DeliverError::NoRoom(copy.box_address.clone())),
+                Err(e @ sqlx::Error::Database(_)) => Err(StoreError::Db(e).into()),
+                Err(e) => {
+                    conn.close_on_drop();
+                    Err(StoreError::CommitUnknown(e).into())
+                }
+            }
         }
 
         /// Deliveries taken together (see `Store::deliver`), in one transaction begun
