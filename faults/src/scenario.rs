@@ -202,8 +202,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// # Panics
 /// If the command fails.
 pub fn add_tmtp_user(config: &Path) -> (String, String) {
-    // On Galera the connection's setup can be refused with 1213 for longer than the
-    // command waits (seen in a CI run).
+    // On Galera a node can refuse a connection's setup with 1213 (seen in a CI run); the
+    // store asks again on the same connection and then on new ones within its timeout,
+    // and this asks the command again beyond that.
     let out = crate::galera::while_settling(|| {
         std::process::Command::new(crate::bin("mmtmtpd", "tmtpd"))
             .arg("-c")

@@ -132,7 +132,8 @@ macro_rules! operations {
 
         /// PostgreSQL, a delivery of one copy: [`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE),
         /// one statement that commits on its own. A refusal by the server rolled the
-        /// whole statement back; a statement sent that got no answer may have committed
+        /// whole statement back (the rule of a refused `COMMIT`,
+        /// `write::refused_for_sure`); a statement sent that got no answer may have committed
         /// ([`StoreError::CommitUnknown`], resolved by `Store::deliver` as a `COMMIT`
         /// without answer is).
         async fn deliver_one(
@@ -157,7 +158,7 @@ macro_rules! operations {
             match done {
                 Ok(done) if done.rows_affected() > 0 => Ok(()),
                 Ok(_) => Err(DeliverError::NoRoom(copy.box_address.clone())),
-                Err(e @ sqlx::Error::Database(_)) => Err(StoreError::Db(e).into()),
+                Err(e) if crate::store::write::refused_for_sure::<$db>(&e) => Err(StoreError::Db(e).into()),
                 Err(e) => {
                     conn.close_on_drop();
                     Err(StoreError::CommitUnknown(e).into())

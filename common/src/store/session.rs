@@ -11,7 +11,6 @@
 //! On the same connection the state clears: after a `SELECT 1` the `SET` succeeds.
 
 use std::future::Future;
-use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 
@@ -26,8 +25,8 @@ pub(crate) const SETUP: &str = "SET sql_mode=(SELECT CONCAT(@@sql_mode, ',PIPES_
 /// again; its own error, if any, is ignored.
 const CLEAR: &str = "SELECT 1";
 
-/// Attempts of [`SETUP`] on one connection; the pauses between them (20, 40, … ms) add
-/// up to about 2.5 s.
+/// Attempts of [`SETUP`] on one connection; the pauses between them
+/// ([`super::retry_pause`]: doubling from 20 ms, up to 1 s) add up to 1–2.3 s.
 const ATTEMPTS: u32 = 8;
 
 /// `opts` without sqlx's own session setup (the `SET` it sends after the handshake),
@@ -63,7 +62,7 @@ pub(crate) async fn setup<S: Statements>(conn: &mut S) -> Result<(), sqlx::Error
         match conn.run(SETUP).await {
             Ok(()) => return Ok(()),
             Err(e) if attempt < ATTEMPTS && crate::error::retryable(&e) => {
-                tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                tokio::time::sleep(super::retry_pause(attempt)).await;
                 let _ = conn.run(CLEAR).await;
             }
             Err(e) => return Err(e),

@@ -73,7 +73,7 @@ impl From<WriteError> for crate::error::StoreError {
 /// node applies it too once it rejoins. So on MySQL/MariaDB only a deadlock or lost
 /// certification (SQLSTATE 40001, which is retried) is a sure refusal; any other error is
 /// in doubt, and the caller looks for its work once the database answers again.
-fn refused_for_sure<DB: Database>(e: &sqlx::Error) -> bool {
+pub(crate) fn refused_for_sure<DB: Database>(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(_) if DB::NAME == "MySQL" => crate::error::retryable(e),
         sqlx::Error::Database(_) => true,
