@@ -531,6 +531,18 @@ impl Daemon {
         let _ = std::process::Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
     }
 
+    /// Waits up to `limit` for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Starts `bin -c config` (an existing file) and waits for `port` to accept.
     ///
     /// # Panics

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod frames;
 pub mod groups;
 pub mod hub;
 pub mod oidc;
@@ -108,23 +109,25 @@ impl Daemon for Server {
     /// Serves TMTP until `shutdown` is cancelled. The server never speaks first, so a
     /// refused connection is just closed.
     async fn serve(self: Arc<Self>, listeners: Vec<Listener>, shutdown: Shutdown) {
-        let tracker = shutdown.tracker.clone();
         // Leases and other instances' work: ends with the listeners, before the drain.
         let sharing = tokio::spawn(hub::share(self.hub(), shutdown.token.clone()));
-        self.core
-            .accept(listeners, None, shutdown, |stream, peer, implicit_tls, ctx| async move {
-                conn::serve(stream, peer, &ctx, implicit_tls).await
-            })
-            .await;
-        // The nodes' queues and the ohi writers end with their links: the drain waits
-        // for them as for the connections.
-        let hub = self.hub();
-        tracker.spawn(async move {
+        // The nodes' queues, the link releases and the ohi writers end with their links,
+        // and the acks received are committed after them: the drain waits for this as
+        // for the connections. It is tracked from the start, so that a stop when no
+        // connection is left cannot close the database before it.
+        let (hub, token) = (self.hub(), shutdown.token.clone());
+        shutdown.tracker.spawn(async move {
+            token.cancelled().await;
             let _ = sharing.await;
             hub.tasks.close();
             hub.tasks.wait().await;
             hub.flush_acks(Duration::from_secs(10)).await;
         });
+        self.core
+            .accept(listeners, None, shutdown, |stream, peer, implicit_tls, ctx| async move {
+                conn::serve(stream, peer, &ctx, implicit_tls).await
+            })
+            .await;
     }
 
     /// New TLS files, `[limits]` and `[shaping]` for new connections (SIGHUP); the rest

@@ -3,7 +3,8 @@
 //! A real mmtmtpd over TLS: every quit case of spec/tmtp.md §16.1, mnm's crash cases
 //! (§15.1) answered normally, garbage before and after TLS, OpenID Connect registration,
 //! and delivery (an offline node gets its backlog in order, an unacked message is sent
-//! again, a restart between the sender's ack and the delivery loses nothing).
+//! again, a restart between the sender's ack and the delivery loses nothing, a stop
+//! records the acks received and gives up the links).
 
 mod support;
 
@@ -347,6 +348,33 @@ async fn a_restart_between_the_senders_ack_and_the_delivery_loses_nothing() {
     let got = deliveries(&mut r, 1).await;
     assert_eq!(got[0].head["id"], json!(msgid));
     assert_eq!(got[0].data, b"survives a restart");
+}
+
+/// A stop (SIGTERM) after the last connection ended still records the acks received and
+/// gives up the nodes' links before the database is closed: the next instance sees the
+/// node free at once and does not send an acked message again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_records_the_acks_and_gives_up_the_links() {
+    let db = sqlite().await;
+    let mut s = suite(&db.url, "").await;
+    let me = online(&s, &s.send.0, &s.send.1[0]).await;
+    let mut r = online(&s, &s.recv.0, &s.recv.1[0]).await;
+    for i in 0..20 {
+        post(&me, &format!("s{i}"), &s.recv.0, format!("stop {i}").as_bytes()).await;
+    }
+    // The receiving peer acks each delivery as it reads it.
+    assert_eq!(deliveries(&mut r, 20).await.len(), 20);
+    drop(me);
+    drop(r);
+    s.daemon.signal("TERM");
+    let daemon = &mut s.daemon;
+    assert!(tokio::task::block_in_place(|| daemon.wait_exit(Duration::from_secs(20))), "the daemon stops");
+    let log = s.daemon.log_text();
+    assert!(!log.contains("failed"), "nothing failed at the stop:\n{log}");
+    // The first node of an account made by `mmtmtpd admin add-user` is number 1.
+    let node = common::store::Node { uid: s.recv.0.clone(), num: 1 };
+    assert!(db.store.tmtp_link_take(&node, "another", 1, 30).await.unwrap(), "the link was given up:\n{log}");
+    assert_eq!(db.store.tmtp_queue(&s.recv.0, 1).await.unwrap(), vec![], "every ack was recorded:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
