@@ -33,6 +33,12 @@ async fn accounts_nodes_and_aliases() {
         assert!(!s.tmtp_user_exists("uid1").await.unwrap(), "uids compare exactly");
         assert_eq!(s.tmtp_user_nodes("UID1").await.unwrap(), Some(vec![1]));
         assert_eq!(s.tmtp_user_nodes("uid1").await.unwrap(), None, "no such account");
+        let known = |v: &[&str]| v.iter().map(|u| u.to_string()).collect::<std::collections::HashSet<_>>();
+        assert_eq!(s.tmtp_users_among(&["UID1", "uid1", "nobody", "UID2"]).await.unwrap(), known(&["UID1", "UID2"]));
+        let many: Vec<String> = (0..40).map(|i| if i == 35 { "UID2".into() } else { format!("none{i}") }).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(s.tmtp_users_among(&many).await.unwrap(), known(&["UID2"]), "past the first chunk");
+        assert!(s.tmtp_users_among(&[]).await.unwrap().is_empty());
 
         assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), AddAlias::Added);
         assert_eq!(s.tmtp_add_alias("UID1", "test1234").await.unwrap(), AddAlias::Added, "re-adding one's own alias");
@@ -120,10 +126,13 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
             s.tmtp_queue("B", 1).await.unwrap()[1..].to_vec(),
             "the next page starts after the key given"
         );
-        let TmtpMessage { header, size } = s.tmtp_message(big).await.unwrap().unwrap();
+        let TmtpMessage { header, size, first } = s.tmtp_message(big).await.unwrap().unwrap();
         assert_eq!((header.as_slice(), size), (&b"0010{\"op\":\"delivery\"}"[..], 3 * 65536));
-        assert_eq!(s.tmtp_chunk(big, 2).await.unwrap().unwrap(), chunk);
-        assert_eq!(s.tmtp_chunk(big, 3).await.unwrap(), None);
+        assert_eq!(first.as_ref(), Some(&chunk), "{name}: the first chunk comes with the header");
+        assert_eq!(s.tmtp_chunks(big, 1, 8).await.unwrap(), vec![chunk.clone(), chunk.clone()], "{name}: the rest");
+        assert_eq!(s.tmtp_chunks(big, 2, 1).await.unwrap(), vec![chunk.clone()]);
+        assert_eq!(s.tmtp_chunks(big, 3, 1).await.unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(s.tmtp_message(old).await.unwrap().unwrap().first, None, "{name}: no data, no chunk");
 
         // A new node of B starts with B.2's pending messages.
         let AddNode::Added(b3) = s.tmtp_add_node("B", "HB3", 2, 100).await.unwrap() else { panic!("a third node") };
@@ -139,7 +148,7 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         assert!(s.tmtp_message(big).await.unwrap().is_some(), "B.3 has not acked yet");
         assert!(s.tmtp_ack("B", b3, big).await.unwrap());
         assert_eq!(s.tmtp_message(big).await.unwrap(), None);
-        assert_eq!(s.tmtp_chunk(big, 0).await.unwrap(), None, "{name}: chunks go with their message");
+        assert!(s.tmtp_chunks(big, 0, 8).await.unwrap().is_empty(), "{name}: chunks go with their message");
 
         // A message with no recipient is not kept.
         let lonely = big + 100;
@@ -147,21 +156,71 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         s.tmtp_put_chunk(lonely, 0, b"x").await.unwrap();
         s.tmtp_commit_message(lonely, b"h", 1, "M", &[], None).await.unwrap();
         assert_eq!(s.tmtp_message(lonely).await.unwrap(), None);
-        assert_eq!(s.tmtp_chunk(lonely, 0).await.unwrap(), None);
+        assert!(s.tmtp_chunks(lonely, 0, 1).await.unwrap().is_empty());
 
         // An upload cut off (a crash) is removed at start; committed ones stay.
         let cut = big + 200;
         s.tmtp_begin_message(cut).await.unwrap();
         s.tmtp_put_chunk(cut, 0, b"partial").await.unwrap();
         assert_eq!(s.tmtp_cleanup().await.unwrap(), 1);
-        assert_eq!(s.tmtp_chunk(cut, 0).await.unwrap(), None);
+        assert!(s.tmtp_chunks(cut, 0, 1).await.unwrap().is_empty());
         assert!(s.tmtp_message(old).await.unwrap().is_some());
         // An explicit discard (resolution error after the upload).
         let refused = big + 300;
         s.tmtp_begin_message(refused).await.unwrap();
         s.tmtp_put_chunk(refused, 0, b"data").await.unwrap();
         s.tmtp_discard(refused).await.unwrap();
-        assert_eq!(s.tmtp_chunk(refused, 0).await.unwrap(), None);
+        assert!(s.tmtp_chunks(refused, 0, 1).await.unwrap().is_empty());
+
+        // A run of chunks ends at a missing one: data is never sent out of order.
+        let holed = big + 400;
+        s.tmtp_begin_message(holed).await.unwrap();
+        for seq in [0, 1, 3] {
+            s.tmtp_put_chunk(holed, seq, &[seq as u8]).await.unwrap();
+        }
+        assert_eq!(s.tmtp_chunks(holed, 0, 8).await.unwrap(), vec![vec![0u8], vec![1u8]], "{name}");
+        assert_eq!(s.tmtp_chunks(holed, 2, 8).await.unwrap(), Vec::<Vec<u8>>::new(), "{name}");
+    }
+}
+
+/// Queue rows go in and out in chunks of several rows per statement: a message for more
+/// nodes than one statement names, and one batch of acks spanning several statements,
+/// with a repeated ack and a stray one.
+#[tokio::test]
+async fn many_recipients_and_many_acks_in_one_batch() {
+    for db in TestDb::all().await {
+        let s = &db.store;
+        let name = s.backend();
+        let many: Vec<Node> = (1..=37).map(|n| node("M", n)).collect();
+        let data = vec![5u8; 1000];
+        let whole = [
+            WholeMessage { id: 1, header: b"h1", data: &data, prio: "M", nodes: &many },
+            WholeMessage { id: 2, header: b"h2", data: b"", prio: "E", nodes: &many[..3] },
+        ];
+        s.tmtp_store_messages(&whole, None).await.unwrap();
+        s.tmtp_begin_message(3).await.unwrap();
+        s.tmtp_put_chunk(3, 0, b"x").await.unwrap();
+        s.tmtp_commit_message(3, b"h3", 1, "M", &many[..17], None).await.unwrap();
+        assert_eq!(s.tmtp_queue("M", 1).await.unwrap(), vec![queued("E", 2), queued("M", 1), queued("M", 3)], "{name}");
+        assert_eq!(s.tmtp_queue("M", 17).await.unwrap(), vec![queued("M", 1), queued("M", 3)], "{name}");
+        assert_eq!(s.tmtp_queue("M", 18).await.unwrap(), vec![queued("M", 1)], "{name}");
+        assert_eq!(s.tmtp_queue("M", 37).await.unwrap(), vec![queued("M", 1)], "{name}");
+
+        // Message 1 acked by all but M.37, message 2 by all three, one ack twice, one
+        // for a message never queued there.
+        let mut acks: Vec<(Node, i64)> = many[..36].iter().map(|n| (n.clone(), 1)).collect();
+        acks.extend(many[..3].iter().map(|n| (n.clone(), 2)));
+        acks.push((node("M", 1), 1));
+        acks.push((node("M", 20), 99));
+        assert_eq!(s.tmtp_acks(&acks).await.unwrap(), 39, "{name}: each queue row once");
+        assert!(s.tmtp_message(1).await.unwrap().is_some(), "{name}: M.37 has not acked");
+        assert_eq!(s.tmtp_message(2).await.unwrap(), None, "{name}: acked by all");
+        assert_eq!(s.tmtp_queue("M", 1).await.unwrap(), vec![queued("M", 3)], "{name}");
+        assert_eq!(s.tmtp_queue("M", 36).await.unwrap(), vec![], "{name}");
+        assert_eq!(s.tmtp_acks(&[(node("M", 37), 1)]).await.unwrap(), 1);
+        assert_eq!(s.tmtp_message(1).await.unwrap(), None, "{name}: gone with the last ack");
+        assert!(s.tmtp_chunks(1, 0, 1).await.unwrap().is_empty(), "{name}: with its chunk");
+        assert_eq!(s.tmtp_message(3).await.unwrap().unwrap().first.as_deref(), Some(&b"x"[..]));
     }
 }
 
@@ -206,7 +265,7 @@ async fn instances_share_links_work_and_ids() {
         s.tmtp_store_messages(&[m], None).await.unwrap();
         assert_eq!(s.tmtp_wakes("two", 100).await.unwrap(), vec![]);
         assert_eq!(s.tmtp_queue_page("A", 1, None, 10).await.unwrap(), vec![queued("E", 11), queued("M", 10)]);
-        assert_eq!(s.tmtp_chunk(10, 0).await.unwrap().as_deref(), Some(&b"data"[..]));
+        assert_eq!(s.tmtp_message(10).await.unwrap().unwrap().first.as_deref(), Some(&b"data"[..]));
 
         // An ohi note for every instance where a node of B is connected, but this one.
         assert!(s.tmtp_wake_uid("B", "one", b"ohi").await.unwrap());

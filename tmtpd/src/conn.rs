@@ -20,8 +20,8 @@ use crate::proto::header::{Header, Op};
 use crate::proto::message;
 use crate::session::{Body, Session, Step, Upload, check_text};
 
-/// Post data stored per chunk.
-const CHUNK: usize = 64 * 1024;
+/// Post data stored per chunk (bytes).
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// How a connection ends.
 enum End {

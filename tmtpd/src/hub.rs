@@ -43,16 +43,20 @@ pub struct Settings {
 /// The writing side of a connection.
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// A message whose data came whole, kept in memory from its commit until its online
-/// recipients have it: the link writes it without reading it back from the database.
+/// A message just committed for nodes online here, as their queues learn of it from
+/// memory: its place in their order, and, when it is small and came whole, the frame
+/// itself, which the link then writes without reading it back from the database.
 #[derive(Debug)]
 pub struct Outgoing {
     /// The queue priority: `b'E'` or `b'M'` (spec/tmtp.md §4.5).
     pub prio: u8,
     /// The message id.
     pub id: i64,
-    /// The whole frame: length digits, JSON header, data.
-    pub frame: Vec<u8>,
+    /// The whole frame (length digits, JSON header, data) when at most
+    /// [`crate::session::HAND_MAX`] bytes; `None` for a larger one, read from the
+    /// database when its turn comes (a recipient with a long queue would otherwise hold
+    /// it in memory all that time).
+    pub frame: Option<Arc<[u8]>>,
 }
 
 /// A logged-in connection, as the rest of the daemon sees it.
@@ -207,7 +211,12 @@ pub struct Hub {
     /// Acks received and not yet committed: a queue that reads its node's rows leaves
     /// these out, so that a message acked is not sent again meanwhile.
     unflushed: Mutex<std::collections::HashSet<(Node, i64)>>,
+    /// Frames of recent messages, for the deliveries that would read them back.
+    pub frames: crate::frames::Frames,
 }
+
+/// Bytes of recent message frames kept for the queues ([`Hub::frames`]).
+pub const FRAME_CACHE: usize = 8 << 20;
 
 /// An `ohi` note for other instances: the uid whose nodes get it, and the frame.
 type Note = (String, Vec<u8>);
@@ -254,6 +263,7 @@ impl Hub {
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             unflushed: Mutex::default(),
+            frames: crate::frames::Frames::new(FRAME_CACHE),
         });
         // The writer holds the hub weakly: it ends when every queue (each holding the hub)
         // has ended and the channel is empty.
@@ -399,8 +409,8 @@ impl Hub {
         links.iter().filter(|(n, _)| n.uid == uid).map(|(_, l)| l.clone()).collect()
     }
 
-    /// Tells the queues of `nodes` that are online here to read the database (a message
-    /// streamed into it).
+    /// Tells the queues of `nodes` that are online here to read the database (messages
+    /// another instance stored for them).
     pub fn wake(&self, nodes: &[Node]) {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         for n in nodes {

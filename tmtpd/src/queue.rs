@@ -3,12 +3,12 @@
 //! seconds without one, or first thing at the next login. Messages go in (priority, id)
 //! order.
 //!
-//! A message of at most [`crate::session::HAND_MAX`] bytes posted while its recipient
-//! is online here is handed to this queue in memory after its commit ([`Link::hand`])
-//! and written without reading it back. The
+//! A message posted while its recipient is online here is handed to this queue in
+//! memory after its commit ([`Link::hand`]): its place in the order, and, up to
+//! [`crate::session::HAND_MAX`] bytes, its frame, written without reading it back. The
 //! database stays the record: the queue reads its node's rows in pages of [`PAGE`] at
-//! login, whenever it was told the database holds more (a streamed post, one stored by
-//! another instance: [`Link::mark_stale`]), when it reaches the end of a page, and every
+//! login, whenever it was told the database holds more (messages stored by another
+//! instance: [`Link::mark_stale`]), when it reaches the end of a page, and every
 //! [`POLL`] while idle. A recipient's ack lets the next message go at once; the ack
 //! itself is committed with others in one transaction ([`Hub::ack`]).
 
@@ -66,11 +66,13 @@ impl Pending {
         self.recent_set.insert(key.1);
     }
 
-    /// Messages handed in memory since the last look.
+    /// Messages handed in memory since the last look: their frames when they came
+    /// with them, else only their places in the order.
     fn take(&mut self, handed: Vec<Arc<Outgoing>>) {
         for m in handed {
             if !self.recent_set.contains(&m.id) {
-                self.messages.insert((m.prio, m.id), Some(m));
+                let key = (m.prio, m.id);
+                self.messages.insert(key, m.frame.is_some().then_some(m));
             }
         }
     }
@@ -126,33 +128,78 @@ enum Read {
     After(Key),
 }
 
-/// Sends message `id` (header then data chunks) from the database while holding the
-/// link's writer. False when the message is gone or the link failed.
+/// Chunks ([`crate::conn::CHUNK`] bytes each) read in one query while a message too large for
+/// [`Hub::frames`] is written from the database.
+const CHUNK_RUN: i64 = 4;
+
+/// Sends message `id` read from the database (or from [`Hub::frames`], where a message
+/// read for another node stays a while). A message that fits there is read whole and
+/// kept; a larger one is written header first, then its data in runs of [`CHUNK_RUN`]
+/// chunks while holding the link's writer. False when the message is gone or the link
+/// failed.
 async fn send_stored(hub: &Hub, link: &Link, id: i64) -> Result<bool, common::StoreError> {
-    let Some(common::store::TmtpMessage { header, size }) = hub.store.tmtp_message(id).await? else {
+    if let Some(frame) = hub.frames.get(id) {
+        return Ok(sent(hub, frame.len(), link.send(&frame).await));
+    }
+    let Some(common::store::TmtpMessage { header, size, first }) = hub.store.tmtp_message(id).await? else {
         return Ok(false);
     };
+    let total = usize::try_from(size).unwrap_or(usize::MAX).saturating_add(header.len());
+    let mut data = first.into_iter().collect::<Vec<_>>();
+    if hub.frames.fits(total) {
+        // Whole, before taking the writer: the chunks after the first in one query.
+        let have: usize = data.iter().map(Vec::len).sum();
+        if (have as i64) < size {
+            data.extend(hub.store.tmtp_chunks(id, data.len() as i64, size / crate::conn::CHUNK as i64 + 1).await?);
+        }
+        let mut frame = Vec::with_capacity(total);
+        frame.extend_from_slice(&header);
+        data.iter().for_each(|c| frame.extend_from_slice(c));
+        if frame.len() != total {
+            return Ok(missing(link, id, data.len()));
+        }
+        let frame: std::sync::Arc<[u8]> = frame.into();
+        hub.frames.put(id, frame.clone());
+        return Ok(sent(hub, total, link.send(&frame).await));
+    }
     let mut w = link.writer.lock().await;
     if !link.write_locked(&mut w, &header).await {
         return Ok(false);
     }
-    let mut sent = 0i64;
-    let mut seq = 0i64;
-    while sent < size {
-        let Some(chunk) = hub.store.tmtp_chunk(id, seq).await? else {
-            // A frame cannot be left half written: end the link, the message stays.
-            tracing::error!(id = %wire_id(id), seq, "message data missing; closing the link");
-            link.closed.cancel();
-            return Ok(false);
-        };
-        if !link.write_locked(&mut w, &chunk).await {
-            return Ok(false);
+    let (mut written, mut seq) = (0i64, 0i64);
+    loop {
+        for chunk in &data {
+            if !link.write_locked(&mut w, chunk).await {
+                return Ok(false);
+            }
+            written += chunk.len() as i64;
+            seq += 1;
         }
-        sent += chunk.len() as i64;
-        seq += 1;
+        if written >= size {
+            break;
+        }
+        data = hub.store.tmtp_chunks(id, seq, CHUNK_RUN).await?;
+        if data.is_empty() {
+            return Ok(missing(link, id, seq as usize));
+        }
     }
-    count(hub, header.len() as i64 + size);
-    Ok(true)
+    Ok(sent(hub, total, true))
+}
+
+/// A stored message whose data is short of its size: a frame cannot be left half
+/// written, so the link ends; the message stays queued.
+fn missing(link: &Link, id: i64, seq: usize) -> bool {
+    tracing::error!(id = %wire_id(id), seq, "message data missing; closing the link");
+    link.closed.cancel();
+    false
+}
+
+/// Counts a delivery of `bytes` if it was `sent`; returns `sent`.
+fn sent(hub: &Hub, bytes: usize, sent: bool) -> bool {
+    if sent {
+        count(hub, bytes as i64);
+    }
+    sent
 }
 
 fn count(hub: &Hub, bytes: i64) {
@@ -166,14 +213,8 @@ fn count(hub: &Hub, bytes: i64) {
 /// Sends one message, from memory when it is there. False when it is gone or the link
 /// failed.
 async fn send(hub: &Hub, link: &Link, id: i64, frame: Option<&Outgoing>) -> Result<bool, common::StoreError> {
-    match frame {
-        Some(m) => {
-            let sent = link.send(&m.frame).await;
-            if sent {
-                count(hub, m.frame.len() as i64);
-            }
-            Ok(sent)
-        }
+    match frame.and_then(|m| m.frame.as_deref()) {
+        Some(frame) => Ok(sent(hub, frame.len(), link.send(frame).await)),
         None => send_stored(hub, link, id).await,
     }
 }
@@ -272,7 +313,7 @@ mod tests {
     use super::*;
 
     fn out(prio: u8, id: i64) -> Arc<Outgoing> {
-        Arc::new(Outgoing { prio, id, frame: vec![b'x'] })
+        Arc::new(Outgoing { prio, id, frame: Some(vec![b'x'].into()) })
     }
 
     fn order(p: &Pending) -> Vec<Key> {

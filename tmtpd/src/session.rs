@@ -222,22 +222,29 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
     let remote = hub.remote(messages.iter().flat_map(|m| &m.nodes));
     hub.store.tmtp_store_messages(&whole, remote).await?;
     for (m, frame) in messages.iter().zip(frames) {
-        match &m.body {
-            Body::Whole { id, data } if frame.len() + data.len() <= HAND_MAX => {
+        let id = m.body.id();
+        let frame = match &m.body {
+            Body::Whole { data, .. }
+                if frame.len() + data.len() <= HAND_MAX || hub.frames.fits(frame.len() + data.len()) =>
+            {
                 let mut whole = Vec::with_capacity(frame.len() + data.len());
                 whole.extend_from_slice(&frame);
                 whole.extend_from_slice(data);
-                hub.hand(&m.nodes, &Arc::new(Outgoing { prio: m.prio, id: *id, frame: whole }));
+                let whole: Arc<[u8]> = whole.into();
+                // Kept for the recipients that will read it back (offline now, or
+                // online with a long queue), and handed to the others when small.
+                hub.frames.put(id, whole.clone());
+                (whole.len() <= HAND_MAX).then_some(whole)
             }
-            // Larger ones are read back when their turn comes: a recipient with a long
-            // queue would otherwise hold them in memory all that time.
-            Body::Whole { .. } => hub.wake(&m.nodes),
+            Body::Whole { .. } => None,
             Body::Streamed(up) => {
                 let (prio, remote) = (prio_text(m.prio), hub.remote(&m.nodes));
                 hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes, remote).await?;
-                hub.wake(&m.nodes);
+                None
             }
-        }
+        };
+        // Online recipients learn of it from memory, not by reading their queues again.
+        hub.hand(&m.nodes, &Arc::new(Outgoing { prio: m.prio, id, frame }));
     }
     Ok(())
 }
@@ -650,15 +657,18 @@ impl Session {
             _ => return Ok(Step::Quit(Quit::InvalidHeader)),
         };
         let targets = h.targets.clone().unwrap_or_default();
-        for t in &targets {
-            if !is_uid_text(&t.id) {
-                let e = format!("fetchUser: invalid string '{}'", t.id);
-                return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
-            }
-            if !hub.store.tmtp_user_exists(&t.id).await? {
-                let e = format!("OpenNodes: iUid {} not found", t.id);
-                return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
-            }
+        // mnm checks each target in turn: the first one invalid or without an account
+        // is the answer. The accounts before the first invalid one are asked at once.
+        let valid = targets.iter().position(|t| !is_uid_text(&t.id)).unwrap_or(targets.len());
+        let uids: Vec<&str> = targets[..valid].iter().map(|t| t.id.as_str()).collect();
+        let known = hub.store.tmtp_users_among(&uids).await?;
+        if let Some(t) = targets[..valid].iter().find(|t| !known.contains(&t.id)) {
+            let e = format!("OpenNodes: iUid {} not found", t.id);
+            return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
+        }
+        if let Some(t) = targets.get(valid) {
+            let e = format!("fetchUser: invalid string '{}'", t.id);
+            return Ok(Step::Reply(message::ack(&id, Some(&e), None)));
         }
         if let State::Online(o) = &mut self.state
             && !o.ohi

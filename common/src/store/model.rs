@@ -216,13 +216,17 @@ pub struct Wake {
     pub frame: Option<Vec<u8>>,
 }
 
-/// A deliverable TMTP message: its frame header and the size of its data.
+/// A deliverable TMTP message: its frame header, the size of its data and the first
+/// chunk of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TmtpMessage {
     /// Length digits and JSON header, as sent.
     pub header: Vec<u8>,
     /// Data bytes, stored in 64 KiB chunks.
     pub size: i64,
+    /// Chunk 0 of the data (at most 64 KiB); None when there is none (no data, or the
+    /// chunk is missing).
+    pub first: Option<Vec<u8>>,
 }
 
 /// What adding an alias did (spec/tmtp.md §10.4).

@@ -35,14 +35,20 @@ macro_rules! exists {
     };
 }
 
-/// `ids` cut into chunks of exactly [`ID_CHUNK`](crate::store::sql::ID_CHUNK) for the
-/// chunked statements, the last one padded with its own last id. None for no ids.
-pub(crate) fn id_chunks(ids: &[i64]) -> impl Iterator<Item = [i64; crate::store::sql::ID_CHUNK]> + '_ {
-    ids.chunks(crate::store::sql::ID_CHUNK).map(|c| {
-        let mut chunk = [c[c.len() - 1]; crate::store::sql::ID_CHUNK];
+/// `items` cut into chunks of exactly `N` for a chunked statement, the last one padded
+/// with its own last item. None for no items.
+pub(crate) fn padded<T: Copy, const N: usize>(items: &[T]) -> impl Iterator<Item = [T; N]> + '_ {
+    items.chunks(N).map(|c| {
+        let mut chunk = [c[c.len() - 1]; N];
         chunk[..c.len()].copy_from_slice(c);
         chunk
     })
+}
+
+/// `ids` cut into chunks of exactly [`ID_CHUNK`](crate::store::sql::ID_CHUNK) for the
+/// chunked statements, the last one padded with its own last id. None for no ids.
+pub(crate) fn id_chunks(ids: &[i64]) -> impl Iterator<Item = [i64; crate::store::sql::ID_CHUNK]> + '_ {
+    padded(ids)
 }
 
 /// Expands every operation for backend `$db` (a `sqlx::Database`); `$id` is how an
@@ -644,6 +650,16 @@ macro_rules! operations {
             Ok(crate::store::ops::exists!(p, SQL.user_exists, uid)?)
         }
 
+        pub(crate) async fn users_among(p: &Pool, uids: &[&str]) -> Result<std::collections::HashSet<String>> {
+            let mut found = std::collections::HashSet::new();
+            for chunk in crate::store::ops::padded::<_, { crate::store::sql::ID_CHUNK }>(uids) {
+                let rows: Vec<(String,)> =
+                    chunk.iter().fold(sqlx::query_as(SQL.users_among), |q, uid| q.bind(*uid)).fetch_all(p).await?;
+                found.extend(rows.into_iter().map(|r| r.0));
+            }
+            Ok(found)
+        }
+
         pub(crate) async fn user_nodes(p: &Pool, uid: &str) -> Result<Option<Vec<i64>>> {
             let rows: Vec<(Option<i64>,)> = sqlx::query_as(SQL.user_nodes).bind(uid).fetch_all(p).await?;
             Ok((!rows.is_empty()).then(|| rows.into_iter().filter_map(|r| r.0).collect()))
@@ -765,9 +781,7 @@ macro_rules! operations {
             let mut tx = write(p).await?;
             let r = async {
                 sqlx::query(SQL.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
-                for n in nodes {
-                    sqlx::query(SQL.enqueue).bind(&n.uid).bind(n.num).bind(prio).bind(id).execute(&mut *tx).await?;
-                }
+                enqueue(&mut *tx, nodes, prio, id).await?;
                 if let Some((me, now)) = remote {
                     wake_remote(&mut *tx, id, me, now).await?;
                 }
@@ -827,15 +841,7 @@ macro_rules! operations {
                     if !m.data.is_empty() {
                         sqlx::query(SQL.insert_chunk).bind(m.id).bind(0_i64).bind(m.data).execute(&mut *tx).await?;
                     }
-                    for n in m.nodes {
-                        sqlx::query(SQL.enqueue)
-                            .bind(&n.uid)
-                            .bind(n.num)
-                            .bind(m.prio)
-                            .bind(m.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    enqueue(&mut *tx, m.nodes, m.prio, m.id).await?;
                     if let Some(me) = remote {
                         wake_remote(&mut *tx, m.id, me, now).await?;
                     }
@@ -847,14 +853,41 @@ macro_rules! operations {
             Ok(())
         }
 
+        /// Queues message `id` with priority `prio` for `nodes`,
+        /// [`ROW_CHUNK`](crate::store::sql::ROW_CHUNK) rows per statement.
+        async fn enqueue(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            nodes: &[Node],
+            prio: &str,
+            id: i64,
+        ) -> std::result::Result<(), sqlx::Error> {
+            let nodes: Vec<&Node> = nodes.iter().collect();
+            for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(&nodes) {
+                chunk
+                    .iter()
+                    .fold(sqlx::query(SQL.enqueue_rows), |q, n| q.bind(&n.uid).bind(n.num).bind(prio).bind(id))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Deletes the messages among `ids` that no queue row refers to, with their
+        /// chunks, [`ID_CHUNK`](crate::store::sql::ID_CHUNK) ids per statement.
+        async fn delete_unqueued(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            ids: &[i64],
+        ) -> std::result::Result<(), sqlx::Error> {
+            for chunk in crate::store::ops::id_chunks(ids) {
+                chunk.iter().fold(sqlx::query(SQL.delete_unqueued), |q, id| q.bind(*id)).execute(&mut *conn).await?;
+                chunk.iter().fold(sqlx::query(SQL.delete_chunks), |q, id| q.bind(*id)).execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
         pub(crate) async fn discard(p: &Pool, id: i64) -> Result<()> {
             let mut tx = write(p).await?;
-            let r = async {
-                sqlx::query(SQL.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
-                sqlx::query(SQL.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
-                Ok(())
-            }
-            .await;
+            let r = delete_unqueued(&mut *tx, &[id]).await;
             Ok(tx.finish(r).await?)
         }
 
@@ -887,26 +920,38 @@ macro_rules! operations {
             Ok(rows.into_iter().map(|(prio, message)| Queued { prio, message }).collect())
         }
 
-        pub(crate) async fn message(p: &Pool, id: i64) -> Result<Option<TmtpMessage>> {
-            let row: Option<(Vec<u8>, i64)> = sqlx::query_as(SQL.message).bind(id).fetch_optional(p).await?;
-            Ok(row.map(|(header, size)| TmtpMessage { header, size }))
+        pub(crate) async fn message(p: &Pool, id: i64) -> Result<Option<(Vec<u8>, i64)>> {
+            Ok(sqlx::query_as(SQL.message).bind(id).fetch_optional(p).await?)
         }
 
-        pub(crate) async fn chunk(p: &Pool, id: i64, seq: i64) -> Result<Option<Vec<u8>>> {
-            let row: Option<(Vec<u8>,)> = sqlx::query_as(SQL.chunk).bind(id).bind(seq).fetch_optional(p).await?;
-            Ok(row.map(|r| r.0))
+        pub(crate) async fn message_start(p: &Pool, id: i64) -> Result<Option<TmtpMessage>> {
+            let row: Option<(Vec<u8>, i64, Option<Vec<u8>>)> =
+                sqlx::query_as(SQL.message_start).bind(id).fetch_optional(p).await?;
+            Ok(row.map(|(header, size, first)| TmtpMessage { header, size, first }))
+        }
+
+        pub(crate) async fn chunks(p: &Pool, id: i64, from: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+            Ok(sqlx::query_as(SQL.chunks).bind(id).bind(from).bind(limit).fetch_all(p).await?)
         }
 
         pub(crate) async fn acks(p: &Pool, acks: &[(Node, i64)]) -> Result<u64> {
             let mut tx = write(p).await?;
             let r = async {
+                // ROW_CHUNK acks per statement: a batch of hundreds is a few round trips.
                 let mut dequeued = 0;
-                for (n, id) in acks {
-                    let done = sqlx::query(SQL.dequeue).bind(&n.uid).bind(n.num).bind(id).execute(&mut *tx).await?;
-                    sqlx::query(SQL.delete_unqueued).bind(id).bind(id).execute(&mut *tx).await?;
-                    sqlx::query(SQL.delete_chunks).bind(id).bind(id).execute(&mut *tx).await?;
+                let rows: Vec<&(Node, i64)> = acks.iter().collect();
+                for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(&rows) {
+                    let done = chunk
+                        .iter()
+                        .fold(sqlx::query(SQL.dequeue_acks), |q, (n, id)| q.bind(&n.uid).bind(n.num).bind(*id))
+                        .execute(&mut *tx)
+                        .await?;
                     dequeued += done.rows_affected();
                 }
+                let mut ids: Vec<i64> = acks.iter().map(|a| a.1).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                delete_unqueued(&mut *tx, &ids).await?;
                 Ok(dequeued)
             }
             .await;

@@ -35,6 +35,16 @@ impl Store {
         dispatch!(self, user_exists(uid))
     }
 
+    /// Which of `uids` have an account, [`ID_CHUNK`](super::sql::ID_CHUNK) per query
+    /// (an `ohi` list of a hundred members is four queries, not a hundred). Exact
+    /// comparison, as [`Store::tmtp_user_exists`].
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_users_among(&self, uids: &[&str]) -> Result<std::collections::HashSet<String>, StoreError> {
+        dispatch!(self, users_among(uids))
+    }
+
     /// The live node numbers of `uid`, ascending.
     ///
     /// # Errors
@@ -227,20 +237,24 @@ impl Store {
         dispatch!(self, queue_page(uid, num, after, limit))
     }
 
-    /// Deliverable message `id`: its frame header and data size.
+    /// Deliverable message `id`: its frame header, data size and first data chunk, in
+    /// one query.
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_message(&self, id: i64) -> Result<Option<TmtpMessage>, StoreError> {
-        dispatch!(self, message(id))
+        dispatch!(self, message_start(id))
     }
 
-    /// Data chunk `seq` of message `id`.
+    /// Up to `limit` data chunks of message `id` (64 KiB each), from chunk `from` (0 is
+    /// the first) on, in order, in one query; the run ends early at a missing chunk
+    /// (none at all when chunk `from` is missing).
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn tmtp_chunk(&self, id: i64, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        dispatch!(self, chunk(id, seq))
+    pub async fn tmtp_chunks(&self, id: i64, from: i64, limit: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = dispatch!(self, chunks(id, from, limit))?;
+        Ok(rows.into_iter().zip(from..).take_while(|((seq, _), want)| seq == want).map(|((_, data), _)| data).collect())
     }
 
     /// Node (`uid`, `num`) acknowledged message `id`: its queue row goes, and the message
