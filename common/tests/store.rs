@@ -520,6 +520,19 @@ async fn mysql_connections_get_the_session_settings() {
     }
 }
 
+/// Every SQLite connection keeps a page cache of 512 KiB, not SQLite's 2000 KiB: a
+/// daemon's pool would otherwise hold 2 MB per connection.
+#[tokio::test]
+async fn sqlite_connections_keep_a_small_page_cache() {
+    let db = TestDb::create(common::testing::Backend::Sqlite).await.expect("SQLite");
+    let common::Store::Sqlite(p) = &db.store else { unreachable!() };
+    let (mut first, mut second) = (p.acquire().await.unwrap(), p.acquire().await.unwrap());
+    for conn in [&mut *first, &mut *second] {
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA cache_size").fetch_one(conn).await.unwrap();
+        assert_eq!(pages, -512);
+    }
+}
+
 /// design.md "Schema": box addresses are lowercase. A mixed-case box would receive no
 /// mail and could not log in, so every backend refuses one when it is inserted or
 /// renamed (migration 0004); one inserted before that migration is reported.

@@ -42,6 +42,14 @@ use crate::config::DatabaseConfig;
 use crate::error::StoreError;
 use crate::pattern;
 
+
+/// SQLite's page cache per pooled connection: 512 KiB (`PRAGMA cache_size`, negative
+/// means KiB), not SQLite's 2000 KiB. Message bodies are read once and the operating
+/// system caches the file anyway; the default made each pooled connection grow to 2 MB
+/// of its own, up to 16 MB per daemon at `max_connections = 8`. mmtmtpd under the
+/// 100-client TMTP load with 16 connections: peak RSS 81 -> 66 MiB, same throughput.
+const SQLITE_CACHE: &str = "-512";
+
 /// Attempts of a transaction that hit a deadlock, a busy database or, on a Galera
 /// cluster, a certification conflict with a transaction committed on another node (all
 /// rolled back, so trying again is safe). With [`retry_pause`] the attempts spread over
@@ -330,7 +338,8 @@ impl Store {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(30));
+                .busy_timeout(Duration::from_secs(30))
+                .pragma("cache_size", SQLITE_CACHE);
             let place = opts.get_filename().display().to_string();
             if !memory
                 && let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty())
