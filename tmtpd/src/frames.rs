@@ -26,16 +26,17 @@ struct Inner {
 }
 
 impl Frames {
-    /// An empty cache holding at most `budget` bytes of frames; a frame larger than an
-    /// eighth of the budget is not kept (it would push out many small ones). A budget of
-    /// 0 keeps nothing.
+    /// An empty cache holding at most `budget` bytes of frames; a frame larger than
+    /// 1/32 of the budget is not kept (it would push out many small ones, and a delivery
+    /// that reads a message to keep it holds it whole meanwhile). A budget of 0 keeps
+    /// nothing.
     pub fn new(budget: usize) -> Frames {
         Frames { inner: Mutex::new(Inner { lru: LruCache::new_unbounded(), bytes: 0 }), budget }
     }
 
     /// Whether a frame of `len` bytes would be kept.
     pub fn fits(&self, len: usize) -> bool {
-        len > 0 && len <= self.budget / 8
+        len > 0 && len <= self.budget / 32
     }
 
     /// The frame of message `id`, if held (it becomes the most recently used).
@@ -80,26 +81,26 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_go_first_and_the_budget_holds() {
-        let f = Frames::new(800);
-        for id in 1..=8 {
+        let f = Frames::new(3200);
+        for id in 1..=32 {
             f.put(id, frame(100));
         }
-        assert_eq!(f.bytes(), 800);
+        assert_eq!(f.bytes(), 3200);
         // Using 1 makes 2 the oldest: the next frame pushes out 2, not 1.
         assert!(f.get(1).is_some());
-        f.put(9, frame(100));
-        assert_eq!(f.bytes(), 800);
+        f.put(33, frame(100));
+        assert_eq!(f.bytes(), 3200);
         assert!(f.get(2).is_none());
-        assert!(f.get(1).is_some() && f.get(9).is_some() && f.get(3).is_some());
+        assert!(f.get(1).is_some() && f.get(33).is_some() && f.get(3).is_some());
         // The same id again replaces its frame and counts its bytes once.
-        f.put(9, frame(50));
-        assert_eq!(f.bytes(), 750);
-        assert_eq!(f.get(9).map(|b| b.len()), Some(50));
+        f.put(33, frame(50));
+        assert_eq!(f.bytes(), 3150);
+        assert_eq!(f.get(33).map(|b| b.len()), Some(50));
     }
 
     #[test]
-    fn a_frame_over_an_eighth_of_the_budget_is_not_kept() {
-        let f = Frames::new(800);
+    fn a_frame_over_a_32nd_of_the_budget_is_not_kept() {
+        let f = Frames::new(3200);
         assert!(f.fits(100) && !f.fits(101) && !f.fits(0));
         f.put(1, frame(101));
         assert!(f.get(1).is_none());

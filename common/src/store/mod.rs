@@ -42,7 +42,6 @@ use crate::config::DatabaseConfig;
 use crate::error::StoreError;
 use crate::pattern;
 
-
 /// SQLite's page cache per pooled connection: 512 KiB (`PRAGMA cache_size`, negative
 /// means KiB), not SQLite's 2000 KiB. Message bodies are read once and the operating
 /// system caches the file anyway; the default made each pooled connection grow to 2 MB
