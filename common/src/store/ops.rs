@@ -84,16 +84,27 @@ macro_rules! operations {
             crate::store::ops::message_id!($id, &mut *conn, SQL.insert_message, size, created, data)
         }
 
-        /// Deletes the message bodies among `ids` that no copy refers to any more,
-        /// [`ID_CHUNK`](crate::store::sql::ID_CHUNK) per statement.
+        /// Runs each of `statements` (each naming [`ID_CHUNK`](crate::store::sql::ID_CHUNK)
+        /// ids, `$1`…`$32`) over `ids`, a chunk at a time.
+        async fn over_id_chunks(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            statements: &[&'static str],
+            ids: &[i64],
+        ) -> std::result::Result<(), sqlx::Error> {
+            for chunk in crate::store::ops::id_chunks(ids) {
+                for sql in statements {
+                    chunk.iter().fold(sqlx::query(*sql), |q, id| q.bind(*id)).execute(&mut *conn).await?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Deletes the message bodies among `ids` that no copy refers to any more.
         async fn delete_orphans(
             conn: &mut <$db as sqlx::Database>::Connection,
             ids: &[i64],
         ) -> std::result::Result<(), sqlx::Error> {
-            for chunk in crate::store::ops::id_chunks(ids) {
-                chunk.iter().fold(sqlx::query(SQL.delete_orphans), |q, m| q.bind(*m)).execute(&mut *conn).await?;
-            }
-            Ok(())
+            over_id_chunks(conn, &[SQL.delete_orphans], ids).await
         }
 
         // --- boxes, aliases, nofrom ---
@@ -873,16 +884,12 @@ macro_rules! operations {
         }
 
         /// Deletes the messages among `ids` that no queue row refers to, with their
-        /// chunks, [`ID_CHUNK`](crate::store::sql::ID_CHUNK) ids per statement.
+        /// chunks.
         async fn delete_unqueued(
             conn: &mut <$db as sqlx::Database>::Connection,
             ids: &[i64],
         ) -> std::result::Result<(), sqlx::Error> {
-            for chunk in crate::store::ops::id_chunks(ids) {
-                chunk.iter().fold(sqlx::query(SQL.delete_unqueued), |q, id| q.bind(*id)).execute(&mut *conn).await?;
-                chunk.iter().fold(sqlx::query(SQL.delete_chunks), |q, id| q.bind(*id)).execute(&mut *conn).await?;
-            }
-            Ok(())
+            over_id_chunks(conn, &[SQL.delete_unqueued, SQL.delete_chunks], ids).await
         }
 
         pub(crate) async fn discard(p: &Pool, id: i64) -> Result<()> {
