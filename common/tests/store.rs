@@ -121,6 +121,28 @@ async fn deliver_stores_body_once_and_updates_counters() {
     }
 }
 
+/// On PostgreSQL, bodies are compressed with LZ4 (migration 0008), by both delivery paths
+/// (one statement up to 16 KiB, a transaction above), and read back whole.
+#[tokio::test]
+async fn postgres_compresses_bodies_with_lz4() {
+    let Some(db) = TestDb::create(common::testing::Backend::Postgres).await else { return };
+    seeded(&db).await;
+    let s = &db.store;
+    for (n, lines) in [(0, 200), (1, 2000)] {
+        let text = "All work and no play makes Jack a dull boy.\r\n".repeat(lines);
+        let body = format!("Subject: {n}\r\n\r\n{text}");
+        let uid = format!("uid-lz4-{n}");
+        s.deliver(&Delivery { body: body.as_bytes(), copies: vec![copy("mmondor@example.org", &uid)] }).await.unwrap();
+        let drop = s.maildrop("mmondor@example.org").await.unwrap();
+        let id = drop.iter().find(|m| m.uid == uid).unwrap().id;
+        let got = s.retrieve("mmondor@example.org", id).await.unwrap().unwrap().to_vec();
+        assert!(got.ends_with(body.as_bytes()), "body {n} read back whole");
+    }
+    let pglz = "message WHERE pg_column_compression(message_data) IS DISTINCT FROM 'lz4'";
+    assert_eq!(count(&db, pglz).await, 0, "every body is compressed with LZ4");
+    assert_eq!(count(&db, "message").await, 2);
+}
+
 /// A run read in one query (POP3 read-ahead): only the box's own messages, in order,
 /// none larger than asked, no more than asked.
 #[tokio::test]
