@@ -45,6 +45,22 @@ pub(crate) fn padded<T: Copy, const N: usize>(items: &[T]) -> impl Iterator<Item
     })
 }
 
+/// `ids` as a PostgreSQL array literal, `{1,2,3}`, for the statements that take all ids
+/// at once as `$n::text::bigint[]` ([`PG_DELETE_MAILS`](crate::store::sql::PG_DELETE_MAILS)).
+pub(crate) fn pg_id_array(ids: &[i64]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(2 + ids.len() * 8);
+    s.push('{');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{id}");
+    }
+    s.push('}');
+    s
+}
+
 /// `ids` cut into chunks of exactly [`ID_CHUNK`](crate::store::sql::ID_CHUNK) for the
 /// chunked statements, the last one padded with its own last id. None for no ids.
 pub(crate) fn id_chunks(ids: &[i64]) -> impl Iterator<Item = [i64; crate::store::sql::ID_CHUNK]> + '_ {
@@ -104,6 +120,13 @@ macro_rules! operations {
             conn: &mut <$db as sqlx::Database>::Connection,
             ids: &[i64],
         ) -> std::result::Result<(), sqlx::Error> {
+            if DIALECT == crate::store::sql::Dialect::Postgres {
+                if !ids.is_empty() {
+                    let list = crate::store::ops::pg_id_array(ids);
+                    sqlx::query(crate::store::sql::PG_DELETE_ORPHANS).bind(list).execute(&mut *conn).await?;
+                }
+                return Ok(());
+            }
             over_id_chunks(conn, &[SQL.delete_orphans], ids).await
         }
 
@@ -595,11 +618,25 @@ macro_rules! operations {
                 if held.rows_affected() == 0 {
                     return Ok(Err(Update::LockLost));
                 }
-                // ID_CHUNK copies per statement: a QUIT deleting thousands of messages
-                // is tens of round trips, not thousands.
+                // All copies in one statement on PostgreSQL; elsewhere ID_CHUNK copies per
+                // statement: a QUIT deleting thousands of messages is tens of round trips,
+                // not thousands.
                 let (mut bytes, mut count) = (0i64, 0i64);
                 let mut bodies: Vec<i64> = Vec::new();
-                for chunk in crate::store::ops::id_chunks(ids) {
+                if DIALECT == crate::store::sql::Dialect::Postgres && !ids.is_empty() {
+                    let deleted: Vec<(i64, i64)> = sqlx::query_as(crate::store::sql::PG_DELETE_MAILS)
+                        .bind(address)
+                        .bind(crate::store::ops::pg_id_array(ids))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    for (size, message) in deleted {
+                        bytes = bytes.saturating_add(size);
+                        count += 1;
+                        bodies.push(message);
+                    }
+                }
+                let chunked = if DIALECT == crate::store::sql::Dialect::Postgres { &[][..] } else { ids };
+                for chunk in crate::store::ops::id_chunks(chunked) {
                     let found: Vec<(i64, i64, i64)> = chunk
                         .iter()
                         .fold(sqlx::query_as(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id))
@@ -1102,3 +1139,13 @@ macro_rules! operations {
 }
 
 pub(crate) use {exists, message_id, operations};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pg_id_array_is_a_bigint_array_literal() {
+        assert_eq!(super::pg_id_array(&[]), "{}");
+        assert_eq!(super::pg_id_array(&[7]), "{7}");
+        assert_eq!(super::pg_id_array(&[1, -2, i64::MAX]), "{1,-2,9223372036854775807}");
+    }
+}

@@ -97,6 +97,22 @@ pub(crate) const PG_DELIVER_ONE: &str = "WITH input AS (SELECT $1::bigint AS siz
      INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) \
      SELECT uid, box, message_id, size, created, trace FROM input, body";
 
+/// PostgreSQL only: deletes the copies of box `$1` among the ids of `$2`, a bigint array
+/// literal (`{1,2,3}`, see [`pg_id_array`](crate::store::ops::pg_id_array)), and returns
+/// `(size, message)` of each deleted copy: a POP3 QUIT's deletions in one statement
+/// whatever their number, where the other backends select and delete [`ID_CHUNK`] ids
+/// at a time ([`Sql::mails_for_delete`], [`Sql::delete_mails`]). 2000 copies: 1 round
+/// trip instead of 126. The ids are joined as a set (`IN (SELECT unnest(…))`), so that
+/// each is found through the primary key: written as `mail_id = ANY(…)` beside
+/// `mail_box = $1`, PostgreSQL chose to walk the box's index and test every copy
+/// against the whole array (2000 copies: 150 ms instead of 3).
+pub(crate) const PG_DELETE_MAILS: &str = "DELETE FROM mail WHERE mail_id IN (SELECT unnest($2::text::bigint[])) AND mail_box = $1 \
+     RETURNING mail_size, mail_message";
+
+/// PostgreSQL only: [`Sql::delete_orphans`] over the ids of `$1`, a bigint array literal.
+pub(crate) const PG_DELETE_ORPHANS: &str = "DELETE FROM message WHERE message_id IN (SELECT unnest($1::text::bigint[])) \
+     AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = message.message_id)";
+
 /// Messages a chunked statement names at once ([`Sql::mails_for_delete`] and the like):
 /// a POP3 QUIT deleting many messages costs one round trip per this many, not one per
 /// message. A shorter last chunk repeats its last id (a repeated id in `IN` changes
