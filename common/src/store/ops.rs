@@ -100,15 +100,26 @@ macro_rules! operations {
             crate::store::ops::message_id!($id, &mut *conn, SQL.insert_message, size, created, data)
         }
 
-        /// Runs each of `statements` (each naming [`ID_CHUNK`](crate::store::sql::ID_CHUNK)
-        /// ids, `$1`…`$32`) over `ids`, a chunk at a time.
-        async fn over_id_chunks(
+        /// Runs each of `statements` over `ids`: each a pair of the chunked statement
+        /// (naming [`ID_CHUNK`](crate::store::sql::ID_CHUNK) ids, `$1`…`$32`), run a
+        /// chunk at a time, and its PostgreSQL form taking all ids at once as `$1`, a
+        /// bigint array literal ([`pg_id_array`](crate::store::ops::pg_id_array)), run once.
+        async fn over_ids(
             conn: &mut <$db as sqlx::Database>::Connection,
-            statements: &[&'static str],
+            statements: &[(&'static str, &'static str)],
             ids: &[i64],
         ) -> std::result::Result<(), sqlx::Error> {
+            if DIALECT == crate::store::sql::Dialect::Postgres {
+                if !ids.is_empty() {
+                    let list = crate::store::ops::pg_id_array(ids);
+                    for (_, all) in statements {
+                        sqlx::query(*all).bind(&list).execute(&mut *conn).await?;
+                    }
+                }
+                return Ok(());
+            }
             for chunk in crate::store::ops::id_chunks(ids) {
-                for sql in statements {
+                for (sql, _) in statements {
                     chunk.iter().fold(sqlx::query(*sql), |q, id| q.bind(*id)).execute(&mut *conn).await?;
                 }
             }
@@ -120,14 +131,7 @@ macro_rules! operations {
             conn: &mut <$db as sqlx::Database>::Connection,
             ids: &[i64],
         ) -> std::result::Result<(), sqlx::Error> {
-            if DIALECT == crate::store::sql::Dialect::Postgres {
-                if !ids.is_empty() {
-                    let list = crate::store::ops::pg_id_array(ids);
-                    sqlx::query(crate::store::sql::PG_DELETE_ORPHANS).bind(list).execute(&mut *conn).await?;
-                }
-                return Ok(());
-            }
-            over_id_chunks(conn, &[SQL.delete_orphans], ids).await
+            over_ids(conn, &[(SQL.delete_orphans, crate::store::sql::PG_DELETE_ORPHANS)], ids).await
         }
 
         // --- boxes, aliases, nofrom ---
@@ -926,7 +930,9 @@ macro_rules! operations {
             conn: &mut <$db as sqlx::Database>::Connection,
             ids: &[i64],
         ) -> std::result::Result<(), sqlx::Error> {
-            over_id_chunks(conn, &[SQL.delete_unqueued, SQL.delete_chunks], ids).await
+            use crate::store::sql::{PG_DELETE_CHUNKS, PG_DELETE_UNQUEUED};
+            over_ids(conn, &[(SQL.delete_unqueued, PG_DELETE_UNQUEUED), (SQL.delete_chunks, PG_DELETE_CHUNKS)], ids)
+                .await
         }
 
         pub(crate) async fn discard(p: &Pool, id: i64) -> Result<()> {

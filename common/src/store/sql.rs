@@ -109,6 +109,17 @@ pub(crate) const PG_DELIVER_ONE: &str = "WITH input AS (SELECT $1::bigint AS siz
 pub(crate) const PG_DELETE_MAILS: &str = "DELETE FROM mail WHERE mail_id IN (SELECT unnest($2::text::bigint[])) AND mail_box = $1 \
      RETURNING mail_size, mail_message";
 
+/// PostgreSQL only: [`Sql::delete_unqueued`] over the ids of `$1`, a bigint array
+/// literal: the messages of an ack batch of thousands in one statement.
+pub(crate) const PG_DELETE_UNQUEUED: &str = "DELETE FROM tmtp_message WHERE message_id IN \
+     (SELECT unnest($1::text::bigint[])) \
+     AND NOT EXISTS (SELECT 1 FROM tmtp_queue WHERE queue_message = tmtp_message.message_id)";
+
+/// PostgreSQL only: [`Sql::delete_chunks`] over the ids of `$1`, a bigint array literal.
+pub(crate) const PG_DELETE_CHUNKS: &str = "DELETE FROM tmtp_chunk WHERE chunk_message IN \
+     (SELECT unnest($1::text::bigint[])) \
+     AND NOT EXISTS (SELECT 1 FROM tmtp_message WHERE message_id = tmtp_chunk.chunk_message)";
+
 /// PostgreSQL only: [`Sql::delete_orphans`] over the ids of `$1`, a bigint array literal.
 pub(crate) const PG_DELETE_ORPHANS: &str = "DELETE FROM message WHERE message_id IN (SELECT unnest($1::text::bigint[])) \
      AND NOT EXISTS (SELECT 1 FROM mail WHERE mail_message = message.message_id)";
