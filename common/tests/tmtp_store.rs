@@ -221,6 +221,14 @@ async fn many_recipients_and_many_acks_in_one_batch() {
         assert_eq!(s.tmtp_message(1).await.unwrap(), None, "{name}: gone with the last ack");
         assert!(s.tmtp_chunks(1, 0, 1).await.unwrap().is_empty(), "{name}: with its chunk");
         assert_eq!(s.tmtp_message(3).await.unwrap().unwrap().first.as_deref(), Some(&b"x"[..]));
+
+        // Uids are data, whatever they hold (PostgreSQL takes a batch's uids as one array).
+        let odd = [node(r#"q"u\o,te{}"#, 1), node("NULL", 2)];
+        let whole = [WholeMessage { id: 4, header: b"h4", data: b"y", prio: "M", nodes: &odd }];
+        s.tmtp_store_messages(&whole, None).await.unwrap();
+        let acks: Vec<(Node, i64)> = odd.iter().map(|n| (n.clone(), 4)).collect();
+        assert_eq!(s.tmtp_acks(&acks).await.unwrap(), 2, "{name}: odd uids acked");
+        assert_eq!(s.tmtp_message(4).await.unwrap(), None, "{name}: gone with both acks");
     }
 }
 

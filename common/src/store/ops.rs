@@ -61,6 +61,28 @@ pub(crate) fn pg_id_array(ids: &[i64]) -> String {
     s
 }
 
+/// `items` as a PostgreSQL text array literal, `{"a","b\"c"}`: every element quoted, a
+/// backslash or a double quote in it escaped by a backslash (PostgreSQL, "Array Value
+/// Input").
+pub(crate) fn pg_text_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut s = String::from("{");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
+        }
+        s.push('"');
+    }
+    s.push('}');
+    s
+}
+
 /// `ids` cut into chunks of exactly [`ID_CHUNK`](crate::store::sql::ID_CHUNK) for the
 /// chunked statements, the last one padded with its own last id. None for no ids.
 pub(crate) fn id_chunks(ids: &[i64]) -> impl Iterator<Item = [i64; crate::store::sql::ID_CHUNK]> + '_ {
@@ -990,7 +1012,20 @@ macro_rules! operations {
                 // ROW_CHUNK acks per statement: a batch of hundreds is a few round trips.
                 let mut dequeued = 0;
                 let rows: Vec<&(Node, i64)> = acks.iter().collect();
-                for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(&rows) {
+                if DIALECT == crate::store::sql::Dialect::Postgres && !rows.is_empty() {
+                    let uids = crate::store::ops::pg_text_array(rows.iter().map(|(n, _)| n.uid.as_str()));
+                    let nums: Vec<i64> = rows.iter().map(|(n, _)| n.num).collect();
+                    let ids: Vec<i64> = rows.iter().map(|(_, id)| *id).collect();
+                    let done = sqlx::query(crate::store::sql::PG_DEQUEUE_ACKS)
+                        .bind(uids)
+                        .bind(crate::store::ops::pg_id_array(&nums))
+                        .bind(crate::store::ops::pg_id_array(&ids))
+                        .execute(&mut *tx)
+                        .await?;
+                    dequeued = done.rows_affected();
+                }
+                let chunked = if DIALECT == crate::store::sql::Dialect::Postgres { &[][..] } else { &rows[..] };
+                for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(chunked) {
                     let done = chunk
                         .iter()
                         .fold(sqlx::query(SQL.dequeue_acks), |q, (n, id)| q.bind(&n.uid).bind(n.num).bind(*id))
@@ -1153,5 +1188,12 @@ mod tests {
         assert_eq!(super::pg_id_array(&[]), "{}");
         assert_eq!(super::pg_id_array(&[7]), "{7}");
         assert_eq!(super::pg_id_array(&[1, -2, i64::MAX]), "{1,-2,9223372036854775807}");
+    }
+
+    #[test]
+    fn pg_text_array_quotes_every_element() {
+        assert_eq!(super::pg_text_array([]), "{}");
+        assert_eq!(super::pg_text_array(["a", "NULL", "", "b,c"]), r#"{"a","NULL","","b,c"}"#);
+        assert_eq!(super::pg_text_array([r#"x"y\z{}"#]), r#"{"x\"y\\z{}"}"#);
     }
 }

@@ -109,6 +109,14 @@ pub(crate) const PG_DELIVER_ONE: &str = "WITH input AS (SELECT $1::bigint AS siz
 pub(crate) const PG_DELETE_MAILS: &str = "DELETE FROM mail WHERE mail_id IN (SELECT unnest($2::text::bigint[])) AND mail_box = $1 \
      RETURNING mail_size, mail_message";
 
+/// PostgreSQL only: [`Sql::dequeue_acks`] for any number of acks in one statement: `$1`
+/// the uids (a text array literal, see [`pg_text_array`](crate::store::ops::pg_text_array)),
+/// `$2` the node numbers and `$3` the message ids (bigint array literals), one ack at
+/// each index.
+pub(crate) const PG_DEQUEUE_ACKS: &str = "DELETE FROM tmtp_queue q USING \
+     unnest($1::text::text[], $2::text::bigint[], $3::text::bigint[]) AS a(uid, num, message) \
+     WHERE q.queue_uid = a.uid AND q.queue_num = a.num AND q.queue_message = a.message";
+
 /// PostgreSQL only: [`Sql::delete_unqueued`] over the ids of `$1`, a bigint array
 /// literal: the messages of an ack batch of thousands in one statement.
 pub(crate) const PG_DELETE_UNQUEUED: &str = "DELETE FROM tmtp_message WHERE message_id IN \
