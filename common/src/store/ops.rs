@@ -646,42 +646,37 @@ macro_rules! operations {
                 }
                 // All copies in one statement on PostgreSQL; elsewhere ID_CHUNK copies per
                 // statement: a QUIT deleting thousands of messages is tens of round trips,
-                // not thousands.
-                let (mut bytes, mut count) = (0i64, 0i64);
-                let mut bodies: Vec<i64> = Vec::new();
-                if DIALECT == crate::store::sql::Dialect::Postgres && !ids.is_empty() {
-                    let deleted: Vec<(i64, i64)> = sqlx::query_as(crate::store::sql::PG_DELETE_MAILS)
-                        .bind(address)
-                        .bind(crate::store::ops::pg_id_array(ids))
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    for (size, message) in deleted {
-                        bytes = bytes.saturating_add(size);
-                        count += 1;
-                        bodies.push(message);
+                // not thousands. `(size, message)` of each deleted copy.
+                let mut deleted: Vec<(i64, i64)> = Vec::new();
+                if DIALECT == crate::store::sql::Dialect::Postgres {
+                    if !ids.is_empty() {
+                        deleted = sqlx::query_as(crate::store::sql::PG_DELETE_MAILS)
+                            .bind(address)
+                            .bind(crate::store::ops::pg_id_array(ids))
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    }
+                } else {
+                    for chunk in crate::store::ops::id_chunks(ids) {
+                        let found: Vec<(i64, i64, i64)> = chunk
+                            .iter()
+                            .fold(sqlx::query_as(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id))
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        if found.is_empty() {
+                            continue;
+                        }
+                        chunk
+                            .iter()
+                            .fold(sqlx::query(SQL.delete_mails).bind(address), |q, id| q.bind(*id))
+                            .execute(&mut *tx)
+                            .await?;
+                        deleted.extend(found.into_iter().map(|(_, size, message)| (size, message)));
                     }
                 }
-                let chunked = if DIALECT == crate::store::sql::Dialect::Postgres { &[][..] } else { ids };
-                for chunk in crate::store::ops::id_chunks(chunked) {
-                    let found: Vec<(i64, i64, i64)> = chunk
-                        .iter()
-                        .fold(sqlx::query_as(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id))
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    if found.is_empty() {
-                        continue;
-                    }
-                    chunk
-                        .iter()
-                        .fold(sqlx::query(SQL.delete_mails).bind(address), |q, id| q.bind(*id))
-                        .execute(&mut *tx)
-                        .await?;
-                    for (_, size, message) in found {
-                        bytes = bytes.saturating_add(size);
-                        count += 1;
-                        bodies.push(message);
-                    }
-                }
+                let bytes = deleted.iter().fold(0i64, |b, (size, _)| b.saturating_add(*size));
+                let count = deleted.len() as i64;
+                let mut bodies: Vec<i64> = deleted.into_iter().map(|(_, message)| message).collect();
                 sqlx::query(SQL.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
                 bodies.sort_unstable();
                 bodies.dedup();
@@ -1009,29 +1004,32 @@ macro_rules! operations {
         pub(crate) async fn acks(p: &Pool, acks: &[(Node, i64)]) -> Result<u64> {
             let mut tx = write(p).await?;
             let r = async {
-                // ROW_CHUNK acks per statement: a batch of hundreds is a few round trips.
+                // All acks in one statement on PostgreSQL; elsewhere ROW_CHUNK acks per
+                // statement: a batch of hundreds is a few round trips.
                 let mut dequeued = 0;
-                let rows: Vec<&(Node, i64)> = acks.iter().collect();
-                if DIALECT == crate::store::sql::Dialect::Postgres && !rows.is_empty() {
-                    let uids = crate::store::ops::pg_text_array(rows.iter().map(|(n, _)| n.uid.as_str()));
-                    let nums: Vec<i64> = rows.iter().map(|(n, _)| n.num).collect();
-                    let ids: Vec<i64> = rows.iter().map(|(_, id)| *id).collect();
-                    let done = sqlx::query(crate::store::sql::PG_DEQUEUE_ACKS)
-                        .bind(uids)
-                        .bind(crate::store::ops::pg_id_array(&nums))
-                        .bind(crate::store::ops::pg_id_array(&ids))
-                        .execute(&mut *tx)
-                        .await?;
-                    dequeued = done.rows_affected();
-                }
-                let chunked = if DIALECT == crate::store::sql::Dialect::Postgres { &[][..] } else { &rows[..] };
-                for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(chunked) {
-                    let done = chunk
-                        .iter()
-                        .fold(sqlx::query(SQL.dequeue_acks), |q, (n, id)| q.bind(&n.uid).bind(n.num).bind(*id))
-                        .execute(&mut *tx)
-                        .await?;
-                    dequeued += done.rows_affected();
+                if DIALECT == crate::store::sql::Dialect::Postgres {
+                    if !acks.is_empty() {
+                        let uids = crate::store::ops::pg_text_array(acks.iter().map(|(n, _)| n.uid.as_str()));
+                        let nums: Vec<i64> = acks.iter().map(|(n, _)| n.num).collect();
+                        let ids: Vec<i64> = acks.iter().map(|(_, id)| *id).collect();
+                        let done = sqlx::query(crate::store::sql::PG_DEQUEUE_ACKS)
+                            .bind(uids)
+                            .bind(crate::store::ops::pg_id_array(&nums))
+                            .bind(crate::store::ops::pg_id_array(&ids))
+                            .execute(&mut *tx)
+                            .await?;
+                        dequeued = done.rows_affected();
+                    }
+                } else {
+                    let rows: Vec<&(Node, i64)> = acks.iter().collect();
+                    for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(&rows) {
+                        let done = chunk
+                            .iter()
+                            .fold(sqlx::query(SQL.dequeue_acks), |q, (n, id)| q.bind(&n.uid).bind(n.num).bind(*id))
+                            .execute(&mut *tx)
+                            .await?;
+                        dequeued += done.rows_affected();
+                    }
                 }
                 let mut ids: Vec<i64> = acks.iter().map(|a| a.1).collect();
                 ids.sort_unstable();
