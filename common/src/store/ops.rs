@@ -185,25 +185,33 @@ macro_rules! operations {
         // --- delivery and retrieval ---
 
         pub(crate) async fn deliver(p: &Pool, d: &Delivery<'_>, now: i64) -> std::result::Result<(), DeliverError> {
-            if DIALECT == crate::store::sql::Dialect::Postgres
-                && d.body.len() <= crate::store::sql::PG_DELIVER_ONE_MAX
-                && let [copy] = d.copies.as_slice()
-            {
-                return deliver_one(p, d.body, copy, now).await;
+            use crate::store::sql::{Dialect, MYSQL_DELIVER_ONE, PG_DELIVER_ONE, PG_DELIVER_ONE_MAX};
+            if let [copy] = d.copies.as_slice() {
+                match DIALECT {
+                    Dialect::Postgres if d.body.len() <= PG_DELIVER_ONE_MAX => {
+                        return deliver_one(p, PG_DELIVER_ONE, d.body, copy, now).await;
+                    }
+                    Dialect::MySql => return deliver_one(p, MYSQL_DELIVER_ONE, d.body, copy, now).await,
+                    _ => {}
+                }
             }
             let mut tx = write(p).await.map_err(StoreError::from)?;
             let r = deliver_in(&mut *tx, d, now, false).await;
             tx.settle(r).await.map_err(StoreError::from)?.map_err(DeliverError::NoRoom)
         }
 
-        /// PostgreSQL, a delivery of one copy: [`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE),
-        /// one statement that commits on its own. A refusal by the server rolled the
-        /// whole statement back (the rule of a refused `COMMIT`,
-        /// `write::refused_for_sure`); a statement sent that got no answer may have committed
-        /// ([`StoreError::CommitUnknown`], resolved by `Store::deliver` as a `COMMIT`
-        /// without answer is).
+        /// A delivery of one copy in one round trip: `statement` is
+        /// [`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE) or
+        /// [`MYSQL_DELIVER_ONE`](crate::store::sql::MYSQL_DELIVER_ONE), which commits on
+        /// its own and returns a row when the copy was stored. An error the server
+        /// reports is judged as a refused `COMMIT` is (`write::refused_for_sure`: on
+        /// MySQL only a deadlock or lost certification is a sure refusal); a statement
+        /// sent that got no answer may have committed. Both in doubt are
+        /// [`StoreError::CommitUnknown`], resolved by `Store::deliver` by looking for the
+        /// copy.
         async fn deliver_one(
             p: &Pool,
+            statement: &'static str,
             body: &[u8],
             copy: &crate::store::model::MailCopy,
             now: i64,
@@ -211,7 +219,7 @@ macro_rules! operations {
             let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
             let size = body_len.saturating_add(copy.trace.len() as i64);
             let mut conn = p.acquire().await.map_err(StoreError::from)?;
-            let done = sqlx::query(crate::store::sql::PG_DELIVER_ONE)
+            let done = sqlx::query(statement)
                 .bind(size)
                 .bind(&copy.box_address)
                 .bind(body_len)
@@ -219,12 +227,16 @@ macro_rules! operations {
                 .bind(body)
                 .bind(&copy.uid)
                 .bind(&copy.trace)
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await;
             match done {
-                Ok(done) if done.rows_affected() > 0 => Ok(()),
-                Ok(_) => Err(DeliverError::NoRoom(copy.box_address.clone())),
-                Err(e) if crate::store::write::refused_for_sure::<$db>(&e) => Err(StoreError::Db(e).into()),
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(DeliverError::NoRoom(copy.box_address.clone())),
+                // A constraint is checked by the statement that breaks it, never by the
+                // COMMIT (none is deferred): such an error is a sure refusal everywhere.
+                Err(e) if crate::store::write::refused_for_sure::<$db>(&e) || crate::store::ops::broke_constraint(&e) => {
+                    Err(StoreError::Db(e).into())
+                }
                 Err(e) => {
                     conn.close_on_drop();
                     Err(StoreError::CommitUnknown(e).into())
@@ -1178,6 +1190,14 @@ macro_rules! operations {
 }
 
 pub(crate) use {exists, message_id, operations};
+
+/// Whether `e` is a unique, foreign key or check constraint violation.
+pub(crate) fn broke_constraint(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.is_unique_violation() || d.is_foreign_key_violation() || d.is_check_violation(),
+        _ => false,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -116,8 +116,9 @@ pub(crate) const PG_DELIVER_ONE_MAX: usize = 16 * 1024;
 /// (body and trace, bytes), `$2` box, `$3` body size (bytes), `$4` time (Unix seconds),
 /// `$5` body, `$6` uid, `$7` trace. The box row is taken as [`Sql::take_room`] takes it;
 /// the body and the copy are inserted only if it was, so a full box stores nothing and
-/// the statement inserts no row. One round trip instead of five (`BEGIN`, body, box,
-/// copy, `COMMIT`), and the box row is held for no round trip at all.
+/// the statement inserts no row and returns none; a stored copy returns one row. One
+/// round trip instead of five (`BEGIN`, body, box, copy, `COMMIT`), and the box row is
+/// held for no round trip at all.
 pub(crate) const PG_DELIVER_ONE: &str = "WITH input AS (SELECT $1::bigint AS size, $2::varchar AS box, \
      $3::bigint AS body_size, $4::bigint AS created, $5::bytea AS data, $6::varchar AS uid, $7::bytea AS trace), \
      room AS (UPDATE box SET box_size = box_size + input.size, box_mails = box_mails + 1, box_in = CURRENT_TIMESTAMP \
@@ -126,7 +127,14 @@ pub(crate) const PG_DELIVER_ONE: &str = "WITH input AS (SELECT $1::bigint AS siz
      body AS (INSERT INTO message (message_size, message_created, message_data) \
      SELECT body_size, created, data FROM input, room RETURNING message_id) \
      INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) \
-     SELECT uid, box, message_id, size, created, trace FROM input, body";
+     SELECT uid, box, message_id, size, created, trace FROM input, body RETURNING 1";
+
+/// MySQL/MariaDB only: a whole delivery of one copy in one round trip, the procedure of
+/// migration 0009 (MySQL has no data-modifying `WITH`). Parameters as
+/// [`PG_DELIVER_ONE`]'s; it returns one row when the copy was stored, none when the box
+/// was full. The body is written before the box row is taken, in the procedure's own
+/// transaction, so it takes bodies of any size.
+pub(crate) const MYSQL_DELIVER_ONE: &str = "CALL mmmail_deliver_one(?, ?, ?, ?, ?, ?, ?)";
 
 /// PostgreSQL only: deletes the copies of box `$1` among the ids of `$2`, a bigint array
 /// literal (`{1,2,3}`, see [`pg_id_array`](crate::store::ops::pg_id_array)), and returns
