@@ -238,6 +238,19 @@ const READ_AHEAD_OCTETS: u64 = 256 * 1024;
 /// Messages read ahead of the one asked for, at most.
 const READ_AHEAD_MESSAGES: usize = 64;
 
+/// The messages of a [`Run`], each with its `mail_id`, as `Store::retrieve_run` answers.
+type RunRead = Result<Vec<(i64, Retrieved)>, common::error::StoreError>;
+
+/// The next run, being read while the last message of the one before is sent and the
+/// client asks for the next (issue 16: "read ahead while sending"). Dropping it stops
+/// the read.
+#[derive(Debug)]
+struct NextRun {
+    /// `mail_id` of its first message: used only if that is the one asked for next.
+    first: i64,
+    read: tokio_util::task::AbortOnDropHandle<RunRead>,
+}
+
 /// The TRANSACTION state's maildrop: fixed at login (RFC 1939 §5).
 #[derive(Debug)]
 struct Maildrop {
@@ -246,6 +259,8 @@ struct Maildrop {
     lease: Lease,
     /// Messages read ahead, by `mail_id`, in maildrop order.
     ahead: std::collections::VecDeque<(i64, Retrieved)>,
+    /// The run after the messages read ahead, being read.
+    next: Option<NextRun>,
 }
 
 impl Maildrop {
@@ -269,19 +284,48 @@ impl Maildrop {
     }
 
     /// The stored message numbered `n` (present and not deleted): read ahead already, or
-    /// read now with the run of messages after it that are neither deleted nor beyond
-    /// [`READ_AHEAD_OCTETS`] and [`READ_AHEAD_MESSAGES`]. `None` if it is no longer
-    /// stored. What was read ahead of an earlier message is dropped.
+    /// read now with the run of messages after it (see [`Maildrop::run_from`]). `None`
+    /// if it is no longer stored. What was read ahead of an earlier message is dropped.
+    /// Once the messages read ahead are used up, the run after them is read in the
+    /// background, so that a client retrieving in order rarely waits for the database.
     async fn retrieve(&mut self, n: u32, store: &Store) -> Result<Option<Retrieved>, common::error::StoreError> {
         let Some(i) = self.index(n) else { return Ok(None) };
-        let m = &self.messages[i];
-        let id = m.id;
-        if let Some(pos) = self.ahead.iter().position(|(a, _)| *a == id) {
+        let id = self.messages[i].id;
+        let wanted = if let Some(pos) = self.ahead.iter().position(|(a, _)| *a == id) {
             self.ahead.drain(..pos);
-            return Ok(self.ahead.pop_front().map(|(_, r)| r));
+            self.ahead.pop_front().map(|(_, r)| r)
+        } else {
+            self.ahead.clear();
+            let read = match self.next.take() {
+                // A failed read in the background is tried again here, in the open.
+                Some(next) if next.first == id => next.read.await.ok().and_then(Result::ok),
+                _ => None,
+            };
+            let read = match read {
+                Some(read) => read,
+                None => store.retrieve_run(&self.address, &self.run_from(i)).await?,
+            };
+            let mut wanted = None;
+            for (got, r) in read {
+                if got == id {
+                    wanted = Some(r);
+                } else if got > id && self.messages.binary_search_by_key(&got, |m| m.id).is_ok() {
+                    self.ahead.push_back((got, r));
+                }
+            }
+            wanted
+        };
+        if self.ahead.is_empty() && self.next.is_none() {
+            self.read_next(i, store);
         }
-        self.ahead.clear();
-        let mut run = Run { first: id, last: id, max_size: sql_size(m.size), messages: 1 };
+        Ok(wanted)
+    }
+
+    /// The run that starts with message index `i`: it and the messages after it that are
+    /// neither deleted nor beyond [`READ_AHEAD_OCTETS`] and [`READ_AHEAD_MESSAGES`].
+    fn run_from(&self, i: usize) -> Run {
+        let m = &self.messages[i];
+        let mut run = Run { first: m.id, last: m.id, max_size: sql_size(m.size), messages: 1 };
         let mut octets = 0u64;
         for next in self.messages[i + 1..].iter().take(READ_AHEAD_MESSAGES) {
             // A deleted message ends the run: its body would be read for nothing.
@@ -293,15 +337,17 @@ impl Maildrop {
             run.max_size = run.max_size.max(sql_size(next.size));
             run.messages += 1;
         }
-        let mut wanted = None;
-        for (got, r) in store.retrieve_run(&self.address, &run).await? {
-            if got == id {
-                wanted = Some(r);
-            } else if got > id && self.messages.binary_search_by_key(&got, |m| m.id).is_ok() {
-                self.ahead.push_back((got, r));
-            }
-        }
-        Ok(wanted)
+        run
+    }
+
+    /// Starts reading, in the background, the run of the first message after index `i`
+    /// that is not deleted.
+    fn read_next(&mut self, i: usize, store: &Store) {
+        let Some(j) = (i + 1..self.messages.len()).find(|&j| !self.messages[j].deleted) else { return };
+        let run = self.run_from(j);
+        let (store, address) = (store.clone(), self.address.clone());
+        let read = tokio::spawn(async move { store.retrieve_run(&address, &run).await });
+        self.next = Some(NextRun { first: self.messages[j].id, read: tokio_util::task::AbortOnDropHandle::new(read) });
     }
 }
 
@@ -616,11 +662,13 @@ impl Session {
     /// The UPDATE state (RFC 1939 §6): commit the deletions and release the lock in one
     /// transaction, only while this session's lease holds; sign off.
     async fn update(&mut self, store: &Store) -> Outcome {
-        let State::Transaction(md) =
+        let State::Transaction(mut md) =
             std::mem::replace(&mut self.state, State::Authorization { user: None, sasl: false })
         else {
             return Outcome::Close(Reply::ok(format!("{} POP3 server signing off", self.settings.name)));
         };
+        // A run still being read is not wanted any more.
+        md.next = None;
         let ids: Vec<i64> = md.messages.iter().filter(|m| m.deleted).map(|m| m.id).collect();
         match store.commit_deletions(&md.address, &md.lease.owner, &ids).await {
             Ok(Update::Deleted(n)) => {
@@ -754,7 +802,7 @@ impl Session {
             .into_iter()
             .map(|m| Msg { id: m.id, uid: m.uid, size: u64::try_from(m.size).unwrap_or(0), deleted: false })
             .collect();
-        let md = Maildrop { address, messages, lease, ahead: Default::default() };
+        let md = Maildrop { address, messages, lease, ahead: Default::default(), next: None };
         let (n, octets) = md.totals();
         tracing::info!(r#box = %md.address, messages = n, "logged in");
         self.settings

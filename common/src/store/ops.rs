@@ -234,7 +234,9 @@ macro_rules! operations {
                 Ok(None) => Err(DeliverError::NoRoom(copy.box_address.clone())),
                 // A constraint is checked by the statement that breaks it, never by the
                 // COMMIT (none is deferred): such an error is a sure refusal everywhere.
-                Err(e) if crate::store::write::refused_for_sure::<$db>(&e) || crate::store::ops::broke_constraint(&e) => {
+                Err(e)
+                    if crate::store::write::refused_for_sure::<$db>(&e) || crate::store::ops::broke_constraint(&e) =>
+                {
                     Err(StoreError::Db(e).into())
                 }
                 Err(e) => {
