@@ -123,7 +123,7 @@ macro_rules! operations {
         }
 
         /// Runs each of `statements` over `ids`: each a pair of the chunked statement
-        /// (naming [`ID_CHUNK`](crate::store::sql::ID_CHUNK) ids, `$1`…`$32`), run a
+        /// (naming [`ID_CHUNK`](crate::store::sql::ID_CHUNK) ids, `$1`…`$128`), run a
         /// chunk at a time, and its PostgreSQL form taking all ids at once as `$1`, a
         /// bigint array literal ([`pg_id_array`](crate::store::ops::pg_id_array)), run once.
         async fn over_ids(
