@@ -364,6 +364,17 @@ async fn a_stop_records_the_acks_and_gives_up_the_links() {
     }
     // The receiving peer acks each delivery as it reads it.
     assert_eq!(deliveries(&mut r, 20).await.len(), 20);
+    // Its own post, answered, shows that the server has read all it sent before, the
+    // last delivery's ack included: an ack still unread at the stop would only be sent
+    // again, not recorded.
+    post(&r, "sync", &s.send.0, b"sync").await;
+    let answered = loop {
+        let Some(fr) = r.next(Duration::from_secs(10)).await else { break false };
+        if fr.op() == "ack" && fr.head["id"] == json!("sync") {
+            break true;
+        }
+    };
+    assert!(answered, "the receiving peer's post is acked");
     drop(me);
     drop(r);
     s.daemon.signal("TERM");
