@@ -341,9 +341,13 @@ impl Maildrop {
     }
 
     /// Starts reading, in the background, the run of the first message after index `i`
-    /// that is not deleted.
+    /// that is not deleted, unless that message alone is larger than
+    /// [`READ_AHEAD_OCTETS`]: a session never holds two large messages at once.
     fn read_next(&mut self, i: usize, store: &Store) {
         let Some(j) = (i + 1..self.messages.len()).find(|&j| !self.messages[j].deleted) else { return };
+        if self.messages[j].size > READ_AHEAD_OCTETS {
+            return;
+        }
         let run = self.run_from(j);
         let (store, address) = (store.clone(), self.address.clone());
         let read = tokio::spawn(async move { store.retrieve_run(&address, &run).await });
