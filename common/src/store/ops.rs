@@ -674,7 +674,8 @@ macro_rules! operations {
                     for chunk in crate::store::ops::id_chunks(ids) {
                         let found: Vec<(i64, i64, i64)> = chunk
                             .iter()
-                            .fold(sqlx::query_as(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id))
+                            .fold(sqlx::query_as(SQL.mails_for_delete), |q, id| q.bind(*id))
+                            .bind(address)
                             .fetch_all(&mut *tx)
                             .await?;
                         if found.is_empty() {
@@ -682,7 +683,8 @@ macro_rules! operations {
                         }
                         chunk
                             .iter()
-                            .fold(sqlx::query(SQL.delete_mails).bind(address), |q, id| q.bind(*id))
+                            .fold(sqlx::query(SQL.delete_mails), |q, id| q.bind(*id))
+                            .bind(address)
                             .execute(&mut *tx)
                             .await?;
                         deleted.extend(found.into_iter().map(|(_, size, message)| (size, message)));
@@ -703,7 +705,7 @@ macro_rules! operations {
 
         pub(crate) async fn mail_present(p: &Pool, address: &str, ids: &[i64]) -> Result<bool> {
             for chunk in crate::store::ops::id_chunks(ids) {
-                let q = chunk.iter().fold(sqlx::query(SQL.mails_for_delete).bind(address), |q, id| q.bind(*id));
+                let q = chunk.iter().fold(sqlx::query(SQL.mails_for_delete), |q, id| q.bind(*id)).bind(address);
                 if q.fetch_optional(p).await?.is_some() {
                     return Ok(true);
                 }

@@ -179,21 +179,8 @@ pub(crate) const PG_DELETE_ORPHANS: &str = "DELETE FROM message WHERE message_id
 /// cost of its own beside its rows' (issue 16).
 pub(crate) const ID_CHUNK: usize = 128;
 
-/// `$2, …, $129`: the [`ID_CHUNK`] ids of a chunked statement after one leading parameter.
-macro_rules! chunk_ids_after_one {
-    () => {
-        "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-         $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, \
-         $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, \
-         $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65, $66, $67, $68, $69, $70, $71, \
-         $72, $73, $74, $75, $76, $77, $78, $79, $80, $81, $82, $83, $84, $85, $86, $87, $88, \
-         $89, $90, $91, $92, $93, $94, $95, $96, $97, $98, $99, $100, $101, $102, $103, $104, \
-         $105, $106, $107, $108, $109, $110, $111, $112, $113, $114, $115, $116, $117, $118, \
-         $119, $120, $121, $122, $123, $124, $125, $126, $127, $128, $129"
-    };
-}
-
-/// `$1, …, $128`: the [`ID_CHUNK`] ids of a chunked statement with no other parameter.
+/// `$1, …, $128`: the [`ID_CHUNK`] ids of a chunked statement; another parameter comes
+/// after them, as `$129`.
 macro_rules! chunk_ids {
     () => {
         "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
@@ -357,10 +344,10 @@ statements! {
     grey_purge = Same("DELETE FROM greylist WHERE grey_last < $1");
 
     // --- POP3 deletions ---
-    /// `(id, size, message)` of the copies of box `$1` among ids `$2`…`$129` ([`ID_CHUNK`]).
-    mails_for_delete = Same(concat!("SELECT mail_id, mail_size, mail_message FROM mail WHERE mail_box = $1 AND mail_id IN (", chunk_ids_after_one!(), ")"));
-    /// Deletes the copies of box `$1` among ids `$2`…`$129`.
-    delete_mails = Same(concat!("DELETE FROM mail WHERE mail_box = $1 AND mail_id IN (", chunk_ids_after_one!(), ")"));
+    /// `(id, size, message)` of the copies among ids `$1`…`$128` ([`ID_CHUNK`]) in box `$129`.
+    mails_for_delete = Same(concat!("SELECT mail_id, mail_size, mail_message FROM mail WHERE mail_id IN (", chunk_ids!(), ") AND mail_box = $129"));
+    /// Deletes the copies among ids `$1`…`$128` in box `$129`.
+    delete_mails = Same(concat!("DELETE FROM mail WHERE mail_id IN (", chunk_ids!(), ") AND mail_box = $129"));
     /// Subtracts `$1` bytes and `$2` messages (never below 0) from box `$3`, sets box_out.
     settle_box = Per {
         postgres: "UPDATE box SET box_size = GREATEST(box_size - $1, 0), box_mails = GREATEST(box_mails - $2, 0), box_out = CURRENT_TIMESTAMP WHERE box_address = $3",
@@ -567,6 +554,14 @@ mod tests {
         assert_eq!(render(Dialect::MySql, t), "SELECT x FROM `user` WHERE a = ? AND b = ? AND c LIKE '%x'");
         assert_eq!(render(Dialect::Sqlite, t), "SELECT x FROM \"user\" WHERE a = ?1 AND b = ?2 AND c LIKE '%x'");
         assert_eq!(render(Dialect::MySql, Same("a = $10, b = \"x\"")), "a = ?, b = \"x\"");
+    }
+
+    /// The chunked statements bind exactly [`ID_CHUNK`] ids.
+    #[test]
+    fn chunk_ids_name_id_chunk_parameters() {
+        let list: Vec<&str> = chunk_ids!().split(", ").collect();
+        let want: Vec<String> = (1..=ID_CHUNK).map(|n| format!("${n}")).collect();
+        assert_eq!(list, want);
     }
 
     #[test]
