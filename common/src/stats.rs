@@ -8,7 +8,10 @@
 //! task drains in order, packing whole batches into datagrams of up to
 //! [`MAX_DATAGRAM`] bytes and waiting while mmstatd's socket queue is full (Linux holds
 //! only `net.unix.max_dgram_qlen` datagrams, 10 by default: a burst of connections
-//! overflowed it). Updates are dropped only when that queue is full (mmstatd stopped
+//! overflowed it). The sender waits [`LINGER`] after the first batch it is woken for,
+//! so that under load the batches of that moment share datagrams: one RETR or one
+//! delivery is a batch, and a datagram each cost both the daemon and mmstatd a wake-up
+//! and a system call per message (issue 16). Updates are dropped only when that queue is full (mmstatd stopped
 //! reading) or mmstatd is not there at all; drops are counted, logged at most once a
 //! minute, and reported to mmstatd as `<daemon>|total|stats-dropped` once it takes
 //! updates again. Without the sender (tools, tests) a batch is sent at once,
@@ -46,6 +49,9 @@ pub const DEFAULT_SOCKET: &str = "/var/run/mmstatd/mmstatd.sock";
 /// Bytes of updates a daemon holds for mmstatd while its socket cannot take them; more
 /// are dropped (and counted).
 pub const QUEUE_MAX: usize = 1 << 20;
+/// How long the sender task lets batches gather before it sends them: a count reaches
+/// mmstatd at most this much later than it happened (plus mmstatd's own delay).
+pub const LINGER: Duration = Duration::from_millis(20);
 /// How often a daemon re-sends its gauges (seconds between heals of a lost update).
 pub const GAUGE_PERIOD: Duration = Duration::from_secs(10);
 
@@ -165,6 +171,10 @@ struct Inner {
     pending: AtomicUsize,
     queue: Mutex<Queue>,
     wake: tokio::sync::Notify,
+    /// Set by [`Stats::flush`]: the sender no longer lingers.
+    hurry: AtomicBool,
+    /// Cuts a linger short when [`Inner::hurry`] is set.
+    hurried: tokio::sync::Notify,
 }
 
 /// Whole batches (each at most one datagram) waiting for the sender task.
@@ -269,15 +279,19 @@ fn records(datagram: &[u8]) -> u64 {
     datagram.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// The sender task: drains the queue in order, waiting while mmstatd's socket is full.
+/// The sender task: drains the queue in order, [`LINGER`] after it was woken (unless
+/// the daemon is flushing at its end), waiting while mmstatd's socket is full.
 async fn sender(inner: Arc<Inner>, socket: tokio::net::UnixDatagram) {
     loop {
-        let datagrams = inner.take();
-        if datagrams.is_empty() {
-            inner.wake.notified().await;
-            continue;
+        // A batch queued while the last ones were being sent left a permit: no wait.
+        inner.wake.notified().await;
+        if !inner.hurry.load(Ordering::SeqCst) {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = inner.hurried.notified() => {}
+            }
         }
-        for (d, batches) in datagrams {
+        for (d, batches) in inner.take() {
             send_waiting(&inner, &socket, &d).await;
             inner.pending.fetch_sub(batches, Ordering::SeqCst);
         }
@@ -369,6 +383,8 @@ impl Stats {
             pending: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
             wake: tokio::sync::Notify::new(),
+            hurry: AtomicBool::new(false),
+            hurried: tokio::sync::Notify::new(),
         };
         Stats { inner: Some(Arc::new(inner)), daemon }
     }
@@ -393,9 +409,12 @@ impl Stats {
     }
 
     /// Waits until every queued batch was sent (or dropped), at most `limit`: at the end
-    /// of a daemon, so that its last counts reach mmstatd.
+    /// of a daemon, so that its last counts reach mmstatd. From now on the sender sends
+    /// what it is given at once ([`LINGER`] no longer applies).
     pub async fn flush(&self, limit: Duration) {
         let Some(inner) = &self.inner else { return };
+        inner.hurry.store(true, Ordering::SeqCst);
+        inner.hurried.notify_one();
         let deadline = tokio::time::Instant::now() + limit;
         while inner.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -710,6 +729,43 @@ mod tests {
         assert_eq!(opened, n, "every update arrived");
         assert_eq!(last, "S V 0 mmtest|current|connections", "in order: the last gauge wins");
         assert_eq!(stats.dropped(), 0);
+    }
+
+    /// Batches that come one at a time, as RETRs do, share datagrams: the sender lingers
+    /// after the first, so mmstatd is not woken once per message. Every update arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_of_one_moment_share_datagrams() {
+        let (_d, rx, stats) = collector();
+        stats.start_sender().unwrap();
+        let n = 40;
+        let reader = std::thread::spawn(move || {
+            let (mut datagrams, mut counted) = (0, 0);
+            let mut buf = vec![0u8; 65536];
+            while counted < n
+                && let Ok(len) = rx.recv(&mut buf)
+            {
+                datagrams += 1;
+                counted += String::from_utf8_lossy(&buf[..len])
+                    .lines()
+                    .filter(|l| *l == "U P 1 mmtest|total|messages-out")
+                    .count();
+            }
+            (datagrams, counted)
+        });
+        let sending = stats.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..n {
+                sending.update(Flag::Persistent, &["total", "messages-out"], 1);
+                // Time enough for a sender that did not linger to send each alone.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+        .await
+        .unwrap();
+        stats.flush(Duration::from_secs(20)).await;
+        let (datagrams, counted) = reader.join().unwrap();
+        assert_eq!(counted, n, "every update arrived");
+        assert!(datagrams <= n / 4, "{n} batches came in {datagrams} datagrams");
     }
 
     /// Nobody reads: the in-process queue stops at [`QUEUE_MAX`] and the rest is dropped
