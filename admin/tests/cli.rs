@@ -4,14 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::address::Address;
 use common::password::{Verified, verify};
 use common::store::{Resolution, Usage};
-use common::testing::{Backend, TestDb};
+use common::testing::{Backend, TestDb, run_with_stdin};
 
 struct Admin {
     config: PathBuf,
@@ -49,17 +48,7 @@ impl Admin {
 }
 
 fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mmadmin"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    run_with_stdin(Command::new(env!("CARGO_BIN_EXE_mmadmin")).arg("-c").arg(config).args(args), stdin.as_bytes())
 }
 
 /// The README's admin session, with mmadmin instead of SQL, on every backend: what it

@@ -11,11 +11,11 @@
 //! overflowed it). The sender waits [`LINGER`] after the first batch it is woken for,
 //! so that under load the batches of that moment share datagrams: one RETR or one
 //! delivery is a batch, and a datagram each cost both the daemon and mmstatd a wake-up
-//! and a system call per message (issue 16). Updates are dropped only when that queue is full (mmstatd stopped
-//! reading) or mmstatd is not there at all; drops are counted, logged at most once a
-//! minute, and reported to mmstatd as `<daemon>|total|stats-dropped` once it takes
-//! updates again. Without the sender (tools, tests) a batch is sent at once,
-//! non-blocking, and dropped the same way.
+//! and a system call per message (issue 16). Updates are dropped only when that queue
+//! is full (mmstatd stopped reading) or mmstatd is not there at all; drops are
+//! counted, logged at most once a minute, and reported to mmstatd as
+//! `<daemon>|total|stats-dropped` once it takes updates again. Without the sender
+//! (tools, tests) a batch is sent at once, non-blocking, and dropped the same way.
 //!
 //! Gauges cannot drift: the owner sends absolute values (`S`) for
 //! `<daemon>|current|connections` and `<daemon>|who|<address>`, and re-sends the

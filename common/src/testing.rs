@@ -587,6 +587,23 @@ pub fn sibling_bin(own: &std::path::Path, name: &str, package: &str) -> PathBuf 
     bin
 }
 
+/// Runs `command` with `stdin` on its standard input (how the tools take passwords) and
+/// its output captured. A command that exits before reading its input is not an error
+/// here: its status says what happened.
+///
+/// # Panics
+/// If the command cannot be started.
+pub fn run_with_stdin(command: &mut std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    child.wait_with_output().expect("wait for the command")
+}
+
 /// Whether an external tool is installed; under `CI=true` a missing tool is a failure.
 ///
 /// # Panics

@@ -3,27 +3,22 @@
 //! mmpop3-load against an in-process mmpop3d: it empties every box it is given and
 //! refuses to time boxes that do not hold what it was told to expect.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::store::{Delivery, MailCopy};
-use common::testing::{Backend, Served, TestDb};
+use common::testing::{Backend, Served, TestDb, run_with_stdin};
 
 const BOXES: [&str; 3] = ["a@example.org", "b@example.org", "c@example.org"];
 const PER_BOX: usize = 30;
 
 /// Runs mmpop3-load on `addr` for [`BOXES`], the password on standard input.
 fn load(addr: std::net::SocketAddr, expect: usize) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mmpop3-load"))
-        .args(["--addr", &addr.to_string(), "--expect", &expect.to_string()])
-        .args(BOXES)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"load pass\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_mmpop3-load"))
+            .args(["--addr", &addr.to_string(), "--expect", &expect.to_string()])
+            .args(BOXES),
+        b"load pass\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }

@@ -2,23 +2,14 @@
 
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::password::{Verified, verify};
-use common::testing::{Backend, TestDb};
+use common::testing::{Backend, TestDb, run_with_stdin};
 
 fn mmpasswd(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mmpasswd"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // A refused invocation may exit before reading its input.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    run_with_stdin(Command::new(env!("CARGO_BIN_EXE_mmpasswd")).args(args), stdin.as_bytes())
 }
 
 fn stdout(o: &Output) -> String {
