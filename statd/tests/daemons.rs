@@ -218,7 +218,11 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     let refused = poplib(pop.port, "secret").unwrap_err();
     assert!(refused.contains("IN-USE"), "{refused}");
     expect(d, &format!("mmpop3d|failed|inuse|{BOX}"), Some(1));
+    expect(d, "mmpop3d|current|connections", Some(1));
     drop(held);
+    // The held session's end is counted before the keys are deleted below, or its
+    // late updates would bring some of them back.
+    expect(d, "mmpop3d|current|connections", Some(0));
 
     // The human form: sorted, aligned columns, flag first.
     let (ok, shown) = mmstat(d, &["show", "mmsmtpd|total|*"]);
