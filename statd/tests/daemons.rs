@@ -67,6 +67,15 @@ fn expect(dir: &Path, key: &str, want: Option<i64>) {
     }
 }
 
+/// Waits until the launcher's readiness probe, one connection to a daemon that has just
+/// started under a fresh mmstatd, is counted as opened and closed (its updates arrive up
+/// to the stats linger of 20 ms late); returns `total|connections`, then 1.
+fn probe_counted(dir: &Path, daemon: &str) -> i64 {
+    expect(dir, &format!("{daemon}|total|connections"), Some(1));
+    expect(dir, &format!("{daemon}|current|connections"), Some(0));
+    1
+}
+
 fn send(dir: &Path, datagram: &[u8]) {
     let s = UnixDatagram::unbound().unwrap();
     s.send_to(datagram, dir.join("stats.sock")).unwrap();
@@ -162,11 +171,8 @@ async fn real_daemons_report_exact_counts_and_mmstat_resets_and_deletes() {
     let db = seeded_db().await;
     let smtp = smtpd(d, &db.url);
     let pop = pop3d(d, &db.url);
-    // The launcher's readiness probe opened one connection to each.
-    expect(d, "mmsmtpd|current|connections", Some(0));
-    expect(d, "mmpop3d|current|connections", Some(0));
-    let smtp_base = value(d, "mmsmtpd|total|connections").unwrap();
-    let pop_base = value(d, "mmpop3d|total|connections").unwrap();
+    let smtp_base = probe_counted(d, "mmsmtpd");
+    let pop_base = probe_counted(d, "mmpop3d");
     for _ in 0..3 {
         assert!(swaks(smtp.port, BOX));
     }
@@ -386,8 +392,7 @@ async fn a_burst_of_connections_leaves_exact_gauges_and_drops_nothing() {
     let statd = start_statd(d, "");
     let db = seeded_db().await;
     let smtp = smtpd(d, &db.url);
-    expect(d, "mmsmtpd|current|connections", Some(0));
-    let before = value(d, "mmsmtpd|total|connections").unwrap_or(0);
+    let before = probe_counted(d, "mmsmtpd");
     let port = smtp.port;
     let n = 400;
     statd.signal("STOP");
