@@ -27,7 +27,8 @@ Both retrieval workloads run mmpop3-load (cargo build --release -p tmtp-load), a
 compiled client with a thread per session: the Python clients used before (ten
 processes of benchlib.Pop3) spent more CPU per message than either server, so on two
 cores they measured mostly themselves. Before retrieval is timed, the intake's writes
-are synced to disk. Logins use benchlib.Pop3 (poplib's line-by-line reading cost more
+are synced to disk; before each server's round the machine is let go quiet (the server
+before it may still be working off its burst). Logins use benchlib.Pop3 (poplib's line-by-line reading cost more
 per message than either server).
 
 Usage: scripts/bench-peers.py [--messages 2000] [--size 4096] [--big 200] [--logins 100]
@@ -236,6 +237,25 @@ def settle():
     seconds on a virtual disk here)."""
     os.sync(); time.sleep(1)
 
+def cpu_busy(seconds=1.0):
+    """The share of the machine's CPU time (0-1) not idle or waiting over `seconds`."""
+    def sample():
+        v = list(map(int, open("/proc/stat").readline().split()[1:]))
+        return v[3] + v[4], sum(v)
+    idle0, total0 = sample(); time.sleep(seconds); idle1, total1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+def quiet(limit=60):
+    """Waits until the machine is quiet (under 10% busy over a second), at most `limit`
+    seconds: what the server measured before is still busy for seconds after its round
+    (Postfix and Dovecot work off the connections of the burst they did not greet for up
+    to 10 s), and that time would otherwise be taken from the next server's intake."""
+    t = time.monotonic()
+    while cpu_busy() > 0.10:
+        if time.monotonic() - t > limit:
+            print(f"note: the machine was still busy after {limit} s; measuring anyway", flush=True)
+            return
+
 def one_round(s, a):
     fig = {}
     fig["intake"] = a.messages / smtp_source(s.smtp_port, a.messages, a.size, "bench")
@@ -285,6 +305,7 @@ def main():
         figs = {s.name: [] for s in servers}
         for r in range(a.rounds):
             for s in servers:
+                quiet()
                 figs[s.name].append(one_round(s, a))
                 f = figs[s.name][-1]
                 print(f"round {r + 1}, {s.name}: " + ", ".join(f"{k} {f[k]:.3g}" for k in sorted(f)), flush=True)
