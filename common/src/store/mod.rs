@@ -847,8 +847,6 @@ impl Store {
     }
 }
 
-/// Whether `p` is the pool of an in-memory SQLite database: [`Store::connect`] gives only
-/// those a minimum and a maximum of exactly one connection.
 /// The in-process writer turn of the SQLite database behind `p`, one per file (shared by
 /// every pool on it in this process), so that two pools on one file also take turns.
 fn sqlite_turn(p: &SqlitePool) -> std::sync::Arc<tokio::sync::Mutex<()>> {
@@ -889,6 +887,8 @@ fn sqlite_waiting(p: &SqlitePool) -> std::sync::Arc<std::sync::Mutex<Vec<Togethe
     waiting.entry(file).or_default().clone()
 }
 
+/// Whether `p` is the pool of an in-memory SQLite database: [`Store::connect`] gives only
+/// those a minimum and a maximum of exactly one connection.
 fn sqlite_in_memory(p: &SqlitePool) -> bool {
     let o = p.options();
     o.get_min_connections() == 1 && o.get_max_connections() == 1
