@@ -67,13 +67,16 @@ fn expect(dir: &Path, key: &str, want: Option<i64>) {
     }
 }
 
-/// Waits until the launcher's readiness probe, one connection to a daemon that has just
-/// started under a fresh mmstatd, is counted as opened and closed (its updates arrive up
-/// to the stats linger of 20 ms late); returns `total|connections`, then 1.
+/// Connections the test launcher's readiness probe opens to a daemon it starts.
+const PROBE_CONNECTIONS: i64 = 1;
+
+/// Waits until the launcher's readiness probe of a daemon that has just started under a
+/// fresh mmstatd is counted as opened and closed (its updates arrive up to the stats
+/// linger of 20 ms late); returns the daemon's `total|connections` by then.
 fn probe_counted(dir: &Path, daemon: &str) -> i64 {
-    expect(dir, &format!("{daemon}|total|connections"), Some(1));
+    expect(dir, &format!("{daemon}|total|connections"), Some(PROBE_CONNECTIONS));
     expect(dir, &format!("{daemon}|current|connections"), Some(0));
-    1
+    PROBE_CONNECTIONS
 }
 
 fn send(dir: &Path, datagram: &[u8]) {
