@@ -115,9 +115,9 @@ async fn disk_full(fs: Tmpfs, db: Database) {
     let refused = load.smtp.refused();
     blocking(|| fs.fill());
     let start = Instant::now();
-    // MariaDB refuses only once InnoDB must extend a tablespace file: it first fills the
-    // free pages of the last extension (up to a few MiB), which on a machine loaded by
-    // other tests took the slowed intake more than 30 s.
+    // MariaDB refuses only once InnoDB needs space it does not already hold: it first
+    // writes into free pages of its files, and on a machine loaded by other tests the
+    // slowed intake took more than 30 s to use them up.
     while load.smtp.refused() < refused + 5 && start.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
