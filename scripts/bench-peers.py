@@ -28,8 +28,8 @@ compiled client with a thread per session: the Python clients used before (ten
 processes of benchlib.Pop3) spent more CPU per message than either server, so on two
 cores they measured mostly themselves. Before retrieval is timed, the intake's writes
 are synced to disk; before each server's round the machine is let go quiet (the server
-before it may still be working off its burst). Logins use benchlib.Pop3 (poplib's line-by-line reading cost more
-per message than either server).
+before it may still be working off its burst). Logins use benchlib.Pop3 (poplib's
+line-by-line reading cost more per message than either server).
 
 Usage: scripts/bench-peers.py [--messages 2000] [--size 4096] [--big 200] [--logins 100]
                               [--burst 1000] [--rounds 3] [--postgres URL] [--mysql URL]
