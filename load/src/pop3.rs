@@ -104,11 +104,14 @@ fn login(addr: SocketAddr, user: &str, password: &str, expect: usize) -> anyhow:
     s.command(&format!("USER {user}"))?;
     s.command(&format!("PASS {password}"))?;
     let stat = s.command("STAT")?;
-    let count: usize = stat.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
-    if count != expect {
+    let count = stat.split(' ').nth(1).and_then(|n| n.parse::<usize>().ok());
+    if count != Some(expect) {
         // QUIT with nothing marked: the box is given back at once and left as it was.
         let _ = s.command("QUIT");
-        anyhow::bail!("{user}: {count} messages listed, {expect} expected");
+        match count {
+            Some(count) => anyhow::bail!("{user}: {count} messages listed, {expect} expected"),
+            None => anyhow::bail!("{user}: STAT answered {stat:?}, not a count"),
+        }
     }
     Ok(s)
 }
