@@ -6,10 +6,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use common::net::elastic::ElasticReader;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,10 @@ use crate::session::{Body, Session, Step, Upload, check_text};
 
 /// Post data stored per chunk (bytes).
 pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// Octets asked of the socket per read while a frame head is awaited: a head and a
+/// short request (ping, ack, `ohi` list) fit.
+const READ_SMALL: usize = 1024;
 
 /// How a connection ends.
 enum End {
@@ -65,11 +71,10 @@ async fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (reader, writer) = tokio::io::split(stream);
-    let mut reader = ElasticReader::new(reader);
+    let (mut reader, writer) = tokio::io::split(stream);
     let link = Link::new(Box::new(writer), hub.settings.idle_timeout);
     let mut session = Session::new(hub.clone(), link.clone());
-    let mut conn = Conn { buf: Vec::new(), hub: &hub, login_deadline, link: &link, shutdown: &shutdown };
+    let mut conn = Conn { buf: BytesMut::new(), hub: &hub, login_deadline, link: &link, shutdown: &shutdown };
     let end = conn.frames(&mut reader, &mut session).await;
     if let End::Quit(q) = end {
         if q != Quit::LogoutOk {
@@ -86,7 +91,11 @@ where
 }
 
 struct Conn<'a> {
-    buf: Vec<u8>,
+    /// Octets read and not yet taken: a frame head, the data of the request being read.
+    /// The connection's only read buffer: reads go straight into it, sized to what the
+    /// frame needs, so a post of n bytes costs n bytes here and is handed on without a
+    /// copy (issue 19: peak RSS).
+    buf: BytesMut,
     hub: &'a Hub,
     login_deadline: Instant,
     link: &'a Arc<Link>,
@@ -98,41 +107,62 @@ impl Conn<'_> {
         if session.online().is_some() { Instant::now() + self.hub.settings.idle_timeout } else { self.login_deadline }
     }
 
-    /// Reads more bytes into the buffer; false at EOF, timeout, shutdown or a failed link.
-    /// While the client is silent neither buffer holds memory (issue 16): the reader
-    /// gives its own back ([`ElasticReader`]), and an emptied frame buffer is dropped.
-    async fn fill<R: AsyncBufRead + Unpin>(&mut self, r: &mut R, session: &Session) -> bool {
+    /// Reads more bytes into the buffer, with room for `want` more (at least
+    /// [`READ_SMALL`], at most [`CHUNK`]); false at EOF, timeout, shutdown or a failed
+    /// link. While the client is silent an empty buffer is given back (issue 16: idle
+    /// links cost next to nothing).
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, want: usize) -> bool {
         let until = self.deadline(session);
-        if self.buf.is_empty() {
-            self.buf = Vec::new();
-        }
+        let buf = &mut self.buf;
+        let read = std::future::poll_fn(|cx| {
+            let want = want.clamp(READ_SMALL, CHUNK);
+            if buf.capacity() - buf.len() < want.min(READ_SMALL) {
+                buf.reserve(want);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, buf) {
+                Poll::Pending => {
+                    // A silent client holds no more than what it sent: room reserved
+                    // for a request that stalled after a few bytes is given back too.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    } else if buf.len() < READ_SMALL && buf.capacity() > 2 * READ_SMALL {
+                        *buf = BytesMut::from(&buf[..]);
+                    }
+                    Poll::Pending
+                }
+                ready => ready,
+            }
+        });
         tokio::select! {
             () = self.shutdown.cancelled() => false,
             () = self.link.closed.cancelled() => false,
-            got = timeout_at(until, r.fill_buf()) => match got {
-                Ok(Ok(bytes)) if !bytes.is_empty() => {
-                    let n = bytes.len();
-                    self.buf.extend_from_slice(bytes);
-                    r.consume(n);
-                    true
-                }
-                _ => false,
-            },
+            got = timeout_at(until, read) => matches!(got, Ok(Ok(n)) if n > 0),
         }
     }
 
     /// Takes exactly `n` bytes (reading as needed), or None when the connection ends.
-    async fn take<R: AsyncBufRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
+    /// The buffer itself is handed on when it holds exactly the `n` bytes (the usual
+    /// case: reads are sized to the request), so the data is not copied.
+    async fn take<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
         while self.buf.len() < n {
-            if !self.fill(r, session).await {
+            let want = n - self.buf.len();
+            if !self.fill(r, session, want).await {
                 return None;
             }
         }
-        Some(self.buf.drain(..n).collect())
+        let data = if self.buf.len() == n {
+            std::mem::take(&mut self.buf)
+        } else {
+            // What was read past the request (a pipelined next frame) is copied out.
+            let rest = BytesMut::from(&self.buf[n..]);
+            self.buf.truncate(n);
+            std::mem::replace(&mut self.buf, rest)
+        };
+        Some(Vec::from(data))
     }
 
     /// Moves `n` data bytes into `up` in chunks as they arrive.
-    async fn stream<R: AsyncBufRead + Unpin>(
+    async fn stream<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
         session: &Session,
@@ -140,35 +170,37 @@ impl Conn<'_> {
         mut n: u64,
     ) -> Result<bool, common::StoreError> {
         while n > 0 {
-            if self.buf.is_empty() && !self.fill(r, session).await {
+            let chunk = usize::try_from(n).unwrap_or(usize::MAX).min(CHUNK);
+            if self.buf.is_empty() && !self.fill(r, session, chunk).await {
                 return Ok(false);
             }
-            let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)).min(CHUNK);
+            let take = self.buf.len().min(chunk);
             // Collect up to CHUNK bytes before writing a row, unless the data ends first.
-            if take < CHUNK && (take as u64) < n && self.fill(r, session).await {
+            if take < chunk && self.fill(r, session, chunk - take).await {
                 continue;
             }
-            let piece: Vec<u8> = self.buf.drain(..take).collect();
-            up.put(self.hub, &piece).await?;
+            up.put(self.hub, &self.buf[..take]).await?;
+            self.buf.advance(take);
             n -= take as u64;
         }
         Ok(true)
     }
 
-    async fn frames<R: AsyncBufRead + Unpin>(&mut self, r: &mut R, session: &mut Session) -> End {
+    async fn frames<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &mut Session) -> End {
         loop {
             let h = match parse(&self.buf) {
                 Err(q) => return End::Quit(q),
                 Ok(Parsed::Need(n)) => {
                     while self.buf.len() < n {
-                        if !self.fill(r, session).await {
+                        let want = n - self.buf.len();
+                        if !self.fill(r, session, want).await {
                             return End::Silent;
                         }
                     }
                     continue;
                 }
                 Ok(Parsed::Header { header, len }) => {
-                    self.buf.drain(..len);
+                    self.buf.advance(len);
                     header
                 }
             };
@@ -204,7 +236,7 @@ impl Conn<'_> {
     }
 
     /// Reads the request's data and runs it. None: the connection ended mid-data.
-    async fn request<R: AsyncBufRead + Unpin>(
+    async fn request<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
         session: &mut Session,
@@ -221,8 +253,10 @@ impl Conn<'_> {
                 if total <= CHUNK as u64 {
                     // Small enough to hold: stored whole, in one commit, after resolution.
                     let Some(mut data) = self.take(r, session, total as usize).await else { return Ok(None) };
-                    let post = Body::Whole { id: post_id, data: data.split_off(note_len as usize) };
-                    let note = note_id.map(|id| (Body::Whole { id, data }, note_posted));
+                    // The notice (first) is copied out, the post keeps the buffer.
+                    let note_data: Vec<u8> = data.drain(..note_len as usize).collect();
+                    let post = Body::Whole { id: post_id, data };
+                    let note = note_id.map(|id| (Body::Whole { id, data: note_data }, note_posted));
                     return Ok(Some(session.post(h, post, note).await?));
                 }
                 let mut post = Upload::begin(self.hub, post_id).await?;
