@@ -8,7 +8,9 @@
 //! buffers are ours:
 //! - the TLS octets read and not yet processed, taken when the peer sends and given back
 //!   when every complete record has been processed and the peer is silent;
-//! - the application data decrypted and not yet read by the session;
+//! - the application data decrypted and not yet read by the session (a read whose buffer
+//!   has room for whole records gets them decrypted straight into it; only what does not
+//!   fit waits here);
 //! - the TLS octets encrypted and not yet written to the socket.
 //!
 //! While a session waits for its client, a connection holds none of them: only rustls's
@@ -129,9 +131,10 @@ impl<IO> TlsStream<IO> {
     }
 
     /// Processes the complete records in `incoming` until rustls needs more input, or
-    /// has done what `want` asks. Decrypted data goes to `plain`, TLS output to
-    /// `outgoing`.
-    fn process(&mut self, want: Want<'_>) -> io::Result<Step> {
+    /// has done what `want` asks. Decrypted data goes straight to `read` while it has
+    /// room for whole records (the reader's own buffer: no copy held here), the rest to
+    /// `plain`; TLS output goes to `outgoing`.
+    fn process(&mut self, want: Want<'_>, mut read: Option<&mut ReadBuf<'_>>) -> io::Result<Step> {
         loop {
             let status = self.conn.process_tls_records(&mut self.incoming);
             let mut discard = status.discard;
@@ -149,7 +152,12 @@ impl<IO> TlsStream<IO> {
                         let AppDataRecord { discard: used, payload, .. } =
                             record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                         discard += used;
-                        self.plain.extend_from_slice(payload);
+                        match read.as_deref_mut() {
+                            Some(out) if self.plain.is_empty() && out.remaining() >= payload.len() => {
+                                out.put_slice(payload);
+                            }
+                            _ => self.plain.extend_from_slice(payload),
+                        }
                     }
                     None
                 }
@@ -263,7 +271,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     /// Drives the handshake: processes input, writes what rustls answers, reads more.
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            match self.process(Want::Input) {
+            match self.process(Want::Input, None) {
                 Ok(Step::NeedInput | Step::Done(_)) => {}
                 Ok(Step::Closed) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Err(e) => {
@@ -349,8 +357,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            if let Step::Closed = this.process(Want::Input)? {
+            let filled = buf.filled().len();
+            if let Step::Closed = this.process(Want::Input, Some(buf))? {
                 this.peer_closed = true;
+            }
+            if buf.filled().len() > filled {
+                return Poll::Ready(Ok(()));
             }
             if !this.plain.is_empty() || this.peer_closed {
                 continue;
@@ -392,7 +404,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         }
         let chunk = &data[..data.len().min(WRITE_CHUNK)];
         let (plain, peer_closed) = (this.plain.len(), this.peer_closed);
-        let step = this.process(Want::Write(chunk));
+        let step = this.process(Want::Write(chunk), None);
         // Input processed on the way is the reader's: wake it if it waits.
         if (this.plain.len() > plain || this.peer_closed != peer_closed)
             && let Some(w) = this.reader.take()
@@ -424,7 +436,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         if !this.closed {
             this.closed = true;
             // No close_notify when the connection is already closed or broken.
-            let _ = this.process(Want::Close);
+            let _ = this.process(Want::Close, None);
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -508,6 +520,42 @@ mod tests {
             assert!(got == pattern(1_000_003, 7), "server to client: {} octets", got.len());
             assert!(server.await.unwrap() == sent, "client to server");
         }
+    }
+
+    /// Reads into buffers larger than a record (decrypted straight into them) and smaller
+    /// than one (the rest held and handed out first) give every octet in order, and a
+    /// large read holds nothing of its own once it is done.
+    #[tokio::test]
+    async fn reads_of_every_size_keep_the_order() {
+        let (_dir, server_cfg, connector) = setup(tokio_rustls::rustls::DEFAULT_VERSIONS);
+        let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+        let sent = pattern(300_000, 5);
+        let to_send = sent.clone();
+        let client = tokio::spawn(async move {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, client_io).await.unwrap();
+            for piece in to_send.chunks(50_000) {
+                tls.write_all(piece).await.unwrap();
+                tls.flush().await.unwrap();
+            }
+            tls
+        });
+        let mut tls = accept(server_cfg, server_io).await.unwrap();
+        let mut got = Vec::new();
+        let mut sizes = [100usize, 40_000, 7, 20_000, 16_384].into_iter().cycle();
+        while got.len() < sent.len() {
+            let mut buf = vec![0u8; sizes.next().unwrap()];
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended after {} octets", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == sent, "{} octets, not in order", got.len());
+        assert_eq!(tls.plain.len(), 0, "nothing left over");
+        let mut one = [0u8; 1];
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), tls.read(&mut one)).await;
+        assert!(waiting.is_err());
+        assert_eq!(tls.buffered_capacity(), 0);
+        drop(client.await.unwrap());
     }
 
     /// A silent client costs no buffer; one that speaks gets its data, and the buffers
