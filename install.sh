@@ -444,7 +444,10 @@ start() {
     name=$1
     shift
     echo "==> starting $name (log: $local/var/$name.log)"
-    "$bin/$name" -c "$local/etc/$name.toml" 2> "$local/var/$name.log" &
+    # The environment its systemd unit gives it (glibc malloc settings), as installed.
+    # shellcheck disable=SC2046
+    env $(sed -n 's/^Environment=//p' "$here/etc/systemd/$name.service" 2>/dev/null) \
+        "$bin/$name" -c "$local/etc/$name.toml" 2> "$local/var/$name.log" &
     pid=$!
     pids="$pids $pid"
     echo "$pid" > "$local/var/$name.pid"

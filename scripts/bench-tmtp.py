@@ -98,7 +98,11 @@ def main():
         f'[listen]\ntls_addresses = ["127.0.0.1:{port}"]\n[tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
         "[limits]\nmax_clients = 10000\nmax_per_address = 0\nconnection_rate = 0\n[stats]\nenabled = false\n" + root_ok)
     log = f"{tmp}/mmtmtpd.log"
-    d = subprocess.Popen([os.path.join(a.bin, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"))
+    # The environment the systemd unit gives mmtmtpd (glibc malloc settings), as installed.
+    unit = os.path.join(ROOT, "etc", "systemd", "mmtmtpd.service")
+    unit_env = dict(l.strip().split("=", 1)[1].split("=", 1) for l in open(unit) if l.startswith("Environment="))
+    d = subprocess.Popen([os.path.join(a.bin, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"),
+                         env={**os.environ, **unit_env})
     try:
         for _ in range(400):
             if "listening" in open(log).read():
@@ -110,7 +114,8 @@ def main():
         if a.sizes_2017:
             args.append("--sizes-2017")
         backend = "postgres" if a.postgres else "mysql" if a.mysql else "sqlite"
-        print(f"mmtmtpd on {backend}: {a.clients} clients x {a.cycles} cycles, sleep scale {a.sleep_scale}")
+        print(f"mmtmtpd on {backend}: {a.clients} clients x {a.cycles} cycles, sleep scale {a.sleep_scale}"
+              + "".join(f", {k}={v}" for k, v in unit_env.items()))
         subprocess.run(args, check=False)
     finally:
         d.terminate(); d.wait()
