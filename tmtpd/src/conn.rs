@@ -142,7 +142,9 @@ impl Conn<'_> {
 
     /// Takes exactly `n` bytes (reading as needed), or None when the connection ends.
     /// The buffer itself is handed on when it holds exactly the `n` bytes (the usual
-    /// case: reads are sized to the request), so the data is not copied.
+    /// case: reads are sized to the request), so the data is not copied; otherwise the
+    /// smaller side is copied, so that many small pipelined frames in a large buffer
+    /// cost each their own size, not the whole rest every time.
     async fn take<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
         while self.buf.len() < n {
             let want = n - self.buf.len();
@@ -150,15 +152,19 @@ impl Conn<'_> {
                 return None;
             }
         }
-        let data = if self.buf.len() == n {
-            std::mem::take(&mut self.buf)
-        } else {
-            // What was read past the request (a pipelined next frame) is copied out.
-            let rest = BytesMut::from(&self.buf[n..]);
-            self.buf.truncate(n);
-            std::mem::replace(&mut self.buf, rest)
-        };
-        Some(Vec::from(data))
+        if self.buf.len() == n {
+            return Some(Vec::from(std::mem::take(&mut self.buf)));
+        }
+        if n <= self.buf.len() - n {
+            let data = self.buf[..n].to_vec();
+            self.buf.advance(n);
+            return Some(data);
+        }
+        // What was read past the request (the start of a pipelined next frame) is
+        // copied out, and the request keeps the buffer.
+        let rest = BytesMut::from(&self.buf[n..]);
+        self.buf.truncate(n);
+        Some(Vec::from(std::mem::replace(&mut self.buf, rest)))
     }
 
     /// Moves `n` data bytes into `up` in chunks as they arrive.
