@@ -24,7 +24,7 @@ Usage: scripts/bench-attack.py [--bin target/release] [--conns 100] [--addrs 25]
 """
 import argparse, os, smtplib, socket, subprocess, tempfile, threading, time
 
-from benchlib import free_port
+from benchlib import free_port, unit_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,7 +112,7 @@ def main():
         for name in ["mmsmtpd", "mmpop3d"]:
             log = f"{tmp}/{name}.log"
             procs[name] = subprocess.Popen([os.path.join(a.bin, name), "-c", f"{tmp}/{name}.toml"],
-                                           stderr=open(log, "w"))
+                                           stderr=open(log, "w"), env=unit_env(name))
             wait_log(log, procs[name])
         admin = [os.path.join(a.bin, "mmadmin"), "-c", f"{tmp}/mmsmtpd.toml"]
         subprocess.run(admin + ["user", "add", "user", "--stdin"], input=b"right\n", check=True, capture_output=True)

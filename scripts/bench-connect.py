@@ -13,7 +13,7 @@ Usage: scripts/bench-connect.py [--clients 1000] [--backlogs 128,default] [--bin
 """
 import argparse, os, statistics, subprocess, tempfile, time
 
-from benchlib import burst, free_port, wait_port
+from benchlib import burst, free_port, unit_env, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def main():
                     f'[listen]\naddresses = ["127.0.0.1:{port}"]\n{setting}'
                     f"[limits]\nmax_clients = {a.clients * 3}\nmax_per_address = 0\nconnection_rate = 0\n"
                     f"[stats]\nenabled = false\n{root_ok}")
-        proc = subprocess.Popen([os.path.join(a.bin, "mmsmtpd"), "-c", cfg],
+        proc = subprocess.Popen([os.path.join(a.bin, "mmsmtpd"), "-c", cfg], env=unit_env("mmsmtpd"),
                                 stderr=open(os.path.join(tmp, f"mmsmtpd-{backlog}.log"), "w"))
         try:
             wait_port(port)

@@ -16,7 +16,7 @@ Usage: scripts/bench-idle.py [--connections 10000] [--daemons mmsmtpd,mmpop3d,mm
 """
 import argparse, os, resource, socket, ssl, subprocess, tempfile, time
 
-from benchlib import free_port, wait_port
+from benchlib import free_port, unit_env, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +94,7 @@ def main():
                         f"[limits]\nmax_clients = {a.connections * 2}\nmax_per_address = 0\nconnection_rate = 0\n"
                         f"stress_threshold = 100\ninput_timeout = 3600\nsession_timeout = 7200\n"
                         f"[stats]\nenabled = false\n{root_ok}{EXTRA.get(daemon, '')}")
-            proc = subprocess.Popen([os.path.join(a.bin, daemon), "-c", cfg],
+            proc = subprocess.Popen([os.path.join(a.bin, daemon), "-c", cfg], env=unit_env(daemon),
                                     stderr=open(os.path.join(tmp, f"{daemon}-{tls}.log"), "w"))
             socks = []
             try:

@@ -11,7 +11,7 @@ Usage: scripts/bench-shaping.py [path/to/mmpop3d]   (default target/release, the
 """
 import os, poplib, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
-from benchlib import free_port
+from benchlib import free_port, unit_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = sys.argv[1] if len(sys.argv) > 1 else next(
@@ -29,7 +29,7 @@ def main():
 [listen]\naddresses = ["127.0.0.1:{port}"]\n[limits]\nmax_per_address = 0\nconnection_rate = 0\n
 [shaping]\nper_connection_out = {PER_CONN}\nglobal_out = {GLOBAL}\n{root_ok}""")
     log = open(os.path.join(tmp, "mmpop3d.log"), "w")
-    proc = subprocess.Popen([BIN, "-c", cfg], stderr=log)
+    proc = subprocess.Popen([BIN, "-c", cfg], stderr=log, env=unit_env("mmpop3d"))
     try:
         for _ in range(100):
             try:

@@ -13,7 +13,7 @@ Usage: scripts/bench-stats.py [--clients 8] [--messages 250] [--size 2048] [--ro
 """
 import argparse, json, os, smtplib, socket, sqlite3, subprocess, tempfile, threading, time
 
-from benchlib import free_port
+from benchlib import free_port, unit_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,8 @@ def run(a, mode):
         "[limits]\nmax_per_address = 0\nconnection_rate = 0\nerror_delay = 0\nmax_clients = 1000\n"
         f"[smtpd]\nflood_messages = 0\n{stats}{root_ok}")
     log = f"{tmp}/mmsmtpd.log"
-    smtpd = subprocess.Popen([os.path.join(a.bin, "mmsmtpd"), "-c", cfg], stderr=open(log, "w"))
+    smtpd = subprocess.Popen([os.path.join(a.bin, "mmsmtpd"), "-c", cfg], stderr=open(log, "w"),
+                             env=unit_env("mmsmtpd"))
     procs.append(smtpd)
     try:
         wait_log(log, smtpd)

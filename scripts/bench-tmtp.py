@@ -21,7 +21,7 @@ counts (a quick look).
 """
 import argparse, os, re, socket, subprocess, sys, tempfile, time
 
-from benchlib import free_port
+from benchlib import free_port, unit_env
 
 LOADS = [(100, 1, "0"), (100, 2, "0.02"), (1000, 1, "0.05")]
 
@@ -99,10 +99,8 @@ def main():
         "[limits]\nmax_clients = 10000\nmax_per_address = 0\nconnection_rate = 0\n[stats]\nenabled = false\n" + root_ok)
     log = f"{tmp}/mmtmtpd.log"
     # The environment the systemd unit gives mmtmtpd (glibc malloc settings), as installed.
-    unit = os.path.join(ROOT, "etc", "systemd", "mmtmtpd.service")
-    unit_env = dict(l.strip().split("=", 1)[1].split("=", 1) for l in open(unit) if l.startswith("Environment="))
-    d = subprocess.Popen([os.path.join(a.bin, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"),
-                         env={**os.environ, **unit_env})
+    env = unit_env("mmtmtpd")
+    d = subprocess.Popen([os.path.join(a.bin, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"), env=env)
     try:
         for _ in range(400):
             if "listening" in open(log).read():
@@ -115,7 +113,7 @@ def main():
             args.append("--sizes-2017")
         backend = "postgres" if a.postgres else "mysql" if a.mysql else "sqlite"
         print(f"mmtmtpd on {backend}: {a.clients} clients x {a.cycles} cycles, sleep scale {a.sleep_scale}"
-              + "".join(f", {k}={v}" for k, v in unit_env.items()))
+              + "".join(f", {k}={v}" for k, v in env.items() if os.environ.get(k) != v))
         subprocess.run(args, check=False)
     finally:
         d.terminate(); d.wait()

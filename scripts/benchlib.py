@@ -1,5 +1,6 @@
 """What the benchmark scripts share: free loopback ports, waiting for a daemon to listen,
-a connection burst, a lean POP3 client, and a running mmmail (mmsmtpd + mmpop3d, with
+a connection burst, a lean POP3 client, a daemon's environment as its systemd unit sets
+it, and a running mmmail (mmsmtpd + mmpop3d, with
 mmstatd counting when asked) on a scratch database. Imported by the scripts beside it
 (run as `scripts/<name>.py`)."""
 import os, selectors, socket, sqlite3, subprocess, time
@@ -18,6 +19,19 @@ def wait_port(port, seconds=20):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
+
+def unit_env(daemon):
+    """The environment to start `daemon` with: this one plus the `Environment=` lines of its
+    systemd unit under etc/systemd (glibc malloc settings), so that a benchmark measures the
+    daemon as installed. The units hold one unquoted NAME=value per line."""
+    env = dict(os.environ)
+    unit = os.path.join(ROOT, "etc", "systemd", f"{daemon}.service")
+    if os.path.exists(unit):
+        for line in open(unit):
+            if line.startswith("Environment="):
+                name, _, value = line.strip().split("=", 1)[1].partition("=")
+                env[name] = value
+    return env
 
 def vmhwm(pid):
     """Peak resident memory of process `pid` as /proc says it ("12345 kB")."""
@@ -135,7 +149,7 @@ class Mmmail:
             with open(cfg, "w") as f:
                 f.write(f'[stats]\nsocket = "{sock}"\n[statd]\nquery_socket = "{tmp}/query-{backend}.sock"\n'
                         f'dir = "{tmp}/statd-{backend}"\n{root_ok}')
-            self.procs.append(subprocess.Popen([os.path.join(bindir, "mmstatd"), "-c", cfg],
+            self.procs.append(subprocess.Popen([os.path.join(bindir, "mmstatd"), "-c", cfg], env=unit_env("mmstatd"),
                                                stderr=open(os.path.join(tmp, f"mmstatd-{backend}.log"), "w")))
             for _ in range(200):
                 if os.path.exists(sock):
@@ -149,7 +163,8 @@ class Mmmail:
             with open(cfg, "w") as f:
                 f.write(f'[server]\nname = "bench.test"\n[database]\nurl = "{db_url}"\n'
                         f'[listen]\naddresses = ["127.0.0.1:{port}"]\n{limits}{extra}{stats}{root_ok}')
-            self.procs.append(subprocess.Popen([os.path.join(bindir, daemon), "-c", cfg], stdout=subprocess.DEVNULL,
+            self.procs.append(subprocess.Popen([os.path.join(bindir, daemon), "-c", cfg], env=unit_env(daemon),
+                                               stdout=subprocess.DEVNULL,
                                                stderr=open(os.path.join(tmp, f"{daemon}-{backend}.log"), "w")))
             wait_port(port)
         self.smtpd, self.pop3d = self.procs[-2], self.procs[-1]
