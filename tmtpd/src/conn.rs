@@ -102,6 +102,34 @@ struct Conn<'a> {
     shutdown: &'a CancellationToken,
 }
 
+/// One read into `buf` with room for `want` more bytes (at least [`READ_SMALL`], at most
+/// [`CHUNK`]): the bytes read (0 at EOF). When the client has nothing to read, an empty
+/// buffer is given back whole, and one holding less than [`READ_SMALL`] bytes (a request
+/// that stalled after a few bytes) is shrunk to what it holds, so that a silent client
+/// holds no more than what it sent.
+fn poll_fill<R: AsyncRead>(
+    r: Pin<&mut R>,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    let want = want.clamp(READ_SMALL, CHUNK);
+    if buf.capacity() - buf.len() < want.min(READ_SMALL) {
+        buf.reserve(want);
+    }
+    match tokio_util::io::poll_read_buf(r, cx, buf) {
+        Poll::Pending => {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            } else if buf.len() < READ_SMALL && buf.capacity() > 2 * READ_SMALL {
+                *buf = BytesMut::from(&buf[..]);
+            }
+            Poll::Pending
+        }
+        ready => ready,
+    }
+}
+
 impl Conn<'_> {
     fn deadline(&self, session: &Session) -> Instant {
         if session.online().is_some() { Instant::now() + self.hub.settings.idle_timeout } else { self.login_deadline }
@@ -114,25 +142,7 @@ impl Conn<'_> {
     async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, want: usize) -> bool {
         let until = self.deadline(session);
         let buf = &mut self.buf;
-        let read = std::future::poll_fn(|cx| {
-            let want = want.clamp(READ_SMALL, CHUNK);
-            if buf.capacity() - buf.len() < want.min(READ_SMALL) {
-                buf.reserve(want);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, buf) {
-                Poll::Pending => {
-                    // A silent client holds no more than what it sent: room reserved
-                    // for a request that stalled after a few bytes is given back too.
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
-                    } else if buf.len() < READ_SMALL && buf.capacity() > 2 * READ_SMALL {
-                        *buf = BytesMut::from(&buf[..]);
-                    }
-                    Poll::Pending
-                }
-                ready => ready,
-            }
-        });
+        let read = std::future::poll_fn(|cx| poll_fill(Pin::new(&mut *r), cx, buf, want));
         tokio::select! {
             () = self.shutdown.cancelled() => false,
             () = self.link.closed.cancelled() => false,
@@ -298,5 +308,70 @@ impl Conn<'_> {
                 Ok(Some(session.handle(h, &data).await?))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::task::{Context, Waker};
+
+    /// A client that sends the given pieces, one per read, then has nothing more
+    /// (Pending, as a silent socket).
+    struct Trickle(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.pop_front() {
+                Some(piece) => {
+                    out.put_slice(&piece);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn fill(r: &mut Trickle, buf: &mut BytesMut, want: usize) -> Poll<io::Result<usize>> {
+        poll_fill(Pin::new(r), &mut Context::from_waker(Waker::noop()), buf, want)
+    }
+
+    #[test]
+    fn a_request_that_stalls_gives_back_the_room_reserved_for_it() {
+        // A post of 60 KiB announced: room for all of it is taken for the first read.
+        let mut client = Trickle(VecDeque::from([b"0123456789".to_vec()]));
+        let mut buf = BytesMut::new();
+        assert!(matches!(fill(&mut client, &mut buf, 60 * 1024), Poll::Ready(Ok(10))));
+        assert!(buf.capacity() >= 60 * 1024);
+        // Then the client goes silent: what it sent is kept, the room is not.
+        assert!(fill(&mut client, &mut buf, 60 * 1024 - 10).is_pending());
+        assert_eq!(&buf[..], b"0123456789");
+        assert!(buf.capacity() < 2 * READ_SMALL, "capacity {}", buf.capacity());
+        // A silent client with nothing pending holds no buffer at all.
+        let mut silent = Trickle(VecDeque::new());
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        assert!(fill(&mut silent, &mut buf, 4).is_pending());
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[test]
+    fn a_stalled_request_keeps_what_arrived_and_goes_on() {
+        // More than READ_SMALL already in: kept as it is (it will be taken whole soon).
+        let part = vec![7u8; 3 * READ_SMALL];
+        let mut client = Trickle(VecDeque::from([part.clone()]));
+        let mut buf = BytesMut::new();
+        assert!(matches!(fill(&mut client, &mut buf, CHUNK), Poll::Ready(Ok(n)) if n == part.len()));
+        assert!(fill(&mut client, &mut buf, CHUNK - part.len()).is_pending());
+        assert_eq!(&buf[..], &part[..]);
+        // The rest arrives after the pause and joins it.
+        client.0.push_back(vec![8u8; 5]);
+        assert!(matches!(fill(&mut client, &mut buf, CHUNK - part.len()), Poll::Ready(Ok(5))));
+        assert_eq!(buf.len(), part.len() + 5);
+        assert_eq!(&buf[part.len()..], &[8u8; 5]);
     }
 }
