@@ -5,6 +5,7 @@ a server where a scratch database may be created). Prints the generator's figure
 
 Usage: scripts/bench-tmtp.py [--clients 100] [--cycles 2] [--sleep-scale 0]
                              [--sizes-2017] [--postgres URL | --mysql URL] [--bin DIR]
+                             [--pool N]
                              [--server HOST:PORT --ca CERT.pem [--server-pid PID]]
                              [--table [--table-scale N]]
 
@@ -18,6 +19,10 @@ fresh mmtmtpd and store (with --server: the same server, so restart it between l
 hand, or run the loads one by one), and prints one Markdown row per load: messages/s,
 latency p50 and p99, peak RSS, deliveries missing. --table-scale N divides the client
 counts (a quick look).
+
+mmtmtpd runs with its unit's environment (etc/systemd) and its configuration's defaults
+but for the listener, the limits on clients, and counting (off); --pool N sets
+[database] max_connections (default: the daemon's own, 8).
 """
 import argparse, os, re, socket, subprocess, sys, tempfile, time
 
@@ -51,14 +56,16 @@ def main():
     ap.add_argument("--sizes-2017", action="store_true")
     ap.add_argument("--postgres"); ap.add_argument("--mysql")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--pool", type=int)
     ap.add_argument("--server"); ap.add_argument("--ca"); ap.add_argument("--server-pid")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--table-scale", type=int, default=1)
     a = ap.parse_args()
     if a.table:
         passthrough = []
-        for flag in ("postgres", "mysql", "bin", "server", "ca", "server_pid"):
+        for flag in ("postgres", "mysql", "bin", "server", "ca", "server_pid", "pool"):
             v = getattr(a, flag)
+            v = None if v is None else str(v)
             if v and not (flag == "bin" and v == os.path.join(ROOT, "target", "release")):
                 passthrough += ["--" + flag.replace("_", "-"), v]
         if a.sizes_2017:
@@ -94,8 +101,9 @@ def main():
     root_ok = "[privileges]\nallow_root = true\n" if os.geteuid() == 0 else ""
     cfg = f"{tmp}/mmtmtpd.toml"
     open(cfg, "w").write(
-        f'[server]\nname = "bench.test"\n[database]\nurl = "{url}"\nmax_connections = 16\n'
-        f'[listen]\ntls_addresses = ["127.0.0.1:{port}"]\n[tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
+        f'[server]\nname = "bench.test"\n[database]\nurl = "{url}"\n'
+        + (f"max_connections = {a.pool}\n" if a.pool else "")
+        + f'[listen]\ntls_addresses = ["127.0.0.1:{port}"]\n[tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
         "[limits]\nmax_clients = 10000\nmax_per_address = 0\nconnection_rate = 0\n[stats]\nenabled = false\n" + root_ok)
     log = f"{tmp}/mmtmtpd.log"
     # The environment the systemd unit gives mmtmtpd (glibc malloc settings), as installed.
