@@ -485,12 +485,14 @@ impl Store {
     /// limit by at most the message being committed). Deadlocks, busy errors and Galera
     /// certification conflicts are retried, up to [`DELIVERY_ATTEMPTS`] times.
     ///
-    /// On a SQLite file, deliveries of bodies up to 256 KiB that arrive while another
-    /// write holds the database are stored together, up to 64 (and 4 MiB of bodies) in
-    /// one transaction and one sync (group commit); the answer of each is what it would
-    /// have been alone, only sooner. A delivery of one copy is one round trip on
-    /// PostgreSQL (one `WITH` statement, bodies up to 16 KiB) and on MySQL/MariaDB (the
-    /// procedure `mmmail_deliver_one`, migration 0009).
+    /// On a SQLite file and on PostgreSQL, deliveries of bodies up to 256 KiB that arrive
+    /// while others are being stored (on SQLite: while another write holds the
+    /// database) are stored together, up to 64 (and 4 MiB of bodies) in one transaction
+    /// and one sync (group commit); the answer of each is what it would have been alone,
+    /// only sooner. On PostgreSQL each of one copy is one `WITH` statement in that
+    /// transaction; one that comes alone is that statement on its own (bodies up to 16
+    /// KiB). On MySQL/MariaDB a delivery of one copy is one round trip (the procedure
+    /// `mmmail_deliver_one`, migration 0009).
     ///
     /// A `COMMIT` that got no answer (the database died or the connection broke) is
     /// resolved by looking for the stored copy once the database answers again: found,
@@ -506,7 +508,11 @@ impl Store {
         let done =
             match self {
                 Store::Sqlite(p) if !sqlite_in_memory(p) && delivery.body.len() <= TOGETHER_BODY_MAX => {
-                    self.deliver_together(p, delivery).await
+                    self.deliver_together(sqlite_waiting(p), Turn::Writer(sqlite_turn(p)), delivery).await
+                }
+                Store::Postgres(p) if delivery.body.len() <= TOGETHER_BODY_MAX => {
+                    let (waiting, turns) = pg_together(p);
+                    self.deliver_together(waiting, Turn::Batches(turns), delivery).await
                 }
                 _ => {
                     retrying_up_to(DELIVERY_ATTEMPTS, "delivery", move || async move {
@@ -528,12 +534,19 @@ impl Store {
         }
     }
 
-    /// SQLite: deliveries that wait for the writer turn are stored together, in one
-    /// transaction (group commit), by whichever of them gets the turn next. Each is
-    /// still refused alone when a box is full, and each gets the batch's error when
-    /// the transaction fails. The batch runs in a task of its own, so that a client
-    /// that goes away cannot cut it short, and every delivery in it gets its answer.
-    async fn deliver_together(&self, p: &SqlitePool, d: &Delivery<'_>) -> Result<(), DeliverError> {
+    /// Deliveries that wait for `turn` (SQLite: the writer turn; PostgreSQL: one of
+    /// [`PG_BATCHES`] turns of deliveries to that database) are stored together, in one
+    /// transaction (group commit), by whichever of them gets a turn next; `waiting` is
+    /// where they wait. Each is still refused alone when a box is full, and each gets
+    /// the batch's error when the transaction fails. The batch runs in a task of its
+    /// own, so that a client that goes away cannot cut it short, and every delivery in
+    /// it gets its answer.
+    async fn deliver_together(
+        &self,
+        waiting: std::sync::Arc<std::sync::Mutex<Vec<Together>>>,
+        turn: Turn,
+        d: &Delivery<'_>,
+    ) -> Result<(), DeliverError> {
         self.gate().await?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         /// Withdraws a delivery not yet taken into a batch when its caller goes away (a
@@ -548,13 +561,12 @@ impl Store {
             }
         }
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let waiting = sqlite_waiting(p);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let job = Together { id, body: d.body.to_vec(), copies: d.copies.clone(), answer };
         waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(job);
         let withdraw = Withdraw { waiting: waiting.clone(), id };
         loop {
-            let turn = sqlite_turn(p).lock_owned().await;
+            let turn = turn.take().await;
             // Whoever had the turn before may have taken this delivery already; take
             // what waits now, up to a batch's bounds.
             let (batch, mine_left) = {
@@ -570,8 +582,8 @@ impl Store {
             if batch.is_empty() {
                 drop(turn);
             } else {
-                let (store, p) = (self.clone(), p.clone());
-                tokio::spawn(async move { store.store_together(&p, turn, batch).await });
+                let store = self.clone();
+                tokio::spawn(async move { store.store_together(turn, batch).await });
             }
             if !mine_left {
                 break;
@@ -582,9 +594,9 @@ impl Store {
         answered.await.unwrap_or_else(|_| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed).into()))
     }
 
-    /// Runs a batch of [`Store::deliver_together`] under the writer turn `turn`, then
-    /// answers each of them.
-    async fn store_together(&self, p: &SqlitePool, turn: tokio::sync::OwnedMutexGuard<()>, batch: Vec<Together>) {
+    /// Runs a batch of [`Store::deliver_together`] under its turn `turn`, then answers
+    /// each of them.
+    async fn store_together(&self, turn: Held, batch: Vec<Together>) {
         let now = unix_now();
         let (mut deliveries, mut answers) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
         let mut bodies = Vec::with_capacity(batch.len());
@@ -596,7 +608,11 @@ impl Store {
         let ds: Vec<Delivery<'_>> =
             bodies.iter().zip(deliveries).map(|(body, copies)| Delivery { body, copies }).collect();
         let done = retrying_up_to(DELIVERY_ATTEMPTS, "delivery", || async {
-            let r = sqlite::deliver_together(p, &ds, now).await;
+            let r = match self {
+                Store::Sqlite(p) => sqlite::deliver_together(p, &ds, now).await,
+                Store::Postgres(p) => postgres::deliver_together(p, &ds, now).await,
+                Store::MySql(p) => mysql::deliver_together(p, &ds, now).await,
+            };
             self.observe(&r);
             r
         })
@@ -858,7 +874,7 @@ fn sqlite_turn(p: &SqlitePool) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     turns.entry(file).or_default().clone()
 }
 
-/// Deliveries at most this large (octets) are stored together on SQLite (see
+/// Deliveries at most this large (octets) are stored together on SQLite and PostgreSQL (see
 /// [`Store::deliver`]); larger ones alone, without a second copy of their body.
 const TOGETHER_BODY_MAX: usize = 256 * 1024;
 /// At most this many deliveries in one transaction.
@@ -885,6 +901,54 @@ fn sqlite_waiting(p: &SqlitePool) -> std::sync::Arc<std::sync::Mutex<Vec<Togethe
     let file = p.connect_options().get_filename().to_path_buf();
     let mut waiting = WAITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     waiting.entry(file).or_default().clone()
+}
+
+/// Batches of deliveries stored at once on one PostgreSQL database (see
+/// [`Store::deliver`]): while they run, the deliveries that arrive wait and form the
+/// next. More than one, so that deliveries into different boxes keep some of the
+/// parallelism they have alone.
+const PG_BATCHES: usize = 4;
+
+/// The deliveries waiting to be stored together on the PostgreSQL database of `p`, and
+/// their [`PG_BATCHES`] turns: one pair per server and database in this process.
+fn pg_together(
+    p: &PgPool,
+) -> (std::sync::Arc<std::sync::Mutex<Vec<Together>>>, std::sync::Arc<tokio::sync::Semaphore>) {
+    type Pair = (std::sync::Arc<std::sync::Mutex<Vec<Together>>>, std::sync::Arc<tokio::sync::Semaphore>);
+    static PAIRS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Pair>>> =
+        std::sync::LazyLock::new(Default::default);
+    let o = p.connect_options();
+    let key = format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or(""));
+    PAIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(key)
+        .or_insert_with(|| (Default::default(), std::sync::Arc::new(tokio::sync::Semaphore::new(PG_BATCHES))))
+        .clone()
+}
+
+/// What a batch of deliveries stored together holds while it runs: SQLite's writer turn
+/// ([`sqlite_turn`]) or one of PostgreSQL's [`PG_BATCHES`] turns.
+enum Turn {
+    Writer(std::sync::Arc<tokio::sync::Mutex<()>>),
+    Batches(std::sync::Arc<tokio::sync::Semaphore>),
+}
+
+/// A [`Turn`] taken; given back when dropped.
+enum Held {
+    Writer(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>),
+    Batch(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>),
+}
+
+impl Turn {
+    /// Waits for the turn.
+    async fn take(&self) -> Held {
+        match self {
+            Turn::Writer(m) => Held::Writer(m.clone().lock_owned().await),
+            // The semaphore is never closed; were it, the batch would run without one.
+            Turn::Batches(s) => Held::Batch(s.clone().acquire_owned().await.ok()),
+        }
+    }
 }
 
 /// Whether `p` is the pool of an in-memory SQLite database: [`Store::connect`] gives only

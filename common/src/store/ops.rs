@@ -247,20 +247,50 @@ macro_rules! operations {
         }
 
         /// Deliveries taken together (see `Store::deliver`), in one transaction begun
-        /// without taking the writer turn, which the caller holds: each stored, or
-        /// refused alone for a full box (its answer `Err(box)`), as [`deliver`] would.
-        /// Only the SQLite store takes deliveries together.
+        /// without taking the writer turn (SQLite), which the caller holds: each stored,
+        /// or refused alone for a full box (its answer `Err(box)`), as [`deliver`] would.
+        /// On PostgreSQL a batch of one is stored as [`deliver`] stores it, and in a larger
+        /// one each delivery of one copy is one statement
+        /// ([`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE), which changes nothing
+        /// when the box is full). The SQLite and PostgreSQL stores take deliveries
+        /// together.
         #[allow(dead_code)]
         pub(crate) async fn deliver_together(
             p: &Pool,
             ds: &[Delivery<'_>],
             now: i64,
         ) -> Result<Vec<std::result::Result<(), String>>> {
+            use crate::store::sql::{Dialect, PG_DELIVER_ONE};
+            if let (Dialect::Postgres, [d]) = (DIALECT, ds) {
+                // Alone after all: as `deliver` stores it (one statement when it can).
+                return match deliver(p, d, now).await {
+                    Ok(()) => Ok(vec![Ok(())]),
+                    Err(DeliverError::NoRoom(b)) => Ok(vec![Err(b)]),
+                    Err(DeliverError::Store(e)) => Err(e),
+                };
+            }
             let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?;
             let r = async {
                 let mut answers = Vec::with_capacity(ds.len());
                 for d in ds {
-                    answers.push(deliver_in(&mut *tx, d, now, true).await?);
+                    let answer = match (DIALECT, d.copies.as_slice()) {
+                        (Dialect::Postgres, [c]) => {
+                            let body_len = i64::try_from(d.body.len()).unwrap_or(i64::MAX);
+                            let stored = sqlx::query(PG_DELIVER_ONE)
+                                .bind(body_len.saturating_add(c.trace.len() as i64))
+                                .bind(&c.box_address)
+                                .bind(body_len)
+                                .bind(now)
+                                .bind(d.body)
+                                .bind(&c.uid)
+                                .bind(&c.trace)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            if stored.is_some() { Ok(()) } else { Err(c.box_address.clone()) }
+                        }
+                        _ => deliver_in(&mut *tx, d, now, true).await?,
+                    };
+                    answers.push(answer);
                 }
                 Ok(answers)
             }
