@@ -269,10 +269,18 @@ macro_rules! operations {
                     Err(DeliverError::Store(e)) => Err(e),
                 };
             }
+            // Box rows are taken in one global order (by address, as `deliver_in` takes a
+            // delivery's own), so that batches running at once on PostgreSQL do not wait
+            // for each other crosswise; a delivery of several copies is placed by its
+            // first, and a deadlock it may still cause is retried as any other.
+            let first_box = |i: usize| ds[i].copies.iter().map(|c| c.box_address.as_str()).min();
+            let mut order: Vec<usize> = (0..ds.len()).collect();
+            order.sort_by(|&a, &b| first_box(a).cmp(&first_box(b)));
             let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?;
             let r = async {
-                let mut answers = Vec::with_capacity(ds.len());
-                for d in ds {
+                let mut answers = vec![Ok(()); ds.len()];
+                for &i in &order {
+                    let d = &ds[i];
                     let answer = match (DIALECT, d.copies.as_slice()) {
                         (Dialect::Postgres, [c]) => {
                             let body_len = i64::try_from(d.body.len()).unwrap_or(i64::MAX);
@@ -290,7 +298,7 @@ macro_rules! operations {
                         }
                         _ => deliver_in(&mut *tx, d, now, true).await?,
                     };
-                    answers.push(answer);
+                    answers[i] = answer;
                 }
                 Ok(answers)
             }
