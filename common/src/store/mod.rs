@@ -541,18 +541,13 @@ impl Store {
     /// the batch's error when the transaction fails. The batch runs in a task of its
     /// own, so that a client that goes away cannot cut it short, and every delivery in
     /// it gets its answer.
-    async fn deliver_together(
-        &self,
-        waiting: std::sync::Arc<std::sync::Mutex<Vec<Together>>>,
-        turn: Turn,
-        d: &Delivery<'_>,
-    ) -> Result<(), DeliverError> {
+    async fn deliver_together(&self, waiting: Waiting, turn: Turn, d: &Delivery<'_>) -> Result<(), DeliverError> {
         self.gate().await?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         /// Withdraws a delivery not yet taken into a batch when its caller goes away (a
         /// client that left), as a delivery alone would not have begun.
         struct Withdraw {
-            waiting: std::sync::Arc<std::sync::Mutex<Vec<Together>>>,
+            waiting: Waiting,
             id: u64,
         }
         impl Drop for Withdraw {
@@ -882,6 +877,9 @@ const TOGETHER_MAX: usize = 64;
 /// At most this many body octets in one transaction (a first delivery always goes).
 const TOGETHER_BYTES: usize = 4 << 20;
 
+/// Deliveries waiting to be stored together, shared by those that wait.
+type Waiting = std::sync::Arc<std::sync::Mutex<Vec<Together>>>;
+
 /// A delivery waiting to be stored together with others: its body and copies, and where
 /// its answer goes.
 struct Together {
@@ -894,8 +892,7 @@ struct Together {
 
 /// The deliveries waiting for the writer turn of the SQLite database behind `p`, one
 /// list per file, as [`sqlite_turn`].
-fn sqlite_waiting(p: &SqlitePool) -> std::sync::Arc<std::sync::Mutex<Vec<Together>>> {
-    type Waiting = std::sync::Arc<std::sync::Mutex<Vec<Together>>>;
+fn sqlite_waiting(p: &SqlitePool) -> Waiting {
     static WAITING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Waiting>>> =
         std::sync::LazyLock::new(Default::default);
     let file = p.connect_options().get_filename().to_path_buf();
@@ -911,10 +908,8 @@ const PG_BATCHES: usize = 4;
 
 /// The deliveries waiting to be stored together on the PostgreSQL database of `p`, and
 /// their [`PG_BATCHES`] turns: one pair per server and database in this process.
-fn pg_together(
-    p: &PgPool,
-) -> (std::sync::Arc<std::sync::Mutex<Vec<Together>>>, std::sync::Arc<tokio::sync::Semaphore>) {
-    type Pair = (std::sync::Arc<std::sync::Mutex<Vec<Together>>>, std::sync::Arc<tokio::sync::Semaphore>);
+fn pg_together(p: &PgPool) -> (Waiting, std::sync::Arc<tokio::sync::Semaphore>) {
+    type Pair = (Waiting, std::sync::Arc<tokio::sync::Semaphore>);
     static PAIRS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Pair>>> =
         std::sync::LazyLock::new(Default::default);
     let o = p.connect_options();

@@ -216,19 +216,8 @@ macro_rules! operations {
             copy: &crate::store::model::MailCopy,
             now: i64,
         ) -> std::result::Result<(), DeliverError> {
-            let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
-            let size = body_len.saturating_add(copy.trace.len() as i64);
             let mut conn = p.acquire().await.map_err(StoreError::from)?;
-            let done = sqlx::query(statement)
-                .bind(size)
-                .bind(&copy.box_address)
-                .bind(body_len)
-                .bind(now)
-                .bind(body)
-                .bind(&copy.uid)
-                .bind(&copy.trace)
-                .fetch_optional(&mut *conn)
-                .await;
+            let done = deliver_one_query(statement, body, copy, now).fetch_optional(&mut *conn).await;
             match done {
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => Err(DeliverError::NoRoom(copy.box_address.clone())),
@@ -244,6 +233,26 @@ macro_rules! operations {
                     Err(StoreError::CommitUnknown(e).into())
                 }
             }
+        }
+
+        /// `statement` ([`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE) or
+        /// [`MYSQL_DELIVER_ONE`](crate::store::sql::MYSQL_DELIVER_ONE)) bound for one copy
+        /// of `body` at time `now` (Unix seconds): its seven parameters in their order.
+        fn deliver_one_query<'q>(
+            statement: &'static str,
+            body: &'q [u8],
+            copy: &'q crate::store::model::MailCopy,
+            now: i64,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
+            sqlx::query(statement)
+                .bind(body_len.saturating_add(copy.trace.len() as i64))
+                .bind(&copy.box_address)
+                .bind(body_len)
+                .bind(now)
+                .bind(body)
+                .bind(&copy.uid)
+                .bind(&copy.trace)
         }
 
         /// Deliveries taken together (see `Store::deliver`), in one transaction begun
@@ -283,17 +292,8 @@ macro_rules! operations {
                     let d = &ds[i];
                     let answer = match (DIALECT, d.copies.as_slice()) {
                         (Dialect::Postgres, [c]) => {
-                            let body_len = i64::try_from(d.body.len()).unwrap_or(i64::MAX);
-                            let stored = sqlx::query(PG_DELIVER_ONE)
-                                .bind(body_len.saturating_add(c.trace.len() as i64))
-                                .bind(&c.box_address)
-                                .bind(body_len)
-                                .bind(now)
-                                .bind(d.body)
-                                .bind(&c.uid)
-                                .bind(&c.trace)
-                                .fetch_optional(&mut *tx)
-                                .await?;
+                            let stored =
+                                deliver_one_query(PG_DELIVER_ONE, d.body, c, now).fetch_optional(&mut *tx).await?;
                             if stored.is_some() { Ok(()) } else { Err(c.box_address.clone()) }
                         }
                         _ => deliver_in(&mut *tx, d, now, true).await?,
