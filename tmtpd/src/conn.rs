@@ -130,6 +130,25 @@ fn poll_fill<R: AsyncRead>(
     }
 }
 
+/// The first `n` bytes of `buf` (which holds at least `n`), leaving the rest in `buf`.
+/// A buffer of exactly `n` bytes is handed on whole, without a copy; otherwise the smaller
+/// side is copied: the request when the rest is larger (many small pipelined frames then
+/// cost each their own size, not the whole rest every time), else the rest (the start of
+/// a pipelined next frame), and the request keeps the buffer.
+fn split_request(buf: &mut BytesMut, n: usize) -> Vec<u8> {
+    if buf.len() == n {
+        return Vec::from(std::mem::take(buf));
+    }
+    if n <= buf.len() - n {
+        let data = buf[..n].to_vec();
+        buf.advance(n);
+        return data;
+    }
+    let rest = BytesMut::from(&buf[n..]);
+    buf.truncate(n);
+    Vec::from(std::mem::replace(buf, rest))
+}
+
 impl Conn<'_> {
     fn deadline(&self, session: &Session) -> Instant {
         if session.online().is_some() { Instant::now() + self.hub.settings.idle_timeout } else { self.login_deadline }
@@ -150,11 +169,9 @@ impl Conn<'_> {
         }
     }
 
-    /// Takes exactly `n` bytes (reading as needed), or None when the connection ends.
-    /// The buffer itself is handed on when it holds exactly the `n` bytes (the usual
-    /// case: reads are sized to the request), so the data is not copied; otherwise the
-    /// smaller side is copied, so that many small pipelined frames in a large buffer
-    /// cost each their own size, not the whole rest every time.
+    /// Takes exactly `n` bytes (reading as needed), or None when the connection ends;
+    /// see [`split_request`] for what is copied (usually nothing: reads are sized to the
+    /// request).
     async fn take<R: AsyncRead + Unpin>(&mut self, r: &mut R, session: &Session, n: usize) -> Option<Vec<u8>> {
         while self.buf.len() < n {
             let want = n - self.buf.len();
@@ -162,19 +179,7 @@ impl Conn<'_> {
                 return None;
             }
         }
-        if self.buf.len() == n {
-            return Some(Vec::from(std::mem::take(&mut self.buf)));
-        }
-        if n <= self.buf.len() - n {
-            let data = self.buf[..n].to_vec();
-            self.buf.advance(n);
-            return Some(data);
-        }
-        // What was read past the request (the start of a pipelined next frame) is
-        // copied out, and the request keeps the buffer.
-        let rest = BytesMut::from(&self.buf[n..]);
-        self.buf.truncate(n);
-        Some(Vec::from(std::mem::replace(&mut self.buf, rest)))
+        Some(split_request(&mut self.buf, n))
     }
 
     /// Moves `n` data bytes into `up` in chunks as they arrive.
@@ -373,5 +378,24 @@ mod tests {
         assert!(matches!(fill(&mut client, &mut buf, CHUNK - part.len()), Poll::Ready(Ok(5))));
         assert_eq!(buf.len(), part.len() + 5);
         assert_eq!(&buf[part.len()..], &[8u8; 5]);
+    }
+
+    #[test]
+    fn a_request_is_split_from_what_follows_it_in_order() {
+        // Exactly the request: handed on whole, nothing left.
+        let mut buf = BytesMut::from(&b"abcd"[..]);
+        assert_eq!(split_request(&mut buf, 4), b"abcd");
+        assert!(buf.is_empty());
+        // Small pipelined frames in a large buffer: each comes out in turn.
+        let mut buf = BytesMut::from(&b"aabbbcccc"[..]);
+        assert_eq!(split_request(&mut buf, 2), b"aa");
+        assert_eq!(split_request(&mut buf, 3), b"bbb");
+        assert_eq!(&buf[..], b"cccc");
+        // A large request followed by the start of the next frame: the rest stays.
+        let mut buf = BytesMut::from(&b"0123456789xy"[..]);
+        assert_eq!(split_request(&mut buf, 10), b"0123456789");
+        assert_eq!(&buf[..], b"xy");
+        assert_eq!(split_request(&mut buf, 0), b"");
+        assert_eq!(&buf[..], b"xy");
     }
 }
