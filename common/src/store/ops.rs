@@ -312,13 +312,22 @@ macro_rules! operations {
         /// conflicts with other nodes) only from there to the commit. Taken together
         /// with others, a refusal must leave the transaction as it found it: the box
         /// row comes first, so that a single copy refused has changed nothing, and
-        /// several copies run under a savepoint that a refusal rolls back.
+        /// several copies run under a savepoint that a refusal rolls back. On SQLite a
+        /// delivery of one copy is the one call
+        /// [`SQLITE_DELIVER_ONE`](crate::store::sql::SQLITE_DELIVER_ONE).
         async fn deliver_in(
             conn: &mut <$db as sqlx::Database>::Connection,
             d: &Delivery<'_>,
             now: i64,
             together: bool,
         ) -> std::result::Result<std::result::Result<(), String>, sqlx::Error> {
+            if let (crate::store::sql::Dialect::Sqlite, [c]) = (DIALECT, d.copies.as_slice()) {
+                // No row locks to order: one call for the whole copy.
+                let stored = deliver_one_query(crate::store::sql::SQLITE_DELIVER_ONE, d.body, c, now)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                return Ok(if stored.is_some() { Ok(()) } else { Err(c.box_address.clone()) });
+            }
             let body_len = i64::try_from(d.body.len()).unwrap_or(i64::MAX);
             let mut copies: Vec<_> = d.copies.iter().collect();
             // Lock boxes in one global order so concurrent deliveries cannot deadlock.
