@@ -545,15 +545,20 @@ async fn mysql_connections_get_the_session_settings() {
 }
 
 /// Every SQLite connection keeps a page cache of 512 KiB, not SQLite's 2000 KiB: a
-/// daemon's pool would otherwise hold 2 MB per connection.
+/// daemon's pool would otherwise hold 2 MB per connection. A transaction spills its
+/// dirty pages to the WAL only past 1500 of them (about 6 MiB), not past the cache's
+/// bound.
 #[tokio::test]
 async fn sqlite_connections_keep_a_small_page_cache() {
     let db = TestDb::create(common::testing::Backend::Sqlite).await.expect("SQLite");
     let common::Store::Sqlite(p) = &db.store else { unreachable!() };
     let (mut first, mut second) = (p.acquire().await.unwrap(), p.acquire().await.unwrap());
     for conn in [&mut *first, &mut *second] {
-        let (pages,): (i64,) = sqlx::query_as("PRAGMA cache_size").fetch_one(conn).await.unwrap();
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA cache_size").fetch_one(&mut *conn).await.unwrap();
         assert_eq!(pages, -512);
+        // A group commit of up to 4 MiB of bodies goes to the WAL once, at its commit.
+        let (spill,): (i64,) = sqlx::query_as("PRAGMA cache_spill").fetch_one(conn).await.unwrap();
+        assert_eq!(spill, 1500);
     }
 }
 

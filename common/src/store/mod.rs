@@ -49,6 +49,21 @@ use crate::pattern;
 /// 100-client TMTP load with 16 connections: peak RSS 81 -> 66 MiB, same throughput.
 const SQLITE_CACHE: &str = "-512";
 
+/// Pages a SQLite transaction may hold dirty in memory before it writes them to the WAL
+/// ahead of its commit (`PRAGMA cache_spill`): 1500, about 6 MiB at SQLite's 4 KiB page,
+/// so that a group commit of deliveries (at most 4 MiB of bodies, [`TOGETHER_BYTES`]) is
+/// written once, at its commit. With the spill at [`SQLITE_CACHE`]'s 512 KiB, the pages
+/// that every delivery of a batch changes again (the tables' last leaves, the index
+/// pages, the box row) were written to the WAL again after each spill. Larger
+/// transactions (a QUIT deleting thousands of messages) still spill past it, so their
+/// memory stays bounded. One writer holds such a transaction at a time. Not a multiple
+/// of 256: SQLite reads the number's low byte as the on/off switch, and would turn
+/// spilling off altogether. 400 × 100 KiB into one box from 20 sessions, nine
+/// interleaved pairs of runs (the first six with spilling off altogether): median 1132
+/// -> 1378 msg/s, mmsmtpd's CPU 850 -> 675 µs per message, its peak RSS 23-26 -> 26-27
+/// MiB; at 4 KiB no change but 1-2 MiB of peak RSS.
+const SQLITE_SPILL: &str = "1500";
+
 /// Attempts of a transaction that hit a deadlock, a busy database or, on a Galera
 /// cluster, a certification conflict with a transaction committed on another node (all
 /// rolled back, so trying again is safe). With [`retry_pause`] the attempts spread over
@@ -338,7 +353,8 @@ impl Store {
                 .create_if_missing(true)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30))
-                .pragma("cache_size", SQLITE_CACHE);
+                .pragma("cache_size", SQLITE_CACHE)
+                .pragma("cache_spill", SQLITE_SPILL);
             let place = opts.get_filename().display().to_string();
             if !memory
                 && let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty())
