@@ -103,6 +103,26 @@ fn render(dialect: Dialect, text: Text) -> &'static str {
     Box::leak(out.into_boxed_str())
 }
 
+/// The condition under which a box takes one more message: under both of its limits
+/// (0 = none). The one text of that rule for [`Sql::take_room`], [`PG_DELIVER_ONE`] and
+/// [`SQLITE_DELIVER_ONE`] (and migration 0009's procedure, which must say the same).
+macro_rules! box_has_room {
+    () => {
+        "(box_max_mails = 0 OR box_mails < box_max_mails) AND (box_max_size = 0 OR box_size < box_max_size)"
+    };
+}
+
+/// [`Sql::take_room`]: adds one message of `$1` bytes to box `$2` if it has room.
+macro_rules! take_room {
+    () => {
+        concat!(
+            "UPDATE box SET box_size = box_size + $1, box_mails = box_mails + 1, box_in = CURRENT_TIMESTAMP \
+             WHERE box_address = $2 AND ",
+            box_has_room!()
+        )
+    };
+}
+
 /// The largest body (bytes) delivered by [`PG_DELIVER_ONE`]. A larger one is written
 /// first, in a transaction, and the box row taken after it: in the one statement the
 /// row is held while the body is written, which costs more than the round trips saved
@@ -119,31 +139,34 @@ pub(crate) const PG_DELIVER_ONE_MAX: usize = 16 * 1024;
 /// the statement inserts no row and returns none; a stored copy returns one row. One
 /// round trip instead of five (`BEGIN`, body, box, copy, `COMMIT`), and the box row is
 /// held for no round trip at all.
-pub(crate) const PG_DELIVER_ONE: &str = "WITH input AS (SELECT $1::bigint AS size, $2::varchar AS box, \
-     $3::bigint AS body_size, $4::bigint AS created, $5::bytea AS data, $6::varchar AS uid, $7::bytea AS trace), \
+pub(crate) const PG_DELIVER_ONE: &str = concat!(
+    "WITH input AS (SELECT $1::bigint AS size, $2::varchar AS box, $3::bigint AS body_size, \
+     $4::bigint AS created, $5::bytea AS data, $6::varchar AS uid, $7::bytea AS trace), \
      room AS (UPDATE box SET box_size = box_size + input.size, box_mails = box_mails + 1, box_in = CURRENT_TIMESTAMP \
-     FROM input WHERE box_address = input.box AND (box_max_mails = 0 OR box_mails < box_max_mails) \
-     AND (box_max_size = 0 OR box_size < box_max_size) RETURNING box_address), \
+     FROM input WHERE box_address = input.box AND ",
+    box_has_room!(),
+    " RETURNING box_address), \
      body AS (INSERT INTO message (message_size, message_created, message_data) \
      SELECT body_size, created, data FROM input, room RETURNING message_id) \
      INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) \
-     SELECT uid, box, message_id, size, created, trace FROM input, body RETURNING 1";
+     SELECT uid, box, message_id, size, created, trace FROM input, body RETURNING 1"
+);
 
 /// SQLite only: a delivery of one copy in one call to the connection's worker thread,
 /// inside the caller's transaction. sqlx runs a SQLite connection on a thread of its own
 /// and hands each statement over to it and its answer back: two thread switches per
-/// statement, which on this 2-core machine cost more than SQLite's own work for a small
-/// message. These three statements go over as one. Parameters as [`PG_DELIVER_ONE`]'s.
+/// statement, which for a small message cost more than SQLite's own work (BENCHMARKS.md).
+/// These three statements go over as one. Parameters as [`PG_DELIVER_ONE`]'s.
 /// The box row is taken as [`Sql::take_room`] takes it; the body is inserted only if
 /// that changed a row (`changes()`, the rows of the statement completed last), and the
 /// copy only if the body was (its id is `last_insert_rowid()`), so a full box changes
 /// nothing and returns no row; a stored copy returns one row.
-pub(crate) const SQLITE_DELIVER_ONE: &str = "UPDATE box SET box_size = box_size + $1, box_mails = box_mails + 1, \
-     box_in = CURRENT_TIMESTAMP WHERE box_address = $2 AND (box_max_mails = 0 OR box_mails < box_max_mails) \
-     AND (box_max_size = 0 OR box_size < box_max_size); \
-     INSERT INTO message (message_size, message_created, message_data) SELECT $3, $4, $5 WHERE changes() = 1; \
+pub(crate) const SQLITE_DELIVER_ONE: &str = concat!(
+    take_room!(),
+    "; INSERT INTO message (message_size, message_created, message_data) SELECT $3, $4, $5 WHERE changes() = 1; \
      INSERT INTO mail (mail_uid, mail_box, mail_message, mail_size, mail_created, mail_trace) \
-     SELECT $6, $2, last_insert_rowid(), $1, $4, $7 WHERE changes() = 1 RETURNING 1";
+     SELECT $6, $2, last_insert_rowid(), $1, $4, $7 WHERE changes() = 1 RETURNING 1"
+);
 
 /// MySQL/MariaDB only: a whole delivery of one copy in one round trip, the procedure of
 /// migration 0009 (MySQL has no data-modifying `WITH`). Parameters as
@@ -279,9 +302,7 @@ statements! {
 
     // --- delivery ---
     /// Adds one message of `$1` bytes to box `$2` if it is under both limits.
-    take_room = Same("UPDATE box SET box_size = box_size + $1, box_mails = box_mails + 1, box_in = CURRENT_TIMESTAMP \
-                      WHERE box_address = $2 AND (box_max_mails = 0 OR box_mails < box_max_mails) \
-                      AND (box_max_size = 0 OR box_size < box_max_size)");
+    take_room = Same(take_room!());
     /// Stores a message body (`$1` size, `$2` created, `$3` data); returns its id where
     /// the dialect can (MySQL reports it as the last insert id instead).
     insert_message = Per {
