@@ -233,6 +233,24 @@ async fn size_limit_allows_overrun_by_one_message_only() {
     }
 }
 
+/// A body over 256 KiB is stored alone, in a transaction of its own, not taken into a
+/// group commit: the same limits hold on that path (on SQLite its one multi-statement
+/// call), and a full box keeps neither body nor copy.
+#[tokio::test]
+async fn a_large_message_alone_meets_the_same_limits() {
+    for db in TestDb::all().await {
+        seeded(&db).await;
+        let s = &db.store;
+        let large = vec![b'l'; 300 * 1024];
+        let d = |uid: &str| Delivery { body: &large, copies: vec![copy("small@example.org", uid)] };
+        s.deliver(&d("l1")).await.unwrap(); // the box was empty: accepted past its 100 bytes
+        assert!(matches!(s.deliver(&d("l2")).await, Err(DeliverError::NoRoom(_))), "{:?}", db.backend);
+        assert_eq!(count(&db, "message").await, 1, "no body of the refused message on {:?}", db.backend);
+        let stored = Usage { bytes: 300 * 1024 + 26, messages: 1 };
+        assert_eq!(db.counters("small@example.org").await, stored, "{:?}", db.backend);
+    }
+}
+
 #[tokio::test]
 async fn a_failed_insert_rolls_everything_back() {
     for db in TestDb::all().await {
