@@ -298,3 +298,81 @@ async fn instances_share_links_work_and_ids() {
         assert_eq!(third, first + 10_100, "a clock ahead of the counter raises it");
     }
 }
+
+/// Posts stored at once from many clients (a group commit on SQLite and PostgreSQL):
+/// each call returns only once its own messages are committed and readable, each keeps
+/// its own `remote` (work for another instance only for the calls that asked), and a
+/// call that fails stores nothing.
+#[tokio::test]
+async fn posts_at_once_are_each_committed_before_their_answer() {
+    for db in TestDb::all().await {
+        let name = db.store.backend();
+        let (a1, b1) = (node("A", 1), node("B", 1));
+        assert!(db.store.tmtp_link_take(&b1, "two", 1, 30).await.unwrap());
+        let posts: Vec<_> = (0..120i64)
+            .map(|i| {
+                let s = db.store.clone();
+                let to = if i % 2 == 0 { a1.clone() } else { b1.clone() };
+                tokio::spawn(async move {
+                    let (id, data) = (1000 + i, vec![i as u8; i as usize * 50]);
+                    let header = format!("h{i}");
+                    let remote = (i % 3 == 0).then_some("one");
+                    let m = WholeMessage { id, header: header.as_bytes(), data: &data, prio: "M", nodes: &[to] };
+                    s.tmtp_store_messages(&[m], remote).await.unwrap();
+                    // Readable the moment the call returns: its sender may be acked now.
+                    let stored = s.tmtp_message(id).await.unwrap().expect("committed before the answer");
+                    assert_eq!((stored.header, stored.size), (header.into_bytes(), data.len() as i64));
+                    assert_eq!(stored.first.unwrap_or_default(), data);
+                })
+            })
+            .collect();
+        for p in posts {
+            p.await.unwrap();
+        }
+        let a_queue = db.store.tmtp_queue("A", 1).await.unwrap();
+        assert_eq!(a_queue, (0..120).step_by(2).map(|i| queued("M", 1000 + i)).collect::<Vec<_>>(), "{name}");
+        assert_eq!(db.store.tmtp_queue("B", 1).await.unwrap().len(), 60, "{name}");
+        // Work for instance two: one row per post to B.1 whose call named a remote (i odd
+        // and a multiple of 3: 3, 9, ..., 117), none for the others of the same batches.
+        let work = db.store.tmtp_wakes("two", 1000).await.unwrap();
+        assert_eq!(work.len(), (0..120).filter(|i| i % 2 == 1 && i % 3 == 0).count(), "{name}");
+        assert!(work.iter().all(|w| w.node == b1 && w.frame.is_none()), "{name}");
+
+        // A call the database refuses (a message id stored already) stores none of its
+        // messages, and the calls written together with it are stored all the same.
+        let calls: Vec<_> = (0..40i64)
+            .map(|i| {
+                let s = db.store.clone();
+                let a1 = a1.clone();
+                tokio::spawn(async move {
+                    let fresh = WholeMessage {
+                        id: 5000 + i,
+                        header: b"y",
+                        data: b"z",
+                        prio: "M",
+                        nodes: std::slice::from_ref(&a1),
+                    };
+                    if i == 20 {
+                        let again = WholeMessage {
+                            id: 1000,
+                            header: b"x",
+                            data: b"",
+                            prio: "M",
+                            nodes: std::slice::from_ref(&a1),
+                        };
+                        s.tmtp_store_messages(&[fresh, again], None).await.is_ok()
+                    } else {
+                        s.tmtp_store_messages(&[fresh], None).await.is_ok()
+                    }
+                })
+            })
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap(), i != 20, "{name}: call {i}");
+        }
+        assert_eq!(db.store.tmtp_message(5020).await.unwrap(), None, "{name}: nothing of the refused call");
+        for i in (0..40).filter(|i| *i != 20) {
+            assert!(db.store.tmtp_message(5000 + i).await.unwrap().is_some(), "{name}: {i}");
+        }
+    }
+}

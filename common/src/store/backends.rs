@@ -46,7 +46,7 @@ pub(crate) mod sqlite {
 
     /// The writers of one database file in this process take turns (see `store::write`).
     fn turn(p: &sqlx::SqlitePool) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
-        Some(crate::store::sqlite_turn(p))
+        Some(crate::store::together::sqlite_turn(p))
     }
 
     crate::store::ops::operations!(sqlx::Sqlite, returning);

@@ -18,6 +18,7 @@ mod session;
 mod sql;
 mod tmtp;
 pub use tmtp::WakeListener;
+mod together;
 mod write;
 
 use std::str::FromStr;
@@ -36,6 +37,7 @@ pub use model::{
 };
 
 use backends::{mysql, postgres, sqlite};
+use together::{Held, Job, Turn, Waiting, pg_together, sqlite_turn, sqlite_waiting};
 
 use crate::address::Address;
 use crate::config::DatabaseConfig;
@@ -51,7 +53,7 @@ const SQLITE_CACHE: &str = "-512";
 
 /// Pages a SQLite transaction may hold dirty in memory before it writes them to the WAL
 /// ahead of its commit (`PRAGMA cache_spill`): 1500, about 6 MiB at SQLite's 4 KiB page,
-/// so that a group commit of deliveries (at most 4 MiB of bodies, [`TOGETHER_BYTES`]) is
+/// so that a group commit of deliveries (at most 4 MiB of bodies, [`TOGETHER`]) is
 /// written once, at its commit. With the spill at [`SQLITE_CACHE`]'s 512 KiB, the pages
 /// that every delivery of a batch changes again (the tables' last leaves, the index
 /// pages, the box row) were written to the WAL again after each spill. Larger
@@ -524,11 +526,11 @@ impl Store {
         let done =
             match self {
                 Store::Sqlite(p) if !sqlite_in_memory(p) && delivery.body.len() <= TOGETHER_BODY_MAX => {
-                    self.deliver_together(sqlite_waiting(p), Turn::Writer(sqlite_turn(p)), delivery).await
+                    self.deliver_together(&sqlite_waiting(p).deliveries, &Turn::Writer(sqlite_turn(p)), delivery).await
                 }
                 Store::Postgres(p) if delivery.body.len() <= TOGETHER_BODY_MAX => {
                     let (waiting, turns) = pg_together(p);
-                    self.deliver_together(waiting, Turn::Batches(turns), delivery).await
+                    self.deliver_together(&waiting.deliveries, &Turn::Batches(turns), delivery).await
                 }
                 _ => {
                     retrying_up_to(DELIVERY_ATTEMPTS, "delivery", move || async move {
@@ -551,69 +553,38 @@ impl Store {
     }
 
     /// Deliveries that wait for `turn` (SQLite: the writer turn; PostgreSQL: one of
-    /// [`PG_BATCHES`] turns of deliveries to that database) are stored together, in one
+    /// [`together::PG_BATCHES`] turns of deliveries to that database) are stored together, in one
     /// transaction (group commit), by whichever of them gets a turn next; `waiting` is
     /// where they wait. Each is still refused alone when a box is full, and each gets
     /// the batch's error when the transaction fails. The batch runs in a task of its
     /// own, so that a client that goes away cannot cut it short, and every delivery in
     /// it gets its answer.
-    async fn deliver_together(&self, waiting: Waiting, turn: Turn, d: &Delivery<'_>) -> Result<(), DeliverError> {
+    async fn deliver_together(
+        &self,
+        waiting: &Waiting<Together, Result<(), DeliverError>>,
+        turn: &Turn,
+        d: &Delivery<'_>,
+    ) -> Result<(), DeliverError> {
         self.gate().await?;
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        /// Withdraws a delivery not yet taken into a batch when its caller goes away (a
-        /// client that left), as a delivery alone would not have begun.
-        struct Withdraw {
-            waiting: Waiting,
-            id: u64,
-        }
-        impl Drop for Withdraw {
-            fn drop(&mut self) {
-                self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|t| t.id != self.id);
-            }
-        }
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let job = Together { id, body: d.body.to_vec(), copies: d.copies.clone(), answer };
-        waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(job);
-        let withdraw = Withdraw { waiting: waiting.clone(), id };
-        loop {
-            let turn = turn.take().await;
-            // Whoever had the turn before may have taken this delivery already; take
-            // what waits now, up to a batch's bounds.
-            let (batch, mine_left) = {
-                let mut w = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let (mut n, mut bytes) = (0, 0);
-                while n < w.len() && n < TOGETHER_MAX && (n == 0 || bytes + w[n].body.len() <= TOGETHER_BYTES) {
-                    bytes += w[n].body.len();
-                    n += 1;
-                }
-                let batch: Vec<Together> = w.drain(..n).collect();
-                (batch, w.iter().any(|t| t.id == id))
-            };
-            if batch.is_empty() {
-                drop(turn);
-            } else {
-                let store = self.clone();
-                tokio::spawn(async move { store.store_together(turn, batch).await });
-            }
-            if !mine_left {
-                break;
-            }
-        }
-        // Taken into a batch by now, by this caller or another: nothing to withdraw.
-        drop(withdraw);
-        answered.await.unwrap_or_else(|_| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed).into()))
+        let work = Together { body: d.body.to_vec(), copies: d.copies.clone() };
+        let bytes = work.body.len();
+        let run = |held, batch| {
+            let store = self.clone();
+            async move { store.store_together(held, batch).await }
+        };
+        let answer = together::together(waiting, turn, TOGETHER, work, bytes, run).await;
+        answer.unwrap_or_else(|| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed).into()))
     }
 
     /// Runs a batch of [`Store::deliver_together`] under its turn `turn`, then answers
     /// each of them.
-    async fn store_together(&self, turn: Held, batch: Vec<Together>) {
+    async fn store_together(&self, turn: Held, batch: Vec<Job<Together, Result<(), DeliverError>>>) {
         let now = unix_now();
         let (mut deliveries, mut answers) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
         let mut bodies = Vec::with_capacity(batch.len());
         for t in batch {
-            bodies.push(t.body);
-            deliveries.push(t.copies);
+            bodies.push(t.work.body);
+            deliveries.push(t.work.copies);
             answers.push(t.answer);
         }
         let ds: Vec<Delivery<'_>> =
@@ -635,20 +606,7 @@ impl Store {
                     let _ = answer.send(r.map_err(DeliverError::NoRoom));
                 }
             }
-            Err(e) => {
-                // One error, as many answers: the others carry its text and its kind
-                // (refused, or a commit in doubt that each delivery resolves itself).
-                let unknown = matches!(e, StoreError::CommitUnknown(_));
-                let text = e.to_string();
-                let mut first = Some(e);
-                for answer in answers {
-                    let e = first.take().unwrap_or_else(|| {
-                        let copy = sqlx::Error::Protocol(text.clone());
-                        if unknown { StoreError::CommitUnknown(copy) } else { StoreError::Db(copy) }
-                    });
-                    let _ = answer.send(Err(e.into()));
-                }
-            }
+            Err(e) => together::answer_all_failed(answers, e),
         }
     }
 
@@ -874,92 +832,17 @@ impl Store {
     }
 }
 
-/// The in-process writer turn of the SQLite database behind `p`, one per file (shared by
-/// every pool on it in this process), so that two pools on one file also take turns.
-fn sqlite_turn(p: &SqlitePool) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-    static TURNS: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let file = p.connect_options().get_filename().to_path_buf();
-    let mut turns = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    turns.entry(file).or_default().clone()
-}
-
 /// Deliveries at most this large (octets) are stored together on SQLite and PostgreSQL (see
 /// [`Store::deliver`]); larger ones alone, without a second copy of their body.
 const TOGETHER_BODY_MAX: usize = 256 * 1024;
-/// At most this many deliveries in one transaction.
-const TOGETHER_MAX: usize = 64;
-/// At most this many body octets in one transaction (a first delivery always goes).
-const TOGETHER_BYTES: usize = 4 << 20;
+/// At most 64 deliveries (or TMTP posts) and 4 MiB of their bodies in one transaction
+/// (a first one always goes).
+const TOGETHER: together::Bounds = together::Bounds { jobs: 64, bytes: 4 << 20 };
 
-/// Deliveries waiting to be stored together, shared by those that wait.
-type Waiting = std::sync::Arc<std::sync::Mutex<Vec<Together>>>;
-
-/// A delivery waiting to be stored together with others: its body and copies, and where
-/// its answer goes.
-struct Together {
-    /// Which delivery (unique in this process).
-    id: u64,
+/// A delivery waiting to be stored together with others: its body and copies.
+pub(crate) struct Together {
     body: Vec<u8>,
     copies: Vec<MailCopy>,
-    answer: tokio::sync::oneshot::Sender<Result<(), DeliverError>>,
-}
-
-/// The deliveries waiting for the writer turn of the SQLite database behind `p`, one
-/// list per file, as [`sqlite_turn`].
-fn sqlite_waiting(p: &SqlitePool) -> Waiting {
-    static WAITING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Waiting>>> =
-        std::sync::LazyLock::new(Default::default);
-    let file = p.connect_options().get_filename().to_path_buf();
-    let mut waiting = WAITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    waiting.entry(file).or_default().clone()
-}
-
-/// Batches of deliveries stored at once on one PostgreSQL database (see
-/// [`Store::deliver`]): while they run, the deliveries that arrive wait and form the
-/// next. More than one, so that deliveries into different boxes keep some of the
-/// parallelism they have alone.
-const PG_BATCHES: usize = 4;
-
-/// The deliveries waiting to be stored together on the PostgreSQL database of `p`, and
-/// their [`PG_BATCHES`] turns: one pair per server and database in this process.
-fn pg_together(p: &PgPool) -> (Waiting, std::sync::Arc<tokio::sync::Semaphore>) {
-    type Pair = (Waiting, std::sync::Arc<tokio::sync::Semaphore>);
-    static PAIRS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Pair>>> =
-        std::sync::LazyLock::new(Default::default);
-    let o = p.connect_options();
-    let key = format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or(""));
-    PAIRS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(key)
-        .or_insert_with(|| (Default::default(), std::sync::Arc::new(tokio::sync::Semaphore::new(PG_BATCHES))))
-        .clone()
-}
-
-/// What a batch of deliveries stored together holds while it runs: SQLite's writer turn
-/// ([`sqlite_turn`]) or one of PostgreSQL's [`PG_BATCHES`] turns.
-enum Turn {
-    Writer(std::sync::Arc<tokio::sync::Mutex<()>>),
-    Batches(std::sync::Arc<tokio::sync::Semaphore>),
-}
-
-/// A [`Turn`] taken; given back when dropped.
-enum Held {
-    Writer(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>),
-    Batch(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>),
-}
-
-impl Turn {
-    /// Waits for the turn.
-    async fn take(&self) -> Held {
-        match self {
-            Turn::Writer(m) => Held::Writer(m.clone().lock_owned().await),
-            // The semaphore is never closed; were it, the batch would run without one.
-            Turn::Batches(s) => Held::Batch(s.clone().acquire_owned().await.ok()),
-        }
-    }
 }
 
 /// Whether `p` is the pool of an in-memory SQLite database: [`Store::connect`] gives only

@@ -205,6 +205,24 @@ pub struct WholeMessage<'a> {
     pub nodes: &'a [Node],
 }
 
+/// One TMTP write of a transaction that holds several (a group commit,
+/// `Store::tmtp_store_messages`), in the order written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TmtpOp<'a> {
+    /// A message that came whole, with its chunk and queue rows, and work rows for other
+    /// instances when the instance name is given (`Store::tmtp_store_messages`).
+    Whole(WholeMessage<'a>, Option<&'a str>),
+    /// A streamed message begun (`Store::tmtp_begin_message`).
+    Begin(i64),
+    /// Chunk `seq` of streamed message `id` (`Store::tmtp_put_chunk`).
+    Chunk { id: i64, seq: i64, data: &'a [u8] },
+    /// A streamed message made deliverable (`Store::tmtp_commit_message`); with no nodes it
+    /// is deleted.
+    Ready { id: i64, header: &'a [u8], size: i64, prio: &'a str, nodes: &'a [Node], remote: Option<&'a str> },
+    /// Recipient acks (`Store::tmtp_acks`).
+    Acks(&'a [(Node, i64)]),
+}
+
 /// Work for this mmtmtpd instance left by another on the same database (`tmtp_wake`,
 /// issue 19): node `node`'s queue has new messages, or `frame` is to be written to every
 /// node of `node.uid` connected here (an `ohi` note; `node.num` is 0 then).

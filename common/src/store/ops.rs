@@ -96,7 +96,7 @@ macro_rules! operations {
         use crate::error::StoreError;
         use crate::store::model::{
             AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus,
-            Node, OwnsBoxes, Queued, Repaired, Retrieved, Run, TmtpMessage, Update, Usage, User, UserEntry,
+            Node, OwnsBoxes, Queued, Repaired, Retrieved, Run, TmtpMessage, TmtpOp, Update, Usage, User, UserEntry,
             WholeMessage,
         };
         use crate::store::sql::Sql;
@@ -887,46 +887,6 @@ macro_rules! operations {
 
         // --- TMTP messages and queues ---
 
-        pub(crate) async fn begin_message(p: &Pool, id: i64, now: i64) -> Result<()> {
-            let mut tx = write(p).await?;
-            let r = sqlx::query(SQL.begin_message).bind(id).bind(now).execute(&mut *tx).await;
-            tx.finish(r).await?;
-            Ok(())
-        }
-
-        pub(crate) async fn put_chunk(p: &Pool, id: i64, seq: i64, data: &[u8]) -> Result<()> {
-            let mut tx = write(p).await?;
-            let r = sqlx::query(SQL.insert_chunk).bind(id).bind(seq).bind(data).execute(&mut *tx).await;
-            tx.finish(r).await?;
-            Ok(())
-        }
-
-        pub(crate) async fn commit_message(
-            p: &Pool,
-            id: i64,
-            header: &[u8],
-            size: i64,
-            prio: &str,
-            nodes: &[Node],
-            remote: Option<(&str, i64)>,
-        ) -> Result<()> {
-            let mut tx = write(p).await?;
-            let r = async {
-                sqlx::query(SQL.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
-                enqueue(&mut *tx, nodes, prio, id).await?;
-                if let Some((me, now)) = remote {
-                    wake_remote(&mut *tx, id, me, now).await?;
-                }
-                Ok(())
-            }
-            .await;
-            tx.finish(r).await?;
-            if nodes.is_empty() {
-                discard(p, id).await?;
-            }
-            Ok(())
-        }
-
         /// Work rows for recipients of message `id` connected to other instances than
         /// `me`, in the transaction that queues it; whether there were any.
         async fn wake_remote(
@@ -953,35 +913,110 @@ macro_rules! operations {
             Ok(!remote.is_empty())
         }
 
-        pub(crate) async fn store_messages(
-            p: &Pool,
-            messages: &[WholeMessage<'_>],
-            now: i64,
-            remote: Option<&str>,
-        ) -> Result<()> {
-            let mut tx = write(p).await?;
+        /// TMTP writes in one transaction, in order (see [`TmtpOp`]); then the messages
+        /// acked by their last recipient, and those made ready for no node, are deleted.
+        /// Returns, for each op, the queue rows its acks removed (0 for the others). On
+        /// SQLite a whole message of up to [`ROW_CHUNK`](crate::store::sql::ROW_CHUNK)
+        /// recipients is one call
+        /// ([`SQLITE_STORE_WHOLE`](crate::store::sql::SQLITE_STORE_WHOLE)). `turn_held`:
+        /// the caller holds the writer turn (SQLite), a group commit's
+        /// (`Store::tmtp_store_messages`).
+        pub(crate) async fn write_tmtp(p: &Pool, ops: &[TmtpOp<'_>], now: i64, turn_held: bool) -> Result<Vec<u64>> {
+            let mut tx = if turn_held {
+                crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?
+            } else {
+                write(p).await?
+            };
             let r = async {
-                for m in messages.iter().filter(|m| !m.nodes.is_empty()) {
-                    let size = m.data.len() as i64;
-                    sqlx::query(SQL.insert_ready_message)
+                let mut done = Vec::with_capacity(ops.len());
+                let mut gone: Vec<i64> = Vec::new();
+                for op in ops {
+                    done.push(match *op {
+                        TmtpOp::Whole(m, remote) => {
+                            insert_whole(&mut *tx, &m, remote, now).await?;
+                            0
+                        }
+                        TmtpOp::Begin(id) => {
+                            sqlx::query(SQL.begin_message).bind(id).bind(now).execute(&mut *tx).await?;
+                            0
+                        }
+                        TmtpOp::Chunk { id, seq, data } => {
+                            sqlx::query(SQL.insert_chunk).bind(id).bind(seq).bind(data).execute(&mut *tx).await?;
+                            0
+                        }
+                        TmtpOp::Ready { id, header, size, prio, nodes, remote } => {
+                            sqlx::query(SQL.ready_message).bind(header).bind(size).bind(id).execute(&mut *tx).await?;
+                            enqueue(&mut *tx, nodes, prio, id).await?;
+                            if let Some(me) = remote {
+                                wake_remote(&mut *tx, id, me, now).await?;
+                            }
+                            if nodes.is_empty() {
+                                gone.push(id);
+                            }
+                            0
+                        }
+                        TmtpOp::Acks(acks) => {
+                            gone.extend(acks.iter().map(|(_, id)| *id));
+                            dequeue(&mut *tx, acks).await?
+                        }
+                    });
+                }
+                gone.sort_unstable();
+                gone.dedup();
+                delete_unqueued(&mut *tx, &gone).await?;
+                Ok(done)
+            }
+            .await;
+            Ok(tx.finish(r).await?)
+        }
+
+        /// Stores message `m` that came whole, with its chunk and its queue rows, and work
+        /// rows for recipients on other instances than `remote` when given.
+        async fn insert_whole(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            m: &WholeMessage<'_>,
+            remote: Option<&str>,
+            now: i64,
+        ) -> std::result::Result<(), sqlx::Error> {
+            use crate::store::sql::{Dialect, ROW_CHUNK, SQLITE_STORE_WHOLE};
+            if m.nodes.is_empty() {
+                return Ok(());
+            }
+            let size = m.data.len() as i64;
+            if DIALECT == Dialect::Sqlite {
+                // One call to the connection's thread for the message, its chunk and its
+                // first queue rows.
+                let first: Vec<&Node> = m.nodes.iter().take(ROW_CHUNK).collect();
+                if let Some(rows) = crate::store::ops::padded::<_, ROW_CHUNK>(&first).next() {
+                    rows.iter()
+                        .fold(sqlx::query(SQLITE_STORE_WHOLE), |q, n| {
+                            q.bind(&n.uid).bind(n.num).bind(m.prio).bind(m.id)
+                        })
                         .bind(m.id)
                         .bind(m.header)
                         .bind(size)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .bind(m.data)
+                        .execute(&mut *conn)
                         .await?;
-                    if !m.data.is_empty() {
-                        sqlx::query(SQL.insert_chunk).bind(m.id).bind(0_i64).bind(m.data).execute(&mut *tx).await?;
-                    }
-                    enqueue(&mut *tx, m.nodes, m.prio, m.id).await?;
-                    if let Some(me) = remote {
-                        wake_remote(&mut *tx, m.id, me, now).await?;
-                    }
                 }
-                Ok(())
+                enqueue(&mut *conn, &m.nodes[first.len()..], m.prio, m.id).await?;
+            } else {
+                sqlx::query(SQL.insert_ready_message)
+                    .bind(m.id)
+                    .bind(m.header)
+                    .bind(size)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                if !m.data.is_empty() {
+                    sqlx::query(SQL.insert_chunk).bind(m.id).bind(0_i64).bind(m.data).execute(&mut *conn).await?;
+                }
+                enqueue(&mut *conn, m.nodes, m.prio, m.id).await?;
             }
-            .await;
-            tx.finish(r).await?;
+            if let Some(me) = remote {
+                wake_remote(&mut *conn, m.id, me, now).await?;
+            }
             Ok(())
         }
 
@@ -1064,44 +1099,40 @@ macro_rules! operations {
             Ok(sqlx::query_as(SQL.chunks).bind(id).bind(from).bind(limit).fetch_all(p).await?)
         }
 
-        pub(crate) async fn acks(p: &Pool, acks: &[(Node, i64)]) -> Result<u64> {
-            let mut tx = write(p).await?;
-            let r = async {
-                // All acks in one statement on PostgreSQL; elsewhere ROW_CHUNK acks per
-                // statement: a batch of hundreds is a few round trips.
-                let mut dequeued = 0;
-                if DIALECT == crate::store::sql::Dialect::Postgres {
-                    if !acks.is_empty() {
-                        let uids = crate::store::ops::pg_text_array(acks.iter().map(|(n, _)| n.uid.as_str()));
-                        let nums: Vec<i64> = acks.iter().map(|(n, _)| n.num).collect();
-                        let ids: Vec<i64> = acks.iter().map(|(_, id)| *id).collect();
-                        let done = sqlx::query(crate::store::sql::PG_DEQUEUE_ACKS)
-                            .bind(uids)
-                            .bind(crate::store::ops::pg_id_array(&nums))
-                            .bind(crate::store::ops::pg_id_array(&ids))
-                            .execute(&mut *tx)
-                            .await?;
-                        dequeued = done.rows_affected();
-                    }
-                } else {
-                    let rows: Vec<&(Node, i64)> = acks.iter().collect();
-                    for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(&rows) {
-                        let done = chunk
-                            .iter()
-                            .fold(sqlx::query(SQL.dequeue_acks), |q, (n, id)| q.bind(&n.uid).bind(n.num).bind(*id))
-                            .execute(&mut *tx)
-                            .await?;
-                        dequeued += done.rows_affected();
-                    }
-                }
-                let mut ids: Vec<i64> = acks.iter().map(|a| a.1).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                delete_unqueued(&mut *tx, &ids).await?;
-                Ok(dequeued)
+        /// Deletes the queue rows of `acks` (node, message id): all in one statement on
+        /// PostgreSQL, [`ROW_CHUNK`](crate::store::sql::ROW_CHUNK) per statement
+        /// elsewhere, so a batch of hundreds is a few round trips. How many went.
+        async fn dequeue(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            acks: &[(Node, i64)],
+        ) -> std::result::Result<u64, sqlx::Error> {
+            let mut dequeued = 0;
+            if acks.is_empty() {
+                return Ok(0);
             }
-            .await;
-            Ok(tx.finish(r).await?)
+            if DIALECT == crate::store::sql::Dialect::Postgres {
+                let uids = crate::store::ops::pg_text_array(acks.iter().map(|(n, _)| n.uid.as_str()));
+                let nums: Vec<i64> = acks.iter().map(|(n, _)| n.num).collect();
+                let ids: Vec<i64> = acks.iter().map(|(_, id)| *id).collect();
+                let done = sqlx::query(crate::store::sql::PG_DEQUEUE_ACKS)
+                    .bind(uids)
+                    .bind(crate::store::ops::pg_id_array(&nums))
+                    .bind(crate::store::ops::pg_id_array(&ids))
+                    .execute(&mut *conn)
+                    .await?;
+                dequeued = done.rows_affected();
+            } else {
+                let rows: Vec<&(Node, i64)> = acks.iter().collect();
+                for chunk in crate::store::ops::padded::<_, { crate::store::sql::ROW_CHUNK }>(&rows) {
+                    let done = chunk
+                        .iter()
+                        .fold(sqlx::query(SQL.dequeue_acks), |q, (n, id)| q.bind(&n.uid).bind(n.num).bind(*id))
+                        .execute(&mut *conn)
+                        .await?;
+                    dequeued += done.rows_affected();
+                }
+            }
+            Ok(dequeued)
         }
 
         pub(crate) async fn cleanup(p: &Pool) -> Result<u64> {

@@ -267,6 +267,23 @@ macro_rules! queue_rows {
     };
 }
 
+/// SQLite only: a TMTP message whose data came whole, with its chunk and its first
+/// [`ROW_CHUNK`] queue rows, in one call to the connection's thread (as
+/// [`SQLITE_DELIVER_ONE`]; the statements of [`Sql::insert_ready_message`],
+/// [`Sql::insert_chunk`] and [`Sql::enqueue_rows`] in one text). `$1` to `$64` the queue
+/// rows as [`Sql::enqueue_rows`] takes them; `$65` message id, `$66` header, `$67` size
+/// (bytes), `$68` time (Unix seconds), `$69` data: its chunk is stored only when it is not
+/// empty. Further queue rows (more than [`ROW_CHUNK`] recipients) follow as
+/// [`Sql::enqueue_rows`].
+pub(crate) const SQLITE_STORE_WHOLE: &str = concat!(
+    "INSERT INTO tmtp_message (message_id, message_header, message_size, message_ready, message_created) \
+     VALUES ($65, $66, $67, 1, $68); \
+     INSERT INTO tmtp_chunk (chunk_message, chunk_seq, chunk_data) SELECT $65, 0, $69 WHERE length($69) > 0; \
+     INSERT INTO tmtp_queue (queue_uid, queue_num, queue_prio, queue_message) VALUES ",
+    queue_rows!(),
+    " ON CONFLICT DO NOTHING"
+);
+
 macro_rules! statements {
     ($( $(#[doc = $doc:literal])* $name:ident = $text:expr; )*) => {
         /// The store's statements rendered for one dialect.

@@ -2,9 +2,68 @@
 //! nodes, aliases, groups and the per-node queues, on all three backends. The SQL and
 //! the transactions are in `sql` and `ops`; the durability contract is in `ops`.
 
-use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage, Wake, WholeMessage};
-use super::{Store, dispatch, mysql, postgres, retrying, sqlite};
+use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage, TmtpOp, Wake, WholeMessage};
+use super::together::{Held, Job, Turn, pg_together, sqlite_turn, sqlite_waiting};
+use super::{Store, dispatch, mysql, postgres, retrying, sqlite, sqlite_in_memory};
 use crate::error::StoreError;
+
+/// A TMTP write waiting to be done together with others (group commit), owned: it
+/// outlives its caller when the caller goes away. One variant per public write, as
+/// [`TmtpOp`] borrows it.
+pub(crate) enum TmtpWrite {
+    /// [`Store::tmtp_store_messages`].
+    Posts { messages: Vec<OwnedMessage>, remote: Option<String> },
+    /// [`Store::tmtp_begin_message`].
+    Begin(i64),
+    /// [`Store::tmtp_put_chunk`].
+    Chunk { id: i64, seq: i64, data: Vec<u8> },
+    /// [`Store::tmtp_commit_message`].
+    Ready { id: i64, header: Vec<u8>, size: i64, prio: String, nodes: Vec<Node>, remote: Option<String> },
+    /// [`Store::tmtp_acks`].
+    Acks(Vec<(Node, i64)>),
+}
+
+impl TmtpWrite {
+    /// Its ops, appended to `ops`.
+    fn ops<'a>(&'a self, ops: &mut Vec<TmtpOp<'a>>) {
+        match self {
+            TmtpWrite::Posts { messages, remote } => ops.extend(messages.iter().map(|m| {
+                let whole = WholeMessage { id: m.id, header: &m.header, data: &m.data, prio: &m.prio, nodes: &m.nodes };
+                TmtpOp::Whole(whole, remote.as_deref())
+            })),
+            TmtpWrite::Begin(id) => ops.push(TmtpOp::Begin(*id)),
+            TmtpWrite::Chunk { id, seq, data } => ops.push(TmtpOp::Chunk { id: *id, seq: *seq, data }),
+            TmtpWrite::Ready { id, header, size, prio, nodes, remote } => {
+                ops.push(TmtpOp::Ready { id: *id, header, size: *size, prio, nodes, remote: remote.as_deref() })
+            }
+            TmtpWrite::Acks(acks) => ops.push(TmtpOp::Acks(acks)),
+        }
+    }
+
+    /// Bytes it writes, for a batch's bound.
+    fn bytes(&self) -> usize {
+        match self {
+            TmtpWrite::Posts { messages, .. } => messages.iter().map(|m| m.header.len() + m.data.len()).sum(),
+            TmtpWrite::Begin(_) => 16,
+            TmtpWrite::Chunk { data, .. } => data.len(),
+            TmtpWrite::Ready { header, nodes, .. } => header.len() + nodes.len() * 32,
+            TmtpWrite::Acks(acks) => acks.iter().map(|(n, _)| n.uid.len() + 16).sum(),
+        }
+    }
+}
+
+/// The answer to a [`TmtpWrite`]: how many queue rows its acks removed (0 for posts).
+pub(crate) type TmtpAnswer = Result<u64, StoreError>;
+
+/// A [`WholeMessage`] copied for a group commit, which outlives the call that made it
+/// when the caller goes away.
+pub(crate) struct OwnedMessage {
+    id: i64,
+    header: Vec<u8>,
+    data: Vec<u8>,
+    prio: String,
+    nodes: Vec<Node>,
+}
 
 /// The TMTP operations (spec/tmtp.md §8, §10). Every method fails only with
 /// [`StoreError::Db`]; protocol refusals are in the `Ok` value.
@@ -126,8 +185,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_begin_message(&self, id: i64) -> Result<(), StoreError> {
-        let now = super::unix_now();
-        retrying("upload", || async { dispatch!(self, begin_message(id, now)) }).await
+        self.write_tmtp("upload", TmtpWrite::Begin(id)).await.map(drop)
     }
 
     /// Stores data chunk `seq` (from 0) of message `id`.
@@ -135,7 +193,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_put_chunk(&self, id: i64, seq: i64, data: &[u8]) -> Result<(), StoreError> {
-        retrying("upload", || async { dispatch!(self, put_chunk(id, seq, data)) }).await
+        self.write_tmtp("upload", TmtpWrite::Chunk { id, seq, data: data.to_vec() }).await.map(drop)
     }
 
     /// Makes message `id` deliverable with frame header `header` (length digits and
@@ -159,16 +217,28 @@ impl Store {
         nodes: &[Node],
         remote: Option<&str>,
     ) -> Result<(), StoreError> {
-        let remote = remote.map(|me| (me, super::unix_now()));
-        let done =
-            retrying("queueing", || async { dispatch!(self, commit_message(id, header, size, prio, nodes, remote)) })
-                .await;
+        let work = TmtpWrite::Ready {
+            id,
+            header: header.to_vec(),
+            size,
+            prio: prio.to_owned(),
+            nodes: nodes.to_vec(),
+            remote: remote.map(str::to_owned),
+        };
+        let done = self.write_tmtp("queueing", work).await.map(drop);
         self.resolve_queued(id, done).await
     }
 
     /// Stores messages whose data came whole (each at most one 64 KiB chunk), each with
     /// its chunk and its queue rows, all in one transaction: deliverable (and ackable to
     /// their sender) after a single commit. A message with no nodes is not stored.
+    ///
+    /// On a SQLite file and on PostgreSQL, this and every other TMTP write of messages
+    /// and acks ([`Store::tmtp_begin_message`], [`Store::tmtp_put_chunk`],
+    /// [`Store::tmtp_commit_message`], [`Store::tmtp_acks`]) that arrive while others are
+    /// being written (on SQLite: while another write holds the database) are written
+    /// together, up to 64 calls and 4 MiB of data in one transaction and one sync (group
+    /// commit, as [`Store::deliver`]); each returns only once its own work is committed.
     ///
     /// A `COMMIT` without an answer is resolved as in [`Store::tmtp_commit_message`], by
     /// the first stored message.
@@ -186,9 +256,122 @@ impl Store {
         remote: Option<&str>,
     ) -> Result<(), StoreError> {
         let Some(first) = messages.iter().find(|m| !m.nodes.is_empty()) else { return Ok(()) };
-        let now = super::unix_now();
-        let done = retrying("queueing", || async { dispatch!(self, store_messages(messages, now, remote)) }).await;
+        let messages: Vec<OwnedMessage> = messages
+            .iter()
+            .filter(|m| !m.nodes.is_empty())
+            .map(|m| OwnedMessage {
+                id: m.id,
+                header: m.header.to_vec(),
+                data: m.data.to_vec(),
+                prio: m.prio.to_owned(),
+                nodes: m.nodes.to_vec(),
+            })
+            .collect();
+        let work = TmtpWrite::Posts { messages, remote: remote.map(str::to_owned) };
+        let done = self.write_tmtp("queueing", work).await.map(drop);
         self.resolve_queued(first.id, done).await
+    }
+
+    /// Does `work` (`what` it is, for the log of retries): through a group commit on a
+    /// SQLite file and on PostgreSQL ([`Store::write_together`]), elsewhere in a
+    /// transaction of its own.
+    async fn write_tmtp(&self, what: &'static str, work: TmtpWrite) -> TmtpAnswer {
+        let together = match self {
+            Store::Sqlite(p) => !sqlite_in_memory(p),
+            Store::Postgres(_) => true,
+            Store::MySql(_) => false,
+        };
+        if together {
+            return self.write_together(work).await;
+        }
+        let now = super::unix_now();
+        let mut ops = Vec::new();
+        work.ops(&mut ops);
+        let done = retrying(what, || async { dispatch!(self, write_tmtp(&ops, now, false)) }).await?;
+        Ok(done.into_iter().sum())
+    }
+
+    /// `work` done through a group commit: TMTP writes that wait for the database's turn
+    /// (SQLite: the writer turn; PostgreSQL: one of its batch turns) are done together,
+    /// in one transaction and one sync, by whichever of them gets a turn next; each
+    /// returns once that transaction is committed, with its own answer. When the
+    /// database refuses one of them, each is done again alone, so that only that one
+    /// fails.
+    async fn write_together(&self, work: TmtpWrite) -> TmtpAnswer {
+        self.gate().await?;
+        let (waiting, turn) = match self {
+            Store::Sqlite(p) => (sqlite_waiting(p).tmtp, Turn::Writer(sqlite_turn(p))),
+            Store::Postgres(p) => {
+                let (waiting, turns) = pg_together(p);
+                (waiting.tmtp, Turn::Batches(turns))
+            }
+            Store::MySql(_) => return Err(StoreError::UnsupportedUrl),
+        };
+        let run = |held, batch| {
+            let store = self.clone();
+            async move { store.write_batch(held, batch).await }
+        };
+        let bytes = work.bytes();
+        let answer = super::together::together(&waiting, &turn, super::TOGETHER, work, bytes, run).await;
+        answer.unwrap_or_else(|| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed)))
+    }
+
+    /// Runs a batch of [`Store::write_together`] in one transaction under its turn
+    /// `held`, then answers each of them.
+    async fn write_batch(&self, held: Held, batch: Vec<Job<TmtpWrite, TmtpAnswer>>) {
+        let now = super::unix_now();
+        let (mut work, mut answers) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+        for j in batch {
+            work.push(j.work);
+            answers.push(j.answer);
+        }
+        let done = self.write_ops(&work, now).await;
+        if work.len() > 1 && matches!(&done, Err(StoreError::Db(sqlx::Error::Database(_)))) {
+            // Refused: find which, by doing each alone (once; still under the turn).
+            for (w, answer) in work.iter().zip(answers) {
+                let _ = answer.send(self.write_ops(std::slice::from_ref(w), now).await.map(|n| n[0]));
+            }
+            return;
+        }
+        drop(held);
+        match done {
+            Ok(each) => {
+                for (n, answer) in each.into_iter().zip(answers) {
+                    let _ = answer.send(Ok(n));
+                }
+            }
+            Err(e) => super::together::answer_all_failed(answers, e),
+        }
+    }
+
+    /// Does `work` in one transaction (retried as [`retrying`] retries), under a turn the
+    /// caller holds; the queue rows each one's acks removed.
+    async fn write_ops(&self, work: &[TmtpWrite], now: i64) -> Result<Vec<u64>, StoreError> {
+        let mut ops = Vec::new();
+        let mut ends = Vec::with_capacity(work.len());
+        for w in work {
+            w.ops(&mut ops);
+            ends.push(ops.len());
+        }
+        let done = retrying("queueing", || async {
+            let r = match self {
+                Store::Sqlite(p) => sqlite::write_tmtp(p, &ops, now, true).await,
+                Store::Postgres(p) => postgres::write_tmtp(p, &ops, now, true).await,
+                Store::MySql(p) => mysql::write_tmtp(p, &ops, now, true).await,
+            };
+            self.observe(&r);
+            r
+        })
+        .await?;
+        let mut start = 0;
+        Ok(ends
+            .into_iter()
+            .map(|end| {
+                let n = done[start..end].iter().sum();
+                start = end;
+                n
+            })
+            .collect())
     }
 
     /// A queueing transaction's result, with a `COMMIT` that got no answer resolved by
@@ -268,11 +451,14 @@ impl Store {
 
     /// Recipient acks, applied together in one transaction (group commit): each
     /// (node, message id) as in [`Store::tmtp_ack`]. Returns how many queue rows went.
+    /// On a SQLite file and on PostgreSQL they share that transaction with the posts
+    /// and other acks that wait for the database meanwhile
+    /// ([`Store::tmtp_store_messages`]).
     ///
     /// # Errors
     /// [`StoreError::Db`]; none of them was applied then.
     pub async fn tmtp_acks(&self, acks: &[(Node, i64)]) -> Result<u64, StoreError> {
-        retrying("ack", || async { dispatch!(self, acks(acks)) }).await
+        self.write_tmtp("ack", TmtpWrite::Acks(acks.to_vec())).await
     }
 
     /// At start: removes messages whose upload never finished; returns how many.
