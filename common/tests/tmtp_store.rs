@@ -4,7 +4,9 @@
 //! and their namespace shared with groups, group members, and the per-node queues with
 //! their durability and retention rules.
 
-use common::store::{AddAlias, AddNode, Member, MemberStatus, Node, Queued, TmtpMessage, Wake, WholeMessage};
+use common::store::{
+    AddAlias, AddNode, Member, MemberStatus, Node, Queued, ReadyMessage, TmtpMessage, UploadPart, Wake, WholeMessage,
+};
 use common::testing::TestDb;
 
 fn node(uid: &str, num: i64) -> Node {
@@ -87,24 +89,17 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         let nodes = |list: &[(&str, i64)]| list.iter().map(|(u, n)| node(u, *n)).collect::<Vec<_>>();
         assert_eq!(s.tmtp_max_message_id().await.unwrap(), 0);
 
-        // A 200 KB post in chunks, to A.1, B.1 and B.2.
+        // A 200 KB post in three chunks, to A.1, B.1 and B.2, in three writes as mmtmtpd
+        // streams it: the first begins the message, the last makes it deliverable.
         let big = 1_795_000_000_000_000_100i64;
-        s.tmtp_begin_message(big).await.unwrap();
         let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
-        for seq in 0..3 {
-            s.tmtp_put_chunk(big, seq, &chunk).await.unwrap();
-        }
+        s.tmtp_upload(big, UploadPart { begin: true, chunk: Some((0, &chunk)), ready: None }).await.unwrap();
+        s.tmtp_put_chunk(big, 1, &chunk).await.unwrap();
         assert_eq!(s.tmtp_message(big).await.unwrap(), None, "{name}: not deliverable before commit");
-        s.tmtp_commit_message(
-            big,
-            b"0010{\"op\":\"delivery\"}",
-            3 * 65536,
-            "M",
-            &nodes(&[("A", 1), ("B", 1), ("B", 2)]),
-            None,
-        )
-        .await
-        .unwrap();
+        let to = nodes(&[("A", 1), ("B", 1), ("B", 2)]);
+        let ready =
+            ReadyMessage { header: b"0010{\"op\":\"delivery\"}", size: 3 * 65536, prio: "M", nodes: &to, remote: None };
+        s.tmtp_upload(big, UploadPart { begin: false, chunk: Some((2, &chunk)), ready: Some(ready) }).await.unwrap();
         // A `user` message sent later overtakes it; an older `M` message stays before.
         let old = big - 50;
         s.tmtp_begin_message(old).await.unwrap();

@@ -280,11 +280,8 @@ impl Conn<'_> {
                     let note = note_id.map(|id| (Body::Whole { id, data: note_data }, note_posted));
                     return Ok(Some(session.post(h, post, note).await?));
                 }
-                let mut post = Upload::begin(self.hub, post_id).await?;
-                let mut note = match note_id {
-                    Some(id) => Some(Upload::begin(self.hub, id).await?),
-                    None => None,
-                };
+                let mut post = Upload::new(post_id);
+                let mut note = note_id.map(Upload::new);
                 let mut complete = true;
                 if let Some(n) = note.as_mut() {
                     complete = self.stream(r, session, n, note_len).await?;
@@ -293,9 +290,9 @@ impl Conn<'_> {
                     complete = self.stream(r, session, &mut post, post_len).await?;
                 }
                 if !complete {
-                    self.hub.store.tmtp_discard(post_id).await?;
-                    if let Some(id) = note_id {
-                        self.hub.store.tmtp_discard(id).await?;
+                    post.discard(self.hub).await?;
+                    if let Some(n) = &note {
+                        n.discard(self.hub).await?;
                     }
                     return Ok(None);
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::StoreError;
 use common::stats::Flag;
-use common::store::{AddAlias, AddNode, MemberStatus, Node, WholeMessage};
+use common::store::{AddAlias, AddNode, MemberStatus, Node, ReadyMessage, UploadPart, WholeMessage};
 use serde_json::Value;
 
 use crate::hub::{Hub, Link, Outgoing, now_ms};
@@ -112,26 +112,31 @@ pub(crate) fn copy_data_fields(f: &mut Fields, h: &Header) {
     }
 }
 
-/// An upload of post data in progress: chunks go to the store as they arrive.
+/// An upload of post data in progress: chunks go to the store as they arrive, each
+/// written once the next has come (the latest is held back), so that the first write
+/// also begins the message and the ready (see [`queue_all`]) also writes the last chunk:
+/// `n` commits for `n` chunks ([`common::Store::tmtp_upload`]).
 pub struct Upload {
     /// The message id.
     pub id: i64,
+    /// Chunks written (the held one's number).
     seq: i64,
-    /// Bytes stored.
+    /// Data bytes taken, written or held.
     pub size: i64,
+    /// Whether a write of the message was tried (then a failed upload is discarded).
+    begun: bool,
+    /// The latest chunk, not yet written (at most [`crate::conn::CHUNK`] bytes).
+    held: Vec<u8>,
 }
 
 impl Upload {
-    /// Starts message `id`.
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub async fn begin(hub: &Hub, id: i64) -> Result<Upload, StoreError> {
-        hub.store.tmtp_begin_message(id).await?;
-        Ok(Upload { id, seq: 0, size: 0 })
+    /// An upload of message `id`; nothing is written before its second chunk or its
+    /// ready.
+    pub fn new(id: i64) -> Upload {
+        Upload { id, seq: 0, size: 0, begun: false, held: Vec::new() }
     }
 
-    /// Stores the next chunk.
+    /// Takes the next chunk, writing the one held before it.
     ///
     /// # Errors
     /// [`StoreError`].
@@ -139,10 +144,31 @@ impl Upload {
         if data.is_empty() {
             return Ok(());
         }
-        hub.store.tmtp_put_chunk(self.id, self.seq, data).await?;
-        self.seq += 1;
+        if !self.held.is_empty() {
+            let begin = !std::mem::replace(&mut self.begun, true);
+            let part = UploadPart { begin, chunk: Some((self.seq, self.held.as_slice())), ready: None };
+            hub.store.tmtp_upload(self.id, part).await?;
+            self.seq += 1;
+            self.held.clear();
+        }
+        self.held.extend_from_slice(data);
         self.size += data.len() as i64;
         Ok(())
+    }
+
+    /// The write of what is held (and of the message row, before the first write),
+    /// with `ready`.
+    fn part<'a>(&'a self, ready: Option<ReadyMessage<'a>>) -> UploadPart<'a> {
+        let chunk = (!self.held.is_empty()).then_some((self.seq, self.held.as_slice()));
+        UploadPart { begin: !self.begun, chunk, ready }
+    }
+
+    /// Drops what was written of it (an upload that failed or will not be queued).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn discard(&self, hub: &Hub) -> Result<(), StoreError> {
+        if self.begun { hub.store.tmtp_discard(self.id).await } else { Ok(()) }
     }
 }
 
@@ -184,7 +210,7 @@ impl Body {
     pub async fn discard(&self, hub: &Hub) -> Result<(), StoreError> {
         match self {
             Body::Whole { .. } => Ok(()),
-            Body::Streamed(up) => hub.store.tmtp_discard(up.id).await,
+            Body::Streamed(up) => up.discard(hub).await,
         }
     }
 }
@@ -239,7 +265,8 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
             Body::Whole { .. } => None,
             Body::Streamed(up) => {
                 let (prio, remote) = (prio_text(m.prio), hub.remote(&m.nodes));
-                hub.store.tmtp_commit_message(up.id, &frame, up.size, prio, &m.nodes, remote).await?;
+                let ready = ReadyMessage { header: &frame, size: up.size, prio, nodes: &m.nodes, remote };
+                hub.store.tmtp_upload(up.id, up.part(Some(ready))).await?;
                 None
             }
         };

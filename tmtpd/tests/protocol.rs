@@ -296,6 +296,60 @@ async fn an_offline_node_gets_its_backlog_in_order_and_a_big_post_whole() {
     assert_eq!(ids, acked, "delivered in the order stored, under the ids the sender was told");
 }
 
+/// Streamed data (over one 64 KiB chunk) is written chunk by chunk, the first write
+/// also beginning the message and the ready also writing the last chunk: every byte
+/// arrives at each chunk boundary, for a post and for the notice of a PostNotify
+/// streamed before its post, and an upload cut short leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_data_arrives_whole_at_every_chunk_boundary() {
+    let db = sqlite().await;
+    let s = suite(&db.url, "").await;
+    let mut me = online(&s, &s.send.0, &s.send.1[0]).await;
+    let body = |n: u32, salt: u32| -> Vec<u8> { (0..n).map(|i| ((i * 7 + salt) % 251) as u8).collect() };
+    let sizes = [65_537u32, 131_072, 131_073, 200_000];
+    for (i, n) in sizes.iter().enumerate() {
+        post(&me, &format!("s{i}"), &s.recv.0, &body(*n, i as u32)).await;
+    }
+    // A PostNotify whose notice (70 000 bytes, two chunks) and post (70 001) are both
+    // streamed; the notice goes to the sender's other nodes, the post to the receiver.
+    let (note, posted) = (body(70_000, 11), body(70_001, 12));
+    let mut data = note.clone();
+    data.extend_from_slice(&posted);
+    let head = json!({"Op":8,"Id":"pn","Datalen":data.len(),"Notelen":note.len(),"For":[{"Id":s.recv.0,"Type":1}]});
+    me.send_head(head, &data).await;
+    let acks: Vec<Frame> =
+        me.drain(Duration::from_millis(1500)).await.into_iter().filter(|f| f.op() == "ack").collect();
+    assert_eq!(acks.len(), 5, "{acks:?}");
+    assert!(acks.iter().all(|a| a.head.get("error").is_none()), "{acks:?}");
+    // Cut short: a third of 200 000 bytes, then the link drops.
+    let mut cut = Peer::connect(s.daemon.addr(), &s.cert, true).await;
+    cut.login(&s.send.0, &s.send.1[1]).await;
+    cut.send(&support::frame(&json!({"Op":7,"Id":"cut","Datalen":200_000,"For":[{"Id":s.recv.0,"Type":1}]}))).await;
+    cut.send(&body(70_000, 99)).await;
+    drop(cut);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut r = online(&s, &s.recv.0, &s.recv.1[0]).await;
+    let (mut got, mut notices) = (Vec::new(), Vec::new());
+    while got.len() < sizes.len() + 1 || notices.is_empty() {
+        let Some(fr) = r.next(Duration::from_secs(10)).await else { break };
+        match fr.op() {
+            "delivery" => got.push(fr.data),
+            "notify" => notices.push(fr.data),
+            _ => {}
+        }
+    }
+    let late = r.drain(Duration::from_millis(800)).await;
+    assert!(late.iter().all(|f| f.op() != "delivery"), "the cut upload was delivered: {late:?}");
+    let mut want: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, n)| body(*n, i as u32)).collect();
+    want.push(posted);
+    assert_eq!(got.len(), want.len());
+    for (i, (b, w)) in got.iter().zip(&want).enumerate() {
+        assert!(b == w, "message {i}: {} bytes arrived, {} sent", b.len(), w.len());
+    }
+    assert_eq!(notices.len(), 1);
+    assert!(notices[0] == note, "notice: {} bytes arrived, {} sent", notices[0].len(), note.len());
+}
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unacked_message_is_sent_again() {
     let db = sqlite().await;

@@ -32,8 +32,8 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 pub use model::{
     AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, Findings, MailCopy, MailEntry, Member,
-    MemberStatus, Node, OwnsBoxes, Queued, Repaired, Resolution, Retrieved, Run, TmtpMessage, Update, Usage, User,
-    UserEntry, Wake, WholeMessage,
+    MemberStatus, Node, OwnsBoxes, Queued, ReadyMessage, Repaired, Resolution, Retrieved, Run, TmtpMessage, Update,
+    UploadPart, Usage, User, UserEntry, Wake, WholeMessage,
 };
 
 use backends::{mysql, postgres, sqlite};

@@ -205,6 +205,36 @@ pub struct WholeMessage<'a> {
     pub nodes: &'a [Node],
 }
 
+/// A part of a streamed TMTP message written in one commit
+/// ([`crate::store::Store::tmtp_upload`]): its start, a data chunk, and its making
+/// deliverable, each optional, in that order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UploadPart<'a> {
+    /// The message row is created first (the upload's first write).
+    pub begin: bool,
+    /// Chunk number `.0` (from 0; at most 64 KiB, spec/tmtp.md §8.1) with data `.1`.
+    pub chunk: Option<(i64, &'a [u8])>,
+    /// Then the message is made deliverable and queued.
+    pub ready: Option<ReadyMessage<'a>>,
+}
+
+/// A streamed TMTP message made deliverable: its frame header, size and recipients
+/// ([`UploadPart::ready`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadyMessage<'a> {
+    /// Length digits and JSON header (with headsum), as its recipients get it.
+    pub header: &'a [u8],
+    /// Data bytes, all chunks together.
+    pub size: i64,
+    /// `E` or `M` (spec/tmtp.md §4.5).
+    pub prio: &'a str,
+    /// The recipient nodes; none: the message is deleted.
+    pub nodes: &'a [Node],
+    /// This instance's name when some recipient is not connected here (see
+    /// `Store::tmtp_store_messages`).
+    pub remote: Option<&'a str>,
+}
+
 /// One TMTP write of a transaction that holds several (a group commit,
 /// `Store::tmtp_store_messages`), in the order written.
 #[derive(Clone, Copy, Debug)]
@@ -212,12 +242,12 @@ pub(crate) enum TmtpOp<'a> {
     /// A message that came whole, with its chunk and queue rows, and work rows for other
     /// instances when the instance name is given (`Store::tmtp_store_messages`).
     Whole(WholeMessage<'a>, Option<&'a str>),
-    /// A streamed message begun (`Store::tmtp_begin_message`).
+    /// A streamed message begun (`Store::tmtp_upload`).
     Begin(i64),
-    /// Chunk `seq` of streamed message `id` (`Store::tmtp_put_chunk`).
+    /// Chunk `seq` of streamed message `id` (`Store::tmtp_upload`).
     Chunk { id: i64, seq: i64, data: &'a [u8] },
-    /// A streamed message made deliverable (`Store::tmtp_commit_message`); with no nodes it
-    /// is deleted.
+    /// A streamed message made deliverable (`Store::tmtp_upload`); with no nodes it is
+    /// deleted.
     Ready { id: i64, header: &'a [u8], size: i64, prio: &'a str, nodes: &'a [Node], remote: Option<&'a str> },
     /// Recipient acks (`Store::tmtp_acks`).
     Acks(&'a [(Node, i64)]),

@@ -2,23 +2,21 @@
 //! nodes, aliases, groups and the per-node queues, on all three backends. The SQL and
 //! the transactions are in `sql` and `ops`; the durability contract is in `ops`.
 
-use super::model::{AddAlias, AddNode, Member, Node, Queued, TmtpMessage, TmtpOp, Wake, WholeMessage};
+use super::model::{
+    AddAlias, AddNode, Member, Node, Queued, ReadyMessage, TmtpMessage, TmtpOp, UploadPart, Wake, WholeMessage,
+};
 use super::together::{Held, Job, Turn, pg_together, sqlite_turn, sqlite_waiting};
 use super::{Store, dispatch, mysql, postgres, retrying, sqlite, sqlite_in_memory};
 use crate::error::StoreError;
 
 /// A TMTP write waiting to be done together with others (group commit), owned: it
-/// outlives its caller when the caller goes away. One variant per public write, as
+/// outlives its caller when the caller goes away. One variant per kind of public write, as
 /// [`TmtpOp`] borrows it.
 pub(crate) enum TmtpWrite {
     /// [`Store::tmtp_store_messages`].
     Posts { messages: Vec<OwnedMessage>, remote: Option<String> },
-    /// [`Store::tmtp_begin_message`].
-    Begin(i64),
-    /// [`Store::tmtp_put_chunk`].
-    Chunk { id: i64, seq: i64, data: Vec<u8> },
-    /// [`Store::tmtp_commit_message`].
-    Ready { id: i64, header: Vec<u8>, size: i64, prio: String, nodes: Vec<Node>, remote: Option<String> },
+    /// [`Store::tmtp_upload`].
+    Upload { id: i64, begin: bool, chunk: Option<(i64, Vec<u8>)>, ready: Option<OwnedReady> },
     /// [`Store::tmtp_acks`].
     Acks(Vec<(Node, i64)>),
 }
@@ -31,10 +29,17 @@ impl TmtpWrite {
                 let whole = WholeMessage { id: m.id, header: &m.header, data: &m.data, prio: &m.prio, nodes: &m.nodes };
                 TmtpOp::Whole(whole, remote.as_deref())
             })),
-            TmtpWrite::Begin(id) => ops.push(TmtpOp::Begin(*id)),
-            TmtpWrite::Chunk { id, seq, data } => ops.push(TmtpOp::Chunk { id: *id, seq: *seq, data }),
-            TmtpWrite::Ready { id, header, size, prio, nodes, remote } => {
-                ops.push(TmtpOp::Ready { id: *id, header, size: *size, prio, nodes, remote: remote.as_deref() })
+            TmtpWrite::Upload { id, begin, chunk, ready } => {
+                let id = *id;
+                if *begin {
+                    ops.push(TmtpOp::Begin(id));
+                }
+                if let Some((seq, data)) = chunk {
+                    ops.push(TmtpOp::Chunk { id, seq: *seq, data });
+                }
+                if let Some(OwnedReady { header, size, prio, nodes, remote }) = ready {
+                    ops.push(TmtpOp::Ready { id, header, size: *size, prio, nodes, remote: remote.as_deref() });
+                }
             }
             TmtpWrite::Acks(acks) => ops.push(TmtpOp::Acks(acks)),
         }
@@ -44,12 +49,22 @@ impl TmtpWrite {
     fn bytes(&self) -> usize {
         match self {
             TmtpWrite::Posts { messages, .. } => messages.iter().map(|m| m.header.len() + m.data.len()).sum(),
-            TmtpWrite::Begin(_) => 16,
-            TmtpWrite::Chunk { data, .. } => data.len(),
-            TmtpWrite::Ready { header, nodes, .. } => header.len() + nodes.len() * 32,
+            TmtpWrite::Upload { chunk, ready, .. } => {
+                16 + chunk.as_ref().map_or(0, |(_, data)| data.len())
+                    + ready.as_ref().map_or(0, |r| r.header.len() + r.nodes.len() * 32)
+            }
             TmtpWrite::Acks(acks) => acks.iter().map(|(n, _)| n.uid.len() + 16).sum(),
         }
     }
+}
+
+/// A [`ReadyMessage`] copied for a group commit.
+pub(crate) struct OwnedReady {
+    header: Vec<u8>,
+    size: i64,
+    prio: String,
+    nodes: Vec<Node>,
+    remote: Option<String>,
 }
 
 /// The answer to a [`TmtpWrite`]: how many queue rows its acks removed (0 for posts).
@@ -179,21 +194,56 @@ impl Store {
         retrying("members", || async { dispatch!(self, set_members(gid, members)) }).await
     }
 
-    /// Starts message `id`: its data chunks may follow ([`Store::tmtp_put_chunk`]); it is
-    /// not deliverable before [`Store::tmtp_commit_message`].
+    /// Writes `part` of streamed message `id` in one commit: the message row when
+    /// `part.begin` (its first write), then a data chunk, then, with `part.ready`, makes it
+    /// deliverable as [`Store::tmtp_commit_message`] does. An upload of `n` chunks is
+    /// thus `n` commits: the first chunk carries the begin and the last the ready (not
+    /// `n + 2`).
+    ///
+    /// A `COMMIT` without an answer is resolved, when `part.ready` is given, as in
+    /// [`Store::tmtp_commit_message`].
+    ///
+    /// # Errors
+    /// [`StoreError::Db`]: nothing of `part` was written. [`StoreError::CommitUnknown`]
+    /// as in [`Store::tmtp_commit_message`].
+    pub async fn tmtp_upload(&self, id: i64, part: UploadPart<'_>) -> Result<(), StoreError> {
+        let UploadPart { begin, chunk, ready } = part;
+        let work = TmtpWrite::Upload {
+            id,
+            begin,
+            chunk: chunk.map(|(seq, data)| (seq, data.to_vec())),
+            ready: ready.map(|r| OwnedReady {
+                header: r.header.to_vec(),
+                size: r.size,
+                prio: r.prio.to_owned(),
+                nodes: r.nodes.to_vec(),
+                remote: r.remote.map(str::to_owned),
+            }),
+        };
+        if ready.is_none() {
+            return self.write_tmtp("upload", work).await.map(drop);
+        }
+        let done = self.write_tmtp("queueing", work).await.map(drop);
+        self.resolve_queued(id, done).await
+    }
+
+    /// Starts message `id` ([`Store::tmtp_upload`] with only `begin`): its data chunks may
+    /// follow ([`Store::tmtp_put_chunk`]); it is not deliverable before
+    /// [`Store::tmtp_commit_message`].
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_begin_message(&self, id: i64) -> Result<(), StoreError> {
-        self.write_tmtp("upload", TmtpWrite::Begin(id)).await.map(drop)
+        self.tmtp_upload(id, UploadPart { begin: true, ..UploadPart::default() }).await
     }
 
-    /// Stores data chunk `seq` (from 0) of message `id`.
+    /// Stores data chunk `seq` (from 0) of message `id` ([`Store::tmtp_upload`] with only
+    /// the chunk).
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_put_chunk(&self, id: i64, seq: i64, data: &[u8]) -> Result<(), StoreError> {
-        self.write_tmtp("upload", TmtpWrite::Chunk { id, seq, data: data.to_vec() }).await.map(drop)
+        self.tmtp_upload(id, UploadPart { chunk: Some((seq, data)), ..UploadPart::default() }).await
     }
 
     /// Makes message `id` deliverable with frame header `header` (length digits and
@@ -217,16 +267,8 @@ impl Store {
         nodes: &[Node],
         remote: Option<&str>,
     ) -> Result<(), StoreError> {
-        let work = TmtpWrite::Ready {
-            id,
-            header: header.to_vec(),
-            size,
-            prio: prio.to_owned(),
-            nodes: nodes.to_vec(),
-            remote: remote.map(str::to_owned),
-        };
-        let done = self.write_tmtp("queueing", work).await.map(drop);
-        self.resolve_queued(id, done).await
+        let ready = ReadyMessage { header, size, prio, nodes, remote };
+        self.tmtp_upload(id, UploadPart { ready: Some(ready), ..UploadPart::default() }).await
     }
 
     /// Stores messages whose data came whole (each at most one 64 KiB chunk), each with
@@ -234,8 +276,7 @@ impl Store {
     /// their sender) after a single commit. A message with no nodes is not stored.
     ///
     /// On a SQLite file and on PostgreSQL, this and every other TMTP write of messages
-    /// and acks ([`Store::tmtp_begin_message`], [`Store::tmtp_put_chunk`],
-    /// [`Store::tmtp_commit_message`], [`Store::tmtp_acks`]) that arrive while others are
+    /// and acks ([`Store::tmtp_upload`], [`Store::tmtp_acks`]) that arrive while others are
     /// being written (on SQLite: while another write holds the database) are written
     /// together, up to 64 calls and 4 MiB of data in one transaction and one sync (group
     /// commit, as [`Store::deliver`]); each returns only once its own work is committed.
