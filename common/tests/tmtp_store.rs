@@ -93,13 +93,15 @@ async fn queues_deliver_in_order_and_messages_leave_with_the_last_ack() {
         // streams it: the first begins the message, the last makes it deliverable.
         let big = 1_795_000_000_000_000_100i64;
         let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
-        s.tmtp_upload(big, UploadPart { begin: true, chunk: Some((0, &chunk)), ready: None }).await.unwrap();
+        s.tmtp_upload(big, UploadPart { begin: true, chunk: Some((0, chunk.clone())), ready: None }).await.unwrap();
         s.tmtp_put_chunk(big, 1, &chunk).await.unwrap();
         assert_eq!(s.tmtp_message(big).await.unwrap(), None, "{name}: not deliverable before commit");
         let to = nodes(&[("A", 1), ("B", 1), ("B", 2)]);
         let ready =
             ReadyMessage { header: b"0010{\"op\":\"delivery\"}", size: 3 * 65536, prio: "M", nodes: &to, remote: None };
-        s.tmtp_upload(big, UploadPart { begin: false, chunk: Some((2, &chunk)), ready: Some(ready) }).await.unwrap();
+        s.tmtp_upload(big, UploadPart { begin: false, chunk: Some((2, chunk.clone())), ready: Some(ready) })
+            .await
+            .unwrap();
         // A `user` message sent later overtakes it; an older `M` message stays before.
         let old = big - 50;
         s.tmtp_begin_message(old).await.unwrap();

@@ -145,22 +145,23 @@ impl Upload {
             return Ok(());
         }
         if !self.held.is_empty() {
-            let begin = !std::mem::replace(&mut self.begun, true);
-            let part = UploadPart { begin, chunk: Some((self.seq, self.held.as_slice())), ready: None };
+            let part = self.part(None);
             hub.store.tmtp_upload(self.id, part).await?;
-            self.seq += 1;
-            self.held.clear();
         }
-        self.held.extend_from_slice(data);
+        self.held = data.to_vec();
         self.size += data.len() as i64;
         Ok(())
     }
 
-    /// The write of what is held (and of the message row, before the first write),
-    /// with `ready`.
-    fn part<'a>(&'a self, ready: Option<ReadyMessage<'a>>) -> UploadPart<'a> {
-        let chunk = (!self.held.is_empty()).then_some((self.seq, self.held.as_slice()));
-        UploadPart { begin: !self.begun, chunk, ready }
+    /// The next write: what is held (handed over), the message row before the first
+    /// write, and `ready`.
+    fn part<'a>(&mut self, ready: Option<ReadyMessage<'a>>) -> UploadPart<'a> {
+        let held = std::mem::take(&mut self.held);
+        let chunk = (!held.is_empty()).then(|| {
+            self.seq += 1;
+            (self.seq - 1, held)
+        });
+        UploadPart { begin: !std::mem::replace(&mut self.begun, true), chunk, ready }
     }
 
     /// Drops what was written of it (an upload that failed or will not be queued).
@@ -247,15 +248,15 @@ pub(crate) async fn queue_all(hub: &Hub, messages: Vec<Queueing>) -> Result<(), 
         .collect();
     let remote = hub.remote(messages.iter().flat_map(|m| &m.nodes));
     hub.store.tmtp_store_messages(&whole, remote).await?;
-    for (m, frame) in messages.iter().zip(frames) {
+    for (mut m, frame) in messages.into_iter().zip(frames) {
         let id = m.body.id();
-        let frame = match &m.body {
+        let frame = match &mut m.body {
             Body::Whole { data, .. }
                 if frame.len() + data.len() <= HAND_MAX || hub.frames.fits(frame.len() + data.len()) =>
             {
                 let mut whole = Vec::with_capacity(frame.len() + data.len());
                 whole.extend_from_slice(&frame);
-                whole.extend_from_slice(data);
+                whole.extend_from_slice(data.as_slice());
                 let whole: Arc<[u8]> = whole.into();
                 // Kept for the recipients that will read it back (offline now, or
                 // online with a long queue), and handed to the others when small.

@@ -208,12 +208,13 @@ pub struct WholeMessage<'a> {
 /// A part of a streamed TMTP message written in one commit
 /// ([`crate::store::Store::tmtp_upload`]): its start, a data chunk, and its making
 /// deliverable, each optional, in that order.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct UploadPart<'a> {
     /// The message row is created first (the upload's first write).
     pub begin: bool,
-    /// Chunk number `.0` (from 0; at most 64 KiB, spec/tmtp.md §8.1) with data `.1`.
-    pub chunk: Option<(i64, &'a [u8])>,
+    /// Chunk number `.0` (from 0; at most 64 KiB, spec/tmtp.md §8.1) with data `.1`,
+    /// handed over (not copied) until its transaction is committed.
+    pub chunk: Option<(i64, Vec<u8>)>,
     /// Then the message is made deliverable and queued.
     pub ready: Option<ReadyMessage<'a>>,
 }

@@ -211,7 +211,7 @@ impl Store {
         let work = TmtpWrite::Upload {
             id,
             begin,
-            chunk: chunk.map(|(seq, data)| (seq, data.to_vec())),
+            chunk,
             ready: ready.map(|r| OwnedReady {
                 header: r.header.to_vec(),
                 size: r.size,
@@ -243,7 +243,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn tmtp_put_chunk(&self, id: i64, seq: i64, data: &[u8]) -> Result<(), StoreError> {
-        self.tmtp_upload(id, UploadPart { chunk: Some((seq, data)), ..UploadPart::default() }).await
+        self.tmtp_upload(id, UploadPart { chunk: Some((seq, data.to_vec())), ..UploadPart::default() }).await
     }
 
     /// Makes message `id` deliverable with frame header `header` (length digits and
