@@ -1,8 +1,8 @@
 //! Group commit: writes that arrive while others hold the database's turn wait in a list,
 //! and whoever gets the turn next does everything waiting, up to a batch's bounds, in one
 //! transaction with one sync. Each waiting write gets the answer it would have got alone,
-//! only sooner. Used for SMTP deliveries (`Store::deliver`) and for TMTP posts whose data
-//! came whole and TMTP recipients' acks (`Store::tmtp_store_messages`,
+//! only sooner. Used for SMTP deliveries (`Store::deliver`) and for TMTP writes: posts,
+//! uploads and recipients' acks (`Store::tmtp_store_messages`, `Store::tmtp_upload`,
 //! `Store::tmtp_acks`).
 //!
 //! The turn is SQLite's in-process writer turn ([`sqlite_turn`]), or on PostgreSQL one of
@@ -158,7 +158,8 @@ pub(crate) fn sqlite_turn(p: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
 pub(crate) struct Lists {
     /// SMTP deliveries (`Store::deliver`).
     pub(crate) deliveries: Waiting<super::Together, Result<(), super::DeliverError>>,
-    /// TMTP posts and acks (`Store::tmtp_store_messages`, `Store::tmtp_acks`).
+    /// TMTP posts, uploads and acks (`Store::tmtp_store_messages`, `Store::tmtp_upload`,
+    /// `Store::tmtp_acks`).
     pub(crate) tmtp: Waiting<super::tmtp::TmtpWrite, super::tmtp::TmtpAnswer>,
 }
 
