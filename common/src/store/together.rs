@@ -61,8 +61,9 @@ impl Turn {
     }
 }
 
-/// Puts `work` (`bytes` long) in `waiting`, then waits for `turn` until a batch took it:
-/// each time the turn comes, whatever waits then (up to `bounds`) becomes a batch, run by
+/// Puts `work` (`bytes` long) in `waiting`, then waits for `turn` until a batch took it,
+/// or for its answer from another caller's batch, whichever comes first: each time the
+/// turn comes, whatever waits then (up to `bounds`) becomes a batch, run by
 /// `run` in a task of its own with the turn held, so that a caller that goes away cannot
 /// cut it short and every job in it gets its answer. None when the batch ended without
 /// answering (its task panicked). A job not yet taken into a batch when its caller goes
@@ -91,12 +92,20 @@ where
             self.waiting.lock().unwrap_or_else(PoisonError::into_inner).retain(|t| t.id != self.id);
         }
     }
-    let (answer, answered) = tokio::sync::oneshot::channel();
+    let (answer, mut answered) = tokio::sync::oneshot::channel();
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     waiting.lock().unwrap_or_else(PoisonError::into_inner).push(Job { id, bytes, work, answer });
     let withdraw = Withdraw { waiting, id };
     loop {
-        let held = turn.take().await;
+        // Once another's batch has answered this job, the turn is no longer wanted: a
+        // caller that stayed in the turn's queue would, when its turn came, start a batch
+        // of whatever arrived just then, and every job behind it would wait through one
+        // small batch per such caller.
+        let held = tokio::select! {
+            biased;
+            got = &mut answered => return got.ok(),
+            held = turn.take() => held,
+        };
         // Whoever had the turn before may have taken this job already; take what waits
         // now, up to a batch's bounds.
         let (batch, mine_left) = {
@@ -192,4 +201,52 @@ pub(crate) fn pg_together(p: &PgPool) -> (Lists, Arc<tokio::sync::Semaphore>) {
         .entry(key)
         .or_insert_with(|| (Default::default(), Arc::new(tokio::sync::Semaphore::new(PG_BATCHES))))
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller whose job another caller's batch took and answered returns with its
+    /// answer at once, even while that batch still holds the turn: it does not queue for
+    /// a turn it no longer needs (where, given the turn, it would run a batch of
+    /// whatever arrived just then, one small batch per such caller).
+    #[tokio::test]
+    async fn a_job_answered_by_anothers_batch_does_not_wait_for_the_turn() {
+        let waiting: Waiting<u32, u32> = Waiting::default();
+        let writer = Arc::new(tokio::sync::Mutex::new(()));
+        let turn = Turn::Writer(writer.clone());
+        let bounds = Bounds { jobs: 64, bytes: 1 << 20 };
+        let release = Arc::new(tokio::sync::Notify::new());
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        // A batch answers its jobs, then keeps the turn until released.
+        let run = |held: Held, batch: Vec<Job<u32, u32>>| {
+            let (release, batches) = (release.clone(), batches.clone());
+            async move {
+                batches.lock().unwrap_or_else(PoisonError::into_inner).push(batch.len());
+                for j in batch {
+                    let _ = j.answer.send(j.work * 10);
+                }
+                release.notified().await;
+                drop(held);
+            }
+        };
+        // Both callers queue while the turn is held; the first to get it takes both jobs.
+        let first = writer.clone().lock_owned().await;
+        let both = async {
+            tokio::join!(
+                together(&waiting, &turn, bounds, 1, 1, &run),
+                together(&waiting, &turn, bounds, 2, 1, &run),
+                async {
+                    tokio::task::yield_now().await;
+                    drop(first);
+                }
+            )
+        };
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), both).await;
+        release.notify_one();
+        let (a, b, ()) = got.expect("the second caller waited for the turn after its answer");
+        assert_eq!((a, b), (Some(10), Some(20)));
+        assert_eq!(*batches.lock().unwrap_or_else(PoisonError::into_inner), vec![2], "one batch took both");
+    }
 }
