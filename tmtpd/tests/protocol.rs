@@ -299,7 +299,8 @@ async fn an_offline_node_gets_its_backlog_in_order_and_a_big_post_whole() {
 /// Streamed data (over one 64 KiB chunk) is written chunk by chunk, the first write
 /// also beginning the message and the ready also writing the last chunk: every byte
 /// arrives at each chunk boundary, for a post and for the notice of a PostNotify
-/// streamed before its post, and an upload cut short leaves nothing behind.
+/// streamed before its post; an upload cut short is not delivered, and what was
+/// written of it is deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn streamed_data_arrives_whole_at_every_chunk_boundary() {
     let db = sqlite().await;
@@ -321,13 +322,27 @@ async fn streamed_data_arrives_whole_at_every_chunk_boundary() {
         me.drain(Duration::from_millis(1500)).await.into_iter().filter(|f| f.op() == "ack").collect();
     assert_eq!(acks.len(), 5, "{acks:?}");
     assert!(acks.iter().all(|a| a.head.get("error").is_none()), "{acks:?}");
-    // Cut short: a third of 200 000 bytes, then the link drops.
+    // Cut short: 140 000 of 200 000 bytes (its first chunk written, the message begun
+    // under an id above every other), then the link drops: what was written goes.
     let mut cut = Peer::connect(s.daemon.addr(), &s.cert, true).await;
     cut.login(&s.send.0, &s.send.1[1]).await;
+    // The login note (spec §5.2) is stored before the login is answered.
+    let stored = db.store.tmtp_max_message_id().await.unwrap();
     cut.send(&support::frame(&json!({"Op":7,"Id":"cut","Datalen":200_000,"For":[{"Id":s.recv.0,"Type":1}]}))).await;
-    cut.send(&body(70_000, 99)).await;
-    drop(cut);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut.send(&body(140_000, 99)).await;
+    let store = &db.store;
+    let max_id_becomes = |want: fn(i64, i64) -> bool| async move {
+        for _ in 0..200 {
+            if want(store.tmtp_max_message_id().await.unwrap(), stored) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(max_id_becomes(|now, stored| now > stored).await, "the cut upload's first chunk was never written");
+    cut.hang_up().await;
+    assert!(max_id_becomes(|now, stored| now == stored).await, "the cut upload was left in the store");
 
     let mut r = online(&s, &s.recv.0, &s.recv.1[0]).await;
     let (mut got, mut notices) = (Vec::new(), Vec::new());
@@ -350,6 +365,7 @@ async fn streamed_data_arrives_whole_at_every_chunk_boundary() {
     assert_eq!(notices.len(), 1);
     assert!(notices[0] == note, "notice: {} bytes arrived, {} sent", notices[0].len(), note.len());
 }
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unacked_message_is_sent_again() {
     let db = sqlite().await;

@@ -128,6 +128,12 @@ impl Peer {
         Peer { w, rx, eof, closed, clean }
     }
 
+    /// Ends the client's side (TLS close_notify, then the TCP FIN), as a client that
+    /// goes away mid-request; dropping a `Peer` does not, as its reader holds the link.
+    pub async fn hang_up(&self) {
+        let _ = self.w.lock().await.shutdown().await;
+    }
+
     pub async fn send(&self, bytes: &[u8]) {
         let mut w = self.w.lock().await;
         let _ = w.write_all(bytes).await;
