@@ -157,10 +157,8 @@ impl Upload {
     /// write, and `ready`.
     fn part<'a>(&mut self, ready: Option<ReadyMessage<'a>>) -> UploadPart<'a> {
         let held = std::mem::take(&mut self.held);
-        let chunk = (!held.is_empty()).then(|| {
-            self.seq += 1;
-            (self.seq - 1, held)
-        });
+        let chunk = (!held.is_empty()).then_some((self.seq, held));
+        self.seq += i64::from(chunk.is_some());
         UploadPart { begin: !std::mem::replace(&mut self.begun, true), chunk, ready }
     }
 
