@@ -182,7 +182,8 @@ impl Conn<'_> {
         Some(split_request(&mut self.buf, n))
     }
 
-    /// Moves `n` data bytes into `up` in chunks as they arrive.
+    /// Moves `n` data bytes into `up`, a chunk at a time as each arrives whole; false when
+    /// the connection ended first.
     async fn stream<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
@@ -196,13 +197,15 @@ impl Conn<'_> {
                 return Ok(false);
             }
             let take = self.buf.len().min(chunk);
-            // Collect up to CHUNK bytes before writing a row, unless the data ends first.
-            if take < chunk && self.fill(r, session, chunk - take).await {
+            // Collect the whole chunk (CHUNK bytes, or what is left) before writing a row.
+            if take < chunk {
+                if !self.fill(r, session, chunk - take).await {
+                    return Ok(false);
+                }
                 continue;
             }
-            up.put(self.hub, &self.buf[..take]).await?;
-            self.buf.advance(take);
             n -= take as u64;
+            up.put(self.hub, split_request(&mut self.buf, take), n == 0).await?;
         }
         Ok(true)
     }

@@ -113,43 +113,45 @@ pub(crate) fn copy_data_fields(f: &mut Fields, h: &Header) {
 }
 
 /// An upload of post data in progress: chunks go to the store as they arrive, each
-/// written once the next has come (the latest is held back), so that the first write
-/// also begins the message and the ready (see [`queue_all`]) also writes the last chunk:
-/// `n` commits for `n` chunks ([`common::Store::tmtp_upload`]).
+/// written as soon as it is whole, but for the last (its length is known from the
+/// request's header), which is held for the ready (see [`queue_all`]); the first write
+/// also begins the message: `n` commits for `n` chunks ([`common::Store::tmtp_upload`]),
+/// and at most one chunk of the upload in memory at a time.
 pub struct Upload {
     /// The message id.
     pub id: i64,
-    /// Chunks written (the held one's number).
+    /// Chunks written or held (the next one's number).
     seq: i64,
     /// Data bytes taken, written or held.
     pub size: i64,
     /// Whether a write of the message was tried (then a failed upload is discarded).
     begun: bool,
-    /// The latest chunk, not yet written (at most [`crate::conn::CHUNK`] bytes).
+    /// The last chunk, not yet written (at most [`crate::conn::CHUNK`] bytes).
     held: Vec<u8>,
 }
 
 impl Upload {
-    /// An upload of message `id`; nothing is written before its second chunk or its
-    /// ready.
+    /// An upload of message `id`; nothing is written before its first whole chunk that
+    /// is not its last, or its ready.
     pub fn new(id: i64) -> Upload {
         Upload { id, seq: 0, size: 0, begun: false, held: Vec::new() }
     }
 
-    /// Takes the next chunk, writing the one held before it.
+    /// Takes the next chunk (handed over, not copied): written now, or held when it is
+    /// the `last`.
     ///
     /// # Errors
     /// [`StoreError`].
-    pub async fn put(&mut self, hub: &Hub, data: &[u8]) -> Result<(), StoreError> {
+    pub async fn put(&mut self, hub: &Hub, data: Vec<u8>, last: bool) -> Result<(), StoreError> {
         if data.is_empty() {
             return Ok(());
         }
-        if !self.held.is_empty() {
+        self.size += data.len() as i64;
+        self.held = data;
+        if !last {
             let part = self.part(None);
             hub.store.tmtp_upload(self.id, part).await?;
         }
-        self.held = data.to_vec();
-        self.size += data.len() as i64;
         Ok(())
     }
 

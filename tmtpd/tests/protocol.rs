@@ -296,8 +296,9 @@ async fn an_offline_node_gets_its_backlog_in_order_and_a_big_post_whole() {
     assert_eq!(ids, acked, "delivered in the order stored, under the ids the sender was told");
 }
 
-/// Streamed data (over one 64 KiB chunk) is written chunk by chunk, the first write
-/// also beginning the message and the ready also writing the last chunk: every byte
+/// Streamed data (over one 64 KiB chunk) is written chunk by chunk as each arrives
+/// whole, the first write also beginning the message and the ready also writing the
+/// last chunk: every byte
 /// arrives at each chunk boundary, for a post and for the notice of a PostNotify
 /// streamed before its post; an upload cut short is not delivered, and what was
 /// written of it is deleted.
@@ -322,14 +323,15 @@ async fn streamed_data_arrives_whole_at_every_chunk_boundary() {
         me.drain(Duration::from_millis(1500)).await.into_iter().filter(|f| f.op() == "ack").collect();
     assert_eq!(acks.len(), 5, "{acks:?}");
     assert!(acks.iter().all(|a| a.head.get("error").is_none()), "{acks:?}");
-    // Cut short: 140 000 of 200 000 bytes (its first chunk written, the message begun
-    // under an id above every other), then the link drops: what was written goes.
+    // Cut short: 65 536 of 200 000 bytes. That first chunk is written as soon as it is
+    // whole, not held until the next (the message begun under an id above every
+    // other); then the link drops: what was written goes.
     let mut cut = Peer::connect(s.daemon.addr(), &s.cert, true).await;
     cut.login(&s.send.0, &s.send.1[1]).await;
     // The login note (spec §5.2) is stored before the login is answered.
     let stored = db.store.tmtp_max_message_id().await.unwrap();
     cut.send(&support::frame(&json!({"Op":7,"Id":"cut","Datalen":200_000,"For":[{"Id":s.recv.0,"Type":1}]}))).await;
-    cut.send(&body(140_000, 99)).await;
+    cut.send(&body(65_536, 99)).await;
     let store = &db.store;
     let max_id_becomes = |want: fn(i64, i64) -> bool| async move {
         for _ in 0..200 {
