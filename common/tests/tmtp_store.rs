@@ -75,6 +75,19 @@ async fn accounts_nodes_and_aliases() {
         assert_eq!(s.tmtp_add_node("UID1", "HASH1d", 1, 3).await.unwrap(), AddNode::TooMany);
         assert_eq!(s.tmtp_nodes("UID1").await.unwrap(), vec![1, 2, 3]);
         assert_eq!(s.tmtp_node("HASH1c").await.unwrap(), Some(node("UID1", 3)));
+        // Several accounts' nodes at once: exact uids, none for a uid without an account,
+        // an empty list for an account whose nodes are all defunct.
+        s.tmtp_register("UID3", "HASH3x", None).await.unwrap();
+        db.sql("UPDATE tmtp_node SET node_defunct = 1 WHERE node_uid = 'UID3'").await;
+        let accounts = |list: &[(&str, &[i64])]| {
+            list.iter().map(|(u, n)| (u.to_string(), n.to_vec())).collect::<std::collections::HashMap<_, _>>()
+        };
+        let all = s.tmtp_users_nodes(&["UID1", "uid1", "nobody", "UID2", "UID3"]).await.unwrap();
+        assert_eq!(all, accounts(&[("UID1", &[1, 2, 3]), ("UID2", &[1]), ("UID3", &[])]), "{}", db.store.backend());
+        let many: Vec<String> = (0..140).map(|i| if i == 135 { "UID1".into() } else { format!("none{i}") }).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(s.tmtp_users_nodes(&many).await.unwrap(), accounts(&[("UID1", &[1, 2, 3])]), "past the first chunk");
+        assert!(s.tmtp_users_nodes(&[]).await.unwrap().is_empty());
     }
 }
 

@@ -303,7 +303,17 @@ pub(crate) async fn resolve(
     with_self: bool,
 ) -> Result<Result<Vec<Node>, Soft>, StoreError> {
     let s = &sender.uid;
-    // Nodes of groups come in one query each, and so do those of a uid named directly.
+    // Nodes of groups come in one query each; those of every uid named directly, with
+    // the sender's own, in one for all.
+    let mut named: Vec<&str> = targets
+        .iter()
+        .filter(|t| !matches!(t.kind, 2 | 3) && is_uid_text(&t.id))
+        .map(|t| t.id.as_str())
+        .chain(with_self.then_some(s.as_str()))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let mut accounts = hub.store.tmtp_users_nodes(&named).await?;
     let mut nodes: std::collections::BTreeSet<Node> = std::collections::BTreeSet::new();
     let mut reached = false;
     for t in targets {
@@ -329,19 +339,19 @@ pub(crate) async fn resolve(
                 if !is_uid_text(&t.id) {
                     return Ok(Err(format!("fetchUser: invalid string '{}'", t.id)));
                 }
-                let Some(nums) = hub.store.tmtp_user_nodes(&t.id).await? else {
+                let Some(nums) = accounts.get(&t.id) else {
                     return Ok(Err(format!("OpenNodes: iUid {} not found", t.id)));
                 };
                 if &t.id == s {
                     reached = true;
                 }
-                nodes.extend(nums.into_iter().map(|num| Node { uid: t.id.clone(), num }));
+                nodes.extend(nums.iter().map(|&num| Node { uid: t.id.clone(), num }));
             }
         }
     }
     // The sender's own nodes, unless a group or a direct target brought them already.
     if with_self && !nodes.iter().any(|n| &n.uid == s) {
-        for num in hub.store.tmtp_nodes(s).await? {
+        for num in accounts.remove(s).unwrap_or_default() {
             nodes.insert(Node { uid: s.clone(), num });
         }
     }

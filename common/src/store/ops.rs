@@ -792,6 +792,24 @@ macro_rules! operations {
             Ok(found)
         }
 
+        pub(crate) async fn users_nodes(
+            p: &Pool,
+            uids: &[&str],
+        ) -> Result<std::collections::HashMap<String, Vec<i64>>> {
+            let mut found: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
+            for chunk in crate::store::ops::padded::<_, { crate::store::sql::ID_CHUNK }>(uids) {
+                let rows: Vec<(String, Option<i64>)> =
+                    chunk.iter().fold(sqlx::query_as(SQL.users_nodes), |q, uid| q.bind(*uid)).fetch_all(p).await?;
+                for (uid, num) in rows {
+                    let nums = found.entry(uid).or_default();
+                    if let Some(num) = num.filter(|n| !nums.contains(n)) {
+                        nums.push(num);
+                    }
+                }
+            }
+            Ok(found)
+        }
+
         pub(crate) async fn user_nodes(p: &Pool, uid: &str) -> Result<Option<Vec<i64>>> {
             let rows: Vec<(Option<i64>,)> = sqlx::query_as(SQL.user_nodes).bind(uid).fetch_all(p).await?;
             Ok((!rows.is_empty()).then(|| rows.into_iter().filter_map(|r| r.0).collect()))

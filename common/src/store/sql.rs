@@ -491,6 +491,11 @@ statements! {
     /// number for an account without live nodes, none for no account (a post's recipient
     /// in one round trip).
     user_nodes = Same("SELECT n.node_num FROM tmtp_user u LEFT JOIN tmtp_node n ON n.node_uid = u.tmtp_uid AND n.node_defunct = 0 WHERE u.tmtp_uid = $1 ORDER BY n.node_num");
+    /// `(uid, live node number)` of each account among `$1`…`$128` ([`ID_CHUNK`]), by
+    /// uid and number: one row with a NULL number for an account without live nodes, none
+    /// for a uid without an account (a post's recipients named by uid, and the sender's
+    /// own nodes, in one round trip).
+    users_nodes = Same(concat!("SELECT u.tmtp_uid, n.node_num FROM tmtp_user u LEFT JOIN tmtp_node n ON n.node_uid = u.tmtp_uid AND n.node_defunct = 0 WHERE u.tmtp_uid IN (", chunk_ids!(), ") ORDER BY u.tmtp_uid, n.node_num"));
     /// `(count of live nodes, highest num)` of uid `$1`.
     node_counts = Same("SELECT COUNT(CASE WHEN node_defunct = 0 THEN 1 END), MAX(node_num) FROM tmtp_node WHERE node_uid = $1");
     /// Copies the queue of (`$3`, `$4`) to (`$1`, `$2`).

@@ -127,6 +127,21 @@ impl Store {
         dispatch!(self, nodes(uid))
     }
 
+    /// The live node numbers, ascending, of each account among `uids`, by uid (an
+    /// account without live nodes: an empty list; a uid without an account: absent), in
+    /// one query per [`ID_CHUNK`](super::sql::ID_CHUNK) uids. Exact comparison, as
+    /// [`Store::tmtp_user_exists`]. A post's recipients named by uid, and the sender's
+    /// own nodes, in one round trip (spec/tmtp.md §7).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tmtp_users_nodes(
+        &self,
+        uids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<i64>>, StoreError> {
+        dispatch!(self, users_nodes(uids))
+    }
+
     /// The live node numbers of account `uid`, ascending; None when there is no such
     /// account (one query for both).
     ///
