@@ -810,16 +810,6 @@ macro_rules! operations {
             Ok(found)
         }
 
-        pub(crate) async fn user_nodes(p: &Pool, uid: &str) -> Result<Option<Vec<i64>>> {
-            let rows: Vec<(Option<i64>,)> = sqlx::query_as(SQL.user_nodes).bind(uid).fetch_all(p).await?;
-            Ok((!rows.is_empty()).then(|| rows.into_iter().filter_map(|r| r.0).collect()))
-        }
-
-        pub(crate) async fn nodes(p: &Pool, uid: &str) -> Result<Vec<i64>> {
-            let rows: Vec<(i64,)> = sqlx::query_as(SQL.nodes).bind(uid).fetch_all(p).await?;
-            Ok(rows.into_iter().map(|r| r.0).collect())
-        }
-
         pub(crate) async fn add_node(p: &Pool, uid: &str, hash: &str, from_num: i64, max: i64) -> Result<AddNode> {
             let mut tx = write(p).await?;
             let r = async {

@@ -485,12 +485,6 @@ statements! {
     user_exists = Same("SELECT 1 FROM tmtp_user WHERE tmtp_uid = $1");
     /// The uids among `$1`…`$128` ([`ID_CHUNK`]) that have an account.
     users_among = Same(concat!("SELECT tmtp_uid FROM tmtp_user WHERE tmtp_uid IN (", chunk_ids!(), ")"));
-    /// Live node numbers of uid `$1`.
-    nodes = Same("SELECT node_num FROM tmtp_node WHERE node_uid = $1 AND node_defunct = 0 ORDER BY node_num");
-    /// Whether account `$1` exists, with its live node numbers: one row with a NULL
-    /// number for an account without live nodes, none for no account (a post's recipient
-    /// in one round trip).
-    user_nodes = Same("SELECT n.node_num FROM tmtp_user u LEFT JOIN tmtp_node n ON n.node_uid = u.tmtp_uid AND n.node_defunct = 0 WHERE u.tmtp_uid = $1 ORDER BY n.node_num");
     /// `(uid, live node number)` of each account among `$1`…`$128` ([`ID_CHUNK`]), by
     /// uid and number: one row with a NULL number for an account without live nodes, none
     /// for a uid without an account (a post's recipients named by uid, and the sender's

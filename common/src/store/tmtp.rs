@@ -119,14 +119,6 @@ impl Store {
         dispatch!(self, users_among(uids))
     }
 
-    /// The live node numbers of `uid`, ascending.
-    ///
-    /// # Errors
-    /// [`StoreError::Db`].
-    pub async fn tmtp_nodes(&self, uid: &str) -> Result<Vec<i64>, StoreError> {
-        dispatch!(self, nodes(uid))
-    }
-
     /// The live node numbers, ascending, of each account among `uids`, by uid (an
     /// account without live nodes: an empty list; a uid without an account: absent), in
     /// one query per [`ID_CHUNK`](super::sql::ID_CHUNK) uids. Exact comparison, as
@@ -140,15 +132,6 @@ impl Store {
         uids: &[&str],
     ) -> Result<std::collections::HashMap<String, Vec<i64>>, StoreError> {
         dispatch!(self, users_nodes(uids))
-    }
-
-    /// The live node numbers of account `uid`, ascending; None when there is no such
-    /// account (one query for both).
-    ///
-    /// # Errors
-    /// [`StoreError::Db`].
-    pub async fn tmtp_user_nodes(&self, uid: &str) -> Result<Option<Vec<i64>>, StoreError> {
-        dispatch!(self, user_nodes(uid))
     }
 
     /// Adds a node of stored hash `hash` to `uid` (at most `max` live nodes) whose queue
