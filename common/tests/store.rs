@@ -476,6 +476,55 @@ async fn deletions_only_under_the_sessions_own_live_lease() {
     }
 }
 
+/// QUITs arriving at once (on SQLite they are committed together, in one transaction):
+/// each gets the answer it would have got alone. A lost lease among them changes nothing
+/// for its box and does not hold the others back; a body shared by all the boxes stays
+/// while one copy of it is left.
+#[tokio::test]
+async fn quits_at_once_each_keep_their_own_answer() {
+    for db in TestDb::all().await {
+        let u = seeded(&db).await;
+        let s = &db.store;
+        let b = db.backend;
+        let boxes: Vec<String> = (0..6).map(|i| format!("q{i}@example.org")).collect();
+        for a in &boxes {
+            db.add_box(a, u, 0, 0).await;
+            for n in 0..3 {
+                let body = format!("{a} {n}\r\n").into_bytes();
+                s.deliver(&Delivery { body: &body, copies: vec![copy(a, &format!("{a}-{n}"))] }).await.unwrap();
+            }
+        }
+        let copies = boxes.iter().map(|a| copy(a, &format!("{a}-shared"))).collect();
+        s.deliver(&Delivery { body: b"shared\r\n", copies }).await.unwrap();
+        // The last box's lease is another session's by the time its QUIT comes.
+        for (i, a) in boxes.iter().enumerate() {
+            let owner = if i == 5 { "other".to_owned() } else { format!("me{i}") };
+            assert!(s.lock_box(a, &owner, 60).await.unwrap());
+        }
+        let mut quits = Vec::new();
+        for (i, a) in boxes.iter().enumerate() {
+            let ids: Vec<i64> = s.maildrop(a).await.unwrap().iter().map(|m| m.id).collect();
+            let (s, a) = (s.clone(), a.clone());
+            quits.push(tokio::spawn(async move { s.commit_deletions(&a, &format!("me{i}"), &ids).await }));
+        }
+        for (i, q) in quits.into_iter().enumerate() {
+            let got = q.await.unwrap().unwrap();
+            let want = if i == 5 { Update::LockLost } else { Update::Deleted(4) };
+            assert_eq!(got, want, "{b:?}: QUIT of {}", boxes[i]);
+        }
+        for a in &boxes[..5] {
+            assert_eq!(db.counters(a).await, Usage::default(), "{b:?}: {a}");
+            assert!(s.lock_box(a, "next", 60).await.unwrap(), "{b:?}: {a} released with its deletions");
+        }
+        assert_eq!(s.recount(&boxes[5]).await.unwrap().messages, 4, "{b:?}: nothing deleted");
+        assert!(!s.lock_box(&boxes[5], "third", 60).await.unwrap(), "{b:?}: the holder's lock stays");
+        // The last box's three bodies and the shared one.
+        assert_eq!(count(&db, "message").await, 4, "{b:?}");
+        let shared = s.maildrop(&boxes[5]).await.unwrap()[3].id;
+        assert_eq!(s.retrieve(&boxes[5], shared).await.unwrap().unwrap().body, b"shared\r\n");
+    }
+}
+
 #[tokio::test]
 async fn counters_never_go_negative() {
     for db in TestDb::all().await {

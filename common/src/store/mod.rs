@@ -791,6 +791,12 @@ impl Store {
     /// each message body no box refers to any more deleted. Ids already gone are
     /// skipped. Deadlocks are retried.
     ///
+    /// On a SQLite file, QUITs that arrive while another write holds the database are
+    /// committed together, up to 64 in one transaction and one sync (group commit): the
+    /// pages they share (the tables' leaves hold the messages of many boxes side by side)
+    /// are written once, not once per QUIT. Each keeps its own answer: a lost lease
+    /// changes nothing for that QUIT and does not hold the others back.
+    ///
     /// A `COMMIT` without an answer is resolved as in [`Store::deliver`]: committed if
     /// none of `ids` is left in the box.
     ///
@@ -798,11 +804,30 @@ impl Store {
     /// [`StoreError::Db`]; nothing is deleted and the lock is kept then.
     /// [`StoreError::CommitUnknown`] if the database did not answer again within 30 s.
     pub async fn commit_deletions(&self, box_address: &str, owner: &str, ids: &[i64]) -> Result<Update, StoreError> {
-        let done = retrying("deletion", move || async move {
-            let now = unix_now();
-            dispatch!(self, commit_deletions(box_address, owner, now, ids))
-        })
-        .await;
+        let done = match self {
+            Store::Sqlite(p) if !sqlite_in_memory(p) => {
+                self.gate().await?;
+                let quit = Quit { address: box_address.to_owned(), owner: owner.to_owned(), ids: ids.to_vec() };
+                let bytes = std::mem::size_of_val(ids);
+                let run = |held, batch| {
+                    let store = self.clone();
+                    async move { store.delete_together(held, batch).await }
+                };
+                let (waiting, turn) = (sqlite_waiting(p).deletions, Turn::Writer(sqlite_turn(p)));
+                let answer = together::together(&waiting, &turn, QUITS, quit, bytes, run).await;
+                answer.unwrap_or_else(|| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed)))
+            }
+            _ => {
+                let quit = [Quit { address: box_address.to_owned(), owner: owner.to_owned(), ids: ids.to_vec() }];
+                let quit = &quit;
+                retrying("deletion", move || async move {
+                    let now = unix_now();
+                    dispatch!(self, commit_deletions(quit, now, false))
+                })
+                .await
+                .map(|each| each.first().copied().unwrap_or(Update::LockLost))
+            }
+        };
         match done {
             Err(StoreError::CommitUnknown(e)) => {
                 match resolve("deletion", || async { dispatch!(self, mail_present(box_address, ids)) }).await {
@@ -812,6 +837,32 @@ impl Store {
                 }
             }
             other => other,
+        }
+    }
+
+    /// Runs a batch of [`Store::commit_deletions`] (SQLite) under the writer turn
+    /// `turn`, then answers each of them.
+    async fn delete_together(&self, turn: Held, batch: Vec<Job<Quit, Result<Update, StoreError>>>) {
+        let (quits, answers): (Vec<Quit>, Vec<_>) = batch.into_iter().map(|j| (j.work, j.answer)).unzip();
+        let done = retrying("deletion", || async {
+            let now = unix_now();
+            let r = match self {
+                Store::Sqlite(p) => sqlite::commit_deletions(p, &quits, now, true).await,
+                Store::Postgres(p) => postgres::commit_deletions(p, &quits, now, true).await,
+                Store::MySql(p) => mysql::commit_deletions(p, &quits, now, true).await,
+            };
+            self.observe(&r);
+            r
+        })
+        .await;
+        drop(turn);
+        match done {
+            Ok(each) => {
+                for (answer, update) in answers.into_iter().zip(each) {
+                    let _ = answer.send(Ok(update));
+                }
+            }
+            Err(e) => together::answer_all_failed(answers, e),
         }
     }
 
@@ -838,6 +889,19 @@ const TOGETHER_BODY_MAX: usize = 256 * 1024;
 /// At most 64 deliveries (or TMTP posts) and 4 MiB of their bodies in one transaction
 /// (a first one always goes).
 const TOGETHER: together::Bounds = together::Bounds { jobs: 64, bytes: 4 << 20 };
+
+/// POP3 QUITs whose deletions wait for SQLite's writer turn are committed together (see
+/// [`Store::commit_deletions`]): at most 64 of them, and (past the first) 256 KiB of
+/// message ids (32,768 messages), in one transaction.
+const QUITS: together::Bounds = together::Bounds { jobs: 64, bytes: 256 << 10 };
+
+/// The deletions of one POP3 QUIT (RFC 1939 §6): the copies `ids` of box `address`,
+/// under the maildrop lease of `owner`.
+pub(crate) struct Quit {
+    pub(crate) address: String,
+    pub(crate) owner: String,
+    pub(crate) ids: Vec<i64>,
+}
 
 /// A delivery waiting to be stored together with others: its body and copies.
 pub(crate) struct Together {

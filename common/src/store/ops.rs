@@ -94,6 +94,7 @@ pub(crate) fn id_chunks(ids: &[i64]) -> impl Iterator<Item = [i64; crate::store:
 macro_rules! operations {
     ($db:ty, $id:ident) => {
         use crate::error::StoreError;
+        use crate::store::Quit;
         use crate::store::model::{
             AddAlias, AddNode, BoxEntry, BoxInfo, BoxOwner, DeliverError, Delivery, MailEntry, Member, MemberStatus,
             Node, OwnsBoxes, Queued, Repaired, Retrieved, Run, TmtpMessage, TmtpOp, Update, Usage, User, UserEntry,
@@ -689,65 +690,87 @@ macro_rules! operations {
             Ok(())
         }
 
+        /// The deletions of the POP3 QUITs in `quits`, in one transaction: for each, its
+        /// lease checked and released, its copies deleted and its box settled; then the
+        /// bodies no copy refers to any more, once for all. A QUIT whose lease is lost
+        /// changes nothing (its answer is [`Update::LockLost`]) and the others go on.
+        /// `turn_held`: the caller holds SQLite's writer turn already (a batch of
+        /// `Store::commit_deletions`).
         pub(crate) async fn commit_deletions(
             p: &Pool,
-            address: &str,
-            owner: &str,
+            quits: &[Quit],
             now: i64,
-            ids: &[i64],
-        ) -> Result<Update> {
-            let mut tx = write(p).await?;
+            turn_held: bool,
+        ) -> Result<Vec<Update>> {
+            let mut tx = if turn_held {
+                crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?
+            } else {
+                write(p).await?
+            };
             let r = async {
-                // The lease check and its release, in the transaction that deletes: the
-                // row stays locked by this transaction until it commits.
-                let held =
-                    sqlx::query(SQL.lock_release_live).bind(address).bind(owner).bind(now).execute(&mut *tx).await?;
-                if held.rows_affected() == 0 {
-                    return Ok(Err(Update::LockLost));
-                }
-                // All copies in one statement on PostgreSQL; elsewhere ID_CHUNK copies per
-                // statement: a QUIT deleting thousands of messages is tens of round trips,
-                // not thousands. `(size, message)` of each deleted copy.
-                let mut deleted: Vec<(i64, i64)> = Vec::new();
-                if DIALECT == crate::store::sql::Dialect::Postgres {
-                    if !ids.is_empty() {
-                        deleted = sqlx::query_as(crate::store::sql::PG_DELETE_MAILS)
-                            .bind(address)
-                            .bind(crate::store::ops::pg_id_array(ids))
-                            .fetch_all(&mut *tx)
-                            .await?;
+                // Box rows in one global order, as deliveries take them.
+                let mut order: Vec<usize> = (0..quits.len()).collect();
+                order.sort_by(|&a, &b| quits[a].address.cmp(&quits[b].address));
+                let mut answers = vec![Update::LockLost; quits.len()];
+                let mut bodies: Vec<i64> = Vec::new();
+                for i in order {
+                    let Quit { address, owner, ids } = &quits[i];
+                    // The lease check and its release, in the transaction that deletes:
+                    // the row stays locked by this transaction until it commits.
+                    let held = sqlx::query(SQL.lock_release_live)
+                        .bind(address)
+                        .bind(owner)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    if held.rows_affected() == 0 {
+                        continue;
                     }
-                } else {
-                    for chunk in crate::store::ops::id_chunks(ids) {
-                        let found: Vec<(i64, i64, i64)> = chunk
-                            .iter()
-                            .fold(sqlx::query_as(SQL.mails_for_delete), |q, id| q.bind(*id))
-                            .bind(address)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                        if found.is_empty() {
-                            continue;
+                    // All copies in one statement on PostgreSQL; elsewhere ID_CHUNK copies
+                    // per statement: a QUIT deleting thousands of messages is tens of
+                    // round trips, not thousands. `(size, message)` of each deleted copy.
+                    let mut deleted: Vec<(i64, i64)> = Vec::new();
+                    if DIALECT == crate::store::sql::Dialect::Postgres {
+                        if !ids.is_empty() {
+                            deleted = sqlx::query_as(crate::store::sql::PG_DELETE_MAILS)
+                                .bind(address)
+                                .bind(crate::store::ops::pg_id_array(ids))
+                                .fetch_all(&mut *tx)
+                                .await?;
                         }
-                        chunk
-                            .iter()
-                            .fold(sqlx::query(SQL.delete_mails), |q, id| q.bind(*id))
-                            .bind(address)
-                            .execute(&mut *tx)
-                            .await?;
-                        deleted.extend(found.into_iter().map(|(_, size, message)| (size, message)));
+                    } else {
+                        for chunk in crate::store::ops::id_chunks(ids) {
+                            let found: Vec<(i64, i64, i64)> = chunk
+                                .iter()
+                                .fold(sqlx::query_as(SQL.mails_for_delete), |q, id| q.bind(*id))
+                                .bind(address)
+                                .fetch_all(&mut *tx)
+                                .await?;
+                            if found.is_empty() {
+                                continue;
+                            }
+                            chunk
+                                .iter()
+                                .fold(sqlx::query(SQL.delete_mails), |q, id| q.bind(*id))
+                                .bind(address)
+                                .execute(&mut *tx)
+                                .await?;
+                            deleted.extend(found.into_iter().map(|(_, size, message)| (size, message)));
+                        }
                     }
+                    let bytes = deleted.iter().fold(0i64, |b, (size, _)| b.saturating_add(*size));
+                    let count = deleted.len() as i64;
+                    bodies.extend(deleted.into_iter().map(|(_, message)| message));
+                    sqlx::query(SQL.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
+                    answers[i] = Update::Deleted(count as u64);
                 }
-                let bytes = deleted.iter().fold(0i64, |b, (size, _)| b.saturating_add(*size));
-                let count = deleted.len() as i64;
-                let mut bodies: Vec<i64> = deleted.into_iter().map(|(_, message)| message).collect();
-                sqlx::query(SQL.settle_box).bind(bytes).bind(count).bind(address).execute(&mut *tx).await?;
                 bodies.sort_unstable();
                 bodies.dedup();
                 delete_orphans(&mut *tx, &bodies).await?;
-                Ok(Ok(Update::Deleted(count as u64)))
+                Ok(answers)
             }
             .await;
-            Ok(tx.settle(r).await?.unwrap_or_else(|lost| lost))
+            Ok(tx.finish(r).await?)
         }
 
         pub(crate) async fn mail_present(p: &Pool, address: &str, ids: &[i64]) -> Result<bool> {

@@ -1,9 +1,10 @@
 //! Group commit: writes that arrive while others hold the database's turn wait in a list,
 //! and whoever gets the turn next does everything waiting, up to a batch's bounds, in one
 //! transaction with one sync. Each waiting write gets the answer it would have got alone,
-//! only sooner. Used for SMTP deliveries (`Store::deliver`) and for TMTP writes: posts,
+//! only sooner. Used for SMTP deliveries (`Store::deliver`), for TMTP writes: posts,
 //! uploads and recipients' acks (`Store::tmtp_store_messages`, `Store::tmtp_upload`,
-//! `Store::tmtp_acks`).
+//! `Store::tmtp_acks`), and on SQLite for POP3 QUITs' deletions
+//! (`Store::commit_deletions`).
 //!
 //! The turn is SQLite's in-process writer turn ([`sqlite_turn`]), or on PostgreSQL one of
 //! [`PG_BATCHES`] turns of batches running at once on one database.
@@ -162,7 +163,8 @@ pub(crate) fn sqlite_turn(p: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
     turns.entry(file).or_default().clone()
 }
 
-/// The waiting lists of one database: SMTP deliveries, and TMTP posts and acks.
+/// The waiting lists of one database: SMTP deliveries, TMTP posts and acks, POP3
+/// deletions.
 #[derive(Clone, Default)]
 pub(crate) struct Lists {
     /// SMTP deliveries (`Store::deliver`).
@@ -170,9 +172,11 @@ pub(crate) struct Lists {
     /// TMTP posts, uploads and acks (`Store::tmtp_store_messages`, `Store::tmtp_upload`,
     /// `Store::tmtp_acks`).
     pub(crate) tmtp: Waiting<super::tmtp::TmtpWrite, super::tmtp::TmtpAnswer>,
+    /// POP3 QUITs' deletions (`Store::commit_deletions`), on SQLite.
+    pub(crate) deletions: Waiting<super::Quit, Result<super::Update, StoreError>>,
 }
 
-/// The writes waiting for the writer turn of the SQLite database behind `p`, one pair of
+/// The writes waiting for the writer turn of the SQLite database behind `p`, one set of
 /// lists per file, as [`sqlite_turn`].
 pub(crate) fn sqlite_waiting(p: &SqlitePool) -> Lists {
     static WAITING: std::sync::LazyLock<Mutex<std::collections::HashMap<std::path::PathBuf, Lists>>> =
