@@ -775,5 +775,17 @@ async fn deliveries_at_once_each_answered_as_alone() {
                 assert!(five.contains(&format!("{i}-small@example.org")), "{b:?}: {uid} stored without its other copy");
             }
         }
+        // Every copy holds its own delivery's body, trace and size (several deliveries
+        // share one statement on SQLite).
+        for address in ["big@example.org", "small@example.org"] {
+            for m in db.store.maildrop(address).await.unwrap() {
+                let i: usize = m.uid.split('-').next().unwrap().parse().unwrap();
+                let got = db.store.retrieve(address, m.id).await.unwrap().unwrap();
+                let body = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(i * 20)).into_bytes();
+                assert_eq!(got.body, body, "{b:?}: {}", m.uid);
+                assert_eq!(got.trace, format!("X-For: {address}\r\n").into_bytes(), "{b:?}: {}", m.uid);
+                assert_eq!(m.size, (body.len() + got.trace.len()) as i64, "{b:?}: {}", m.uid);
+            }
+        }
     }
 }

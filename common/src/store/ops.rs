@@ -262,8 +262,9 @@ macro_rules! operations {
         /// On PostgreSQL a batch of one is stored as [`deliver`] stores it, and in a larger
         /// one each delivery of one copy is one statement
         /// ([`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE), which changes nothing
-        /// when the box is full). The SQLite and PostgreSQL stores take deliveries
-        /// together.
+        /// when the box is full). On SQLite the deliveries of one copy go up to 16 to a
+        /// call ([`sqlite_deliver_many`](crate::store::sql::sqlite_deliver_many)). The
+        /// SQLite and PostgreSQL stores take deliveries together.
         #[allow(dead_code)]
         pub(crate) async fn deliver_together(
             p: &Pool,
@@ -289,6 +290,43 @@ macro_rules! operations {
             let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?;
             let r = async {
                 let mut answers = vec![Ok(()); ds.len()];
+                if DIALECT == Dialect::Sqlite {
+                    // Deliveries of one copy, several per call (no row locks to order).
+                    let single: Vec<usize> = order.iter().copied().filter(|&i| ds[i].copies.len() == 1).collect();
+                    order.retain(|&i| ds[i].copies.len() != 1);
+                    let mut rest = single.as_slice();
+                    while !rest.is_empty() {
+                        let n = crate::store::sql::SQLITE_DELIVER_MANY_MAX.min(1 << rest.len().ilog2());
+                        let (chunk, after) = rest.split_at(n);
+                        rest = after;
+                        let params = crate::store::sql::sqlite_deliver_order();
+                        let q = chunk.iter().fold(sqlx::query(crate::store::sql::sqlite_deliver_many(n)), |q, &i| {
+                            let (body, c) = (ds[i].body, &ds[i].copies[0]);
+                            let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
+                            params.iter().fold(q, |q, parameter| match parameter {
+                                1 => q.bind(body_len.saturating_add(c.trace.len() as i64)),
+                                2 => q.bind(&c.box_address),
+                                3 => q.bind(body_len),
+                                4 => q.bind(now),
+                                5 => q.bind(body),
+                                6 => q.bind(&c.uid),
+                                _ => q.bind(&c.trace),
+                            })
+                        });
+                        let mut refused = vec![true; n];
+                        for row in q.fetch_all(&mut *tx).await? {
+                            let k: i64 = sqlx::Row::try_get(&row, 0)?;
+                            if let Some(r) = usize::try_from(k).ok().and_then(|k| refused.get_mut(k)) {
+                                *r = false;
+                            }
+                        }
+                        for (&i, refused) in chunk.iter().zip(refused) {
+                            if refused {
+                                answers[i] = Err(ds[i].copies[0].box_address.clone());
+                            }
+                        }
+                    }
+                }
                 for &i in &order {
                     let d = &ds[i];
                     let answer = match (DIALECT, d.copies.as_slice()) {

@@ -168,6 +168,59 @@ pub(crate) const SQLITE_DELIVER_ONE: &str = concat!(
      SELECT $6, $2, last_insert_rowid(), $1, $4, $7 WHERE changes() = 1 RETURNING 1"
 );
 
+/// The most deliveries one [`sqlite_deliver_many`] text stores.
+pub(crate) const SQLITE_DELIVER_MANY_MAX: usize = 16;
+
+/// SQLite only: `n` deliveries of one copy each in one call to the connection's thread,
+/// for a group commit (`n` is 1, 2, 4, 8 or [`SQLITE_DELIVER_MANY_MAX`]): the statements
+/// of [`SQLITE_DELIVER_ONE`] `n` times, each `$N` written as an anonymous `?`, the `k`-th
+/// delivery's returning one row holding `k` when its copy was stored. Each delivery binds
+/// its parameters in the order [`sqlite_deliver_order`] gives. (Anonymous, because sqlx
+/// numbers the nameless slots of every statement after the first from where the one
+/// before stopped, and stops binding at the first beyond the arguments: a statement
+/// naming `?8` to `?14` would get nothing.)
+///
+/// sqlx hands every call to the connection's thread and its answer back to the task: in
+/// a batch of 100 KiB deliveries those hand-offs, one per delivery, held the writer turn
+/// longer than SQLite's own work did. The five texts are made at first use; each
+/// connection prepares them once.
+///
+/// # Panics
+/// If `n` is not one of those sizes (a programming error).
+pub(crate) fn sqlite_deliver_many(n: usize) -> &'static str {
+    static TEXTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let (one, _) = sqlite_deliver_anonymous();
+        (0..=SQLITE_DELIVER_MANY_MAX.trailing_zeros())
+            .map(|b| (0..1usize << b).map(|k| format!("{one}RETURNING {k}; ")).collect())
+            .collect()
+    });
+    assert!(n.is_power_of_two() && n <= SQLITE_DELIVER_MANY_MAX, "no text for {n} deliveries");
+    &TEXTS[n.trailing_zeros() as usize]
+}
+
+/// The parameters of one delivery of [`sqlite_deliver_many`] in the order its text names
+/// them, as [`PG_DELIVER_ONE`] numbers them (1 copy size, 2 box, …, 7 trace).
+pub(crate) fn sqlite_deliver_order() -> &'static [usize] {
+    static ORDER: std::sync::LazyLock<Vec<usize>> = std::sync::LazyLock::new(|| sqlite_deliver_anonymous().1);
+    &ORDER
+}
+
+/// [`SQLITE_DELIVER_ONE`] without its `RETURNING 1`, each `$N` written `?`, and the `N`s
+/// in the order they appear.
+fn sqlite_deliver_anonymous() -> (String, Vec<usize>) {
+    let mut rest = SQLITE_DELIVER_ONE.strip_suffix("RETURNING 1").expect("SQLITE_DELIVER_ONE returns 1");
+    let (mut text, mut order) = (String::new(), Vec::new());
+    while let Some(i) = rest.find('$') {
+        text.push_str(&rest[..i]);
+        text.push('?');
+        let digits = rest[i + 1..].find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len() - i - 1);
+        order.push(rest[i + 1..i + 1 + digits].parse().expect("a numbered parameter"));
+        rest = &rest[i + 1 + digits..];
+    }
+    text.push_str(rest);
+    (text, order)
+}
+
 /// MySQL/MariaDB only: a whole delivery of one copy in one round trip, the procedure of
 /// migration 0009 (MySQL has no data-modifying `WITH`). Parameters as
 /// [`PG_DELIVER_ONE`]'s; it returns one row when the copy was stored, none when the box
@@ -599,6 +652,33 @@ statements! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A text for several deliveries is the one for a delivery repeated, its parameters
+    /// anonymous, each returning its place; the order of its parameters names each of
+    /// the seven, as the text for one delivery does.
+    #[test]
+    fn sqlite_deliver_many_repeats_one_delivery() {
+        let order = sqlite_deliver_order();
+        let one = SQLITE_DELIVER_ONE;
+        assert_eq!(order.len(), one.matches('$').count());
+        let mut named: Vec<usize> = order.to_vec();
+        named.sort_unstable();
+        named.dedup();
+        assert_eq!(named, (1..=7).collect::<Vec<_>>());
+        // The n-th `$` of the text for one is the n-th of `order`.
+        for (n, part) in one.split('$').skip(1).enumerate() {
+            assert!(part.starts_with(&order[n].to_string()), "{n}: {part}");
+        }
+        for n in [1, 2, 4, 8, SQLITE_DELIVER_MANY_MAX] {
+            let text = sqlite_deliver_many(n);
+            assert!(!text.contains('$'), "{n}: {text}");
+            assert_eq!(text.matches('?').count(), n * order.len(), "{n}");
+            for k in 0..n {
+                assert_eq!(text.matches(&format!("RETURNING {k};")).count(), 1, "{n}: {text}");
+            }
+            assert_eq!(text.matches("RETURNING").count(), n);
+        }
+    }
 
     #[test]
     fn placeholders_and_quoting_per_dialect() {
