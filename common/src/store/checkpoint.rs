@@ -17,11 +17,9 @@
 //! in a lull: once the WAL holds more than [`WAL_LIMIT`] frames, the checkpointer copies
 //! what is left while holding the writer turn (the frames appended since its last copy,
 //! a fraction of what the automatic checkpoint copied under it), so that the next writer
-//! starts the WAL over and the file stays bounded. Durability does not depend on it: a
-//! commit is on disk once its WAL frames are synced, and a checkpoint that fails (a full
-//! disk) leaves them there, to be copied by the next one. Several daemons on one file
-//! each run a checkpointer; SQLite lets one copy at a time and answers the others "busy"
-//! (a row, not an error), which they take as done.
+//! starts the WAL over and the file stays bounded. Durability does not depend on it: a commit is on disk once its WAL frames
+//! are synced, and a checkpoint that fails (a full disk) leaves them there, to be copied
+//! by the next one.
 //!
 //! [`Write`]: super::write::Write
 
