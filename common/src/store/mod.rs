@@ -804,10 +804,10 @@ impl Store {
     /// [`StoreError::Db`]; nothing is deleted and the lock is kept then.
     /// [`StoreError::CommitUnknown`] if the database did not answer again within 30 s.
     pub async fn commit_deletions(&self, box_address: &str, owner: &str, ids: &[i64]) -> Result<Update, StoreError> {
+        let quit = Quit { address: box_address.to_owned(), owner: owner.to_owned(), ids: ids.to_vec() };
         let done = match self {
             Store::Sqlite(p) if !sqlite_in_memory(p) => {
                 self.gate().await?;
-                let quit = Quit { address: box_address.to_owned(), owner: owner.to_owned(), ids: ids.to_vec() };
                 let bytes = std::mem::size_of_val(ids);
                 let run = |held, batch| {
                     let store = self.clone();
@@ -818,8 +818,7 @@ impl Store {
                 answer.unwrap_or_else(|| Err(StoreError::CommitUnknown(sqlx::Error::WorkerCrashed)))
             }
             _ => {
-                let quit = [Quit { address: box_address.to_owned(), owner: owner.to_owned(), ids: ids.to_vec() }];
-                let quit = &quit;
+                let quit = std::slice::from_ref(&quit);
                 retrying("deletion", move || async move {
                     let now = unix_now();
                     dispatch!(self, commit_deletions(quit, now, false))
