@@ -482,7 +482,10 @@ impl Scenario {
             uid: self.tmtp_recipient.0.clone(),
             node: self.tmtp_recipient.1.clone(),
         };
-        let delivered = clients::tmtp_drain(&recipient, Duration::from_secs(3)).await.expect("recipient drains");
+        let delivered = match clients::tmtp_drain(&recipient, Duration::from_secs(3)).await {
+            Ok(d) => d,
+            Err(e) => panic!("{}: the recipient's drain failed: {e}\n{}", self.fault, self.logs()),
+        };
         assert_eq!(delivered, queued, "{}: deliveries differ from the queue", self.fault);
         for w in Which::ALL {
             self.stop(w).await;
