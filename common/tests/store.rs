@@ -629,6 +629,55 @@ async fn sqlite_connections_keep_a_small_page_cache() {
     }
 }
 
+/// A commit on a SQLite file wakes the WAL checkpointer, not a checkpoint of its own
+/// (issue 16): the daemons' connections leave the automatic checkpoint off, and a
+/// message delivered reaches the database file itself soon after, with no later write.
+#[tokio::test]
+async fn sqlite_commits_are_checkpointed_off_the_writers_path() {
+    let db = TestDb::create(common::testing::Backend::Sqlite).await.expect("SQLite");
+    let common::Store::Sqlite(p) = &db.store else { unreachable!() };
+    let (off,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint").fetch_one(p).await.unwrap();
+    assert_eq!(off, 0);
+    seeded(&db).await;
+    let marker = format!("checkpointed-{}", std::process::id());
+    let body = format!("Subject: x\r\n\r\n{marker}\r\n").into_bytes();
+    db.store.deliver(&Delivery { body: &body, copies: vec![copy("mmondor@example.org", "m1")] }).await.unwrap();
+    let file = p.connect_options().get_filename().to_path_buf();
+    let wal = std::fs::read(format!("{}-wal", file.display())).unwrap();
+    assert!(wal.windows(marker.len()).any(|w| w == marker.as_bytes()), "committed to the WAL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let main = std::fs::read(&file).unwrap();
+        if main.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the delivery never reached the database file");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The WAL stays bounded under a steady stream of commits (issue 16): with SQLite's
+/// automatic checkpoint off, the checkpointer finishes a checkpoint under the writer turn
+/// once the WAL passes its limit (16 MiB here, where the disk has room), so that the WAL
+/// starts over, and the file is cut back when it does. 48 MiB of deliveries one after
+/// another; without that step the WAL would hold all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_stays_bounded_under_steady_writes() {
+    let db = TestDb::create(common::testing::Backend::Sqlite).await.expect("SQLite");
+    let common::Store::Sqlite(p) = &db.store else { unreachable!() };
+    seeded(&db).await;
+    let wal = format!("{}-wal", p.connect_options().get_filename().display());
+    let body = [b"Subject: x\r\n\r\n".as_slice(), &vec![b'x'; 64 * 1024]].concat();
+    let mut largest = 0;
+    for i in 0..768 {
+        let id = format!("w{i}");
+        db.store.deliver(&Delivery { body: &body, copies: vec![copy("mmondor@example.org", &id)] }).await.unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(largest > 0, "the deliveries went to a WAL");
+    assert!(largest < 32 << 20, "the WAL grew to {largest} bytes");
+}
+
 /// design.md "Schema": box addresses are lowercase. A mixed-case box would receive no
 /// mail and could not log in, so every backend refuses one when it is inserted or
 /// renamed (migration 0004); one inserted before that migration is reported.

@@ -1,6 +1,7 @@
 //! The three backends: the operations of [`super::ops`] expanded over each one's pool,
 //! with the little that really differs between them: `DIALECT`, `BEGIN`, `keep` (the
-//! in-memory SQLite pool) and `turn` (SQLite's in-process writer turn).
+//! in-memory SQLite pool), `turn` (SQLite's in-process writer turn) and `checkpoint`
+//! (SQLite's WAL checkpointer, woken by commits).
 
 /// PostgreSQL.
 pub(crate) mod postgres {
@@ -12,6 +13,10 @@ pub(crate) mod postgres {
     }
 
     fn turn(_: &sqlx::PgPool) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        None
+    }
+
+    fn checkpoint(_: &sqlx::PgPool) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
 
@@ -31,6 +36,10 @@ pub(crate) mod mysql {
         None
     }
 
+    fn checkpoint(_: &sqlx::MySqlPool) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     crate::store::ops::operations!(sqlx::MySql, last_insert_id);
 }
 
@@ -47,6 +56,11 @@ pub(crate) mod sqlite {
     /// The writers of one database file in this process take turns (see `store::write`).
     fn turn(p: &sqlx::SqlitePool) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
         Some(crate::store::together::sqlite_turn(p))
+    }
+
+    /// What a commit wakes: the database file's WAL checkpointer (see `store::checkpoint`).
+    fn checkpoint(p: &sqlx::SqlitePool) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        crate::store::checkpoint::sqlite_checkpointer(p)
     }
 
     crate::store::ops::operations!(sqlx::Sqlite, returning);

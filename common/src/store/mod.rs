@@ -9,6 +9,7 @@
 
 mod admin;
 mod backends;
+mod checkpoint;
 mod health;
 pub mod migrate;
 pub mod model;
@@ -364,7 +365,15 @@ impl Store {
             {
                 return Err(StoreError::Open { place, cause: format!("directory {} does not exist", dir.display()) });
             }
-            let opts = if memory { opts } else { opts.journal_mode(SqliteJournalMode::Wal) };
+            // WAL checkpoints are the checkpointer's (`checkpoint`), not the committing
+            // connection's.
+            let opts = if memory {
+                opts
+            } else {
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    .pragma("wal_autocheckpoint", "0")
+                    .pragma("journal_size_limit", checkpoint::WAL_KEEP.to_string())
+            };
             // An in-memory database exists once per connection: keep exactly one, forever.
             // A connection to a file has no server that could go away: no ping before use.
             let mut pool = SqlitePoolOptions::new().acquire_timeout(timeout).test_before_acquire(false);

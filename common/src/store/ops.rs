@@ -110,7 +110,7 @@ macro_rules! operations {
 
         /// A write transaction on `p`.
         async fn write(p: &Pool) -> std::result::Result<crate::store::write::Write<$db>, sqlx::Error> {
-            crate::store::write::Write::begin(p, BEGIN, keep(p), turn(p)).await
+            crate::store::write::Write::begin(p, BEGIN, keep(p), turn(p), checkpoint(p)).await
         }
 
         /// Stores a message body; its id.
@@ -287,7 +287,7 @@ macro_rules! operations {
             let first_box = |i: usize| ds[i].copies.iter().map(|c| c.box_address.as_str()).min();
             let mut order: Vec<usize> = (0..ds.len()).collect();
             order.sort_by(|&a, &b| first_box(a).cmp(&first_box(b)));
-            let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?;
+            let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None, checkpoint(p)).await?;
             let r = async {
                 let mut answers = vec![Ok(()); ds.len()];
                 if DIALECT == Dialect::Sqlite {
@@ -741,7 +741,7 @@ macro_rules! operations {
             turn_held: bool,
         ) -> Result<Vec<Update>> {
             let mut tx = if turn_held {
-                crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?
+                crate::store::write::Write::begin(p, BEGIN, keep(p), None, checkpoint(p)).await?
             } else {
                 write(p).await?
             };
@@ -992,7 +992,7 @@ macro_rules! operations {
         /// (`Store::tmtp_store_messages`).
         pub(crate) async fn write_tmtp(p: &Pool, ops: &[TmtpOp<'_>], now: i64, turn_held: bool) -> Result<Vec<u64>> {
             let mut tx = if turn_held {
-                crate::store::write::Write::begin(p, BEGIN, keep(p), None).await?
+                crate::store::write::Write::begin(p, BEGIN, keep(p), None, checkpoint(p)).await?
             } else {
                 write(p).await?
             };

@@ -93,6 +93,9 @@ where
     /// SQLite: this process's turn to write, held until the transaction ends (dropped
     /// after the connection).
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// SQLite: the database file's WAL checkpointer, woken by a commit
+    /// (`store::checkpoint`).
+    committed: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl<DB> Write<DB>
@@ -104,7 +107,8 @@ where
     /// SQLite). `keep` marks the in-memory SQLite pool. `turn` (SQLite) is waited for
     /// first: the writers of one process take turns in memory instead of meeting at the
     /// database's write lock, where SQLite's busy handler would make each waiter sleep
-    /// in steps of milliseconds.
+    /// in steps of milliseconds. `committed` (SQLite) is notified when the transaction
+    /// commits.
     ///
     /// # Errors
     /// The pool's or the database's error; a connection whose `BEGIN` failed is closed.
@@ -113,13 +117,14 @@ where
         begin: &'static str,
         keep: bool,
         turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+        committed: Option<std::sync::Arc<tokio::sync::Notify>>,
     ) -> Result<Self, sqlx::Error> {
         let turn = match turn {
             Some(t) => Some(t.lock_owned().await),
             None => None,
         };
         let conn = pool.acquire().await?;
-        let mut w = Write { conn: Some(conn), keep, _turn: turn };
+        let mut w = Write { conn: Some(conn), keep, _turn: turn, committed };
         w.run(begin).await?;
         Ok(w)
     }
@@ -140,6 +145,9 @@ where
         match self.run("COMMIT").await {
             Ok(()) => {
                 self.conn.take();
+                if let Some(c) = &self.committed {
+                    c.notify_one();
+                }
                 Ok(())
             }
             Err(e) => {
