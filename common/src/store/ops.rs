@@ -110,7 +110,17 @@ macro_rules! operations {
 
         /// A write transaction on `p`.
         async fn write(p: &Pool) -> std::result::Result<crate::store::write::Write<$db>, sqlx::Error> {
-            crate::store::write::Write::begin(p, BEGIN, keep(p), turn(p), checkpoint(p)).await
+            write_held(p, false).await
+        }
+
+        /// A write transaction on `p`; with `turn_held` the caller already holds SQLite's
+        /// writer turn (a batch run by `together`), which is then not waited for again.
+        async fn write_held(
+            p: &Pool,
+            turn_held: bool,
+        ) -> std::result::Result<crate::store::write::Write<$db>, sqlx::Error> {
+            let turn = if turn_held { None } else { turn(p) };
+            crate::store::write::Write::begin(p, BEGIN, keep(p), turn, checkpoint(p)).await
         }
 
         /// Stores a message body; its id.
@@ -236,6 +246,44 @@ macro_rules! operations {
             }
         }
 
+        /// SQLite: the deliveries `single` of `ds` (each of one copy) in calls of up to
+        /// [`SQLITE_DELIVER_MANY_MAX`](crate::store::sql::SQLITE_DELIVER_MANY_MAX)
+        /// ([`sqlite_deliver_many`](crate::store::sql::sqlite_deliver_many)), inside the
+        /// caller's transaction; a copy refused for a full box gets `Err(box)` in
+        /// `answers`, the others keep theirs.
+        async fn sqlite_deliver_singles(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            ds: &[Delivery<'_>],
+            single: &[usize],
+            now: i64,
+            answers: &mut [std::result::Result<(), String>],
+        ) -> std::result::Result<(), sqlx::Error> {
+            let params = crate::store::sql::sqlite_deliver_order();
+            let mut rest = single;
+            while !rest.is_empty() {
+                let n = crate::store::sql::SQLITE_DELIVER_MANY_MAX.min(1 << rest.len().ilog2());
+                let (chunk, after) = rest.split_at(n);
+                rest = after;
+                let q = chunk.iter().fold(sqlx::query(crate::store::sql::sqlite_deliver_many(n)), |q, &i| {
+                    let (body, c) = (ds[i].body, &ds[i].copies[0]);
+                    params.iter().fold(q, |q, &parameter| bind_delivery(q, parameter, body, c, now))
+                });
+                let mut refused = vec![true; n];
+                for row in q.fetch_all(&mut *conn).await? {
+                    let k: i64 = sqlx::Row::try_get(&row, 0)?;
+                    if let Some(r) = usize::try_from(k).ok().and_then(|k| refused.get_mut(k)) {
+                        *r = false;
+                    }
+                }
+                for (&i, refused) in chunk.iter().zip(refused) {
+                    if refused {
+                        answers[i] = Err(ds[i].copies[0].box_address.clone());
+                    }
+                }
+            }
+            Ok(())
+        }
+
         /// `statement` ([`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE) or
         /// [`MYSQL_DELIVER_ONE`](crate::store::sql::MYSQL_DELIVER_ONE)) bound for one copy
         /// of `body` at time `now` (Unix seconds): its seven parameters in their order.
@@ -245,15 +293,30 @@ macro_rules! operations {
             copy: &'q crate::store::model::MailCopy,
             now: i64,
         ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            (1..=7).fold(sqlx::query(statement), |q, parameter| bind_delivery(q, parameter, body, copy, now))
+        }
+
+        /// `q` with parameter `parameter` of a delivery of one copy bound, as
+        /// [`PG_DELIVER_ONE`](crate::store::sql::PG_DELIVER_ONE) numbers them: 1 copy
+        /// size (body and trace, bytes), 2 box, 3 body size (bytes), 4 time `now` (Unix
+        /// seconds), 5 body, 6 uid, 7 trace.
+        fn bind_delivery<'q>(
+            q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+            parameter: usize,
+            body: &'q [u8],
+            copy: &'q crate::store::model::MailCopy,
+            now: i64,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
             let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
-            sqlx::query(statement)
-                .bind(body_len.saturating_add(copy.trace.len() as i64))
-                .bind(&copy.box_address)
-                .bind(body_len)
-                .bind(now)
-                .bind(body)
-                .bind(&copy.uid)
-                .bind(&copy.trace)
+            match parameter {
+                1 => q.bind(body_len.saturating_add(copy.trace.len() as i64)),
+                2 => q.bind(&copy.box_address),
+                3 => q.bind(body_len),
+                4 => q.bind(now),
+                5 => q.bind(body),
+                6 => q.bind(&copy.uid),
+                _ => q.bind(&copy.trace),
+            }
         }
 
         /// Deliveries taken together (see `Store::deliver`), in one transaction begun
@@ -287,45 +350,14 @@ macro_rules! operations {
             let first_box = |i: usize| ds[i].copies.iter().map(|c| c.box_address.as_str()).min();
             let mut order: Vec<usize> = (0..ds.len()).collect();
             order.sort_by(|&a, &b| first_box(a).cmp(&first_box(b)));
-            let mut tx = crate::store::write::Write::begin(p, BEGIN, keep(p), None, checkpoint(p)).await?;
+            let mut tx = write_held(p, true).await?;
             let r = async {
                 let mut answers = vec![Ok(()); ds.len()];
                 if DIALECT == Dialect::Sqlite {
                     // Deliveries of one copy, several per call (no row locks to order).
                     let single: Vec<usize> = order.iter().copied().filter(|&i| ds[i].copies.len() == 1).collect();
                     order.retain(|&i| ds[i].copies.len() != 1);
-                    let mut rest = single.as_slice();
-                    while !rest.is_empty() {
-                        let n = crate::store::sql::SQLITE_DELIVER_MANY_MAX.min(1 << rest.len().ilog2());
-                        let (chunk, after) = rest.split_at(n);
-                        rest = after;
-                        let params = crate::store::sql::sqlite_deliver_order();
-                        let q = chunk.iter().fold(sqlx::query(crate::store::sql::sqlite_deliver_many(n)), |q, &i| {
-                            let (body, c) = (ds[i].body, &ds[i].copies[0]);
-                            let body_len = i64::try_from(body.len()).unwrap_or(i64::MAX);
-                            params.iter().fold(q, |q, parameter| match parameter {
-                                1 => q.bind(body_len.saturating_add(c.trace.len() as i64)),
-                                2 => q.bind(&c.box_address),
-                                3 => q.bind(body_len),
-                                4 => q.bind(now),
-                                5 => q.bind(body),
-                                6 => q.bind(&c.uid),
-                                _ => q.bind(&c.trace),
-                            })
-                        });
-                        let mut refused = vec![true; n];
-                        for row in q.fetch_all(&mut *tx).await? {
-                            let k: i64 = sqlx::Row::try_get(&row, 0)?;
-                            if let Some(r) = usize::try_from(k).ok().and_then(|k| refused.get_mut(k)) {
-                                *r = false;
-                            }
-                        }
-                        for (&i, refused) in chunk.iter().zip(refused) {
-                            if refused {
-                                answers[i] = Err(ds[i].copies[0].box_address.clone());
-                            }
-                        }
-                    }
+                    sqlite_deliver_singles(&mut *tx, ds, &single, now, &mut answers).await?;
                 }
                 for &i in &order {
                     let d = &ds[i];
@@ -740,11 +772,7 @@ macro_rules! operations {
             now: i64,
             turn_held: bool,
         ) -> Result<Vec<Update>> {
-            let mut tx = if turn_held {
-                crate::store::write::Write::begin(p, BEGIN, keep(p), None, checkpoint(p)).await?
-            } else {
-                write(p).await?
-            };
+            let mut tx = write_held(p, turn_held).await?;
             let r = async {
                 // Box rows in one global order, as deliveries take them.
                 let mut order: Vec<usize> = (0..quits.len()).collect();
@@ -991,11 +1019,7 @@ macro_rules! operations {
         /// the caller holds the writer turn (SQLite), a group commit's
         /// (`Store::tmtp_store_messages`).
         pub(crate) async fn write_tmtp(p: &Pool, ops: &[TmtpOp<'_>], now: i64, turn_held: bool) -> Result<Vec<u64>> {
-            let mut tx = if turn_held {
-                crate::store::write::Write::begin(p, BEGIN, keep(p), None, checkpoint(p)).await?
-            } else {
-                write(p).await?
-            };
+            let mut tx = write_held(p, turn_held).await?;
             let r = async {
                 let mut done = Vec::with_capacity(ops.len());
                 let mut gone: Vec<i64> = Vec::new();
