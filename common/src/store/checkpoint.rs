@@ -42,17 +42,17 @@ use tokio::sync::Notify;
 
 /// How long the checkpointer waits after a commit woke it, so that the commits of that
 /// time are copied by one checkpoint (and the database file synced once for them).
-pub(crate) const PAUSE: Duration = Duration::from_millis(50);
+const PAUSE: Duration = Duration::from_millis(50);
 
 /// Bytes the WAL may hold before the checkpointer finishes a checkpoint under the
 /// writer turn, so that the WAL starts over: 16 MiB, or a quarter of the disk's free
 /// space if that is less (but at least [`WAL_LEAST`]). A checkpoint must grow the
 /// database file by up to the WAL's size before the WAL can start over; a WAL that took
 /// most of a small disk could never be copied back once that disk filled.
-pub(crate) const WAL_MOST: u64 = 16 << 20;
+const WAL_MOST: u64 = 16 << 20;
 
 /// The least [`WAL_MOST`] comes down to on a nearly full disk: 1 MiB.
-pub(crate) const WAL_LEAST: u64 = 1 << 20;
+const WAL_LEAST: u64 = 1 << 20;
 
 /// Bytes the `-wal` file is cut back to when it starts over (`PRAGMA
 /// journal_size_limit`, [`WAL_MOST`]): a WAL that a burst grew past it gives the disk
@@ -92,37 +92,49 @@ pub(crate) fn sqlite_checkpointer(p: &SqlitePool) -> Option<Arc<Notify>> {
 /// The checkpointer of one database file: after each wake-up and [`PAUSE`], one
 /// `PASSIVE` checkpoint on a connection of its own (opened again after a failure), and
 /// when the WAL holds more than its limit ([`wal_limit`]) a second one at once, under the
-/// writer turn `turn`, which copies only what was committed during the first.
+/// writer turn `turn`, which copies only what was committed during the first. A run of
+/// failures is logged once, as a warning, and its end once.
 async fn run(options: SqliteConnectOptions, wake: Arc<Notify>, turn: Arc<tokio::sync::Mutex<()>>) {
     let dir = match options.get_filename().parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
     let mut conn: Option<(SqliteConnection, u64)> = None;
+    // A failure is logged when a run of them starts (on a full disk every commit's
+    // wake-up fails again), and once when a checkpoint succeeds after it.
+    let mut failing = false;
     loop {
         wake.notified().await;
         tokio::time::sleep(PAUSE).await;
-        let (c, frame) = match conn.as_mut() {
-            Some((c, frame)) => (c, *frame),
-            None => match open(&options).await {
-                Ok(c) => {
-                    let (c, frame) = conn.insert(c);
+        let done = async {
+            let (c, frame) = match conn.as_mut() {
+                Some((c, frame)) => (c, *frame),
+                None => {
+                    let (c, frame) = conn.insert(open(&options).await?);
                     (c, *frame)
                 }
-                Err(e) => {
-                    tracing::warn!(cause = %e, "WAL checkpoint: cannot open a connection; the WAL grows until one can");
-                    continue;
-                }
-            },
-        };
-        let mut done = checkpoint(c).await;
-        if matches!(done, Ok(frames) if frames.saturating_mul(frame) > wal_limit(&dir)) {
-            let _turn = turn.lock().await;
-            done = checkpoint(c).await;
+            };
+            let frames = checkpoint(c).await?;
+            if frames.saturating_mul(frame) > wal_limit(&dir) {
+                let _turn = turn.lock().await;
+                checkpoint(c).await?;
+            }
+            Ok::<(), sqlx::Error>(())
         }
-        if let Err(e) = done {
-            tracing::warn!(cause = %e, "WAL checkpoint failed; its pages stay in the WAL for the next one");
-            conn = None;
+        .await;
+        match done {
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(cause = %e, "WAL checkpoint failed; its pages stay in the WAL for the next one");
+                }
+                failing = true;
+                conn = None;
+            }
+            Ok(()) if failing => {
+                tracing::info!("WAL checkpoint done again");
+                failing = false;
+            }
+            Ok(()) => {}
         }
     }
 }
