@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
+use std::str::FromStr;
+
 use common::address::Address;
 use common::store::{DeliverError, Delivery, MailCopy, Resolution, Update, Usage};
 use common::testing::TestDb;
@@ -141,6 +143,37 @@ async fn postgres_compresses_bodies_with_lz4() {
     let pglz = "message WHERE pg_column_compression(message_data) IS DISTINCT FROM 'lz4'";
     assert_eq!(count(&db, pglz).await, 0, "every body is compressed with LZ4");
     assert_eq!(count(&db, "message").await, 2);
+}
+
+/// A PostgreSQL server on loopback is reached without TLS when the URL names no TLS
+/// mode (`common::store::plain_first`), and with TLS when it asks for it.
+#[tokio::test]
+async fn postgres_on_loopback_without_tls_unless_the_url_asks() {
+    let Some(db) = TestDb::create(common::testing::Backend::Postgres).await else { return };
+    let tls_of = |store: common::Store| async move {
+        let common::Store::Postgres(pool) = &store else { panic!("a PostgreSQL store") };
+        let q = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+        let (tls,): (bool,) = sqlx::query_as(q).fetch_one(pool).await.unwrap();
+        store.close().await;
+        tls
+    };
+    let host = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap().get_host().to_owned();
+    if !common::store::plain_first(&host, &db.url) {
+        assert!(!common::testing::ci(), "under CI=true the test PostgreSQL is on loopback, its URL naming no sslmode");
+        return;
+    }
+    let common::Store::Postgres(pool) = &db.store else { panic!("a PostgreSQL store") };
+    let (offered,): (String,) = sqlx::query_as("SHOW ssl").fetch_one(pool).await.unwrap();
+    if offered != "on" {
+        assert!(!common::testing::ci(), "under CI=true the test PostgreSQL offers TLS (ssl = on)");
+        return;
+    }
+    let connect = |url: String| async move {
+        common::Store::connect(&common::config::DatabaseConfig::from_url(url)).await.unwrap()
+    };
+    assert!(!tls_of(connect(db.url.clone()).await).await, "no TLS on loopback by default");
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    assert!(tls_of(connect(format!("{}{sep}sslmode=require", db.url)).await).await, "TLS when the URL asks");
 }
 
 /// A run read in one query (POP3 read-ahead): only the box's own messages, in order,

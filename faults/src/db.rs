@@ -145,6 +145,8 @@ pub struct PrivatePostgres {
     port: u16,
     uid: u32,
     gid: u32,
+    /// Whether TCP connections must use TLS ([`PrivatePostgres::require_tls`]).
+    tls: bool,
     /// The server process.
     pub proc: Proc,
 }
@@ -187,7 +189,7 @@ impl PrivatePostgres {
         );
         assert!(ok, "initdb {}", data.display());
         let proc = Proc::new(parent.join("postgres.log"));
-        let mut pg = PrivatePostgres { data, bin, port: free_port(), uid, gid, proc };
+        let mut pg = PrivatePostgres { data, bin, port: free_port(), uid, gid, tls: false, proc };
         pg.start();
         let ok = quiet(
             Command::new("psql")
@@ -213,12 +215,40 @@ impl PrivatePostgres {
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"])
             .args(["-c", "shared_buffers=16MB", "-c", "max_wal_size=32MB", "-c", "min_wal_size=2MB"])
             .args(["-c", "max_connections=200"])
+            .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])
             .uid(self.uid)
             .gid(self.gid)
             .current_dir("/");
         self.proc.start("private PostgreSQL", &mut cmd, || {
             quiet(Command::new("pg_isready").args(["-q", "-h", "127.0.0.1", "-p", &port]))
         });
+    }
+
+    /// Restarts the server taking TCP connections over TLS only: a self-signed
+    /// certificate made by `openssl`, and `hostssl` the only line of `pg_hba.conf`.
+    ///
+    /// # Panics
+    /// If `openssl` fails, or the server is not back within 60 s.
+    pub fn require_tls(&mut self) {
+        self.proc.kill();
+        let (cert, key) = (self.data.join("server.crt"), self.data.join("server.key"));
+        let made = quiet(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        );
+        assert!(made, "openssl req: a self-signed certificate");
+        for f in [&cert, &key] {
+            let _ = nix::unistd::chown(f, Some(self.uid.into()), Some(self.gid.into()));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod server.key");
+        std::fs::write(self.data.join("pg_hba.conf"), "hostssl all all 127.0.0.1/32 trust\n").expect("pg_hba.conf");
+        self.tls = true;
+        self.start();
     }
 
     /// The URL of database `mmmail`.

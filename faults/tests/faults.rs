@@ -213,6 +213,27 @@ async fn postgres_down_fails_fast() {
     down_server_fails_fast(Database::Postgres(pg)).await;
 }
 
+/// A PostgreSQL server on loopback that takes connections over TLS only is still reached
+/// from a URL that names no TLS mode: there the daemons try without TLS first
+/// (`common::store::plain_first`), and with TLS when the server refuses that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_demanding_tls_on_loopback_is_reached_over_tls() {
+    if !faults::root_or_skip("postgres_demanding_tls_on_loopback_is_reached_over_tls") || !PrivatePostgres::available()
+    {
+        assert!(!faults::ci() || PrivatePostgres::available(), "PostgreSQL server binaries are required under CI=true");
+        return;
+    }
+    let dir = reachable_dir();
+    let mut pg = blocking(|| PrivatePostgres::create(dir.path()));
+    blocking(|| pg.require_tls());
+    let store = common::Store::connect(&common::config::DatabaseConfig::from_url(pg.url())).await.unwrap();
+    let common::Store::Postgres(pool) = &store else { panic!("a PostgreSQL store") };
+    let (tls,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(pool).await.unwrap();
+    assert!(tls, "the connection uses TLS");
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_down_fails_fast() {
     if !faults::root_or_skip("mariadb_down_fails_fast") || !PrivateMariaDb::available() {

@@ -240,6 +240,26 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     SqliteConnectOptions::from_str(url).ok().map(|o| o.get_filename().to_path_buf())
 }
 
+/// Whether the daemons connect to the database server at `host` without TLS first, and
+/// with the TLS the URL asks for only when the server refuses that (libpq's
+/// `sslmode=allow`): `host` is a loopback address (127.0.0.0/8, ::1) or `localhost`, and
+/// `url` names no TLS mode (`sslmode` or `ssl-mode`). sqlx's default, like libpq's, is to
+/// try TLS first whenever the server offers it (`prefer`), which proves nothing about the
+/// server and, on loopback, hides the traffic from no one who could not read it anyway;
+/// it cost a quarter of PostgreSQL's intake of 100 KiB messages (BENCHMARKS.md). A URL
+/// that names a mode gets exactly that mode.
+pub fn plain_first(host: &str, url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let names_mode = query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("");
+        key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback && !names_mode
+}
+
 /// A connection error in few words: the I/O error itself ("Connection refused (os error
 /// 111)") or the database's message, without sqlx's wrapping.
 fn connect_cause(e: &sqlx::Error) -> String {
@@ -257,6 +277,11 @@ impl Store {
     /// [`Store::prepare`]. One connection is made first, on its own, so that a refused
     /// connection is reported at once rather than after the pool's `acquire_timeout`.
     ///
+    /// A PostgreSQL or MySQL/MariaDB server on a loopback address, with no TLS mode in the
+    /// URL (nor `PGSSLMODE`), is first tried without TLS, and with the URL's default (TLS
+    /// when the server offers it) only if it refuses that: libpq's `sslmode=allow`
+    /// ([`plain_first`]).
+    ///
     /// # Errors
     /// [`StoreError::UnsupportedUrl`] for another scheme; [`StoreError::Open`] naming the
     /// host or file and the cause when the database cannot be opened within
@@ -268,12 +293,14 @@ impl Store {
         // A conflict while the session is set up is asked again on the same connection
         // (see `session`); one that outlasts that, on a new connection until the timeout.
         // `setup` is the session setup the pool runs after connecting.
+        // The error comes with whether the server answered and refused (a database
+        // error), as opposed to not answering.
         async fn probe<C: Connection, F>(
             opts: &C::Options,
             place: &str,
             timeout: Duration,
             setup: impl Fn(C) -> F,
-        ) -> Result<(), StoreError>
+        ) -> Result<(), (StoreError, bool)>
         where
             F: std::future::Future<Output = (C, Result<(), sqlx::Error>)>,
         {
@@ -293,15 +320,44 @@ impl Store {
                     Ok(Err(e)) if crate::error::retryable(&e) && tokio::time::Instant::now() + pause < deadline => {
                         tokio::time::sleep(pause).await;
                     }
-                    Ok(Err(e)) => return Err(open(connect_cause(&e))),
-                    Err(_) => return Err(open(format!("no answer within {} s", timeout.as_secs()))),
+                    Ok(Err(e)) => {
+                        let refused = matches!(e, sqlx::Error::Database(_));
+                        return Err((open(connect_cause(&e)), refused));
+                    }
+                    Err(_) => return Err((open(format!("no answer within {} s", timeout.as_secs())), false)),
                 }
             }
+        }
+        // The first connection, without TLS first when `plain` is given (see
+        // `plain_first`); the options that worked are the pool's.
+        async fn first<C: Connection, F>(
+            plain: Option<C::Options>,
+            opts: C::Options,
+            place: &str,
+            timeout: Duration,
+            setup: impl Fn(C) -> F,
+        ) -> Result<C::Options, StoreError>
+        where
+            F: std::future::Future<Output = (C, Result<(), sqlx::Error>)>,
+        {
+            if let Some(plain) = plain {
+                match probe::<C, _>(&plain, place, timeout, &setup).await {
+                    Ok(()) => return Ok(plain),
+                    Err((e, false)) => return Err(e),
+                    Err((e, true)) => {
+                        tracing::info!(database = place, cause = %e, "refused without TLS; connecting with TLS");
+                    }
+                }
+            }
+            probe::<C, _>(&opts, place, timeout, &setup).await.map_err(|(e, _)| e)?;
+            Ok(opts)
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
-            probe::<sqlx::PgConnection, _>(&opts, &place, timeout, |c| async { (c, Ok(())) }).await?;
+            let plain = (plain_first(opts.get_host(), url) && std::env::var_os("PGSSLMODE").is_none())
+                .then(|| opts.clone().ssl_mode(sqlx::postgres::PgSslMode::Disable));
+            let opts = first::<sqlx::PgConnection, _>(plain, opts, &place, timeout, |c| async { (c, Ok(())) }).await?;
             // The probe was the first connection; the pool opens its own as needed.
             let server: std::sync::Arc<str> = health::server_key(opts.get_host(), opts.get_port()).into();
             let port = opts.get_port();
@@ -326,7 +382,9 @@ impl Store {
                 MySqlConnectOptions::from_str(&format!("mysql://{rest}"))?.charset("utf8mb4"),
             );
             let place = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
-            probe::<sqlx::MySqlConnection, _>(&opts, &place, timeout, |mut c| async move {
+            let plain =
+                plain_first(opts.get_host(), url).then(|| opts.clone().ssl_mode(sqlx::mysql::MySqlSslMode::Disabled));
+            let opts = first::<sqlx::MySqlConnection, _>(plain, opts, &place, timeout, |mut c| async move {
                 let set = session::setup(&mut c).await;
                 (c, set)
             })
@@ -946,5 +1004,21 @@ mod tests {
     #[test]
     fn like_suffix_escapes_wildcards() {
         assert_eq!(super::like_suffix("ex_am%ple!.org"), "%@ex!_am!%ple!!.org");
+    }
+
+    /// Without TLS first only on loopback, and only when the URL names no TLS mode.
+    #[test]
+    fn plain_first_on_loopback_without_a_named_mode() {
+        use super::plain_first;
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LocalHost"] {
+            assert!(plain_first(host, &format!("postgres://u@{host}/db")), "{host}");
+        }
+        for host in ["db.example.org", "192.0.2.7", "::ffff:192.0.2.7", "10.0.0.1", "localhost.example.org"] {
+            assert!(!plain_first(host, &format!("postgres://u@{host}/db")), "{host}");
+        }
+        assert!(plain_first("127.0.0.1", "postgres://u@127.0.0.1/db?application_name=x"));
+        assert!(!plain_first("127.0.0.1", "postgres://u@127.0.0.1/db?sslmode=prefer"));
+        assert!(!plain_first("127.0.0.1", "postgres://u@127.0.0.1/db?x=1&SSLMODE=require"));
+        assert!(!plain_first("localhost", "mysql://u@localhost/db?ssl-mode=required"));
     }
 }
