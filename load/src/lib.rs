@@ -154,23 +154,28 @@ async fn connect(
     let (tx, rx) = mpsc::unbounded_channel();
     let w2 = w.clone();
     tokio::spawn(async move {
-        let mut buf = Vec::new();
+        // Frames are read in place: `at` is where the next one starts; what is before it
+        // is dropped once per read, not once per frame (the generator shares the
+        // machine's cores with the server it measures).
+        let (mut buf, mut at) = (Vec::new(), 0);
         let mut chunk = vec![0u8; 65536];
         loop {
-            while buf.len() >= 4 {
-                let Some(h) = std::str::from_utf8(&buf[..4]).ok().and_then(|s| usize::from_str_radix(s, 16).ok())
+            while buf.len() - at >= 4 {
+                let Some(h) =
+                    std::str::from_utf8(&buf[at..at + 4]).ok().and_then(|s| usize::from_str_radix(s, 16).ok())
                 else {
                     return;
                 };
-                if buf.len() < 4 + h {
+                if buf.len() - at < 4 + h {
                     break;
                 }
-                let Ok(head) = serde_json::from_slice::<Value>(&buf[4..4 + h]) else { return };
+                let Ok(head) = serde_json::from_slice::<Value>(&buf[at + 4..at + 4 + h]) else { return };
                 let n = head.get("datalen").and_then(Value::as_u64).unwrap_or(0) as usize;
-                if buf.len() < 4 + h + n {
+                if buf.len() - at < 4 + h + n {
                     break;
                 }
-                let data: Vec<u8> = buf.drain(..4 + h + n).skip(4 + h).collect();
+                let data = &buf[at + 4 + h..at + 4 + h + n];
+                at += 4 + h + n;
                 let queued = head.get("from").is_some() && head.get("id").is_some() && head["op"] != "ohi";
                 if queued {
                     let id = head["id"].as_str().unwrap_or_default().to_owned();
@@ -182,7 +187,7 @@ async fn connect(
                         if matches!(head["op"].as_str(), Some("delivery" | "ping"))
                             && let Some(me) = &uid
                         {
-                            if data.iter().any(|b| *b != 0) {
+                            if data.iter().fold(0u8, |acc, b| acc | b) != 0 {
                                 s.bad_headsums += 1;
                             }
                             match s.got.entry((id.clone(), me.clone())) {
@@ -200,6 +205,8 @@ async fn connect(
                     return;
                 }
             }
+            buf.drain(..at);
+            at = 0;
             match r.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
