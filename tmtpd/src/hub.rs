@@ -213,6 +213,8 @@ pub struct Hub {
     unflushed: Mutex<std::collections::HashSet<(Node, i64)>>,
     /// Frames of recent messages, for the deliveries that would read them back.
     pub frames: crate::frames::Frames,
+    /// Stored hashes of the node secrets of recent logins and registrations.
+    pub node_hashes: crate::node_hashes::NodeHashes,
 }
 
 /// Bytes of recent message frames kept for the queues ([`Hub::frames`]).
@@ -267,6 +269,7 @@ impl Hub {
             outbox_rx: Mutex::new(Some(outbox_rx)),
             unflushed: Mutex::default(),
             frames: crate::frames::Frames::new(FRAME_CACHE),
+            node_hashes: crate::node_hashes::NodeHashes::default(),
         });
         // The writer holds the hub weakly: it ends when every queue (each holding the hub)
         // has ended and the channel is empty.

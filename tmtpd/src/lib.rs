@@ -16,6 +16,7 @@ pub mod conn;
 pub mod frames;
 pub mod groups;
 pub mod hub;
+pub mod node_hashes;
 pub mod oidc;
 pub mod proto;
 pub mod queue;

@@ -579,6 +579,9 @@ impl Session {
             tracing::error!(cause = %e, "register failed");
             return Ok(Step::Quit(Quit::RegisterFailure));
         }
+        if let Ok(raw) = base32::decode(&nodeid) {
+            hub.node_hashes.keep(&raw, &hash);
+        }
         let alias = h.newalias.clone().unwrap_or_default();
         let error = if alias == "_" { None } else { add_alias(&hub, &uid, &alias).await? };
         let mut f = fields([("nodeid", nodeid.into()), ("op", "registered".into()), ("uid", uid.clone().into())]);
@@ -607,7 +610,7 @@ impl Session {
         if !is_uid_text(&uid) {
             return Ok(Step::Quit(Quit::LoginFailed));
         }
-        let hash = match node_hash(raw).await {
+        let hash = match hub.node_hashes.hash(raw.clone()).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(cause = %e, "login failed");
@@ -615,7 +618,10 @@ impl Session {
             }
         };
         let key = match hub.store.tmtp_node(&hash).await? {
-            Some(node) if node.uid == uid => node,
+            Some(node) if node.uid == uid => {
+                hub.node_hashes.keep(&raw, &hash);
+                node
+            }
             _ => {
                 hub.stats.failed("login", &uid);
                 return Ok(Step::Quit(Quit::LoginFailed));
