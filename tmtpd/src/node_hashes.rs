@@ -2,7 +2,7 @@
 //! logging in again is not hashed again.
 //!
 //! A stored node hash (spec/tmtp.md §10.2) is 22389 rounds of SHA-256 over the secret,
-//! about 1.5 ms of CPU, paid by every login (the node is found by its hash). The hash is
+//! about 1 ms of CPU here, paid by every login (the node is found by its hash). The hash is
 //! a function of the secret alone, so keeping it changes no answer: a login still finds
 //! its node by that hash in the database, and a node removed since cannot log in.
 //!
