@@ -5,9 +5,12 @@ second one at a time, each after the previous one's ack. Prints, per post, the t
 from writing the request to the sender's ack, and to the delivery on the recipient's
 link (which acks it at once), as p50/p90/p99 and mean, in milliseconds.
 
-Usage: scripts/bench-tmtp-ack.py HOST:PORT [--posts 500] [--size 200] [--rounds 1]
+Usage: scripts/bench-tmtp-ack.py HOST:PORT [--recipient HOST:PORT] [--posts 500]
+                                   [--size 200] [--rounds 1]
 
-The server's certificate is not checked (loopback benchmarking only).
+--recipient registers the recipient on another instance of the server (several mmtmtpd
+on one database: scripts/bench-tmtp-instances.py). The server's certificate is not
+checked (loopback benchmarking only).
 """
 import argparse, json, socket, ssl, statistics, threading, time
 
@@ -76,16 +79,13 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("addr")
-    ap.add_argument("--posts", type=int, default=500)
-    ap.add_argument("--size", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=1)
-    a = ap.parse_args()
+def measure(addr, recipient_addr, posts, size, rounds, settle=0.3):
+    """Registers a sender at `addr` and a recipient at `recipient_addr`, waits `settle`
+    seconds, then posts `posts` messages of `size` bytes one at a time, `rounds` times.
+    Prints each round's figures; returns [(acks, deliveries)] per round, in ms."""
     tag = "%d%d" % (time.time(), threading.get_ident() % 1000)
-    sender, _, _ = register(a.addr, "bench-a-" + tag)
-    recipient, ruid, _ = register(a.addr, "bench-b-" + tag)
+    sender, _, _ = register(addr, "bench-a-" + tag)
+    recipient, ruid, _ = register(recipient_addr, "bench-b-" + tag)
     delivered = {}
     done = threading.Event()
 
@@ -101,12 +101,13 @@ def main():
             pass
 
     threading.Thread(target=reader, daemon=True).start()
-    time.sleep(0.3)
-    for r in range(a.rounds):
+    time.sleep(settle)
+    out = []
+    for r in range(rounds):
         acks, deliveries, sent = [], [], {}
-        for i in range(a.posts):
+        for i in range(posts):
             key = "p%d-%d" % (r, i)
-            data = (key + " ").encode().ljust(a.size, b"x")
+            data = (key + " ").encode().ljust(size, b"x")
             t0 = time.perf_counter()
             sent[key] = t0
             sender.send({"Op": 7, "Id": key, "Datalen": len(data), "For": [{"Id": ruid, "Type": 1}]}, data)
@@ -116,13 +117,27 @@ def main():
         while len([k for k in sent if k in delivered]) < len(sent) and time.time() < deadline:
             time.sleep(0.01)
         deliveries = [(delivered[k] - t) * 1000 for k, t in sent.items() if k in delivered]
-        print("round %d: %d posts of %d bytes to %s" % (r + 1, a.posts, a.size, a.addr))
+        where = addr if recipient_addr == addr else "%s (recipient on %s)" % (addr, recipient_addr)
+        print("round %d: %d posts of %d bytes to %s" % (r + 1, posts, size, where))
         for name, xs in (("ack", acks), ("delivery", deliveries)):
             if xs:
                 print("  %-8s p50 %6.2f ms  p90 %6.2f ms  p99 %6.2f ms  mean %6.2f ms  (%d)"
                       % (name, pct(xs, 50), pct(xs, 90), pct(xs, 99), statistics.mean(xs), len(xs)))
-        print("  delivered %d of %d" % (len(deliveries), len(sent)))
+        print("  delivered %d of %d" % (len(deliveries), len(sent)), flush=True)
+        out.append((acks, deliveries))
     done.set()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("addr")
+    ap.add_argument("--recipient")
+    ap.add_argument("--posts", type=int, default=500)
+    ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=1)
+    a = ap.parse_args()
+    measure(a.addr, a.recipient or a.addr, a.posts, a.size, a.rounds)
 
 
 if __name__ == "__main__":
