@@ -187,6 +187,7 @@ async fn connect(
                         if matches!(head["op"].as_str(), Some("delivery" | "ping"))
                             && let Some(me) = &uid
                         {
+                            // Folded rather than short-circuited, so that it is vectorized.
                             if data.iter().fold(0u8, |acc, b| acc | b) != 0 {
                                 s.bad_headsums += 1;
                             }
