@@ -153,6 +153,11 @@ async fn open(options: &SqliteConnectOptions) -> Result<(SqliteConnection, u64),
 fn wal_limit(dir: &std::path::Path) -> u64 {
     let free =
         nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |s| s.blocks_available().saturating_mul(s.fragment_size()));
+    wal_limit_for(free)
+}
+
+/// [`wal_limit`] for `free` bytes of free space.
+fn wal_limit_for(free: u64) -> u64 {
     (free / 4).clamp(WAL_LEAST, WAL_MOST)
 }
 
@@ -162,4 +167,23 @@ async fn checkpoint(c: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
     let (_busy, log, _copied): (i64, i64, i64) =
         sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *c).await?;
     Ok(u64::try_from(log).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 16 MiB while the disk has room; a quarter of the free space on a filling disk;
+    /// never under 1 MiB; a file system that cannot be asked counts as roomy.
+    #[test]
+    fn the_wal_limit_follows_free_space() {
+        assert_eq!(wal_limit_for(u64::MAX), 16 << 20);
+        assert_eq!(wal_limit_for(64 << 20), 16 << 20);
+        assert_eq!(wal_limit_for(40 << 20), 10 << 20);
+        assert_eq!(wal_limit_for(2 << 20), 1 << 20);
+        assert_eq!(wal_limit_for(0), 1 << 20);
+        assert_eq!(wal_limit(std::path::Path::new("/nonexistent/mmmail")), 16 << 20);
+        let here = wal_limit(&std::env::temp_dir());
+        assert!((1 << 20..=16 << 20).contains(&here), "{here}");
+    }
 }
