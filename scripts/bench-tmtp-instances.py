@@ -11,9 +11,9 @@ for both, and the difference of the medians against the target on PostgreSQL (at
 Usage: scripts/bench-tmtp-instances.py --postgres URL | --mysql URL [--bin DIR]
                                        [--posts 300] [--size 200] [--rounds 3]
 """
-import argparse, importlib.util, os, statistics, subprocess, sys, tempfile, time
+import argparse, importlib.util, os, statistics, sys, tempfile
 
-from benchlib import free_port, unit_env
+from benchlib import scratch_database, self_signed, start_mmtmtpd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
@@ -24,28 +24,6 @@ def ack_bench():
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     return m
-
-
-def start(bindir, tmp, url, tag):
-    """One mmtmtpd on `url`, its own config, port and log; (process, address)."""
-    port = free_port()
-    root_ok = "[privileges]\nallow_root = true\n" if os.geteuid() == 0 else ""
-    cfg = f"{tmp}/mmtmtpd-{tag}.toml"
-    log = f"{tmp}/mmtmtpd-{tag}.log"
-    open(cfg, "w").write(
-        f'[server]\nname = "bench.test"\n[database]\nurl = "{url}"\n'
-        f'[listen]\ntls_addresses = ["127.0.0.1:{port}"]\n[tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
-        "[limits]\nmax_clients = 1000\nmax_per_address = 0\nconnection_rate = 0\n[stats]\nenabled = false\n"
-        + root_ok)
-    d = subprocess.Popen([os.path.join(bindir, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"), env=unit_env("mmtmtpd"))
-    for _ in range(400):
-        if "listening" in open(log).read():
-            return d, f"127.0.0.1:{port}"
-        if d.poll() is not None:
-            break
-        time.sleep(0.05)
-    d.terminate()
-    sys.exit(f"mmtmtpd {tag} did not start:\n" + open(log).read()[-2000:])
 
 
 def main():
@@ -60,23 +38,14 @@ def main():
         sys.exit("two instances share a database server: give --postgres URL or --mysql URL")
     bench = ack_bench()
     tmp = tempfile.mkdtemp(prefix="mmmail-bench-instances-")
-    name = "mmmail_instances_%d" % os.getpid()
-    if a.postgres:
-        subprocess.run(["psql", a.postgres, "-qc", f"create database {name}"], check=True)
-        url = a.postgres.rpartition("/")[0] + "/" + name
-    else:
-        host = a.mysql.split("@")[-1].split("/")[0].split(":")[0]
-        subprocess.run(["mysql", "-uroot", "-h", host, "-e", f"create database {name}"], check=True)
-        url = a.mysql.rpartition("/")[0] + "/" + name
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem"], check=True, capture_output=True)
+    url, drop = scratch_database(a.postgres, a.mysql, "mmmail_instances_%d" % os.getpid(), tmp)
+    self_signed(tmp)
     procs = []
     try:
-        da, addr_a = start(a.bin, tmp, url, "a")
-        procs.append(da)
-        db_, addr_b = start(a.bin, tmp, url, "b")
-        procs.append(db_)
+        for tag in ("a", "b"):
+            d, port = start_mmtmtpd(a.bin, tmp, url, tag, max_clients=1000)
+            procs.append((d, f"127.0.0.1:{port}"))
+        (_, addr_a), (_, addr_b) = procs
         within, across = [], []
         for r in range(a.rounds):
             # Instances look for each other once a second: let B's recipient be seen first.
@@ -96,12 +65,9 @@ def main():
         else:
             print(f"across - within: {x - w:+.2f} ms (no NOTIFY here: the other instance looks every wake_poll ms)")
     finally:
-        for p in procs:
-            p.terminate(); p.wait()
-        if a.postgres:
-            subprocess.run(["psql", a.postgres, "-qc", f"drop database if exists {name} with (force)"])
-        else:
-            subprocess.run(["mysql", "-uroot", "-h", host, "-e", f"drop database if exists {name}"])
+        for d, _ in procs:
+            d.terminate(); d.wait()
+        drop()
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ mmtmtpd runs with its unit's environment (etc/systemd) and its configuration's d
 but for the listener, the limits on clients, and counting (off); --pool N sets
 [database] max_connections (default: the daemon's own, 8).
 """
-import argparse, os, re, socket, subprocess, sys, tempfile, time
+import argparse, os, re, subprocess, sys, tempfile
 
-from benchlib import free_port, unit_env
+from benchlib import scratch_database, self_signed, start_mmtmtpd, unit_env
 
 LOADS = [(100, 1, "0"), (100, 2, "0.02"), (1000, 1, "0.05")]
 
@@ -83,52 +83,26 @@ def main():
         subprocess.run(args, check=False)
         return
     tmp = tempfile.mkdtemp(prefix="mmmail-bench-tmtp-")
-    name = "mmmail_tmtp_%d" % os.getpid()
-    if a.postgres:
-        subprocess.run(["psql", a.postgres, "-qc", f"create database {name}"], check=True)
-        url = a.postgres.rpartition("/")[0] + "/" + name
-    elif a.mysql:
-        host = a.mysql.split("@")[-1].split("/")[0].split(":")[0]
-        subprocess.run(["mysql", "-uroot", "-h", host, "-e", f"create database {name}"], check=True)
-        url = a.mysql.rpartition("/")[0] + "/" + name
-    else:
-        url = f"sqlite://{tmp}/bench.db"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-addext", "basicConstraints=critical,CA:FALSE",
-                    "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem"], check=True, capture_output=True)
-    port = free_port()
-    root_ok = "[privileges]\nallow_root = true\n" if os.geteuid() == 0 else ""
-    cfg = f"{tmp}/mmtmtpd.toml"
-    open(cfg, "w").write(
-        f'[server]\nname = "bench.test"\n[database]\nurl = "{url}"\n'
-        + (f"max_connections = {a.pool}\n" if a.pool else "")
-        + f'[listen]\ntls_addresses = ["127.0.0.1:{port}"]\n[tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
-        "[limits]\nmax_clients = 10000\nmax_per_address = 0\nconnection_rate = 0\n[stats]\nenabled = false\n" + root_ok)
-    log = f"{tmp}/mmtmtpd.log"
-    # The environment the systemd unit gives mmtmtpd (glibc malloc settings), as installed.
-    env = unit_env("mmtmtpd")
-    d = subprocess.Popen([os.path.join(a.bin, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"), env=env)
+    url, drop = scratch_database(a.postgres, a.mysql, "mmmail_tmtp_%d" % os.getpid(), tmp)
+    self_signed(tmp)
+    d = None
     try:
-        for _ in range(400):
-            if "listening" in open(log).read():
-                break
-            time.sleep(0.05)
+        # With the environment its systemd unit gives it (glibc malloc settings), as installed.
+        d, port = start_mmtmtpd(a.bin, tmp, url, "bench", pool=a.pool)
         args = [os.path.join(a.bin, "mmtmtpd-load"), "--addr", f"127.0.0.1:{port}", "--ca", f"{tmp}/cert.pem",
                 "--clients", str(a.clients), "--cycles", str(a.cycles), "--sleep-scale", a.sleep_scale,
                 "--server-pid", str(d.pid)]
         if a.sizes_2017:
             args.append("--sizes-2017")
         backend = "postgres" if a.postgres else "mysql" if a.mysql else "sqlite"
+        env = unit_env("mmtmtpd")
         print(f"mmtmtpd on {backend}: {a.clients} clients x {a.cycles} cycles, sleep scale {a.sleep_scale}"
               + "".join(f", {k}={v}" for k, v in env.items() if os.environ.get(k) != v))
         subprocess.run(args, check=False)
     finally:
-        d.terminate(); d.wait()
-        if a.postgres:
-            subprocess.run(["psql", a.postgres, "-qc", f"drop database if exists {name} with (force)"])
-        elif a.mysql:
-            subprocess.run(["mysql", "-uroot", "-h", host, "-e", f"drop database if exists {name}"])
+        if d:
+            d.terminate(); d.wait()
+        drop()
 
 if __name__ == "__main__":
     main()

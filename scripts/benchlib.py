@@ -1,6 +1,7 @@
 """What the benchmark scripts share: free loopback ports, waiting for a daemon to listen,
 a connection burst, a lean POP3 client, a daemon's environment as its systemd unit sets
-it, and a running mmmail (mmsmtpd + mmpop3d, with
+it, a scratch database on a server, a self-signed certificate, a running mmtmtpd, and a
+running mmmail (mmsmtpd + mmpop3d, with
 mmstatd counting when asked) on a scratch database. Imported by the scripts beside it
 (run as `scripts/<name>.py`)."""
 import os, selectors, socket, sqlite3, subprocess, time
@@ -10,6 +11,51 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def scratch_database(postgres, mysql, name, sqlite_dir):
+    """A new database `name` on the PostgreSQL server of URL `postgres`, or else on the
+    MySQL/MariaDB server of URL `mysql`, or else a SQLite file in `sqlite_dir`: its URL
+    and a function that drops it."""
+    if postgres:
+        subprocess.run(["psql", postgres, "-qc", f"create database {name}"], check=True)
+        drop = lambda: subprocess.run(["psql", postgres, "-qc", f"drop database if exists {name} with (force)"])
+        return postgres.rpartition("/")[0] + "/" + name, drop
+    if mysql:
+        host = mysql.split("@")[-1].split("/")[0].split(":")[0]
+        subprocess.run(["mysql", "-uroot", "-h", host, "-e", f"create database {name}"], check=True)
+        drop = lambda: subprocess.run(["mysql", "-uroot", "-h", host, "-e", f"drop database if exists {name}"])
+        return mysql.rpartition("/")[0] + "/" + name, drop
+    return f"sqlite://{sqlite_dir}/bench.db", lambda: None
+
+def self_signed(tmp):
+    """A P-256 certificate for `localhost` and its key: `tmp`/cert.pem and `tmp`/key.pem."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-addext", "basicConstraints=critical,CA:FALSE",
+                    "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem"], check=True, capture_output=True)
+
+def start_mmtmtpd(bindir, tmp, url, tag, max_clients=10000, pool=None):
+    """mmtmtpd on `url` with the certificate of `self_signed(tmp)`, its own config and log
+    (`tmp`/mmtmtpd-`tag`.toml and .log), its unit's environment, limits and counting off:
+    (process, port), once it listens. Exits the script if it does not start."""
+    port = free_port()
+    root_ok = "[privileges]\nallow_root = true\n" if os.geteuid() == 0 else ""
+    cfg, log = f"{tmp}/mmtmtpd-{tag}.toml", f"{tmp}/mmtmtpd-{tag}.log"
+    open(cfg, "w").write(
+        f'[server]\nname = "bench.test"\n[database]\nurl = "{url}"\n'
+        + (f"max_connections = {pool}\n" if pool else "")
+        + f'[listen]\ntls_addresses = ["127.0.0.1:{port}"]\n[tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
+        f"[limits]\nmax_clients = {max_clients}\nmax_per_address = 0\nconnection_rate = 0\n[stats]\nenabled = false\n"
+        + root_ok)
+    d = subprocess.Popen([os.path.join(bindir, "mmtmtpd"), "-c", cfg], stderr=open(log, "w"), env=unit_env("mmtmtpd"))
+    for _ in range(400):
+        if "listening" in open(log).read():
+            return d, port
+        if d.poll() is not None:
+            break
+        time.sleep(0.05)
+    d.terminate(); d.wait()
+    raise SystemExit(f"mmtmtpd {tag} did not start:\n" + open(log).read()[-2000:])
 
 def wait_port(port, seconds=20):
     """Returns once 127.0.0.1:port accepts a connection; exits the script after `seconds`."""
